@@ -1,0 +1,118 @@
+r"""Exact statements of policy-improvement theory: the performance-difference
+lemma and TRPO's Theorem 1 lower bound."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from refpg._validation import check_probability_rows
+from refpg.evaluation import check_mdp, policy_evaluation, prepare
+from refpg.kl import _categorical_kl
+from refpg.surrogate import surrogate
+
+__all__ = ["performance_difference", "TRPOBound", "trpo_bound", "trpo_constant"]
+
+
+def performance_difference(mdp, pi_new, pi_old) -> float:
+    r"""Right-hand side of the performance-difference lemma.
+
+    .. math::
+        J(\pi') - J(\pi) = \frac{1}{1-\gamma}\,
+        \mathbb{E}_{s\sim d^{\pi'}_\rho,\, a\sim\pi'}\big[A^{\pi}(s,a)\big]
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+    pi_new, pi_old : array_like, shape (S, A)
+        :math:`\pi'` and :math:`\pi`, row-stochastic.
+
+    Returns
+    -------
+    float
+        Equal to ``evaluate(mdp, pi_new).J - evaluate(mdp, pi_old).J``.
+
+    References
+    ----------
+    [Kakade2002] Lemma 6.1; [Agarwal2021] Lemma 3.2.
+    """
+    check_mdp(mdp)
+    shape = (mdp.n_states, mdp.n_actions)
+    pi_new = check_probability_rows(pi_new, "pi_new", shape=shape)
+    pi_old = check_probability_rows(pi_old, "pi_old", shape=shape)
+    ev_new = policy_evaluation(mdp, pi_new)
+    ev_old = policy_evaluation(mdp, pi_old)
+    return float(ev_new.horizon * np.einsum("s,sa,sa->", ev_new.d, pi_new, ev_old.A))
+
+
+def trpo_constant(max_abs_advantage: float, gamma: float) -> float:
+    r""":math:`C = 4\epsilon\gamma/(1-\gamma)^2` ([Schulman2015] Theorem 1); inf for gamma = 1."""
+    if gamma >= 1.0:
+        return float("inf")
+    return 4.0 * max_abs_advantage * gamma / (1.0 - gamma) ** 2
+
+
+class TRPOBound(NamedTuple):
+    """Every term of TRPO's Theorem 1 for one pair of policies."""
+
+    J: float
+    """Exact J of the new policy."""
+    J_old: float
+    """Exact J of the old policy."""
+    surrogate: float
+    r""":math:`L_{old}(\pi)`."""
+    max_kl: float
+    r""":math:`D^{max}_{KL}(\pi_{old}, \pi)` over states with :math:`d_{old} > 0`."""
+    epsilon: float
+    r""":math:`\max_{s,a}|A_{old}(s,a)|`."""
+    C: float
+    r""":math:`4\epsilon\gamma/(1-\gamma)^2`."""
+    lower_bound: float
+    r""":math:`L_{old}(\pi) - C D^{max}_{KL}`; Theorem 1 says J >= lower_bound."""
+
+    @property
+    def slack(self) -> float:
+        """J - lower_bound; non-negative when the theorem holds."""
+        return self.J - self.lower_bound
+
+
+def trpo_bound(mdp, policy, theta, theta_old, *, evaluation_old=None) -> TRPOBound:
+    r"""TRPO's Theorem 1 lower bound, term by term.
+
+    .. math::
+        J(\pi) \ge L_{\pi_{old}}(\pi) - C\, D^{max}_{KL}(\pi_{old}, \pi),\qquad
+        C = \frac{4\epsilon\gamma}{(1-\gamma)^2},\quad \epsilon = \max_{s,a}|A_{old}(s,a)|
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+    policy : TabularSoftmax or LogLinear
+    theta, theta_old : ndarray of shape ``policy.theta_shape``
+    evaluation_old : Evaluation, optional
+
+    Returns
+    -------
+    TRPOBound
+
+    Notes
+    -----
+    The max KL is taken over states reachable under pi_old. Both
+    parameterizations give every action positive probability, so the two
+    policies reach the same states and the theorem's proof only visits those.
+
+    References
+    ----------
+    [Schulman2015] Theorem 1, Eq. (9).
+    """
+    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old")
+    theta = policy.validate_theta(theta, "theta")
+    pi = policy.probs(theta)
+    J = policy_evaluation(mdp, pi).J
+    L = surrogate(mdp, policy, theta, theta_old, evaluation_old=ev_old)
+    per_state = _categorical_kl(policy.log_probs(theta_old), policy.log_probs(theta), pi_old)
+    max_kl = float(per_state[ev_old.support].max())
+    eps = float(np.abs(ev_old.A).max())
+    C = trpo_constant(eps, mdp.gamma)
+    lower = L - C * max_kl if max_kl > 0 else L
+    return TRPOBound(J=J, J_old=ev_old.J, surrogate=L, max_kl=max_kl, epsilon=eps, C=C, lower_bound=lower)

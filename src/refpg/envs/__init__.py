@@ -1,0 +1,22 @@
+"""Canonical finite MDPs, with their matrices in the docstrings.
+
+Every builder returns a validated `refpg.TabularMDP`.
+"""
+
+from refpg.envs.classic import bandit, chain, garnet, gridworld, two_state
+from refpg.envs.gym_import import from_gymnasium
+
+__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet", "from_gymnasium", "BUILTIN"]
+
+#: Built-in MDPs by name, as used by the CLI (`refpg exact NAME`).
+BUILTIN = {
+    "two_state": lambda: two_state(),
+    "bandit": lambda: bandit([1.0, 0.9, 0.1]),
+    "chain": lambda: chain(5),
+    "gridworld": lambda: gridworld(4, 4, slip=0.1),
+    "garnet": lambda: garnet(20, 4, 3, seed=0),
+    "FrozenLake-v1": lambda: from_gymnasium("FrozenLake-v1"),
+    "FrozenLake8x8-v1": lambda: from_gymnasium("FrozenLake-v1", map_name="8x8"),
+    "CliffWalking-v1": lambda: from_gymnasium("CliffWalking-v1"),
+    "Taxi-v4": lambda: from_gymnasium("Taxi-v4"),
+}

@@ -1,0 +1,223 @@
+r"""Exact policy evaluation: V, Q, A, the occupancy d and J in one call.
+
+One LU factorization of :math:`M = I - \gamma P_\pi` serves both solves
+(CONVENTIONS.md, "Exact quantities"):
+
+* :math:`V = M^{-1} r_\pi`;
+* :math:`d = (1-\gamma) M^{-\top} \rho` (the normalised discounted occupancy
+  :math:`d^\pi_\rho(s) = (1-\gamma)\sum_t \gamma^t \Pr(s_t = s)`, [Agarwal2021]).
+
+Dense MDPs use `scipy.linalg.lu_factor`; sparse ones `scipy.sparse.linalg.splu`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from refpg._validation import check_probability_rows
+from refpg.errors import EvaluationMismatchError, InvalidInputError
+from refpg.mdp import TabularMDP
+from refpg.policies import Parameterization
+
+__all__ = ["Evaluation", "evaluate", "policy_evaluation"]
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    r"""Every exact quantity of one policy on one MDP.
+
+    Attributes
+    ----------
+    V : ndarray (S,)
+        State values :math:`V^\pi = (I - \gamma P_\pi)^{-1} r_\pi`.
+    Q : ndarray (S, A)
+        :math:`Q^\pi = r + \gamma P V^\pi`.
+    A : ndarray (S, A)
+        Advantages :math:`A^\pi = Q^\pi - V^\pi`.
+    d : ndarray (S,)
+        Normalised occupancy :math:`d^\pi_\rho`; sums to 1; exactly 0 on
+        states unreachable from rho under pi.
+    J : float
+        :math:`J = \rho \cdot V = \mathbb{E}[\sum_t \gamma^t r_t]` (unnormalised).
+    horizon : float
+        The normaliser H of d, so that :math:`J = H \sum_s d(s) r_\pi(s)`:
+        :math:`1/(1-\gamma)` for gamma < 1, the expected episode length for
+        gamma = 1 (see Notes of `evaluate`).
+    pi : ndarray (S, A)
+        The policy evaluated.
+    support : ndarray of bool (S,)
+        States with d(s) > 0, found on the sparsity pattern (exact).
+    mdp : TabularMDP
+        The MDP evaluated.
+    """
+
+    V: np.ndarray
+    Q: np.ndarray
+    A: np.ndarray
+    d: np.ndarray
+    J: float
+    horizon: float
+    pi: np.ndarray
+    support: np.ndarray
+    mdp: TabularMDP
+
+    @property
+    def occupancy(self) -> np.ndarray:
+        """Alias of `d`."""
+        return self.d
+
+    @property
+    def visits(self) -> np.ndarray:
+        r"""Unnormalised occupancy :math:`\rho_\pi = H d` (TRPO's :math:`\rho_\pi`)."""
+        return self.horizon * self.d
+
+
+def check_mdp(mdp) -> TabularMDP:
+    """Refuse anything that is not a `TabularMDP`."""
+    if not isinstance(mdp, TabularMDP):
+        raise InvalidInputError(f"mdp should be a refpg.TabularMDP, actual {type(mdp).__name__}")
+    return mdp
+
+
+def check_policy(policy, mdp: TabularMDP) -> Parameterization:
+    """Refuse a parameterization that is not one or does not fit `mdp`."""
+    if not isinstance(policy, Parameterization):
+        raise InvalidInputError(
+            "policy should be a refpg parameterization (TabularSoftmax or LogLinear), "
+            f"actual {type(policy).__name__}")
+    if (policy.n_states, policy.n_actions) != (mdp.n_states, mdp.n_actions):
+        raise InvalidInputError(
+            f"policy has (n_states, n_actions) = ({policy.n_states}, {policy.n_actions}) "
+            f"but mdp has ({mdp.n_states}, {mdp.n_actions})")
+    return policy
+
+
+def evaluate(mdp: TabularMDP, pi) -> Evaluation:
+    r"""Evaluate a policy exactly: V, Q, A, d and J from one factorization.
+
+    .. math::
+        V = (I - \gamma P_\pi)^{-1} r_\pi, \quad Q = r + \gamma P V, \quad
+        A = Q - V, \quad d = (1-\gamma)(I - \gamma P_\pi)^{-\top}\rho, \quad
+        J = \rho\cdot V.
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+    pi : array_like, shape (S, A)
+        Policy probabilities; every row a distribution (atol 1e-9).
+
+    Returns
+    -------
+    Evaluation
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        If `pi` has the wrong shape, non-finite or negative entries, or rows
+        that do not sum to 1 (the message names the row).
+
+    Notes
+    -----
+    States unreachable from rho under pi get d(s) = 0 exactly: the support is
+    computed on the sparsity pattern of :math:`P_\pi`, so no round-off of the
+    solve can make an unreachable state look visited.
+
+    For gamma = 1 (proper MDPs only) the occupancy is normalised visit counts
+    over non-terminal states, :math:`d = \mu / H` with
+    :math:`\mu = \rho_N (I - P_{NN})^{-1}` and :math:`H = \sum_s \mu(s)` the
+    expected episode length; terminal states get d = 0 and V = 0. Every
+    identity of CONVENTIONS.md then holds with :math:`1/(1-\gamma)` replaced
+    by H. If rho lies entirely on terminal states, H = 0 and d = 0.
+
+    References
+    ----------
+    [Agarwal2021] Section 2; [Schulman2015] Section 2 (:math:`\rho_\pi = d/(1-\gamma)`).
+
+    Examples
+    --------
+    >>> import refpg
+    >>> mdp = refpg.envs.bandit([1.0, 0.0])
+    >>> float(refpg.evaluate(mdp, [[0.25, 0.75]]).J)
+    0.25
+    """
+    check_mdp(mdp)
+    pi = check_probability_rows(pi, "pi", shape=(mdp.n_states, mdp.n_actions))
+    return policy_evaluation(mdp, pi)
+
+
+def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
+    """`evaluate` without input validation, for callers that built `pi` themselves."""
+    S = mdp.n_states
+    gamma = mdp.gamma
+    P_pi = mdp.policy_transitions(pi)
+    r_pi = mdp.policy_rewards(pi)
+    rho = mdp.rho
+
+    if gamma == 0.0:
+        support = rho > 0
+    else:
+        support = mdp.reachable_states(pi)
+
+    if gamma < 1.0:
+        V, mu = _solve_pair(P_pi, gamma, r_pi, rho)
+        horizon = 1.0 / (1.0 - gamma)
+    else:
+        live = np.flatnonzero(~mdp.terminal)
+        V = np.zeros(S)
+        mu = np.zeros(S)
+        if live.size:
+            sub = P_pi[live][:, live] if sp.issparse(P_pi) else P_pi[np.ix_(live, live)]
+            V[live], mu[live] = _solve_pair(sub, 1.0, r_pi[live], rho[live])
+        horizon = float(mu.sum())
+
+    mu[~support] = 0.0
+    d = mu / horizon if horizon > 0 else mu
+    Q = mdp.action_values(V)
+    A = Q - V[:, None]
+    J = float(rho @ V)
+    return Evaluation(V=V, Q=Q, A=A, d=d, J=J, horizon=horizon, pi=pi, support=support, mdp=mdp)
+
+
+def _solve_pair(P_pi, gamma, r_pi, rho):
+    r"""Solve :math:`M V = r_\pi` and :math:`M^\top \mu = \rho` with one LU of
+    :math:`M = I - \gamma P_\pi`; returns V and the unnormalised visits mu."""
+    n = P_pi.shape[0]
+    if sp.issparse(P_pi):
+        M = (sp.identity(n, format="csc") - gamma * P_pi).tocsc()
+        lu = spla.splu(M)
+        return lu.solve(r_pi), lu.solve(rho, trans="T")
+    M = -gamma * P_pi
+    M[np.diag_indices(n)] += 1.0
+    lu = sla.lu_factor(M, overwrite_a=True, check_finite=False)
+    return sla.lu_solve(lu, r_pi, check_finite=False), sla.lu_solve(lu, rho, trans=1, check_finite=False)
+
+
+def prepare(mdp, policy, theta, evaluation=None, *, name: str = "theta"):
+    """Validate (mdp, policy, theta) and return (theta, pi, evaluation).
+
+    A precomputed `evaluation` is reused after checking it belongs to this MDP
+    and this exact policy, so a caller can share one factorization across the
+    gradient, the Fisher matrix and the natural gradient.
+    """
+    check_mdp(mdp)
+    check_policy(policy, mdp)
+    theta = policy.validate_theta(theta, name)
+    pi = policy.probs(theta)
+    if evaluation is None:
+        return theta, pi, policy_evaluation(mdp, pi)
+    if not isinstance(evaluation, Evaluation):
+        raise InvalidInputError(
+            f"evaluation should be a refpg.Evaluation, actual {type(evaluation).__name__}")
+    if evaluation.mdp is not mdp:
+        raise EvaluationMismatchError("evaluation was computed on a different mdp")
+    if not np.array_equal(evaluation.pi, pi):
+        k = np.unravel_index(int(np.argmax(np.abs(evaluation.pi - pi))), pi.shape)
+        raise EvaluationMismatchError(
+            f"evaluation was computed for another policy: evaluation.pi[{k[0]}, {k[1]}] is "
+            f"{evaluation.pi[k]!r} but the policy of {name} gives {pi[k]!r}")
+    return theta, pi, evaluation

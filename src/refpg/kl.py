@@ -1,0 +1,139 @@
+r"""Exact KL divergences between two policies, per state, mean and max.
+
+Direction: :math:`D_{KL}(\pi_{old}(\cdot|s) \,\|\, \pi(\cdot|s))` everywhere
+([Schulman2015]; CONVENTIONS.md). Mean under :math:`d^{\pi_{old}}`; max over
+states with :math:`d^{\pi_{old}}(s) > 0`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refpg._validation import check_probability_rows
+from refpg.errors import InvalidInputError
+from refpg.evaluation import check_mdp, check_policy, prepare
+
+__all__ = ["kl_divergence", "kl_gradient", "policy_kl"]
+
+_REDUCTIONS = ("mean", "max", "none")
+
+
+def policy_kl(pi_old, pi_new) -> np.ndarray:
+    r"""Per-state :math:`\sum_a \pi_{old}(a|s)\,(\log\pi_{old}(a|s) - \log\pi_{new}(a|s))`.
+
+    Parameters
+    ----------
+    pi_old, pi_new : array_like, shape (S, A)
+        Row-stochastic matrices.
+
+    Returns
+    -------
+    ndarray (S,)
+        Non-negative; ``inf`` where pi_new puts 0 on an action pi_old plays
+        (the true value, not an error).
+
+    References
+    ----------
+    [Schulman2015] Section 4.
+    """
+    pi_old = check_probability_rows(pi_old, "pi_old", shape=np.shape(pi_old))
+    pi_new = check_probability_rows(pi_new, "pi_new", shape=pi_old.shape)
+    return _categorical_kl(np.log(pi_old), np.log(pi_new), pi_old)
+
+
+def _categorical_kl(logp_old, logp_new, p_old):
+    # Terms with p_old = 0 contribute 0 even where log p_old = -inf.
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p_old > 0, p_old * (logp_old - logp_new), 0.0)
+    return np.maximum(terms.sum(axis=-1), 0.0)
+
+
+def _kl_pieces(mdp, policy, theta, theta_old, evaluation_old):
+    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old")
+    theta = policy.validate_theta(theta, "theta")
+    logp_new = policy.log_probs(theta)
+    per_state = _categorical_kl(policy.log_probs(theta_old), logp_new, pi_old)
+    return theta, pi_old, ev_old, per_state
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise InvalidInputError(f"reduction should be one of {_REDUCTIONS}, actual {reduction!r}")
+
+
+def kl_divergence(mdp, policy, theta, theta_old, *, reduction: str = "mean",
+                  evaluation_old=None):
+    r"""Exact KL between :math:`\pi_{\theta_{old}}` and :math:`\pi_\theta`.
+
+    .. math::
+        \overline{D}_{KL} = \sum_s d^{\pi_{old}}(s)\, D_{KL}(\pi_{old}(\cdot|s)\|\pi(\cdot|s)),
+        \qquad
+        D^{max}_{KL} = \max_{s:\, d^{\pi_{old}}(s) > 0} D_{KL}(\pi_{old}(\cdot|s)\|\pi(\cdot|s))
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+    policy : TabularSoftmax or LogLinear
+    theta, theta_old : ndarray of shape ``policy.theta_shape``
+    reduction : {"mean", "max", "none"}
+        "none" returns the per-state vector (S,).
+    evaluation_old : Evaluation, optional
+        Exact evaluation of theta_old, reused if given.
+
+    Returns
+    -------
+    float, or ndarray (S,) for ``reduction="none"``
+
+    References
+    ----------
+    [Schulman2015] Eqs. (9), (12).
+    """
+    check_mdp(mdp)
+    check_policy(policy, mdp)
+    _check_reduction(reduction)
+    _, _, ev_old, per_state = _kl_pieces(mdp, policy, theta, theta_old, evaluation_old)
+    if reduction == "none":
+        return per_state
+    if reduction == "mean":
+        return float(ev_old.d @ per_state)
+    return float(per_state[ev_old.support].max())
+
+
+def kl_gradient(mdp, policy, theta, theta_old, *, reduction: str = "mean",
+                evaluation_old=None) -> np.ndarray:
+    r"""Gradient in theta (the new policy) of the mean or max KL.
+
+    .. math::
+        \nabla_\theta \overline{D}_{KL} = -\sum_s d^{\pi_{old}}(s) \sum_a
+        \pi_{old}(a|s)\, \nabla_\theta \log\pi_\theta(a|s)
+
+    For the max, the gradient of the maximising state's KL (a subgradient
+    where several states tie; the first in index order is used). At
+    theta = theta_old the mean-KL Hessian is the Fisher matrix.
+
+    Parameters
+    ----------
+    mdp, policy, theta, theta_old, evaluation_old
+        As in `kl_divergence`.
+    reduction : {"mean", "max"}
+
+    Returns
+    -------
+    ndarray of shape ``policy.theta_shape``
+
+    References
+    ----------
+    [Schulman2015] Appendix C.
+    """
+    check_mdp(mdp)
+    check_policy(policy, mdp)
+    if reduction not in ("mean", "max"):
+        raise InvalidInputError(f"reduction should be 'mean' or 'max', actual {reduction!r}")
+    theta, pi_old, ev_old, per_state = _kl_pieces(mdp, policy, theta, theta_old, evaluation_old)
+    if reduction == "mean":
+        w = ev_old.d
+    else:
+        idx = np.flatnonzero(ev_old.support)
+        w = np.zeros(mdp.n_states)
+        w[idx[np.argmax(per_state[idx])]] = 1.0
+    return policy.log_prob_vjp(theta, -w[:, None] * pi_old)

@@ -1,0 +1,354 @@
+"""Finite Markov decision processes with validated, immutable arrays.
+
+See CONVENTIONS.md, "Shapes and names". Transitions are stored either densely,
+``P[s, a, s2]`` of shape (S, A, S), or as a `scipy.sparse` matrix of shape
+(S*A, S) whose row ``s*A + a`` is ``P[s, a, :]``; the sparse form lets
+gridworlds with 10^5 states fit in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from refpg._validation import (
+    PROB_ATOL,
+    as_float_array,
+    check_discount,
+    check_distributions,
+    check_finite,
+    check_shape,
+    entry,
+)
+from refpg.errors import (
+    ImproperMDPError,
+    InvalidInputError,
+    NegativeEntryError,
+    NotADistributionError,
+    ShapeError,
+    TerminalStateError,
+)
+
+__all__ = ["TabularMDP"]
+
+
+class TabularMDP:
+    r"""A finite discounted MDP :math:`(S, A, P, r, \rho, \gamma)`.
+
+    Validated once, here; every array is copied and made read-only, so an
+    MDP can be shared freely and never changes after construction.
+
+    Parameters
+    ----------
+    P : array_like of shape (S, A, S), or scipy.sparse matrix of shape (S*A, S)
+        ``P[s, a, s2] = Pr(s_{t+1} = s2 | s_t = s, a_t = a)``. Each
+        ``P[s, a, :]`` must be a distribution (non-negative, sums to 1 within
+        ``atol=1e-9``). Sparse input is summed over duplicate entries.
+    r : array_like of shape (S, A) or (S, A, S), or sparse (S*A, S)
+        Expected reward ``r[s, a]``, or a transition reward ``r[s, a, s2]``
+        which is kept for sampling and reduced to
+        :math:`r(s,a) = \sum_{s'} P(s'|s,a)\, r(s,a,s')` for exact work.
+    rho : array_like of shape (S,)
+        Initial-state distribution.
+    gamma : float
+        Discount in [0, 1); 1 is accepted only if the MDP is proper (every
+        policy reaches a terminal state with probability one from every state
+        reachable from `rho`).
+    terminal : array_like of bool, shape (S,), optional
+        Terminal states: absorbing (``P[t, a, t] = 1``) with zero reward.
+        Entering one ends an episode. Default: none.
+    name : str, optional
+        A label used in ``repr`` and reports.
+
+    Raises
+    ------
+    refpg.errors.ShapeError, NonFiniteError, NegativeEntryError,
+    NotADistributionError, InvalidDiscountError, ImproperMDPError,
+    TerminalStateError
+        With a message naming the argument and the offending entry.
+
+    Examples
+    --------
+    >>> import numpy as np, refpg
+    >>> P = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])
+    >>> mdp = refpg.TabularMDP(P, r=[[1.0, 0.0], [2.0, 0.0]], rho=[1.0, 0.0], gamma=0.9)
+    >>> mdp.n_states, mdp.n_actions
+    (2, 2)
+    """
+
+    __slots__ = ("_P", "_r", "_r_sas", "_rho", "_gamma", "_terminal", "_name",
+                 "_n_states", "_n_actions", "_frozen")
+
+    def __init__(self, P, r, rho, gamma, terminal=None, *, name: str | None = None):
+        if sp.issparse(P):
+            P, S, A = _sparse_transitions(P)
+        else:
+            P = as_float_array(P, "P", ndim=3)
+            S, A = P.shape[0], P.shape[1]
+            check_shape(P, "P", shape=(S, A, S))
+            if S == 0 or A == 0:
+                raise ShapeError(f"P should have at least one state and one action, actual shape {P.shape}")
+            check_distributions(P, "P")
+            P = _readonly(P)
+        self._P, self._n_states, self._n_actions = P, S, A
+
+        self._r, self._r_sas = self._rewards(r)
+        self._rho = _readonly(_distribution(rho, "rho", S))
+
+        if terminal is None:
+            term = np.zeros(S, dtype=bool)
+        else:
+            term = np.asarray(terminal)
+            if term.dtype != bool:
+                raise InvalidInputError(f"terminal should be a boolean array, actual dtype {term.dtype}")
+            check_shape(term, "terminal", shape=(S,))
+        self._terminal = _readonly(term)
+        self._check_terminal_states()
+
+        self._gamma = check_discount(gamma, allow_one=True)
+        if self._gamma == 1.0:
+            self._check_proper()
+        self._name = name
+        self._frozen = True
+
+    # -- immutability -------------------------------------------------------
+    def __setattr__(self, key, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError("TabularMDP is immutable; build a new one instead")
+        object.__setattr__(self, key, value)
+
+    # -- construction helpers ----------------------------------------------
+    def _rewards(self, r):
+        S, A = self._n_states, self._n_actions
+        if sp.issparse(r):
+            R = sp.csr_array(r, dtype=np.float64)
+            if R.shape != (S * A, S):
+                raise ShapeError(f"r should have shape ({S * A}, {S}) as a sparse matrix, actual {R.shape}")
+            check_finite(R.data, "r.data")
+            return _readonly(self._reduce(R)), R
+        arr = as_float_array(r, "r")
+        if arr.ndim == 2:
+            check_shape(arr, "r", shape=(S, A))
+            return _readonly(arr), None
+        if arr.ndim == 3:
+            check_shape(arr, "r", shape=(S, A, S))
+            return _readonly(self._reduce(arr)), _readonly(arr)
+        raise ShapeError(f"r should have shape ({S}, {A}) or ({S}, {A}, {S}), actual shape {arr.shape}")
+
+    def _reduce(self, R):
+        S, A = self._n_states, self._n_actions
+        if sp.issparse(self._P):
+            R2 = R if sp.issparse(R) else R.reshape(S * A, S)
+            return np.asarray(self._P.multiply(R2).sum(axis=1)).reshape(S, A)
+        if sp.issparse(R):
+            R = R.toarray().reshape(S, A, S)
+        return np.einsum("sat,sat->sa", self._P, R)
+
+    def _check_terminal_states(self):
+        A = self._n_actions
+        for t in np.flatnonzero(self._terminal):
+            for a in range(A):
+                stay = self._P[t * A + a, t] if sp.issparse(self._P) else self._P[t, a, t]
+                if abs(stay - 1.0) > PROB_ATOL:
+                    raise TerminalStateError(
+                        f"P[{t}, {a}, {t}] is {float(stay)!r} but state {t} is terminal; "
+                        f"expected 1 (terminal states are absorbing) within atol={PROB_ATOL:g}")
+                if self._r[t, a] != 0.0:
+                    raise TerminalStateError(
+                        f"r[{t}, {a}] is {float(self._r[t, a])!r} but state {t} is terminal; "
+                        "expected 0 (terminal states give no reward)")
+
+    def _check_proper(self):
+        trap = self.trap_states()
+        reach = self.reachable_states()
+        bad = np.flatnonzero(trap & reach)
+        if bad.size:
+            raise ImproperMDPError(
+                f"gamma = 1 requires a proper MDP, but from state {bad[0]} (reachable from rho) "
+                f"some policy never reaches a terminal state ({bad.size} such states in all); "
+                "use gamma < 1 or add terminal states")
+
+    # -- public properties -------------------------------------------------
+    @property
+    def n_states(self) -> int:
+        """Number of states S."""
+        return self._n_states
+
+    @property
+    def n_actions(self) -> int:
+        """Number of actions A."""
+        return self._n_actions
+
+    @property
+    def P(self):
+        """Transitions: read-only (S, A, S) array or sparse (S*A, S) matrix."""
+        return self._P
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether transitions are stored as a sparse (S*A, S) matrix."""
+        return sp.issparse(self._P)
+
+    @property
+    def r(self) -> np.ndarray:
+        """Expected immediate reward r(s, a), shape (S, A)."""
+        return self._r
+
+    @property
+    def transition_rewards(self):
+        """The (S, A, S) (or sparse (S*A, S)) reward given, or None."""
+        return self._r_sas
+
+    @property
+    def rho(self) -> np.ndarray:
+        """Initial-state distribution, shape (S,)."""
+        return self._rho
+
+    @property
+    def gamma(self) -> float:
+        """Discount factor."""
+        return self._gamma
+
+    @property
+    def terminal(self) -> np.ndarray:
+        """Boolean mask of terminal states, shape (S,)."""
+        return self._terminal
+
+    @property
+    def name(self) -> str | None:
+        """Optional label."""
+        return self._name
+
+    def __repr__(self) -> str:
+        kind = "sparse" if self.is_sparse else "dense"
+        label = f"{self._name!r}, " if self._name else ""
+        return (f"TabularMDP({label}S={self._n_states}, A={self._n_actions}, "
+                f"gamma={self._gamma}, {kind}, terminal={int(self._terminal.sum())})")
+
+    # -- small composable pieces ------------------------------------------
+    def transition_rows(self):
+        """Transitions as an (S*A, S) matrix (a reshaped view when dense)."""
+        if self.is_sparse:
+            return self._P
+        S, A = self._n_states, self._n_actions
+        return self._P.reshape(S * A, S)
+
+    def dense_P(self) -> np.ndarray:
+        """Transitions as a dense (S, A, S) array (a copy when sparse)."""
+        if self.is_sparse:
+            S, A = self._n_states, self._n_actions
+            return self._P.toarray().reshape(S, A, S)
+        return self._P
+
+    def policy_transitions(self, pi: np.ndarray):
+        r"""State-to-state matrix :math:`P_\pi[s, s'] = \sum_a \pi(a|s) P(s'|s, a)`.
+
+        Dense (S, S) array for dense MDPs, sparse CSR for sparse ones.
+        `pi` is trusted here; public callers validate it first.
+        """
+        S, A = self._n_states, self._n_actions
+        if self.is_sparse:
+            Pi = sp.csr_array((pi.ravel(), np.arange(S * A), np.arange(0, S * A + 1, A)),
+                              shape=(S, S * A))
+            return (Pi @ self._P).tocsr()
+        # A batched (1, A) @ (A, S) product per state: no (S, A, S) temporary.
+        return np.matmul(pi[:, None, :], self._P)[:, 0, :]
+
+    def policy_rewards(self, pi: np.ndarray) -> np.ndarray:
+        r""":math:`r_\pi[s] = \sum_a \pi(a|s) r(s, a)`, shape (S,)."""
+        return np.einsum("sa,sa->s", pi, self._r)
+
+    def action_values(self, V: np.ndarray) -> np.ndarray:
+        r""":math:`Q = r + \gamma P V`, shape (S, A), for any state-value vector V."""
+        S, A = self._n_states, self._n_actions
+        return self._r + self._gamma * (self.transition_rows() @ V).reshape(S, A)
+
+    def reachable_states(self, pi: np.ndarray | None = None) -> np.ndarray:
+        """States reached with positive probability from rho, at any time.
+
+        Under `pi` if given (edges where ``P_pi > 0``), else under any action.
+        Exact: computed on the sparsity pattern, never by thresholding values.
+        """
+        from scipy.sparse.csgraph import breadth_first_order
+
+        S = self._n_states
+        if pi is None:
+            rows = self.transition_rows()
+            # Any action: the union of supports, collapsed over actions.
+            collapse = sp.csr_array((np.ones(S * self._n_actions),
+                                     np.repeat(np.arange(S), self._n_actions),
+                                     np.arange(S * self._n_actions)), shape=(S, S * self._n_actions))
+            adj = collapse @ sp.csr_array(rows)
+        else:
+            adj = sp.csr_array(self.policy_transitions(pi))
+        return _reachable_from(adj, self._rho > 0, breadth_first_order)
+
+    def trap_states(self) -> np.ndarray:
+        """Non-terminal states from which some policy avoids termination forever.
+
+        The largest set X of non-terminal states such that every s in X has
+        an action whose successors all lie in X (a fixed point); a policy
+        that plays those actions never terminates from X.
+        """
+        S, A = self._n_states, self._n_actions
+        support = sp.csr_array(self.transition_rows())
+        support.data = (support.data > 0).astype(np.float64)
+        X = ~self._terminal
+        while True:
+            leaves = (support @ (~X).astype(np.float64)).reshape(S, A) > 0
+            X_new = X & (~leaves).any(axis=1)
+            if np.array_equal(X_new, X):
+                return X
+            X = X_new
+
+
+def _reachable_from(adj, sources: np.ndarray, bfs) -> np.ndarray:
+    """Nodes reachable from any source in the directed graph `adj` (S x S)."""
+    S = adj.shape[0]
+    src = np.flatnonzero(sources)
+    # A virtual node S points to every source, so one search covers them all.
+    extra = sp.csr_array((np.ones(src.size), (np.full(src.size, S), src)), shape=(S + 1, S + 1))
+    graph = sp.block_array([[adj, None], [None, sp.csr_array((1, 1))]], format="csr") + extra
+    order = bfs(graph, S, directed=True, return_predecessors=False)
+    mask = np.zeros(S + 1, dtype=bool)
+    mask[order] = True
+    return mask[:S]
+
+
+def _sparse_transitions(P):
+    P = sp.csr_array(P, dtype=np.float64, copy=True)
+    if P.ndim != 2 or P.shape[0] == 0 or P.shape[1] == 0 or P.shape[0] % P.shape[1] != 0:
+        raise ShapeError(
+            f"sparse P should have shape (S*A, S) with S, A >= 1, actual shape {P.shape}")
+    S = P.shape[1]
+    A = P.shape[0] // S
+    P.sum_duplicates()
+    check_finite(P.data, "P.data")
+    if (P.data < 0).any():
+        k = int(np.flatnonzero(P.data < 0)[0])
+        row = int(np.searchsorted(P.indptr, k, side="right") - 1)
+        s, a = divmod(row, A)
+        raise NegativeEntryError(
+            f"P[{s}, {a}, {int(P.indices[k])}] is {float(P.data[k])!r}; expected a probability >= 0")
+    sums = np.asarray(P.sum(axis=1)).ravel()
+    bad = np.abs(sums - 1.0) > PROB_ATOL
+    if bad.any():
+        s, a = divmod(int(np.flatnonzero(bad)[0]), A)
+        raise NotADistributionError(
+            f"P[{s}, {a}, :] sums to {float(sums[s * A + a])!r}; expected 1 within atol={PROB_ATOL:g}")
+    P.eliminate_zeros()
+    P.data.flags.writeable = False
+    return P, S, A
+
+
+def _distribution(x, name: str, n: int) -> np.ndarray:
+    arr = as_float_array(x, name, shape=(n,))
+    check_distributions(arr, name)
+    return arr
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    # Always copy: the caller's array must stay writeable and must not alias ours.
+    arr = np.array(arr, copy=True)
+    arr.flags.writeable = False
+    return arr

@@ -1,0 +1,199 @@
+r"""Policy parameterizations: tabular softmax and log-linear.
+
+A parameterization is small: the log-probabilities of theta, and the two
+products with the Jacobian of :math:`\theta \mapsto \log\pi_\theta` (STYLE.md):
+
+* ``log_prob_jvp(theta, v)``: a tangent in theta to a tangent in log pi,
+  :math:`u[s,a] = \nabla_\theta \log\pi_\theta(a|s) \cdot v`;
+* ``log_prob_vjp(theta, w)``: weights over (s, a) to a gradient in theta,
+  :math:`g = \sum_{s,a} w[s,a]\, \nabla_\theta \log\pi_\theta(a|s)`.
+
+The policy gradient, Fisher-vector products, surrogate, KL and PPO gradients
+are all built from these two products, so none of them needs to know which
+parameterization it works with.
+
+Policies are *objects* that hold the structure (sizes, features), while theta
+is a plain NumPy array passed alongside: ``policy.probs(theta)``. This keeps
+theta a value that algorithms can copy, compare bit for bit and store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refpg._validation import as_float_array, check_positive_int
+from refpg.errors import ShapeError
+
+__all__ = ["Parameterization", "TabularSoftmax", "LogLinear", "log_softmax"]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    r"""Row-wise :math:`\log \mathrm{softmax}(z)_a = z_a - \max z - \log\sum_b e^{z_b - \max z}`.
+
+    Subtracting the row maximum first makes this finite for logits of any
+    finite size (tested to +-1e3): no overflow, and log pi stays finite even
+    where pi itself underflows to 0.
+    """
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+class Parameterization:
+    """Base class: a differentiable map from theta to a policy pi (S, A)."""
+
+    n_states: int
+    n_actions: int
+
+    @property
+    def theta_shape(self) -> tuple:
+        """Shape of theta."""
+        raise NotImplementedError
+
+    @property
+    def n_params(self) -> int:
+        """Number of scalar parameters."""
+        return int(np.prod(self.theta_shape))
+
+    def validate_theta(self, theta, name: str = "theta") -> np.ndarray:
+        """Return theta as float64 after checking its shape and finiteness."""
+        return as_float_array(theta, name, shape=self.theta_shape)
+
+    def logits(self, theta: np.ndarray) -> np.ndarray:
+        """Unnormalised log-probabilities, shape (S, A)."""
+        raise NotImplementedError
+
+    def log_probs(self, theta: np.ndarray) -> np.ndarray:
+        r""":math:`\log\pi_\theta(a|s)`, shape (S, A), finite everywhere."""
+        return log_softmax(self.logits(theta))
+
+    def probs(self, theta: np.ndarray) -> np.ndarray:
+        r""":math:`\pi_\theta(a|s)`, shape (S, A); rows sum to 1."""
+        return np.exp(self.log_probs(theta))
+
+    def log_prob_jvp(self, theta, v, pi=None) -> np.ndarray:
+        r""":math:`u[s,a] = \nabla_\theta \log\pi(a|s) \cdot v`, shape (S, A)."""
+        raise NotImplementedError
+
+    def log_prob_vjp(self, theta, w, pi=None) -> np.ndarray:
+        r""":math:`g = \sum_{s,a} w[s,a] \nabla_\theta \log\pi(a|s)`, shape of theta."""
+        raise NotImplementedError
+
+    def log_prob_jacobian(self, theta, pi=None) -> np.ndarray:
+        r"""Dense Jacobian of log pi, shape (S*A, n_params), row ``s*A + a``."""
+        raise NotImplementedError
+
+    def _probs(self, theta, pi):
+        return self.probs(theta) if pi is None else pi
+
+
+class TabularSoftmax(Parameterization):
+    r"""Tabular softmax :math:`\pi_\theta(a|s) = e^{\theta_{s,a}} / \sum_b e^{\theta_{s,b}}`.
+
+    theta has shape (S, A) and is the logit table itself.
+    :math:`\partial \log\pi(a|s) / \partial\theta_{s,b} = 1[a=b] - \pi(b|s)`
+    ([Agarwal2021], Lemma C.1).
+
+    Parameters
+    ----------
+    n_states, n_actions : int
+    """
+
+    def __init__(self, n_states: int, n_actions: int):
+        self.n_states = check_positive_int(n_states, "n_states")
+        self.n_actions = check_positive_int(n_actions, "n_actions")
+
+    @classmethod
+    def for_mdp(cls, mdp) -> "TabularSoftmax":
+        """The tabular softmax parameterization sized for `mdp`."""
+        return cls(mdp.n_states, mdp.n_actions)
+
+    @property
+    def theta_shape(self) -> tuple:
+        return (self.n_states, self.n_actions)
+
+    def __repr__(self) -> str:
+        return f"TabularSoftmax(n_states={self.n_states}, n_actions={self.n_actions})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TabularSoftmax) and self.theta_shape == other.theta_shape
+
+    def __hash__(self) -> int:
+        return hash(("TabularSoftmax", self.theta_shape))
+
+    def logits(self, theta):
+        return np.asarray(theta, dtype=np.float64)
+
+    def log_prob_jvp(self, theta, v, pi=None):
+        pi = self._probs(theta, pi)
+        return v - np.einsum("sb,sb->s", pi, v)[:, None]
+
+    def log_prob_vjp(self, theta, w, pi=None):
+        pi = self._probs(theta, pi)
+        return w - pi * w.sum(axis=1, keepdims=True)
+
+    def log_prob_jacobian(self, theta, pi=None):
+        pi = self._probs(theta, pi)
+        S, A = pi.shape
+        jac = np.zeros((S, A, S, A))
+        s = np.arange(S)
+        # Block s: d log pi(a|s) / d theta[s, b] = 1[a = b] - pi(b|s).
+        jac[s, :, s, :] = np.eye(A)[None] - pi[:, None, :]
+        return jac.reshape(S * A, S * A)
+
+
+class LogLinear(Parameterization):
+    r"""Log-linear policy :math:`\pi_\theta(a|s) \propto \exp(\phi(s,a)^\top\theta)`.
+
+    :math:`\nabla_\theta \log\pi(a|s) = \phi(s,a) - \sum_b \pi(b|s)\phi(s,b)`
+    ([Agarwal2021], Section 6.1.1).
+
+    Parameters
+    ----------
+    features : array_like, shape (S, A, d)
+        Feature vectors :math:`\phi(s, a)`; finite.
+    """
+
+    def __init__(self, features):
+        phi = as_float_array(features, "features", ndim=3)
+        if min(phi.shape) == 0:
+            raise ShapeError(f"features should have shape (S, A, d) with S, A, d >= 1, actual shape {phi.shape}")
+        phi = phi.copy()
+        phi.flags.writeable = False
+        self.features = phi
+        self.n_states, self.n_actions, self.n_features = phi.shape
+
+    @classmethod
+    def one_hot(cls, n_states: int, n_actions: int) -> "LogLinear":
+        """Indicator features: a log-linear policy equal to tabular softmax."""
+        S = check_positive_int(n_states, "n_states")
+        A = check_positive_int(n_actions, "n_actions")
+        return cls(np.eye(S * A).reshape(S, A, S * A))
+
+    @property
+    def theta_shape(self) -> tuple:
+        return (self.n_features,)
+
+    def __repr__(self) -> str:
+        S, A, d = self.features.shape
+        return f"LogLinear(features of shape ({S}, {A}, {d}))"
+
+    def logits(self, theta):
+        return self.features @ np.asarray(theta, dtype=np.float64)
+
+    def _centred(self, pi):
+        # phi(s, a) - E_{b ~ pi(.|s)} phi(s, b): the score function.
+        return self.features - np.einsum("sb,sbd->sd", pi, self.features)[:, None, :]
+
+    def log_prob_jvp(self, theta, v, pi=None):
+        pi = self._probs(theta, pi)
+        u = self.features @ v
+        return u - np.einsum("sb,sb->s", pi, u)[:, None]
+
+    def log_prob_vjp(self, theta, w, pi=None):
+        pi = self._probs(theta, pi)
+        return np.einsum("sa,sad->d", w, self.features) - np.einsum(
+            "s,sb,sbd->d", w.sum(axis=1), pi, self.features)
+
+    def log_prob_jacobian(self, theta, pi=None):
+        pi = self._probs(theta, pi)
+        return self._centred(pi).reshape(-1, self.n_features)
