@@ -57,9 +57,9 @@ def check_shape(arr: np.ndarray, name: str, *, ndim: int | None = None,
     if shape is not None:
         ndim = len(shape)
     if ndim is not None and arr.ndim != ndim:
-        expected = _shape_str(shape) if shape is not None else f"{ndim} dimensions"
+        expected = f"shape {_shape_str(shape)}" if shape is not None else f"{ndim} dimensions"
         raise ShapeError(
-            f"{name} should have shape {expected}, actual shape {arr.shape}")
+            f"{name} should have {expected}, actual shape {arr.shape}")
     if shape is not None:
         for k, (got, want) in enumerate(zip(arr.shape, shape)):
             if want is not None and got != want:
@@ -79,7 +79,7 @@ def check_finite(arr: np.ndarray, name: str) -> None:
     if bad.any():
         idx = np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape)
         raise NonFiniteError(
-            f"{entry(name, idx)} is {arr[idx]!r}; expected a finite number "
+            f"{entry(name, idx)} is {float(arr[idx])!r}; expected a finite number "
             f"({int(bad.sum())} non-finite entries in all)")
 
 
@@ -89,7 +89,7 @@ def check_nonnegative(arr: np.ndarray, name: str) -> None:
     if bad.any():
         idx = np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape)
         raise NegativeEntryError(
-            f"{entry(name, idx)} is {arr[idx]!r}; expected a probability >= 0")
+            f"{entry(name, idx)} is {float(arr[idx])!r}; expected a probability >= 0")
 
 
 def check_distributions(arr: np.ndarray, name: str, *, atol: float = PROB_ATOL) -> None:

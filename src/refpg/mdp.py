@@ -275,9 +275,9 @@ class TabularMDP:
         if pi is None:
             rows = self.transition_rows()
             # Any action: the union of supports, collapsed over actions.
-            collapse = sp.csr_array((np.ones(S * self._n_actions),
-                                     np.repeat(np.arange(S), self._n_actions),
-                                     np.arange(S * self._n_actions)), shape=(S, S * self._n_actions))
+            SA = S * self._n_actions
+            collapse = sp.csr_array((np.ones(SA), (np.repeat(np.arange(S), self._n_actions), np.arange(SA))),
+                                    shape=(S, SA))
             adj = collapse @ sp.csr_array(rows)
         else:
             adj = sp.csr_array(self.policy_transitions(pi))

@@ -3,13 +3,15 @@
 Every builder returns a validated `refpg.TabularMDP`.
 """
 
-from refpg.envs.classic import bandit, chain, garnet, gridworld, two_state
+from refpg.envs.classic import bandit, chain, frozen_lake, garnet, gridworld, two_state
 from refpg.envs.gym_import import from_gymnasium
 
-__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet", "from_gymnasium", "BUILTIN"]
+__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet", "frozen_lake", "from_gymnasium", "BUILTIN"]
 
 #: Built-in MDPs by name, as used by the CLI (`refpg exact NAME`).
 BUILTIN = {
+    "frozen_lake": lambda: frozen_lake("4x4"),
+    "frozen_lake_8x8": lambda: frozen_lake("8x8"),
     "two_state": lambda: two_state(),
     "bandit": lambda: bandit([1.0, 0.9, 0.1]),
     "chain": lambda: chain(5),

@@ -9,7 +9,7 @@ from refpg._validation import as_float_array, check_discount, check_positive_int
 from refpg.errors import InvalidInputError
 from refpg.mdp import TabularMDP
 
-__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet"]
+__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet", "frozen_lake"]
 
 
 def two_state(gamma: float = 0.9) -> TabularMDP:
@@ -216,3 +216,70 @@ def _distinct_successors(rng, rows: int, S: int, b: int) -> np.ndarray:
         if bad.size == 0:
             return succ
         succ[bad] = rng.integers(0, S, size=(bad.size, b))
+
+
+FROZEN_LAKE_MAPS = {
+    "4x4": ("SFFF", "FHFH", "FFFH", "HFFG"),
+    "8x8": ("SFFFFFFF", "FFFFFFFF", "FFFHFFFF", "FFFFFHFF",
+            "FFFHFFFF", "FHHFFFHF", "FHFFHFHF", "FFFHFFFG"),
+}
+# Gymnasium's FrozenLake action order: left, down, right, up.
+_LAKE_MOVES = np.array([[0, -1], [1, 0], [0, 1], [-1, 0]])
+
+
+def frozen_lake(map_name: str = "4x4", *, slippery: bool = True, success_rate: float = 1.0 / 3.0,
+                gamma: float = 0.99, desc=None) -> TabularMDP:
+    r"""FrozenLake, built without Gymnasium, identical to ``FrozenLake-v1``.
+
+    Cells: S start, F frozen, H hole, G goal. Actions 0-3: left, down,
+    right, up. When slippery the intended move happens with probability
+    `success_rate` and each perpendicular one with (1 - success_rate)/2;
+    moves into the border stay put. Entering G pays 1; G and H are terminal.
+    State index ``row * ncol + col``. The tests check that this equals
+    ``refpg.envs.from_gymnasium("FrozenLake-v1", ...)`` entry for entry.
+
+    Parameters
+    ----------
+    map_name : {"4x4", "8x8"}
+    slippery : bool
+    success_rate : float in [0, 1]
+    gamma : float in [0, 1)
+    desc : sequence of str, optional
+        A custom map; overrides `map_name`.
+    """
+    if desc is None:
+        if map_name not in FROZEN_LAKE_MAPS:
+            raise InvalidInputError(
+                f"map_name should be one of {sorted(FROZEN_LAKE_MAPS)}, actual {map_name!r}")
+        desc = FROZEN_LAKE_MAPS[map_name]
+    rows = [str(row) for row in desc]
+    if not rows or any(len(row) != len(rows[0]) for row in rows):
+        raise InvalidInputError("desc should be a non-empty list of equal-length strings")
+    grid = np.array([list(row) for row in rows])
+    if not set(grid.ravel()) <= set("SFHG") or (grid == "S").sum() != 1:
+        raise InvalidInputError("desc should use only S, F, H, G and hold exactly one S")
+    success_rate = check_real(success_rate, "success_rate", low=0.0, high=1.0)
+    gamma = check_discount(gamma)
+    nrow, ncol = grid.shape
+    S, A = nrow * ncol, 4
+    flat = grid.ravel()
+    terminal = (flat == "G") | (flat == "H")
+    P = np.zeros((S, A, S))
+    r = np.zeros((S, A, S))
+    fail = (1.0 - success_rate) / 2.0
+    for s in range(S):
+        if terminal[s]:
+            P[s, :, s] = 1.0
+            continue
+        row, col = divmod(s, ncol)
+        for a in range(A):
+            outcomes = [((a - 1) % 4, fail), (a, success_rate), ((a + 1) % 4, fail)] if slippery else [(a, 1.0)]
+            for move, prob in outcomes:
+                nr = min(max(row + _LAKE_MOVES[move, 0], 0), nrow - 1)
+                nc = min(max(col + _LAKE_MOVES[move, 1], 0), ncol - 1)
+                s2 = nr * ncol + nc
+                P[s, a, s2] += prob
+                r[s, a, s2] = float(flat[s2] == "G")
+    rho = (flat == "S").astype(np.float64)
+    return TabularMDP(P, r, rho, gamma, terminal,
+                      name=f"frozen_lake({nrow}x{ncol}, slippery={slippery})")

@@ -1,0 +1,127 @@
+"""The ``refpg`` command line.
+
+``refpg exact [ENV]`` prints the exact quantities of a policy on a built-in
+MDP (FrozenLake 4x4, slippery, by default): J, V, the occupancy d, the norm of
+the policy gradient, one natural-gradient step and the optimal J.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _table(header: list[str], rows: list[list], *, align: str | None = None) -> str:
+    """Render a plain-text table with right-aligned numeric columns."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[k]) for r in cells) for k in range(len(header))]
+    align = align or "l" + "r" * (len(header) - 1)
+    def fmt(row):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align))
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def _load_env(name: str, gamma: float | None):
+    from refpg import envs
+    from refpg.errors import InvalidInputError
+
+    if name in envs.BUILTIN:
+        mdp = envs.BUILTIN[name]()
+    elif "-v" in name:
+        mdp = envs.from_gymnasium(name)
+    else:
+        raise InvalidInputError(
+            f"ENV should be one of {sorted(envs.BUILTIN)} or a Gymnasium toy-text id, actual {name!r}")
+    if gamma is not None:
+        from refpg.mdp import TabularMDP
+        mdp = TabularMDP(mdp.P, mdp.transition_rewards if mdp.transition_rewards is not None else mdp.r,
+                         mdp.rho, gamma, mdp.terminal, name=mdp.name)
+    return mdp
+
+
+def cmd_exact(args) -> int:
+    import refpg
+
+    mdp = _load_env(args.env, args.gamma)
+    pol = refpg.TabularSoftmax.for_mdp(mdp)
+    if args.theta == "uniform":
+        theta = np.zeros(pol.theta_shape)
+        policy_desc = "uniform (theta = 0)"
+    else:
+        theta = np.random.default_rng(args.seed).normal(size=pol.theta_shape)
+        policy_desc = f"random softmax, theta ~ N(0, 1), seed {args.seed}"
+    pi = pol.probs(theta)
+    ev = refpg.evaluate(mdp, pi)
+    grad = refpg.policy_gradient(mdp, pol, theta, evaluation=ev)
+    nat = refpg.natural_gradient(mdp, pol, theta, evaluation=ev)
+    opt = refpg.optimal_policy(mdp)
+    theta_new = theta + args.eta * nat
+    J_new = refpg.objective(mdp, pol, theta_new)
+    kl_mean = refpg.kl_divergence(mdp, pol, theta_new, theta, evaluation_old=ev)
+    kl_max = refpg.kl_divergence(mdp, pol, theta_new, theta, reduction="max", evaluation_old=ev)
+
+    print(f"refpg exact: {mdp!r}")
+    print(f"policy: tabular softmax, {policy_desc}\n")
+    S = mdp.n_states
+    shown = range(S) if S <= args.max_rows else list(range(args.max_rows // 2)) + list(range(S - args.max_rows // 2, S))
+    rows = []
+    for s in shown:
+        rows.append([s, "yes" if mdp.terminal[s] else "", f"{mdp.rho[s]:.3g}", f"{ev.d[s]:.6f}",
+                     f"{ev.V[s]:+.6f}", f"{opt.V[s]:+.6f}", int(opt.pi[s].argmax())])
+    print(_table(["state", "terminal", "rho", "d(s)", "V(s)", "V*(s)", "a*(s)"], rows))
+    if S > args.max_rows:
+        print(f"... ({S - len(rows)} of {S} states not shown; --max-rows to change)")
+    print()
+    summary = [
+        ["J(pi) = rho . V", f"{ev.J:+.10f}"],
+        ["J* (policy iteration)", f"{opt.J:+.10f}"],
+        ["J(pi) / J*", f"{ev.J / opt.J:.6f}" if opt.J != 0 else "n/a"],
+        ["||grad J||_2 (policy gradient theorem)", f"{np.linalg.norm(grad):.6e}"],
+        ["||F^+ grad J||_2 (natural gradient)", f"{np.linalg.norm(nat):.6e}"],
+        [f"J after one NPG step, eta = {args.eta:g}", f"{J_new:+.10f}"],
+        ["  improvement", f"{J_new - ev.J:+.3e}"],
+        ["  mean KL(pi_old || pi_new) under d_old", f"{kl_mean:.6e}"],
+        ["  max KL over visited states", f"{kl_max:.6e}"],
+        ["effective horizon 1/(1 - gamma)", f"{ev.horizon:.6g}"],
+    ]
+    print(_table(["quantity", "value"], summary, align="lr"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refpg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("exact", help="exact quantities of a policy on a built-in MDP")
+    p.add_argument("env", nargs="?", default="frozen_lake",
+                   help="built-in MDP name or Gymnasium toy-text id (default: frozen_lake, 4x4 slippery)")
+    p.add_argument("--gamma", type=float, default=None, help="override the discount")
+    p.add_argument("--theta", choices=("uniform", "random"), default="uniform")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eta", type=float, default=1.0, help="natural-gradient step size")
+    p.add_argument("--max-rows", type=int, default=64)
+    p.set_defaults(func=cmd_exact)
+    return parser
+
+
+def main(argv=None) -> int:
+    from refpg.errors import InvalidInputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["exact"])
+    try:
+        return args.func(args)
+    except (InvalidInputError, ImportError) as exc:
+        print(f"refpg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
