@@ -13,7 +13,7 @@ import refpg
 def _logits(policy, theta):
     if isinstance(policy, refpg.TabularSoftmax):
         return theta
-    return torch.as_tensor(policy.features) @ theta
+    return torch.tensor(policy.features) @ theta
 
 
 def log_pi(policy, theta):
@@ -22,13 +22,13 @@ def log_pi(policy, theta):
 
 
 def _system(mdp, pi):
-    P = torch.as_tensor(mdp.dense_P())
-    r = torch.as_tensor(mdp.r)
+    P = torch.tensor(mdp.dense_P())
+    r = torch.tensor(mdp.r)
     P_pi = torch.einsum("sat,sa->st", P, pi)
     r_pi = (pi * r).sum(-1)
-    live = torch.as_tensor(~mdp.terminal) if mdp.gamma == 1.0 else torch.ones(mdp.n_states, dtype=torch.bool)
+    live = torch.tensor(~mdp.terminal) if mdp.gamma == 1.0 else torch.ones(mdp.n_states, dtype=torch.bool)
     M = torch.eye(int(live.sum()), dtype=torch.float64) - mdp.gamma * P_pi[live][:, live]
-    return M, r_pi[live], torch.as_tensor(mdp.rho)[live], live
+    return M, r_pi[live], torch.tensor(mdp.rho)[live], live
 
 
 def J(mdp, policy, theta):
@@ -48,7 +48,7 @@ def gradient(mdp, policy, theta):
 def occupancy(mdp, policy, theta):
     """Normalised occupancy by a transposed torch solve (non-terminal states for gamma = 1)."""
     with torch.no_grad():
-        t = torch.as_tensor(np.asarray(theta), dtype=torch.float64)
+        t = torch.tensor(np.asarray(theta), dtype=torch.float64)
         pi = torch.exp(log_pi(policy, t))
         M, _, rho, live = _system(mdp, pi)
         mu = torch.zeros(mdp.n_states, dtype=torch.float64)
@@ -63,7 +63,7 @@ def fisher_outer_products(mdp, policy, theta):
     S, A = mdp.n_states, mdp.n_actions
     g = jac.reshape(S * A, -1)
     pi = torch.exp(log_pi(policy, t)).reshape(-1)
-    d = torch.as_tensor(occupancy(mdp, policy, theta))
+    d = torch.tensor(occupancy(mdp, policy, theta))
     w = (d[:, None] * pi.reshape(S, A)).reshape(-1)
     return (g.T @ (w[:, None] * g)).numpy()
 
@@ -72,7 +72,7 @@ def mean_kl_hessian(mdp, policy, theta_old):
     """Hessian in theta of sum_s d_old(s) KL(pi_old(.|s) || pi_theta(.|s)) at theta_old."""
     t_old = torch.tensor(np.asarray(theta_old), dtype=torch.float64)
     logp_old = log_pi(policy, t_old).detach()
-    d = torch.as_tensor(occupancy(mdp, policy, theta_old))
+    d = torch.tensor(occupancy(mdp, policy, theta_old))
 
     def mean_kl(x):
         kl = (torch.exp(logp_old) * (logp_old - log_pi(policy, x))).sum(-1)

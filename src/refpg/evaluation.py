@@ -163,17 +163,26 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     else:
         support = mdp.reachable_states(pi)
 
-    if gamma < 1.0:
-        V, mu = _solve_pair(P_pi, gamma, r_pi, rho)
-        horizon = 1.0 / (1.0 - gamma)
-    else:
-        live = np.flatnonzero(~mdp.terminal)
-        V = np.zeros(S)
-        mu = np.zeros(S)
+    # Terminal states have V = 0 by definition and are left out of the solve:
+    # their rows of I - gamma P_pi are 1 - gamma (1 + round-off), which is
+    # singular for gamma near 1 even though the MDP is fine.
+    terminal = mdp.terminal
+    V = np.zeros(S)
+    mu = np.zeros(S)
+    if terminal.any():
+        live = np.flatnonzero(~terminal)
         if live.size:
             sub = P_pi[live][:, live] if sp.issparse(P_pi) else P_pi[np.ix_(live, live)]
-            V[live], mu[live] = _solve_pair(sub, 1.0, r_pi[live], rho[live])
-        horizon = float(mu.sum())
+            V[live], mu[live] = _solve_pair(sub, gamma, r_pi[live], rho[live])
+        if gamma < 1.0:
+            # Mass entering a terminal state stays there forever: its visits
+            # are (rho_T + gamma * inflow) / (1 - gamma).
+            ends = np.flatnonzero(terminal)
+            inflow = P_pi[live][:, ends] if sp.issparse(P_pi) else P_pi[np.ix_(live, ends)]
+            mu[terminal] = (rho[terminal] + gamma * (inflow.T @ mu[live])) / (1.0 - gamma)
+    else:
+        V, mu = _solve_pair(P_pi, gamma, r_pi, rho)
+    horizon = 1.0 / (1.0 - gamma) if gamma < 1.0 else float(mu.sum())
 
     mu[~support] = 0.0
     d = mu / horizon if horizon > 0 else mu

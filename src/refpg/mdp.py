@@ -159,9 +159,7 @@ class TabularMDP:
                         "expected 0 (terminal states give no reward)")
 
     def _check_proper(self):
-        trap = self.trap_states()
-        reach = self.reachable_states()
-        bad = np.flatnonzero(trap & reach)
+        bad = np.flatnonzero(self.trap_states() & self.reachable_states())
         if bad.size:
             raise ImproperMDPError(
                 f"gamma = 1 requires a proper MDP, but from state {bad[0]} (reachable from rho) "
@@ -282,6 +280,22 @@ class TabularMDP:
         else:
             adj = sp.csr_array(self.policy_transitions(pi))
         return _reachable_from(adj, self._rho > 0, breadth_first_order)
+
+    def is_proper(self, pi: np.ndarray | None = None) -> bool:
+        """Whether episodes from rho end with probability one.
+
+        With `pi`: under that policy (every state it reaches from rho can
+        still reach a terminal state, which for a finite chain means
+        absorption almost surely). Without: under every policy.
+        """
+        from scipy.sparse.csgraph import breadth_first_order
+
+        if pi is None:
+            return not (self.trap_states() & self.reachable_states()).any()
+        reach = self.reachable_states(pi)
+        backward = sp.csr_array(self.policy_transitions(pi)).T.tocsr()
+        can_end = _reachable_from(backward, self._terminal, breadth_first_order)
+        return bool(np.all(can_end[reach]))
 
     def trap_states(self) -> np.ndarray:
         """Non-terminal states from which some policy avoids termination forever.

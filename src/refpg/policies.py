@@ -75,7 +75,10 @@ class Parameterization:
         raise NotImplementedError
 
     def log_prob_vjp(self, theta, w, pi=None) -> np.ndarray:
-        r""":math:`g = \sum_{s,a} w[s,a] \nabla_\theta \log\pi(a|s)`, shape of theta."""
+        r""":math:`g = \sum_{s,a} w[s,a] \nabla_\theta \log\pi(a|s)`, shape of theta.
+
+        `w` may carry leading batch axes, (..., S, A); they are kept.
+        """
         raise NotImplementedError
 
     def log_prob_jacobian(self, theta, pi=None) -> np.ndarray:
@@ -125,11 +128,12 @@ class TabularSoftmax(Parameterization):
 
     def log_prob_jvp(self, theta, v, pi=None):
         pi = self._probs(theta, pi)
-        return v - np.einsum("sb,sb->s", pi, v)[:, None]
+        return v - (pi * v).sum(axis=-1, keepdims=True)
 
     def log_prob_vjp(self, theta, w, pi=None):
+        # Leading batch axes of w are kept: (..., S, A) -> (..., S, A).
         pi = self._probs(theta, pi)
-        return w - pi * w.sum(axis=1, keepdims=True)
+        return w - pi * w.sum(axis=-1, keepdims=True)
 
     def log_prob_jacobian(self, theta, pi=None):
         pi = self._probs(theta, pi)
@@ -190,9 +194,9 @@ class LogLinear(Parameterization):
         return u - np.einsum("sb,sb->s", pi, u)[:, None]
 
     def log_prob_vjp(self, theta, w, pi=None):
+        # Leading batch axes of w are kept: (..., S, A) -> (..., d).
         pi = self._probs(theta, pi)
-        return np.einsum("sa,sad->d", w, self.features) - np.einsum(
-            "s,sb,sbd->d", w.sum(axis=1), pi, self.features)
+        return np.einsum("...sa,sad->...d", w, self._centred(pi))
 
     def log_prob_jacobian(self, theta, pi=None):
         pi = self._probs(theta, pi)

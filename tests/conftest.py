@@ -1,0 +1,27 @@
+"""Hypothesis profiles for refpg's tests; choose one with HYPOTHESIS_PROFILE.
+
+* ``ci`` (default): derandomized, so every run draws the same examples from a
+  seed fixed by each test's source. A property test then never flakes, and a
+  failure in CI reproduces locally bit for bit; ``print_blob`` prints the
+  ``@reproduce_failure`` line all the same.
+* ``thorough``: 1000 fresh random examples per test, for nightly runs and
+  before a release.
+* ``dev``: 20 examples, for a quick loop while editing.
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,  # fixed seed per test: no flakes, and no example database needed
+    max_examples=50,
+    deadline=None,  # timings on shared CI runners are noise, not signal
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("thorough", max_examples=1000, deadline=None, derandomize=False)
+settings.register_profile("dev", max_examples=20)
+
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
