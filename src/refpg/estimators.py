@@ -1,0 +1,224 @@
+r"""Sample-based policy-gradient estimators: REINFORCE and the empirical Fisher.
+
+Every estimator takes a time-major `refpg.sampling.Batch` and returns an
+estimate whose expectation is known exactly (`refpg.policy_gradient`,
+`gamma_free_gradient`), so refpg's tests can check unbiasedness, and bias,
+statistically.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from refpg._validation import as_float_array, check_discount
+from refpg.errors import ImproperMDPError, InvalidInputError, ProblemTooLargeError
+from refpg.evaluation import prepare, solve_pair
+from refpg.fisher import DENSE_FISHER_MAX_PARAMS
+from refpg.returns import discounted_returns
+from refpg.sampling import Batch
+
+__all__ = [
+    "reinforce_estimates",
+    "reinforce_gradient_estimate",
+    "gamma_free_gradient",
+    "empirical_fisher_estimate",
+    "empirical_fisher_vector_product",
+    "episode_ids",
+]
+
+_VARIANTS = ("reward_to_go", "total")
+
+
+def episode_ids(batch: Batch) -> tuple[np.ndarray, int]:
+    """Number the complete episodes of a batch.
+
+    Returns
+    -------
+    ids : int64 array (T, N)
+        Index of the complete episode each transition belongs to, or -1 for
+        padding and for the unfinished tail of an environment's last episode.
+    n_episodes : int
+    """
+    done = batch.terminated | batch.truncated
+    before = np.cumsum(done, axis=0) - done          # episodes finished before t, per column
+    per_col = done.sum(axis=0)
+    offset = np.concatenate([[0], np.cumsum(per_col)[:-1]])
+    ids = offset[None, :] + before
+    ids = np.where((before < per_col[None, :]) & batch.valid, ids, -1)
+    return ids, int(per_col.sum())
+
+
+def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: str = "reward_to_go",
+                        discount_weighting: bool = True, baseline=None) -> np.ndarray:
+    r"""Per-episode REINFORCE gradient estimates, one row per complete episode.
+
+    With ``variant="reward_to_go"`` (CONVENTIONS.md):
+
+    .. math::
+        \hat g = \sum_t \gamma^t\, \nabla_\theta\log\pi_\theta(a_t|s_t)\,\big(G_t - b(s_t)\big),
+        \qquad G_t = \sum_{k\ge t}\gamma^{k-t} r_k
+
+    and with ``variant="total"`` ([Williams1992]'s form):
+    :math:`\hat g = \sum_t \nabla_\theta\log\pi_\theta(a_t|s_t)\,(G_0 - b(s_t))`.
+    Both are unbiased for :math:`\nabla J` when episodes are complete
+    (terminated, never truncated) and b depends on the state only.
+
+    Parameters
+    ----------
+    policy : TabularSoftmax or LogLinear
+    theta : ndarray of shape ``policy.theta_shape``
+        The parameters the batch was sampled with.
+    batch : Batch
+        Typically from `refpg.sampling.sample_episodes`. Only complete
+        episodes are used.
+    gamma : float in [0, 1]
+    variant : {"reward_to_go", "total"}
+    discount_weighting : bool
+        Include the :math:`\gamma^t` factor (reward-to-go only). Without it
+        the estimator is biased for the discounted objective [Nota2020]; its
+        exact expectation is `gamma_free_gradient`.
+    baseline : array_like of shape (S,), optional
+        State baseline b(s). It cannot depend on the action, by construction.
+
+    Returns
+    -------
+    ndarray of shape (n_episodes, *policy.theta_shape)
+
+    Notes
+    -----
+    A truncated episode makes the estimate biased (its tail is missing);
+    refpg's tests use MDPs where every episode terminates, so no truncation
+    bias is ever hidden inside a tolerance.
+
+    References
+    ----------
+    [Williams1992]; [Sutton2000]; [Nota2020].
+    """
+    theta = policy.validate_theta(theta)
+    gamma = check_discount(gamma, allow_one=True)
+    if variant not in _VARIANTS:
+        raise InvalidInputError(f"variant should be one of {_VARIANTS}, actual {variant!r}")
+    if variant == "total" and not discount_weighting:
+        raise InvalidInputError("discount_weighting=False applies to variant='reward_to_go' only")
+    S, A = policy.n_states, policy.n_actions
+    b = np.zeros(S) if baseline is None else as_float_array(baseline, "baseline", shape=(S,))
+    _check_batch(batch, S, A)
+
+    ids, E = episode_ids(batch)
+    G = discounted_returns(batch.rewards, batch.terminated, batch.truncated, gamma)
+    if variant == "total":
+        G0 = np.zeros(E)
+        first = (batch.step == 0) & (ids >= 0)
+        G0[ids[first]] = G[first]
+        ret = np.where(ids >= 0, G0[np.maximum(ids, 0)], 0.0)
+        weight = ret - b[batch.states]
+    else:
+        weight = G - b[batch.states]
+        if discount_weighting:
+            weight = weight * gamma ** batch.step
+    mask = ids >= 0
+    W = np.zeros((E, S, A))
+    np.add.at(W, (ids[mask], batch.states[mask], batch.actions[mask]), weight[mask])
+    return policy.log_prob_vjp(theta, W)
+
+
+def reinforce_gradient_estimate(policy, theta, batch: Batch, gamma: float, **kwargs) -> np.ndarray:
+    r"""Mean over complete episodes of `reinforce_estimates` (same keywords).
+
+    .. math:: \hat g = \frac{1}{E}\sum_{e=1}^{E} \hat g_e
+
+    References
+    ----------
+    [Williams1992]; CONVENTIONS.md "REINFORCE".
+    """
+    est = reinforce_estimates(policy, theta, batch, gamma, **kwargs)
+    if est.shape[0] == 0:
+        raise InvalidInputError("batch holds no complete episode; sample more steps or use sample_episodes")
+    return est.mean(axis=0)
+
+
+def gamma_free_gradient(mdp, policy, theta, *, evaluation=None) -> np.ndarray:
+    r"""Exact expectation of the REINFORCE estimator without the :math:`\gamma^t` factor.
+
+    .. math::
+        \mathbb{E}\Big[\sum_t \nabla\log\pi(a_t|s_t)\, G_t\Big]
+        = \sum_s \mu_1(s) \sum_a \pi(a|s)\, \nabla\log\pi(a|s)\, A^\pi_\gamma(s,a),
+
+    with :math:`\mu_1(s) = \sum_t \Pr(s_t = s)` the *undiscounted* expected
+    visits. It differs from :math:`\nabla J = \sum_s \mu_\gamma(s)\ldots` by
+    weighting late states too much; it is not the gradient of any function
+    in general [Nota2020].
+
+    Raises
+    ------
+    refpg.errors.ImproperMDPError
+        If some episode never ends under the policy (mu_1 is infinite).
+
+    References
+    ----------
+    [Nota2020] Section 4.
+    """
+    theta, pi, ev = prepare(mdp, policy, theta, evaluation)
+    if not mdp.is_proper(pi):
+        raise ImproperMDPError("gamma_free_gradient needs every episode to end under the policy")
+    # mu_1 on live states solves mu = rho + P_NN^T mu: the visits of the chain with gamma = 1.
+    live = np.flatnonzero(~mdp.terminal)
+    P_pi = mdp.policy_transitions(pi)
+    sub = P_pi[live][:, live] if sp.issparse(P_pi) else P_pi[np.ix_(live, live)]
+    mu1 = np.zeros(mdp.n_states)
+    mu1[live] = solve_pair(sub, 1.0, np.zeros(live.size), mdp.rho[live])[1]
+    return policy.log_prob_vjp(theta, mu1[:, None] * pi * ev.A, pi)
+
+
+def _counts(policy, batch):
+    S, A = policy.n_states, policy.n_actions
+    C = np.zeros((S, A))
+    np.add.at(C, (batch.states[batch.valid], batch.actions[batch.valid]), 1.0)
+    total = C.sum()
+    if total == 0:
+        raise InvalidInputError("batch holds no valid transition")
+    return C / total
+
+
+def empirical_fisher_estimate(policy, theta, batch: Batch) -> np.ndarray:
+    r"""Empirical Fisher :math:`\hat F = \frac1M\sum_i \nabla\log\pi(a_i|s_i)\nabla\log\pi(a_i|s_i)^\top`.
+
+    Over the batch's valid transitions (its state distribution, not d).
+
+    Returns
+    -------
+    ndarray (n_params, n_params)
+
+    References
+    ----------
+    [Kakade2001]; [Schulman2015] Section 6.
+    """
+    theta = policy.validate_theta(theta)
+    _check_batch(batch, policy.n_states, policy.n_actions)
+    if policy.n_params > DENSE_FISHER_MAX_PARAMS:
+        raise ProblemTooLargeError(
+            f"empirical_fisher_estimate: {policy.n_params} parameters; use empirical_fisher_vector_product")
+    w = _counts(policy, batch).ravel()
+    jac = policy.log_prob_jacobian(theta)
+    F = jac.T @ (w[:, None] * jac)
+    return 0.5 * (F + F.T)
+
+
+def empirical_fisher_vector_product(policy, theta, batch: Batch, v) -> np.ndarray:
+    r"""Matrix-free :math:`\hat F v`, as used by sampled TRPO and NPG."""
+    theta = policy.validate_theta(theta)
+    v = policy.validate_theta(v, "v")
+    _check_batch(batch, policy.n_states, policy.n_actions)
+    pi = policy.probs(theta)
+    w = _counts(policy, batch)
+    return policy.log_prob_vjp(theta, w * policy.log_prob_jvp(theta, v, pi), pi)
+
+
+def _check_batch(batch, S, A):
+    if not isinstance(batch, Batch):
+        raise InvalidInputError(f"batch should be a refpg.sampling.Batch, actual {type(batch).__name__}")
+    if batch.states.size and (batch.states.max() >= S or batch.actions.max() >= A):
+        raise InvalidInputError(
+            f"batch has states up to {batch.states.max()} and actions up to {batch.actions.max()}, "
+            f"but the policy has {S} states and {A} actions")

@@ -1,0 +1,159 @@
+"""The vectorized sampler: determinism, resets, truncation, and the right distribution."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import refpg
+from refpg import errors
+from refpg import strategies as rst
+from refpg.sampling import Sampler, sample_episodes, sample_steps
+from refpg.stats import mean_test
+from tests._stats import binomial_pvalues
+from tests.helpers import uniform
+
+
+def assert_consistent(batch, mdp, limit=None):
+    """Invariants every batch must satisfy, whatever the seed."""
+    P = mdp.dense_P()
+    v = batch.valid
+    s, a, s2 = batch.states[v], batch.actions[v], batch.next_states[v]
+    assert (P[s, a, s2] > 0).all(), "a transition with probability 0"
+    np.testing.assert_array_equal(batch.terminated[v], mdp.terminal[s2])
+    assert not (batch.terminated & batch.truncated).any()
+    done = batch.terminated | batch.truncated
+    T = batch.shape[0]
+    for t in range(T - 1):
+        cont = ~done[t] & v[t + 1]
+        # Within an episode the next state is the next observation...
+        np.testing.assert_array_equal(batch.states[t + 1, cont], batch.next_states[t, cont])
+        np.testing.assert_array_equal(batch.step[t + 1, cont], batch.step[t, cont] + 1)
+        # ...and after a reset the new episode starts at step 0 from rho.
+        reset = done[t] & v[t + 1]
+        assert (batch.step[t + 1, reset] == 0).all()
+        assert (mdp.rho[batch.states[t + 1, reset]] > 0).all()
+    if limit is not None:
+        assert (batch.step[v] < limit).all()
+        np.testing.assert_array_equal(batch.truncated[v], (batch.step[v] == limit - 1) & ~batch.terminated[v])
+
+
+@given(st.data(), rst.mdps(max_states=5, max_actions=3, episodic=True), st.integers(1, 6), st.integers(0, 2**32))
+def test_sampled_batches_never_cross_a_reset(data, mdp, limit, seed):
+    pi = data.draw(rst.policies(mdp))
+    batch = sample_steps(mdp, pi, 7, 25, rng=np.random.default_rng(seed), max_episode_steps=limit)
+    assert_consistent(batch, mdp, limit)
+    assert batch.shape == (25, 7)
+    np.testing.assert_allclose(batch.log_probs, np.log(pi[batch.states, batch.actions]))
+
+
+@given(st.data(), rst.mdps(max_states=5, max_actions=3, episodic=True, sparse=True), st.integers(0, 2**32))
+def test_sparse_mdps_sample_consistently(data, mdp, seed):
+    batch = sample_steps(mdp, data.draw(rst.policies(mdp)), 5, 20, rng=np.random.default_rng(seed))
+    assert_consistent(batch, mdp)
+
+
+def test_same_seed_same_batch_and_different_seed_different_batch():
+    mdp = refpg.envs.frozen_lake()
+    a = sample_steps(mdp, uniform(mdp), 16, 50, rng=np.random.default_rng(3), max_episode_steps=20)
+    b = sample_steps(mdp, uniform(mdp), 16, 50, rng=np.random.default_rng(3), max_episode_steps=20)
+    c = sample_steps(mdp, uniform(mdp), 16, 50, rng=np.random.default_rng(4), max_episode_steps=20)
+    for name in ("states", "actions", "rewards", "next_states", "terminated", "truncated"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert not np.array_equal(a.actions, c.actions)
+
+
+def test_episode_view_splits_at_dones_and_keeps_the_final_observation():
+    mdp = refpg.envs.frozen_lake()
+    batch = sample_steps(mdp, uniform(mdp), 3, 60, rng=np.random.default_rng(0), max_episode_steps=8)
+    eps = batch.episodes()
+    assert len(eps) == int((batch.terminated | batch.truncated).sum())
+    for ep in eps:
+        assert ep.complete and len(ep.states) <= 8
+        np.testing.assert_array_equal(ep.states[1:], ep.next_states[:-1])
+        assert ep.terminated == bool(mdp.terminal[ep.next_states[-1]])
+    with_tail = batch.episodes(complete_only=False)
+    assert sum(len(e.states) for e in with_tail) == batch.states.size
+
+
+def test_truncation_marks_the_limit_step_on_a_never_ending_mdp():
+    mdp = refpg.envs.two_state()
+    batch = sample_steps(mdp, uniform(mdp), 4, 10, rng=np.random.default_rng(0), max_episode_steps=3)
+    expected = np.tile((np.arange(10) % 3 == 2)[:, None], (1, 4))
+    np.testing.assert_array_equal(batch.truncated, expected)
+    assert not batch.terminated.any()
+
+
+def test_transition_frequencies_match_P_exactly():
+    """Exact binomial tests on every (s, a, s2) cell; family-wise alpha 1e-6 (Bonferroni)."""
+    mdp = refpg.envs.garnet(6, 3, 3, seed=5)
+    pi = uniform(mdp)
+    batch = sample_steps(mdp, pi, 2000, 30, rng=np.random.default_rng(11))
+    P = mdp.dense_P()
+    n_sa = np.zeros((6, 3))
+    np.add.at(n_sa, (batch.states.ravel(), batch.actions.ravel()), 1)
+    n_sas = np.zeros((6, 3, 6))
+    np.add.at(n_sas, (batch.states.ravel(), batch.actions.ravel(), batch.next_states.ravel()), 1)
+    alpha = 1e-6 / P.size
+    p = binomial_pvalues(n_sas, n_sa[:, :, None], P)
+    assert p.min() > alpha
+    # Power: the same test rejects a transition model off by a few percent.
+    wrong = P.copy()
+    wrong[0, 0] = 0.9 * P[0, 0] + 0.1 * np.roll(P[0, 0], 1)
+    assert binomial_pvalues(n_sas[0, 0], n_sa[0, 0], wrong[0, 0]).min() <= alpha
+
+
+def test_mean_discounted_return_of_complete_episodes_is_J():
+    """No truncation: every episode of this MDP terminates, so the estimate is unbiased."""
+    mdp = refpg.envs.garnet(5, 2, 2, seed=1, gamma=0.9)
+    # Make it episodic: a terminal state entered with probability 0.2 from everywhere.
+    P = np.zeros((6, 2, 6))
+    P[:5, :, :5] = 0.8 * mdp.P
+    P[:5, :, 5] = 0.2
+    P[5, :, 5] = 1.0
+    r = np.vstack([mdp.r, np.zeros((1, 2))])
+    episodic = refpg.TabularMDP(P, r, np.r_[mdp.rho, 0.0], 0.9, np.r_[np.zeros(5, bool), True])
+    pi = np.tile([[0.3, 0.7]], (6, 1))
+    batch = sample_episodes(episodic, pi, 40_000, rng=np.random.default_rng(2))
+    G = (batch.rewards * 0.9 ** batch.step).sum(axis=0)
+    J = refpg.evaluate(episodic, pi).J
+    assert not mean_test(G[:, None], [J]).rejected
+    assert mean_test(G[:, None], [1.03 * J]).rejected  # power: 3% off is caught
+
+
+def test_sample_episodes_refuses_an_mdp_where_episodes_never_end():
+    mdp = refpg.envs.two_state()
+    with pytest.raises(errors.ImproperMDPError, match="never reach a terminal state"):
+        sample_episodes(mdp, uniform(mdp), 10, rng=np.random.default_rng(0))
+
+
+def test_sample_episodes_with_a_limit_truncates():
+    mdp = refpg.envs.two_state()
+    batch = sample_episodes(mdp, uniform(mdp), 10, rng=np.random.default_rng(0), max_episode_steps=4)
+    assert batch.shape == (4, 10) and batch.truncated[3].all() and batch.valid.all()
+
+
+def test_sample_episodes_pads_after_termination():
+    mdp = refpg.envs.frozen_lake()
+    batch = sample_episodes(mdp, uniform(mdp), 200, rng=np.random.default_rng(0), max_episode_steps=100)
+    assert_consistent(batch, mdp, 100)
+    ends = (batch.terminated | batch.truncated)
+    assert (ends.sum(axis=0) == 1).all()
+    assert (batch.rewards[~batch.valid] == 0).all()
+
+
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    (dict(n_envs=0), errors.InvalidInputError, "n_envs should be >= 1, actual 0"),
+    (dict(n_steps=2.5), errors.InvalidInputError, "n_steps should be an integer"),
+    (dict(max_episode_steps=0), errors.InvalidInputError, "max_episode_steps should be >= 1"),
+    (dict(rng=0), errors.InvalidInputError, "rng should be a numpy.random.Generator"),
+    (dict(pi=np.ones((16, 4))), errors.NotADistributionError, "pi[0, :] sums to 4.0"),
+])
+def test_sampler_bad_input(kwargs, exc, msg):
+    mdp = refpg.envs.frozen_lake()
+    args = dict(pi=uniform(mdp), n_envs=2, n_steps=3, rng=np.random.default_rng(0))
+    args.update(kwargs)
+    pi = args.pop("pi")
+    with pytest.raises(exc, match=__import__("re").escape(msg)):
+        sample_steps(mdp, pi, **args)
