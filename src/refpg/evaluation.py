@@ -173,7 +173,7 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
         live = np.flatnonzero(~terminal)
         if live.size:
             sub = P_pi[live][:, live] if sp.issparse(P_pi) else P_pi[np.ix_(live, live)]
-            V[live], mu[live] = _solve_pair(sub, gamma, r_pi[live], rho[live])
+            V[live], mu[live] = solve_pair(sub, gamma, r_pi[live], rho[live])
         if gamma < 1.0:
             # Mass entering a terminal state stays there forever: its visits
             # are (rho_T + gamma * inflow) / (1 - gamma).
@@ -181,7 +181,7 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
             inflow = P_pi[live][:, ends] if sp.issparse(P_pi) else P_pi[np.ix_(live, ends)]
             mu[terminal] = (rho[terminal] + gamma * (inflow.T @ mu[live])) / (1.0 - gamma)
     else:
-        V, mu = _solve_pair(P_pi, gamma, r_pi, rho)
+        V, mu = solve_pair(P_pi, gamma, r_pi, rho)
     horizon = 1.0 / (1.0 - gamma) if gamma < 1.0 else float(mu.sum())
 
     mu[~support] = 0.0
@@ -192,7 +192,7 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     return Evaluation(V=V, Q=Q, A=A, d=d, J=J, horizon=horizon, pi=pi, support=support, mdp=mdp)
 
 
-def _solve_pair(P_pi, gamma, r_pi, rho):
+def solve_pair(P_pi, gamma, r_pi, rho):
     r"""Solve :math:`M V = r_\pi` and :math:`M^\top \mu = \rho` with one LU of
     :math:`M = I - \gamma P_\pi`; returns V and the unnormalised visits mu."""
     n = P_pi.shape[0]
