@@ -117,6 +117,12 @@ class TabularMDP:
             raise AttributeError("TabularMDP is immutable; build a new one instead")
         object.__setattr__(self, key, value)
 
+    def __copy__(self):
+        return self  # immutable: a copy would be indistinguishable
+
+    def __deepcopy__(self, memo):
+        return self
+
     # -- construction helpers ----------------------------------------------
     def _rewards(self, r):
         S, A = self._n_states, self._n_actions

@@ -22,3 +22,18 @@ BUILTIN = {
     "CliffWalking-v1": lambda: from_gymnasium("CliffWalking-v1"),
     "Taxi-v4": lambda: from_gymnasium("Taxi-v4"),
 }
+
+_GYM_ENV_NAMES = ("TabularEnv", "ResetNeededError", "register_envs")
+
+
+def __getattr__(name):
+    # refpg.envs must import without gymnasium: load the Gymnasium face on first use.
+    if name in _GYM_ENV_NAMES:
+        from refpg.envs import gym_env
+
+        return getattr(gym_env, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_GYM_ENV_NAMES])
