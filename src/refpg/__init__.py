@@ -15,6 +15,16 @@ from refpg.mdp import TabularMDP
 from refpg.planning import OptimalSolution, optimal_policy
 from refpg.policies import LogLinear, Parameterization, TabularSoftmax, log_softmax
 from refpg.surrogate import surrogate, surrogate_gradient
+from refpg.returns import discounted_returns, gae, lambda_returns
+from refpg.kl_estimators import importance_ratio, kl_k1, kl_k2, kl_k3, log_ratio
+from refpg.sampling import Batch, Episode, Sampler, sample_episodes, sample_steps
+from refpg.estimators import (
+    empirical_fisher_estimate,
+    empirical_fisher_vector_product,
+    gamma_free_gradient,
+    reinforce_estimates,
+    reinforce_gradient_estimate,
+)
 
 __version__ = "0.1.0"
 
@@ -42,6 +52,24 @@ __all__ = [
     "TRPOBound",
     "optimal_policy",
     "OptimalSolution",
+    "discounted_returns",
+    "gae",
+    "lambda_returns",
+    "importance_ratio",
+    "log_ratio",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "Batch",
+    "Episode",
+    "Sampler",
+    "sample_steps",
+    "sample_episodes",
+    "reinforce_estimates",
+    "reinforce_gradient_estimate",
+    "gamma_free_gradient",
+    "empirical_fisher_estimate",
+    "empirical_fisher_vector_product",
     "envs",
     "errors",
 ]

@@ -119,27 +119,84 @@ class Batch:
 
 
 class _Categorical:
-    """Draw from many categorical rows at once by inverse CDF on one sorted key array.
+    """Draw from many categorical rows at once.
 
-    Row k's cumulative probabilities are stored as ``k + cumsum`` so one
-    `searchsorted` on ``k + u`` serves every row; the index is clamped to the
-    row so a cumulative sum that ends a hair below 1 cannot spill over.
+    Small tables use Walker's alias method (one uniform, O(1) work per draw,
+    Vose's construction); very large ones fall back to inverse CDF on rows
+    padded to the largest support m (m comparisons per draw). Both are exact
+    up to float64 rounding of the probabilities.
     """
+
+    #: Row count up to which alias tables are built (their construction loops in Python).
+    ALIAS_MAX_ROWS = 20_000
 
     def __init__(self, rows):
         rows = sp.csr_array(rows, copy=True)
         rows.eliminate_zeros()
-        self.indptr, self.indices = rows.indptr, rows.indices
-        n_rows = rows.shape[0]
-        row_of = np.repeat(np.arange(n_rows), np.diff(rows.indptr))
-        within = np.cumsum(rows.data) - np.repeat(np.concatenate([[0.0], np.cumsum(rows.data)])[rows.indptr[:-1]],
-                                                  np.diff(rows.indptr))
-        self.keys = row_of + within
+        K = rows.shape[0]
+        counts = np.diff(rows.indptr)
+        self.m = m = int(counts.max())
+        col = np.arange(rows.nnz) - np.repeat(rows.indptr[:-1], counts)
+        row = np.repeat(np.arange(K), counts)
+        succ = np.zeros((K, m), dtype=np.int64)
+        succ[row, col] = rows.indices
+        prob = np.zeros((K, m))
+        prob[row, col] = rows.data
+        if K <= self.ALIAS_MAX_ROWS:
+            self.alias = True
+            # Flat tables: a 1-D take is several times faster than 2-D fancy indexing.
+            self.keep, self.first, self.second = (x.ravel() for x in _alias_tables(prob, succ, counts))
+        else:
+            self.alias = False
+            cum = np.cumsum(prob, axis=1)
+            # The last real entry and the padding never compare <= u < 1.
+            cum[np.arange(m)[None, :] >= (counts - 1)[:, None]] = np.inf
+            self.cum, self.succ = cum, succ
 
     def draw(self, row: np.ndarray, u: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(self.keys, row + u, side="right")
-        pos = np.clip(pos, self.indptr[row], self.indptr[row + 1] - 1)
-        return self.indices[pos]
+        """One outcome per entry of `row`, from uniforms `u` in [0, 1)."""
+        if self.alias:
+            return self.draw_alias(row * self.m, u * self.m)
+        j = (self.cum[row] <= u[:, None]).sum(axis=1)
+        return self.succ[row, j]
+
+    def draw_alias(self, offset: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Alias draw from ``offset = row * m`` and ``x = u * m`` (hot loops precompute both)."""
+        j = x.astype(np.int64)
+        idx = offset + j
+        x = x - j  # uniform on [0, 1) again, and independent of j
+        return np.where(x < self.keep.take(idx), self.first.take(idx), self.second.take(idx))
+
+
+
+def _alias_tables(prob, succ, counts):
+    """Vose's alias tables: column j of row k keeps its own outcome with
+    probability keep[k, j] and otherwise yields second[k, j]."""
+    K, m = prob.shape
+    keep = np.ones((K, m))
+    first = succ.copy()
+    second = succ.copy()
+    scaled = prob * m
+    for k in range(K):
+        n = counts[k]
+        q = scaled[k].copy()
+        small = [j for j in range(m) if q[j] < 1.0]
+        large = [j for j in range(m) if q[j] >= 1.0]
+        while small and large:
+            j, big = small.pop(), large[-1]
+            keep[k, j] = q[j]
+            second[k, j] = succ[k, big]
+            q[big] -= 1.0 - q[j]
+            if q[big] < 1.0:
+                small.append(large.pop())
+        # Leftovers are 1 up to rounding; padding columns (zero probability)
+        # can only be left over if rounding starved them, so point them at a
+        # real outcome rather than the padding's placeholder.
+        for j in small + large:
+            keep[k, j] = 1.0
+            if j >= n:
+                first[k, j] = succ[k, 0]
+    return keep, first, second
 
 
 class Sampler:
@@ -161,6 +218,7 @@ class Sampler:
         self._policy = _Categorical(self.pi)
         self._transitions = _Categorical(mdp.transition_rows())
         self._start = _Categorical(mdp.rho[None, :])
+        self._joint_cache = None
         R = mdp.transition_rewards
         if R is None:
             self._reward = lambda s, a, s2: mdp.r[s, a]
@@ -175,9 +233,22 @@ class Sampler:
 
     def _step(self, rng, s):
         A = self.mdp.n_actions
-        a = self._policy.draw(s, rng.random(s.size))
-        s2 = self._transitions.draw(s * A + a, rng.random(s.size))
+        u = rng.random((2, s.size))
+        a = self._policy.draw(s, u[0])
+        s2 = self._transitions.draw(s * A + a, u[1])
         return a, s2, self._reward(s, a, s2), self._log_pi[s, a]
+
+    def _joint(self):
+        """One categorical per state over codes ``a * S + s2`` (pi(a|s) P(s2|s, a)).
+
+        Built on first use of `steps`: one draw per step instead of two.
+        """
+        if self._joint_cache is None:
+            S, A = self.mdp.n_states, self.mdp.n_actions
+            rows = sp.csr_array(self.mdp.transition_rows())
+            scaled = sp.csr_array(rows.multiply(self.pi.reshape(-1, 1)))
+            self._joint_cache = _Categorical(scaled.reshape((S, A * S)))
+        return self._joint_cache
 
     def steps(self, n_envs: int, n_steps: int, *, rng, max_episode_steps: int | None = None) -> Batch:
         """See `sample_steps`."""
@@ -185,21 +256,59 @@ class Sampler:
         T = check_positive_int(n_steps, "n_steps")
         limit = _check_limit(max_episode_steps)
         rng = _check_rng(rng)
-        terminal = self.mdp.terminal
-        out = _empty(T, N)
+        S, A = self.mdp.n_states, self.mdp.n_actions
+        joint = self._joint()
+        code_next = np.arange(A * S) % S
+        code_ends = self.mdp.terminal[code_next]
+        # The loop keeps only what the next step depends on; rewards, log
+        # probabilities, flags and step counters are derived afterwards,
+        # vectorised over (T, N).
+        states = np.empty((T, N), dtype=np.int64)
+        codes = np.empty((T, N), dtype=np.int64)
+        step = np.empty((T, N), dtype=np.int64)
+        truncated = np.zeros((T, N), dtype=bool)
         s = self._reset(rng, N)
         k = np.zeros(N, dtype=np.int64)
+        U = rng.random((T, N))
+        zeros = np.zeros(N, dtype=np.int64)
+        # A deterministic start (FrozenLake, CliffWalking, gridworlds) needs no draw.
+        support = np.flatnonzero(self.mdp.rho)
+        fixed_start = int(support[0]) if support.size == 1 else None
+        if joint.alias:
+            # Hot path: carry row offsets s * m instead of s, and scale all uniforms once.
+            m = joint.m
+            U *= m
+            next_offset = code_next * m
+            draw = joint.draw_alias
+        else:
+            m = 1
+            next_offset = code_next
+            draw = joint.draw
+        s = s * m
         for t in range(T):
-            a, s2, rew, logp = self._step(rng, s)
-            term = terminal[s2]
-            trunc = ~term & (k + 1 >= limit) if limit else np.zeros(N, dtype=bool)
-            _store(out, t, s, a, rew, s2, term, trunc, logp, k)
-            done = term | trunc
-            k = np.where(done, 0, k + 1)
-            s = s2.copy()
+            c = draw(s, U[t])
+            states[t], codes[t], step[t] = s, c, k
+            done = code_ends.take(c)
+            if limit:
+                trunc = k >= limit - 1
+                trunc &= ~done
+                truncated[t] = trunc
+                done |= trunc
+            # Branch-free bookkeeping: masked assignments cost more than arithmetic here.
+            k += 1
+            k *= ~done
+            s = next_offset.take(c)
             if done.any():
-                s[done] = self._reset(rng, int(done.sum()))
-        return Batch(valid=np.ones((T, N), dtype=bool), **out)
+                if fixed_start is not None:
+                    s[done] = fixed_start * m
+                else:
+                    s = np.where(done, self._start.draw(zeros, rng.random(N)) * m, s)
+        if m > 1:
+            states //= m
+        actions, next_states = np.divmod(codes, S)
+        return Batch(states=states, actions=actions, rewards=self._reward(states, actions, next_states),
+                     next_states=next_states, terminated=self.mdp.terminal[next_states], truncated=truncated,
+                     log_probs=self._log_pi[states, actions], step=step, valid=np.ones((T, N), dtype=bool))
 
     def episodes(self, n_episodes: int, *, rng, max_episode_steps: int | None = None) -> Batch:
         """See `sample_episodes`."""
@@ -269,20 +378,6 @@ def sample_episodes(mdp, pi, n_episodes: int, *, rng, max_episode_steps: int | N
         its end have ``valid`` False and zero reward.
     """
     return Sampler(mdp, pi).episodes(n_episodes, rng=rng, max_episode_steps=max_episode_steps)
-
-
-def _empty(T, N):
-    i = lambda: np.zeros((T, N), dtype=np.int64)
-    b = lambda: np.zeros((T, N), dtype=bool)
-    f = lambda: np.zeros((T, N))
-    return dict(states=i(), actions=i(), rewards=f(), next_states=i(), terminated=b(), truncated=b(),
-                log_probs=f(), step=i())
-
-
-def _store(out, t, s, a, rew, s2, term, trunc, logp, k):
-    out["states"][t], out["actions"][t], out["rewards"][t] = s, a, rew
-    out["next_states"][t], out["terminated"][t], out["truncated"][t] = s2, term, trunc
-    out["log_probs"][t], out["step"][t] = logp, k
 
 
 def _check_limit(limit):
