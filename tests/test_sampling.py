@@ -157,3 +157,18 @@ def test_sampler_bad_input(kwargs, exc, msg):
     pi = args.pop("pi")
     with pytest.raises(exc, match=__import__("re").escape(msg)):
         sample_steps(mdp, pi, **args)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_transition_rewards_are_sampled_per_successor(sparse):
+    mdp = refpg.envs.frozen_lake()  # reward 1 only on entering G: a transition reward
+    R = mdp.transition_rewards
+    S, A = mdp.n_states, mdp.n_actions
+    if sparse:
+        mdp = refpg.TabularMDP(sp.csr_array(mdp.P.reshape(S * A, S)), sp.csr_array(R.reshape(S * A, S)),
+                               mdp.rho, mdp.gamma, mdp.terminal)
+    for batch in (sample_steps(mdp, uniform(mdp), 64, 200, rng=np.random.default_rng(0)),
+                  sample_episodes(mdp, uniform(mdp), 64, rng=np.random.default_rng(0), max_episode_steps=100)):
+        v = batch.valid
+        np.testing.assert_array_equal(batch.rewards[v], R[batch.states, batch.actions, batch.next_states][v])
+        assert batch.rewards[v].max() == 1.0

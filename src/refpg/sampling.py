@@ -224,7 +224,11 @@ class Sampler:
             self._reward = lambda s, a, s2: mdp.r[s, a]
         elif sp.issparse(R):
             R = sp.csr_array(R)
-            self._reward = lambda s, a, s2: np.asarray(R[s * A + a, s2]).ravel()
+            def sparse_reward(s, a, s2):
+                rows, cols = np.ravel(s * A + a), np.ravel(s2)
+                return np.asarray(R[rows, cols]).reshape(np.shape(s))
+
+            self._reward = sparse_reward
         else:
             self._reward = lambda s, a, s2: R[s, a, s2]
 
