@@ -161,7 +161,7 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     if gamma == 0.0:
         support = rho > 0
     else:
-        support = mdp.reachable_states(pi)
+        support = mdp.reachable_states(pi, P_pi=P_pi)
 
     # Terminal states have V = 0 by definition and are left out of the solve:
     # their rows of I - gamma P_pi are 1 - gamma (1 + round-off), which is
@@ -171,17 +171,18 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     mu = np.zeros(S)
     if terminal.any():
         live = np.flatnonzero(~terminal)
+        ends = np.flatnonzero(terminal)
+        from_live = P_pi[live]
         if live.size:
-            sub = P_pi[live][:, live] if sp.issparse(P_pi) else P_pi[np.ix_(live, live)]
-            V[live], mu[live] = solve_pair(sub, gamma, r_pi[live], rho[live])
+            V[live], mu[live] = solve_pair(from_live[:, live], gamma, r_pi[live], rho[live], overwrite=True)
         if gamma < 1.0:
             # Mass entering a terminal state stays there forever: its visits
             # are (rho_T + gamma * inflow) / (1 - gamma).
-            ends = np.flatnonzero(terminal)
-            inflow = P_pi[live][:, ends] if sp.issparse(P_pi) else P_pi[np.ix_(live, ends)]
+            inflow = from_live[:, ends]
             mu[terminal] = (rho[terminal] + gamma * (inflow.T @ mu[live])) / (1.0 - gamma)
     else:
-        V, mu = solve_pair(P_pi, gamma, r_pi, rho)
+        # P_pi is not needed after this, so the dense solve may overwrite it.
+        V, mu = solve_pair(P_pi, gamma, r_pi, rho, overwrite=True)
     horizon = 1.0 / (1.0 - gamma) if gamma < 1.0 else float(mu.sum())
 
     mu[~support] = 0.0
@@ -192,18 +193,26 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     return Evaluation(V=V, Q=Q, A=A, d=d, J=J, horizon=horizon, pi=pi, support=support, mdp=mdp)
 
 
-def solve_pair(P_pi, gamma, r_pi, rho):
+def solve_pair(P_pi, gamma, r_pi, rho, *, overwrite: bool = False):
     r"""Solve :math:`M V = r_\pi` and :math:`M^\top \mu = \rho` with one LU of
-    :math:`M = I - \gamma P_\pi`; returns V and the unnormalised visits mu."""
+    :math:`M = I - \gamma P_\pi`; returns V and the unnormalised visits mu.
+
+    With ``overwrite=True`` a dense `P_pi` is turned into M in place and
+    factored without a copy.
+    """
     n = P_pi.shape[0]
     if sp.issparse(P_pi):
         M = (sp.identity(n, format="csc") - gamma * P_pi).tocsc()
         lu = spla.splu(M)
         return lu.solve(r_pi), lu.solve(rho, trans="T")
-    M = -gamma * P_pi
-    M[np.diag_indices(n)] += 1.0
-    lu = sla.lu_factor(M, overwrite_a=True, check_finite=False)
-    return sla.lu_solve(lu, r_pi, check_finite=False), sla.lu_solve(lu, rho, trans=1, check_finite=False)
+    M = P_pi if overwrite else P_pi.copy()
+    M *= -gamma
+    M.flat[:: n + 1] += 1.0
+    # LAPACK works in Fortran order: M.T is an F-ordered view of M, so
+    # factoring M^T needs no copy; V then comes from the transposed solve.
+    lu = sla.lu_factor(M.T, overwrite_a=True, check_finite=False)
+    return (sla.lu_solve(lu, r_pi, trans=1, check_finite=False),
+            sla.lu_solve(lu, rho, trans=0, check_finite=False))
 
 
 def prepare(mdp, policy, theta, evaluation=None, *, name: str = "theta"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg.blas import dgemv as _dgemv
 
 from refpg._validation import (
     PROB_ATOL,
@@ -265,27 +266,29 @@ class TabularMDP:
     def action_values(self, V: np.ndarray) -> np.ndarray:
         r""":math:`Q = r + \gamma P V`, shape (S, A), for any state-value vector V."""
         S, A = self._n_states, self._n_actions
-        return self._r + self._gamma * (self.transition_rows() @ V).reshape(S, A)
+        if self.is_sparse:
+            return self._r + self._gamma * (self._P @ V).reshape(S, A)
+        # scipy's BLAS, not numpy's: the LU around this call runs in scipy's
+        # OpenBLAS, and switching thread pools between libraries costs ms.
+        PV = _dgemv(self._gamma, self._P.reshape(S * A, S).T, np.ascontiguousarray(V, dtype=np.float64), trans=1)
+        return self._r + PV.reshape(S, A)
 
-    def reachable_states(self, pi: np.ndarray | None = None) -> np.ndarray:
+    def reachable_states(self, pi: np.ndarray | None = None, *, P_pi=None) -> np.ndarray:
         """States reached with positive probability from rho, at any time.
 
-        Under `pi` if given (edges where ``P_pi > 0``), else under any action.
-        Exact: computed on the sparsity pattern, never by thresholding values.
+        Under `pi` if given (edges where ``P_pi > 0``; pass `P_pi` if it is
+        already computed), else under any action. Exact: computed on the
+        sparsity pattern, never by thresholding values.
         """
-        from scipy.sparse.csgraph import breadth_first_order
-
-        S = self._n_states
         if pi is None:
-            rows = self.transition_rows()
+            S, A = self._n_states, self._n_actions
             # Any action: the union of supports, collapsed over actions.
-            SA = S * self._n_actions
-            collapse = sp.csr_array((np.ones(SA), (np.repeat(np.arange(S), self._n_actions), np.arange(SA))),
-                                    shape=(S, SA))
-            adj = collapse @ sp.csr_array(rows)
+            collapse = sp.csr_array((np.ones(S * A), (np.repeat(np.arange(S), A), np.arange(S * A))),
+                                    shape=(S, S * A))
+            adj = collapse @ sp.csr_array(self.transition_rows())
         else:
-            adj = sp.csr_array(self.policy_transitions(pi))
-        return _reachable_from(adj, self._rho > 0, breadth_first_order)
+            adj = self.policy_transitions(pi) if P_pi is None else P_pi
+        return reachable_from(adj, self._rho > 0)
 
     def is_proper(self, pi: np.ndarray | None = None) -> bool:
         """Whether episodes from rho end with probability one.
@@ -294,13 +297,11 @@ class TabularMDP:
         still reach a terminal state, which for a finite chain means
         absorption almost surely). Without: under every policy.
         """
-        from scipy.sparse.csgraph import breadth_first_order
-
         if pi is None:
             return not (self.trap_states() & self.reachable_states()).any()
-        reach = self.reachable_states(pi)
-        backward = sp.csr_array(self.policy_transitions(pi)).T.tocsr()
-        can_end = _reachable_from(backward, self._terminal, breadth_first_order)
+        P_pi = self.policy_transitions(pi)
+        reach = self.reachable_states(pi, P_pi=P_pi)
+        can_end = reachable_from(sp.csr_array(P_pi).T.tocsr(), self._terminal)
         return bool(np.all(can_end[reach]))
 
     def trap_states(self) -> np.ndarray:
@@ -322,15 +323,42 @@ class TabularMDP:
             X = X_new
 
 
-def _reachable_from(adj, sources: np.ndarray, bfs) -> np.ndarray:
-    """Nodes reachable from any source in the directed graph `adj` (S x S)."""
+def reachable_from(adj, sources: np.ndarray) -> np.ndarray:
+    """Nodes reachable (in zero or more steps) from any source in the directed graph `adj`.
+
+    `adj` is an (S, S) dense array or sparse matrix; an edge is a positive entry.
+    """
+    if sources.all():
+        return sources.copy()
+    if not sp.issparse(adj):
+        # Dense: expand the frontier row by row; every node enters it once, so O(S^2) in all.
+        reach = sources.copy()
+        frontier = sources
+        while True:
+            new = (adj[frontier] > 0).any(axis=0)
+            new &= ~reach
+            if not new.any():
+                return reach
+            reach |= new
+            frontier = new
+    from scipy.sparse.csgraph import breadth_first_order
+
+    adj = sp.csr_array(adj)
     S = adj.shape[0]
     src = np.flatnonzero(sources)
-    # A virtual node S points to every source, so one search covers them all.
-    extra = sp.csr_array((np.ones(src.size), (np.full(src.size, S), src)), shape=(S + 1, S + 1))
-    graph = sp.block_array([[adj, None], [None, sp.csr_array((1, 1))]], format="csr") + extra
-    order = bfs(graph, S, directed=True, return_predecessors=False)
-    mask = np.zeros(S + 1, dtype=bool)
+    if src.size == 0:
+        return np.zeros(S, dtype=bool)
+    if src.size == 1:
+        graph, start = adj, int(src[0])
+    else:
+        # A virtual node S with an edge to every source: one search covers them all.
+        graph = sp.csr_array((np.concatenate([adj.data, np.ones(src.size)]),
+                              np.concatenate([adj.indices, src]),
+                              np.concatenate([adj.indptr, [adj.indptr[-1] + src.size]])),
+                             shape=(S + 1, S + 1))
+        start = S
+    order = breadth_first_order(graph, start, directed=True, return_predecessors=False)
+    mask = np.zeros(graph.shape[0], dtype=bool)
     mask[order] = True
     return mask[:S]
 
