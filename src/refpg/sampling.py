@@ -144,8 +144,12 @@ class _Categorical:
         prob[row, col] = rows.data
         if K <= self.ALIAS_MAX_ROWS:
             self.alias = True
-            # Flat tables: a 1-D take is several times faster than 2-D fancy indexing.
-            self.keep, self.first, self.second = (x.ravel() for x in _alias_tables(prob, succ, counts))
+            # Flat tables: a 1-D take is several times faster than 2-D fancy
+            # indexing; `outcomes` holds the kept outcome at i and the alias at i + K*m.
+            keep, first, second = _alias_tables(prob, succ, counts)
+            self.keep = keep.ravel()
+            self.outcomes = np.concatenate([first.ravel(), second.ravel()])
+            self.alias_offset = K * m
         else:
             self.alias = False
             cum = np.cumsum(prob, axis=1)
@@ -161,11 +165,17 @@ class _Categorical:
         return self.succ[row, j]
 
     def draw_alias(self, offset: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Alias draw from ``offset = row * m`` and ``x = u * m`` (hot loops precompute both)."""
+        """Alias draw from ``offset = row * m`` and ``x = u * m``."""
         j = x.astype(np.int64)
-        idx = offset + j
-        x = x - j  # uniform on [0, 1) again, and independent of j
-        return np.where(x < self.keep.take(idx), self.first.take(idx), self.second.take(idx))
+        return self.draw_split(offset + j, x - j)
+
+    def draw_split(self, idx: np.ndarray, frac: np.ndarray) -> np.ndarray:
+        """Alias draw from column indices ``row * m + j`` and ``frac = u * m - j``.
+
+        ``frac`` is again uniform on [0, 1) and independent of j, so one
+        uniform serves both choices; hot loops split all uniforms at once.
+        """
+        return self.outcomes.take(np.where(frac < self.keep.take(idx), idx, idx + self.alias_offset))
 
 
 
@@ -221,7 +231,8 @@ class Sampler:
         self._joint_cache = None
         R = mdp.transition_rewards
         if R is None:
-            self._reward = lambda s, a, s2: mdp.r[s, a]
+            r_flat = mdp.r.ravel()
+            self._reward = lambda s, a, s2: r_flat.take(s * A + a)
         elif sp.issparse(R):
             R = sp.csr_array(R)
             def sparse_reward(s, a, s2):
@@ -279,18 +290,19 @@ class Sampler:
         support = np.flatnonzero(self.mdp.rho)
         fixed_start = int(support[0]) if support.size == 1 else None
         if joint.alias:
-            # Hot path: carry row offsets s * m instead of s, and scale all uniforms once.
+            # Hot path: carry row offsets s * m instead of s, and split all
+            # uniforms into column and fraction once, outside the loop.
             m = joint.m
             U *= m
+            cols = U.astype(np.int64)
+            U -= cols
             next_offset = code_next * m
-            draw = joint.draw_alias
         else:
             m = 1
             next_offset = code_next
-            draw = joint.draw
         s = s * m
         for t in range(T):
-            c = draw(s, U[t])
+            c = joint.draw_split(s + cols[t], U[t]) if joint.alias else joint.draw(s, U[t])
             states[t], codes[t], step[t] = s, c, k
             done = code_ends.take(c)
             if limit:
@@ -309,10 +321,12 @@ class Sampler:
                     s = np.where(done, self._start.draw(zeros, rng.random(N)) * m, s)
         if m > 1:
             states //= m
-        actions, next_states = np.divmod(codes, S)
+        actions = codes // S
+        next_states = codes - actions * S
         return Batch(states=states, actions=actions, rewards=self._reward(states, actions, next_states),
-                     next_states=next_states, terminated=self.mdp.terminal[next_states], truncated=truncated,
-                     log_probs=self._log_pi[states, actions], step=step, valid=np.ones((T, N), dtype=bool))
+                     next_states=next_states, terminated=self.mdp.terminal.take(next_states),
+                     truncated=truncated, log_probs=self._log_pi.ravel().take(states * A + actions),
+                     step=step, valid=np.ones((T, N), dtype=bool))
 
     def episodes(self, n_episodes: int, *, rng, max_episode_steps: int | None = None) -> Batch:
         """See `sample_episodes`."""
