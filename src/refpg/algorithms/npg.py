@@ -1,0 +1,205 @@
+r"""Natural policy gradient: one step, and Agarwal et al.'s convergence bound.
+
+.. math:: \theta_{t+1} = \theta_t + \eta\, F(\theta_t)^+ \nabla_\theta J(\theta_t)
+
+([Kakade2001]). For tabular softmax this is the multiplicative-weights
+update :math:`\pi_{t+1}(a|s) \propto \pi_t(a|s)\exp(\eta A^{\pi_t}(s,a)/(1-\gamma))`
+([Agarwal2021] Lemma 5.1), which improves V in every state (Lemma 5.2) and
+converges at rate O(1/T) (Theorem 5.3, `npg_bound`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from refpg._validation import check_positive_int, check_real
+from refpg.algorithms.common import SampleConfig, SampledData, check_mode
+from refpg.algorithms.trpo import (
+    CGResult,
+    batch_pieces,
+    check_fisher,
+    check_sample_config,
+    check_sampled_arguments,
+    conjugate_gradient,
+    sampled_data,
+)
+from refpg.evaluation import check_mdp, policy_evaluation, prepare
+from refpg.fisher import natural_gradient
+from refpg.gradient import gradient_from_evaluation
+
+__all__ = ["NPGResult", "npg_step", "npg_bound"]
+
+
+@dataclass(frozen=True, eq=False)
+class NPGResult:
+    r"""Every intermediate quantity of one `npg_step`.
+
+    Attributes
+    ----------
+    theta : ndarray
+        theta_old + eta * direction.
+    theta_old : ndarray
+    eta : float
+    gradient : ndarray
+        The exact policy gradient (exact mode) or the batch gradient
+        :math:`\frac1M\sum_i \hat A_i\nabla\log\pi(a_i|s_i)` (sampled mode).
+    direction : ndarray
+        The natural gradient: `refpg.natural_gradient` (exact mode; the
+        minimum-norm :math:`F^+\nabla J`) or the CG solution of
+        :math:`(\hat F + \lambda I)x = \hat g` (sampled mode).
+    cg : CGResult or None
+        The CG run of sampled mode; None in exact mode, which solves in
+        closed form (tabular softmax) or by least squares (log-linear).
+    J_before, J_after : float
+        Exact J(theta_old) and J(theta), in both modes (refpg knows the MDP).
+    mode : str
+    """
+
+    theta: np.ndarray
+    theta_old: np.ndarray
+    eta: float
+    gradient: np.ndarray
+    direction: np.ndarray
+    cg: CGResult | None
+    J_before: float
+    J_after: float
+    mode: str
+
+
+def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: int = 10,
+             cg_rtol: float = 1e-10, damping: float = 0.0, fisher: str = "empirical", rng=None,
+             sample_config: SampleConfig | None = None, data: SampledData | None = None) -> NPGResult:
+    r"""One natural policy gradient step.
+
+    .. math:: \theta = \theta_{old} + \eta\, F(\theta_{old})^+ \nabla_\theta J(\theta_{old})
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+    policy : TabularSoftmax or LogLinear
+    theta : ndarray of shape ``policy.theta_shape``
+        theta_old.
+    eta : float
+        Step size, > 0.
+    mode : {"exact", "sampled"}
+        Exact: the natural gradient of `refpg.natural_gradient` (closed form
+        :math:`(A - \bar A)/(1-\gamma)` on visited states for tabular softmax,
+        minimum-norm least squares for log-linear). Sampled: conjugate
+        gradient on a batch Fisher with the batch gradient (Notes).
+    cg_iters, cg_rtol : int, float
+        Sampled mode: `conjugate_gradient`'s max_iter and rtol.
+    damping : float, default 0
+        Sampled mode: :math:`\lambda \ge 0`, solving :math:`(\hat F + \lambda I)x = \hat g`.
+    fisher : {"empirical", "kl_hessian"}, default "empirical"
+        Sampled mode's Fisher estimate, as in `trpo_step` (there the default
+        is the KL Hessian, the TRPO paper's choice; here the empirical Fisher
+        of [Kakade2001]).
+    rng, sample_config, data
+        Sampled mode only, as in `trpo_step`.
+
+    Returns
+    -------
+    NPGResult
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        On any bad argument (named in the message).
+
+    Notes
+    -----
+    The minimum-norm natural gradient is 0 on states with
+    :math:`d^{\pi}_\rho(s) = 0`, so the policy never changes where rho
+    cannot lead; [Agarwal2021]'s closed form is stated for every state and
+    agrees on the visited ones. V still rises everywhere (Lemma 5.2): the
+    unvisited states keep their policy and lead only to states whose values rose.
+
+    In sampled mode the batch gradient :math:`\frac1M\sum_i \hat A_i\nabla\log\pi(a_i|s_i)`
+    lacks the 1/(1-gamma) of the policy gradient theorem, as in practice.
+    For tabular softmax, whose natural gradient is per state (so the batch's
+    state distribution does not matter), the sampled direction estimates
+    :math:`(1-\gamma) F^+\nabla J`: eta in sampled mode acts as
+    eta * (1 - gamma) does in exact mode.
+
+    References
+    ----------
+    [Kakade2001]; [Agarwal2021] Section 5.
+    """
+    mode = check_mode(mode)
+    eta = check_real(eta, "eta", low=0.0, low_open=True)
+    fisher = check_fisher(fisher)
+    cg_iters = check_positive_int(cg_iters, "cg_iters")
+    cg_rtol = check_real(cg_rtol, "cg_rtol", low=0.0)
+    damping = check_real(damping, "damping", low=0.0)
+    check_sampled_arguments(mode, rng, data, sample_config=sample_config)
+    check_sample_config(sample_config, data)
+    theta_old, pi_old, ev_old = prepare(mdp, policy, theta)
+    theta_old = theta_old.copy()
+    if mode == "exact":
+        direction = natural_gradient(mdp, policy, theta_old, evaluation=ev_old)
+        gradient = gradient_from_evaluation(policy, theta_old, pi_old, ev_old)
+        cg = None
+    else:
+        log_pi_old = policy.log_probs(theta_old)
+        data = sampled_data(mdp, policy, theta_old, log_pi_old, rng, sample_config, data)
+        pieces = batch_pieces(policy, theta_old, pi_old, log_pi_old, data, fisher)
+        gradient = pieces.gradient
+        cg = conjugate_gradient(lambda v: pieces.fvp(v) + damping * v, gradient, max_iter=cg_iters,
+                                rtol=cg_rtol)
+        direction = cg.x
+    theta_new = theta_old + eta * direction
+    J_after = policy_evaluation(mdp, policy.probs(theta_new)).J
+    return NPGResult(theta=theta_new, theta_old=theta_old, eta=eta, gradient=gradient, direction=direction,
+                     cg=cg, J_before=ev_old.J, J_after=J_after, mode=mode)
+
+
+def npg_bound(mdp, eta: float, T: int, *, reward_span: float | None = None) -> float:
+    r"""[Agarwal2021] Theorem 5.3: the suboptimality of tabular softmax NPG after T steps.
+
+    .. math::
+        V^*(\rho) - V^{(T)}(\rho) \le \frac{\log|\mathcal A|}{\eta T} + \frac{R}{(1-\gamma)^2 T}
+
+    for NPG started at theta = 0 (the uniform policy) with step size eta.
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+    eta : float
+        Step size, > 0.
+    T : int
+        Number of steps, >= 1.
+    reward_span : float, optional
+        R >= 0; default ``mdp.r.max() - mdp.r.min()`` (terminal states'
+        zero rewards included).
+
+    Returns
+    -------
+    float
+        The bound; ``inf`` for gamma = 1.
+
+    Notes
+    -----
+    The theorem assumes rewards in [0, 1] and has R = 1. Its proof uses the
+    rewards only to bound :math:`V^{(T)}(d^*) - V^{(0)}(d^*) \le R/(1-\gamma)`,
+    which holds for rewards in any interval of width R that contains 0 when
+    the MDP has terminal states (where reward is 0). It holds for every rho
+    and, with the minimum-norm natural gradient, for every starting state
+    reachable from the rho NPG was run with (see `npg_step`).
+
+    References
+    ----------
+    [Agarwal2021] Theorem 5.3.
+    """
+    check_mdp(mdp)
+    eta = check_real(eta, "eta", low=0.0, low_open=True)
+    T = check_positive_int(T, "T")
+    if reward_span is None:
+        R = float(mdp.r.max() - mdp.r.min())
+    else:
+        R = check_real(reward_span, "reward_span", low=0.0)
+    if mdp.gamma >= 1.0:
+        return float("inf")
+    return math.log(mdp.n_actions) / (eta * T) + R / ((1.0 - mdp.gamma) ** 2 * T)
