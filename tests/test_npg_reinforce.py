@@ -91,7 +91,7 @@ def test_npg_exact_step_is_theta_plus_eta_times_the_natural_gradient(case, eta):
     nat = refpg.natural_gradient(mdp, pol, theta)
     assert np.array_equal(res.direction, nat) and np.array_equal(res.theta, theta + eta * nat)
     assert np.array_equal(res.gradient, refpg.policy_gradient(mdp, pol, theta))
-    assert res.cg is None and res.mode == "exact" and res.eta == eta
+    assert res.cg is None and res.data is None and res.mode == "exact" and res.eta == eta
     assert res.J_before == refpg.objective(mdp, pol, theta)
     assert res.J_after == refpg.objective(mdp, pol, res.theta)
 
@@ -126,6 +126,7 @@ def test_npg_sampled_direction_solves_the_batch_fisher_system(kind, fisher):
     np.testing.assert_allclose(F @ res.direction.ravel(), res.gradient.ravel(), rtol=0,
                                atol=1e-8 * np.abs(res.gradient).max())
     assert np.array_equal(res.theta, theta + 0.5 * res.direction)
+    assert res.data is data
 
 
 def test_npg_sampled_direction_matches_the_exact_one_up_to_the_documented_scale():
@@ -176,6 +177,7 @@ def test_reinforce_exact_step_is_theta_plus_lr_times_the_policy_gradient(case, l
     res = reinforce_step(mdp, pol, theta, lr=lr)
     g = refpg.policy_gradient(mdp, pol, theta)
     assert np.array_equal(res.gradient, g) and np.array_equal(res.theta, theta + lr * g)
+    assert res.batch is None and res.mode == "exact"
     assert res.J_before == refpg.objective(mdp, pol, theta)
     assert res.J_after == refpg.objective(mdp, pol, res.theta)
 
@@ -205,6 +207,7 @@ def test_reinforce_on_a_given_step_batch_uses_its_complete_episodes():
     res = reinforce_step(mdp, pol, theta, lr=0.5, mode="sampled", batch=batch, baseline=V)
     expected = refpg.reinforce_gradient_estimate(pol, theta, batch, mdp.gamma, baseline=V)
     assert np.array_equal(res.gradient, expected)
+    assert res.batch is batch
     exact_baseline = reinforce_step(mdp, pol, theta, lr=0.5, mode="sampled", batch=batch, baseline="exact")
     assert np.array_equal(exact_baseline.gradient, expected)
 

@@ -138,30 +138,27 @@ def test_cg_on_the_exact_fisher_finds_the_natural_gradient_up_to_its_null_space(
     mdp, pol, theta = case
     ev = refpg.evaluate(mdp, pol.probs(theta))
     g = refpg.policy_gradient(mdp, pol, theta, evaluation=ev)
+    # Exact CG ends within rank(F) <= n_params steps; floating point loses
+    # conjugacy on the ill-conditioned Fishers that states with d ~ 1e-8
+    # produce (cond up to ~1e20 here), and needs up to about twice that.
     res = conjugate_gradient(lambda v: refpg.fisher_vector_product(mdp, pol, theta, v, evaluation=ev), g,
-                             max_iter=pol.n_params)
+                             max_iter=2 * pol.n_params)
+    note(repr(res))
     assert res.x.shape == theta.shape
     F = refpg.fisher_matrix(mdp, pol, theta, evaluation=ev)
     nat = refpg.natural_gradient(mdp, pol, theta, evaluation=ev).ravel()
     x = res.x.ravel()
-    # Floating-point CG loses conjugacy on an ill-conditioned F (states with
-    # d ~ 1e-8 give cond ~ 1e20 here), so the tolerance depends on cond(F) on
-    # its range: tight up to 1e4 (about 98% of examples), loose beyond.
-    eig = np.linalg.eigvalsh(F)
-    top = max(eig.max(), 1e-300)
-    cond = top / eig[eig > 1e-13 * top].min(initial=top)
-    tol, f_tol = (1e-9, 1e-18) if cond <= 1e4 else (1e-5, 1e-6)
-    note(f"cond={cond:.3g} {res}")
-    # F x = g ...
-    assert np.linalg.norm(F @ x - g.ravel()) <= tol * max(1.0, np.linalg.norm(g))
-    # ... so x - F^+ g lies in null(F): its F-norm vanishes.
+    # F x = g (largest seen over 1e4 random examples: 1e-10) ...
+    assert np.linalg.norm(F @ x - g.ravel()) <= 1e-8 * max(1.0, np.linalg.norm(g))
+    # ... so x - F^+ g lies in null(F): its F-norm vanishes (largest seen: 2e-11).
     gap = x - nat
-    assert gap @ F @ gap <= f_tol * max(1.0, nat @ F @ nat)
+    assert gap @ F @ gap <= 1e-9 * max(1.0, nat @ F @ nat)
     if isinstance(pol, refpg.TabularSoftmax):
-        # Same policies where the residual tolerance resolves the state (d >= 1e-2).
+        # Same policies where the residual tolerance resolves the state, d >= 1e-2
+        # (largest difference seen: 1e-10).
         seen = ev.d >= 1e-2
         np.testing.assert_allclose(pol.probs(theta + res.x)[seen],
-                                   pol.probs(theta + nat.reshape(theta.shape))[seen], rtol=0, atol=tol)
+                                   pol.probs(theta + nat.reshape(theta.shape))[seen], rtol=0, atol=1e-8)
 
 
 # -- step size ---------------------------------------------------------------------
@@ -252,10 +249,16 @@ def test_trpo_accepted_steps_respect_the_exact_mean_kl_and_improve_the_surrogate
     assert [t.accepted for t in res.line_search].count(True) == int(res.accepted)
     assert all(t.fraction == 0.5 ** k for k, t in enumerate(res.line_search))
     assert res.J_before == refpg.objective(mdp, pol, theta_old)
+    assert res.data is None and res.mode == "exact"
     if res.beta > 0:
-        # The full step sits on the quadratic model's KL boundary.
-        Fs = refpg.fisher_vector_product(mdp, pol, theta_old, res.direction)
-        assert_identity(0.5 * res.beta ** 2 * float(res.direction.ravel() @ Fs.ravel()), max_kl)
+        # The full step sits on the quadratic model's KL boundary, up to the
+        # round-off of f^T F f, eps ||F|| ||f||^2: near a stationary point g is
+        # round-off, CG's direction lies mostly in null(F) (per-state constants)
+        # and f is huge. (Checked on f, not beta and s: s^T F s can be subnormal.)
+        f = res.full_step.ravel()
+        F = refpg.fisher_matrix(mdp, pol, theta_old)
+        noise = 10 * np.finfo(float).eps * np.linalg.norm(F, 2) * (f @ f)
+        np.testing.assert_allclose(0.5 * f @ F @ f, max_kl, rtol=1e-10, atol=noise)
 
 
 def test_trpo_rejected_step_returns_theta_old_bit_for_bit():
@@ -373,6 +376,7 @@ def test_trpo_sampled_mode_uses_the_batch_gradient_fisher_surrogate_and_kl(kind,
     assert_identity(res.surrogate_improvement, np.mean((ratio - 1) * data.advantages),
                     scale=np.abs(data.advantages).max())
     assert res.J_before == refpg.objective(mdp, pol, theta) and res.J_after == refpg.objective(mdp, pol, res.theta)
+    assert res.data is data and res.mode == "sampled"
 
 
 def test_trpo_sampled_mode_with_rng_is_reproducible_and_collects_under_theta():

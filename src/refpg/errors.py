@@ -21,6 +21,7 @@ __all__ = [
     "TerminalStateError",
     "EvaluationMismatchError",
     "ProblemTooLargeError",
+    "NonPositiveCurvatureError",
     "ConformanceError",
     "RefpgWarning",
 ]
@@ -68,6 +69,10 @@ class EvaluationMismatchError(InvalidInputError):
 
 class ProblemTooLargeError(InvalidInputError):
     """A dense object was requested for a problem too large to hold densely."""
+
+
+class NonPositiveCurvatureError(InvalidInputError):
+    r"""A direction s has :math:`s^\top F s \le 0`: no trust-region step exists along it."""
 
 
 class ConformanceError(RefpgError, AssertionError):

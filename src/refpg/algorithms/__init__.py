@@ -28,6 +28,7 @@ from refpg.algorithms.reinforce import ReinforceResult, reinforce_step
 from refpg.algorithms.trpo import (
     CGResult,
     LineSearchResult,
+    LineSearchTry,
     TRPOResult,
     backtracking_line_search,
     conjugate_gradient,
@@ -40,7 +41,7 @@ __all__ = [
     "ALGORITHMS", "History", "IterationRecord", "run",
     "NPGResult", "npg_bound", "npg_step",
     "ReinforceResult", "reinforce_step",
-    "CGResult", "LineSearchResult", "TRPOResult", "backtracking_line_search", "conjugate_gradient",
+    "CGResult", "LineSearchResult", "LineSearchTry", "TRPOResult", "backtracking_line_search", "conjugate_gradient",
     "max_step_size", "trpo_step",
     "AdamState", "KLPenaltyResult", "PPOEpoch", "PPOResult", "PPOSamples", "adapt_kl_coefficient",
     "clip_fraction", "clipped_surrogate", "clipped_surrogate_gradient", "exact_clipped_surrogate",

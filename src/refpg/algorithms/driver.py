@@ -136,13 +136,15 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
         visited = ev.support
         # From log-probabilities: finite even where pi_old has underflowed to 0.
         ratio = np.exp(logp_new[visited] - logp_old[visited])
-        data = getattr(res, "data", None)
+        data, batch = getattr(res, "data", None), getattr(res, "batch", None)
+        samples = (int(data.states.size) if data is not None
+                   else int(batch.valid.sum()) if batch is not None else 0)
         records.append(IterationRecord(
             iteration=it, J=ev_new.J, J_before=ev.J, mean_kl=float(ev.d @ kl), max_kl=float(kl[visited].max()),
             ratio_min=float(ratio.min()), ratio_max=float(ratio.max()),
             step_norm=float(np.linalg.norm(new - theta)),
             accepted=getattr(res, "accepted", None), step_fraction=getattr(res, "step_fraction", None),
-            samples=int(data.states.size) if data is not None else 0, seconds=seconds))
+            samples=samples, seconds=seconds))
         results.append(res)
         theta, ev = new.copy(), ev_new
     return History(algorithm=algorithm, mode=mode, records=tuple(records), theta=theta, J0=J0,

@@ -56,6 +56,8 @@ class NPGResult:
     J_before, J_after : float
         Exact J(theta_old) and J(theta), in both modes (refpg knows the MDP).
     mode : str
+    data : SampledData or None
+        The batch of sampled mode; None in exact mode.
     """
 
     theta: np.ndarray
@@ -67,6 +69,7 @@ class NPGResult:
     J_before: float
     J_after: float
     mode: str
+    data: SampledData | None
 
 
 def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: int = 10,
@@ -153,7 +156,7 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
     theta_new = theta_old + eta * direction
     J_after = policy_evaluation(mdp, policy.probs(theta_new)).J
     return NPGResult(theta=theta_new, theta_old=theta_old, eta=eta, gradient=gradient, direction=direction,
-                     cg=cg, J_before=ev_old.J, J_after=J_after, mode=mode)
+                     cg=cg, J_before=ev_old.J, J_after=J_after, mode=mode, data=data)
 
 
 def npg_bound(mdp, eta: float, T: int, *, reward_span: float | None = None) -> float:

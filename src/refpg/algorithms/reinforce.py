@@ -43,6 +43,9 @@ class ReinforceResult:
     J_before, J_after : float
         Exact J(theta_old) and J(theta), in both modes (refpg knows the MDP).
     mode : str
+    batch : Batch or None
+        The episodes of sampled mode (sampled, or the batch passed in); None
+        in exact mode.
     """
 
     theta: np.ndarray
@@ -52,6 +55,7 @@ class ReinforceResult:
     J_before: float
     J_after: float
     mode: str
+    batch: Batch | None
 
 
 def reinforce_step(mdp, policy, theta, *, lr: float, mode: str = "exact", rng=None,
@@ -140,7 +144,7 @@ def reinforce_step(mdp, policy, theta, *, lr: float, mode: str = "exact", rng=No
     theta_new = theta_old + lr * gradient
     J_after = policy_evaluation(mdp, policy.probs(theta_new)).J
     return ReinforceResult(theta=theta_new, theta_old=theta_old, lr=lr, gradient=gradient,
-                           J_before=ev_old.J, J_after=J_after, mode=mode)
+                           J_before=ev_old.J, J_after=J_after, mode=mode, batch=batch)
 
 
 def _check_batch_policy(batch, log_pi):

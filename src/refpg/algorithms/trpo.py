@@ -25,7 +25,7 @@ import numpy as np
 
 from refpg._validation import as_float_array, check_positive_int, check_real
 from refpg.algorithms.common import SampleConfig, SampledData, check_mode, collect
-from refpg.errors import InvalidInputError, NonFiniteError, ShapeError
+from refpg.errors import InvalidInputError, NonFiniteError, NonPositiveCurvatureError, ShapeError
 from refpg.evaluation import policy_evaluation, prepare
 from refpg.fisher import _fvp
 from refpg.gradient import gradient_from_evaluation
@@ -49,14 +49,6 @@ __all__ = [
 LINE_SEARCH_OBJECTIVES = ("surrogate", "true_J")
 #: Fisher matrices sampled mode can use (see `trpo_step`).
 FISHER_ESTIMATES = ("kl_hessian", "empirical")
-
-
-class NonPositiveCurvatureError(InvalidInputError):
-    r"""A direction s has :math:`s^\top F s \le 0`, so no trust-region step exists along it.
-
-    Defined here until it moves to `refpg.errors`; an `InvalidInputError`
-    (hence a ValueError) like every refusal of bad input.
-    """
 
 
 # -- conjugate gradient ----------------------------------------------------------
@@ -470,6 +462,9 @@ class TRPOResult:
         MDP, so sampled mode reports the true progress too (its update never
         uses these numbers).
     mode : str
+    data : SampledData or None
+        The batch of sampled mode (collected, or the one passed in); None in
+        exact mode, which uses no samples.
     """
 
     theta: np.ndarray
@@ -487,6 +482,7 @@ class TRPOResult:
     J_before: float
     J_after: float
     mode: str
+    data: SampledData | None
 
 
 def _check_objective(objective, mode):
@@ -755,4 +751,4 @@ def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", 
     return TRPOResult(theta=ls.theta, theta_old=theta_old, gradient=gradient, direction=cg.x, cg=cg,
                       beta=beta, full_step=full_step, step_fraction=ls.fraction, kl=ls.kl,
                       surrogate_improvement=improvement, accepted=ls.accepted, line_search=ls.trace,
-                      J_before=ev_old.J, J_after=J_after, mode=mode)
+                      J_before=ev_old.J, J_after=J_after, mode=mode, data=data)
