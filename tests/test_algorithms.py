@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import refpg
-from refpg.algorithms import SampleConfig, run
+from refpg.algorithms import run
 
 #: The documented FrozenLake budgets (sampled mode, default SampleConfig:
 #: 64 envs x 64 steps = 4096 transitions per iteration, batch critic, GAE lambda 0.95).

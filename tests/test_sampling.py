@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import refpg
 from refpg import errors
 from refpg import strategies as rst
-from refpg.sampling import Sampler, sample_episodes, sample_steps
+from refpg.sampling import sample_episodes, sample_steps
 from refpg.stats import mean_test
 from tests._stats import binomial_pvalues
 from tests.helpers import uniform

@@ -3,6 +3,10 @@
 ``refpg exact [ENV]`` prints the exact quantities of a policy on a built-in
 MDP (FrozenLake 4x4, slippery, by default): J, V, the occupancy d, the norm of
 the policy gradient, one natural-gradient step and the optimal J.
+
+``refpg golden check [--dir golden]`` recomputes every golden case from its
+stored inputs and compares with its stored outputs (non-zero exit on any
+mismatch); ``refpg golden regenerate [--dir golden]`` rewrites the files.
 """
 
 from __future__ import annotations
@@ -94,6 +98,30 @@ def cmd_exact(args) -> int:
     return 0
 
 
+def cmd_golden(args) -> int:
+    from refpg import golden
+
+    if args.golden_command == "regenerate":
+        for path in golden.regenerate(args.dir):
+            print(f"wrote {path}")
+        return 0
+    report = golden.check(args.dir)
+    rows = [[f.case, f.field, f"{f.max_abs_error:.3e}", f"{f.max_rel_error:.3e}", f"{f.atol:g}", f"{f.rtol:g}",
+             "ok" if f.passed else f"FAIL {f.message}".rstrip()] for f in report.fields]
+    if rows:
+        print(_table(["case", "field", "max abs err", "max rel err", "atol", "rtol", "result"], rows,
+                     align="llrrrrl"))
+    n_cases = len({f.case for f in report.fields})
+    if not report.fields:
+        print(f"refpg golden check: no case files in {args.dir}", file=sys.stderr)
+        return 1
+    if report.passed:
+        print(f"\n{n_cases} cases, {len(report.fields)} fields: all within tolerance")
+        return 0
+    print(f"\n{n_cases} cases, {len(report.fields)} fields: {len(report.failures)} FAILED", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refpg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -106,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=1.0, help="natural-gradient step size")
     p.add_argument("--max-rows", type=int, default=64)
     p.set_defaults(func=cmd_exact)
+    g = sub.add_parser("golden", help="check or regenerate the golden reference files")
+    gsub = g.add_subparsers(dest="golden_command", required=True)
+    for name, help_ in (("check", "recompute every case from its inputs and compare with its outputs"),
+                        ("regenerate", "rewrite every case file and schema.json")):
+        gp = gsub.add_parser(name, help=help_)
+        gp.add_argument("--dir", default="golden", help="directory of the golden files (default: golden)")
+        gp.set_defaults(func=cmd_golden)
     return parser
 
 

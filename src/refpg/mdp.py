@@ -19,7 +19,6 @@ from refpg._validation import (
     check_distributions,
     check_finite,
     check_shape,
-    entry,
 )
 from refpg.errors import (
     ImproperMDPError,

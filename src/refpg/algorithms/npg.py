@@ -16,16 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from refpg._validation import check_positive_int, check_real
-from refpg.algorithms.common import SampleConfig, SampledData, check_mode
-from refpg.algorithms.trpo import (
-    CGResult,
+from refpg.algorithms.common import (
+    SampleConfig,
+    SampledData,
     batch_pieces,
     check_fisher,
+    check_mode,
     check_sample_config,
     check_sampled_arguments,
-    conjugate_gradient,
     sampled_data,
 )
+from refpg.algorithms.trpo import CGResult, conjugate_gradient
 from refpg.evaluation import check_mdp, policy_evaluation, prepare
 from refpg.fisher import natural_gradient
 from refpg.gradient import gradient_from_evaluation

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refpg._validation import as_float_array, check_positive_int, check_real
-from refpg.algorithms.common import check_mode
-from refpg.algorithms.trpo import check_sampled_arguments
+from refpg.algorithms.common import check_mode, check_sampled_arguments
 from refpg.errors import InvalidInputError
 from refpg.estimators import reinforce_gradient_estimate
 from refpg.evaluation import policy_evaluation, prepare

@@ -24,8 +24,18 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from refpg._validation import as_float_array, check_positive_int, check_real
-from refpg.algorithms.common import SampleConfig, SampledData, check_mode, collect
-from refpg.errors import InvalidInputError, NonFiniteError, NonPositiveCurvatureError, ShapeError
+from refpg.algorithms.common import (
+    FISHER_ESTIMATES,
+    batch_pieces,
+    check_fisher,
+    check_sample_config,
+    check_sampled_arguments,
+    sampled_data,
+    SampleConfig,
+    SampledData,
+    check_mode,
+)
+from refpg.errors import InvalidInputError, NonPositiveCurvatureError, ShapeError
 from refpg.evaluation import policy_evaluation, prepare
 from refpg.fisher import _fvp
 from refpg.gradient import gradient_from_evaluation
@@ -47,8 +57,6 @@ __all__ = [
 
 #: Objectives the TRPO line search can test for improvement.
 LINE_SEARCH_OBJECTIVES = ("surrogate", "true_J")
-#: Fisher matrices sampled mode can use (see `trpo_step`).
-FISHER_ESTIMATES = ("kl_hessian", "empirical")
 
 
 # -- conjugate gradient ----------------------------------------------------------
@@ -494,120 +502,6 @@ def _check_objective(objective, mode):
             "line_search_objective='true_J' needs mode='exact' (the true J is not available "
             f"from samples), actual mode={mode!r}")
     return objective
-
-
-def check_sampled_arguments(mode, rng, data, *, data_name: str = "data", **others) -> None:
-    """Refuse sampled-mode arguments in exact mode, and sampled mode with neither rng nor data.
-
-    `others` are further sampled-only arguments (None when not given).
-    """
-    if mode == "exact":
-        for name, value in {"rng": rng, data_name: data, **others}.items():
-            if value is not None:
-                raise InvalidInputError(f"{name} is only used in mode='sampled'; pass {name}=None "
-                                        "in mode='exact'")
-        return
-    if data is None:
-        if rng is None:
-            raise InvalidInputError(
-                f"rng is required in mode='sampled' (np.random.default_rng(seed)) unless {data_name} is given")
-        if not isinstance(rng, np.random.Generator):
-            raise InvalidInputError("rng should be a numpy.random.Generator (np.random.default_rng(seed)), "
-                                    f"actual {type(rng).__name__}")
-    elif rng is not None:
-        raise InvalidInputError(f"pass either {data_name} or rng (to sample it), not both")
-
-
-def check_sample_config(sample_config, data):
-    if sample_config is None:
-        return
-    if not isinstance(sample_config, SampleConfig):
-        raise InvalidInputError("sample_config should be a refpg.algorithms.SampleConfig, "
-                                f"actual {type(sample_config).__name__}")
-    if data is not None:
-        raise InvalidInputError("sample_config describes how to collect data; it cannot be combined "
-                                "with a given data")
-
-
-def sampled_data(mdp, policy, theta, log_pi, rng, sample_config, data) -> SampledData:
-    """Collect a batch under pi_theta, or check that `data` was collected under it."""
-    if data is None:
-        config = SampleConfig() if sample_config is None else sample_config
-        return collect(mdp, np.exp(log_pi), config, rng=rng)
-    if not isinstance(data, SampledData):
-        raise InvalidInputError(f"data should be a refpg.algorithms.SampledData, actual {type(data).__name__}")
-    S, A = policy.n_states, policy.n_actions
-    if data.states.size == 0:
-        raise InvalidInputError("data holds no transition")
-    if data.states.max() >= S or data.actions.max() >= A:
-        raise InvalidInputError(f"data has states up to {data.states.max()} and actions up to "
-                                f"{data.actions.max()}, but the policy has {S} states and {A} actions")
-    # The batch must come from the policy being updated, else the ratios and
-    # the gradient are those of another step.
-    gap = np.abs(log_pi[data.states, data.actions] - data.logp_old)
-    i = int(np.argmax(gap))
-    if not gap[i] <= 1e-9:
-        raise InvalidInputError(
-            f"data.logp_old[{i}] is {data.logp_old[i]!r} but the policy of theta gives "
-            f"log pi({data.actions[i]}|{data.states[i]}) = {log_pi[data.states[i], data.actions[i]]!r}; "
-            "data should be collected under theta (atol=1e-09)")
-    if not np.all(np.isfinite(data.advantages)):
-        raise NonFiniteError("data.advantages holds a non-finite value")
-    return data
-
-
-class BatchPieces(NamedTuple):
-    """Sampled-mode surrogate, gradient, KL and Fisher on one batch."""
-
-    gradient: np.ndarray
-    surrogate: Callable
-    kl: Callable
-    fvp: Callable
-
-
-def batch_pieces(policy, theta_old, pi_old, log_pi_old, data: SampledData, fisher: str) -> BatchPieces:
-    r"""The batch estimates of sampled mode.
-
-    With M transitions :math:`(s_i, a_i, \hat A_i)` and
-    :math:`r_i(\theta) = \pi_\theta(a_i|s_i) / \pi_{old}(a_i|s_i)`:
-    surrogate :math:`\frac1M\sum_i r_i \hat A_i`, its gradient at theta_old
-    :math:`\frac1M\sum_i \hat A_i\nabla\log\pi(a_i|s_i)`, mean KL
-    :math:`\frac1M\sum_i D_{KL}(\pi_{old}(\cdot|s_i)\|\pi(\cdot|s_i))`, and
-    the Fisher matrix :math:`J^\top \mathrm{diag}(w) J` with weights w over (s, a).
-    """
-    S, A = pi_old.shape
-    M = data.states.size
-    W = np.zeros((S, A))
-    np.add.at(W, (data.states, data.actions), data.advantages / M)
-    gradient = policy.log_prob_vjp(theta_old, W, pi_old)
-    state_weight = np.bincount(data.states, minlength=S) / M
-    if fisher == "kl_hessian":
-        # Hessian of the batch mean KL at theta_old: exact expectation over actions.
-        w = state_weight[:, None] * pi_old
-    else:
-        w = np.zeros((S, A))
-        np.add.at(w, (data.states, data.actions), 1.0 / M)
-    # Ratios against the policy's own log pi_old, so that the surrogate's
-    # improvement at theta_old is exactly 0 (data.logp_old agrees to 1e-9).
-    base = log_pi_old[data.states, data.actions]
-
-    def surrogate(theta):
-        ratio = np.exp(policy.log_probs(theta)[data.states, data.actions] - base)
-        return float(np.mean(ratio * data.advantages))
-
-    def kl(theta):
-        return float(state_weight @ _categorical_kl(log_pi_old, policy.log_probs(theta), pi_old))
-
-    def fvp(v):
-        return policy.log_prob_vjp(theta_old, w * policy.log_prob_jvp(theta_old, v, pi_old), pi_old)
-
-    return BatchPieces(gradient=gradient, surrogate=surrogate, kl=kl, fvp=fvp)
-
-
-def check_fisher(fisher):
-    if fisher not in FISHER_ESTIMATES:
-        raise InvalidInputError(f"fisher should be one of {FISHER_ESTIMATES}, actual {fisher!r}")
-    return fisher
 
 
 def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", cg_iters: int = 10,

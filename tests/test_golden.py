@@ -1,0 +1,161 @@
+"""The golden files are valid, reproducible, and checked against the current code."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refpg import golden
+from refpg.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "golden"
+CASE_FILES = sorted(p for p in GOLDEN.glob("*.json") if p.name != "schema.json")
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory):
+    """Two independent regenerations into fresh directories."""
+    pytest.importorskip("torch")
+    pytest.importorskip("gymnasium")
+    a = tmp_path_factory.mktemp("golden_a")
+    b = tmp_path_factory.mktemp("golden_b")
+    golden.regenerate(a)
+    golden.regenerate(b)
+    return a, b
+
+
+def test_every_registered_case_has_a_committed_file():
+    assert sorted(p.stem for p in CASE_FILES) == sorted(golden.CASES)
+
+
+def test_committed_schema_is_the_current_schema():
+    assert json.loads((GOLDEN / "schema.json").read_text()) == golden.schema()
+
+
+def test_every_file_validates_against_the_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((GOLDEN / "schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in CASE_FILES:
+        errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(json.loads(path.read_text()))]
+        assert errors == [], f"{path.name}: {errors[:5]}"
+
+
+def test_every_output_field_has_a_tolerance():
+    for path in CASE_FILES:
+        data = json.loads(path.read_text())
+        out = data["outputs"]
+        fields = set()
+        for k, v in out.items():
+            if k in ("trpo", "ppo", "batch"):
+                fields |= {f"{k}.{kk}" for kk in v}
+            else:
+                fields.add(k)
+        assert fields == set(data["tolerances"]), path.name
+
+
+def test_independent_checks_are_recorded_for_two_state_and_garnets():
+    checked = {}
+    for path in CASE_FILES:
+        for c in json.loads(path.read_text())["metadata"]["independent_checks"]:
+            assert c["max_abs_diff"] <= 1e-9, (path.name, c)
+            checked.setdefault(path.stem, set()).add(c["field"])
+    assert checked["two_state_softmax"] == {"V", "d"}
+    garnets = [name for name in golden.CASES if name.startswith("garnet")]
+    for name in garnets:
+        assert checked[name] == {"J", "policy_gradient"}, name
+
+
+def test_check_passes_on_the_committed_files():
+    report = golden.check(GOLDEN)
+    assert report.fields, "no fields checked"
+    assert report.failures == (), "\n".join(map(str, report.failures))
+    assert len({f.case for f in report.fields}) == len(CASE_FILES)
+
+
+def test_cli_check_exits_zero_on_the_committed_files(capsys):
+    assert main(["golden", "check", "--dir", str(GOLDEN)]) == 0
+    out = capsys.readouterr().out
+    assert "two_state_softmax" in out and "all within tolerance" in out
+
+
+def test_regenerating_twice_gives_byte_identical_files(regenerated):
+    a, b = regenerated
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_regenerated_files_equal_the_committed_ones(regenerated):
+    a, _ = regenerated
+    committed = {p.name for p in GOLDEN.glob("*.json")}
+    assert committed == {p.name for p in a.iterdir()}
+    recorded = json.loads(CASE_FILES[0].read_text())["metadata"]["numpy_version"]
+    if recorded != np.__version__:
+        pytest.skip(f"files were generated with numpy {recorded}, running {np.__version__}")
+    for name in sorted(committed):
+        assert (a / name).read_bytes() == (GOLDEN / name).read_bytes(), (
+            f"{name} differs from a fresh regeneration; run `refpg golden regenerate --dir golden`")
+
+
+def _perturbed_copy(tmp_path, case, edit):
+    d = tmp_path / "golden"
+    shutil.copytree(GOLDEN, d)
+    path = d / f"{case}.json"
+    data = json.loads(path.read_text())
+    edit(data["outputs"])
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return d
+
+
+def test_check_catches_an_output_perturbed_by_1e_6(tmp_path, capsys):
+    def edit(out):
+        out["V"][1] += 1e-6
+    d = _perturbed_copy(tmp_path, "garnet_5_3_2_softmax", edit)
+    report = golden.check(d)
+    failed = {(f.case, f.field) for f in report.failures}
+    assert failed == {("garnet_5_3_2_softmax", "V")}
+    bad = report.failures[0]
+    np.testing.assert_allclose(bad.max_abs_error, 1e-6, rtol=1e-6)
+    assert main(["golden", "check", "--dir", str(d)]) != 0
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_check_catches_a_flipped_line_search_flag(tmp_path):
+    def edit(out):
+        out["trpo"]["line_search"][0]["accepted"] = not out["trpo"]["line_search"][0]["accepted"]
+    d = _perturbed_copy(tmp_path, "chain5_softmax", edit)
+    failed = {(f.case, f.field) for f in golden.check(d).failures}
+    assert failed == {("chain5_softmax", "trpo.line_search")}
+
+
+def test_check_catches_a_perturbed_input(tmp_path):
+    # Inputs are what check rebuilds from: a changed theta must show up in the outputs.
+    d = tmp_path / "golden"
+    shutil.copytree(GOLDEN, d)
+    path = d / "bandit_softmax.json"
+    data = json.loads(path.read_text())
+    data["inputs"]["theta"][0][0] += 1e-6
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    failed = {f.field for f in golden.check(d).failures}
+    assert {"V", "J", "pi"} <= failed
+
+
+def test_readme_reader_runs_without_refpg_and_matches_the_file(monkeypatch, capsys):
+    text = (GOLDEN / "README.md").read_text()
+    blocks = re.findall(r"```python reader\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    code = blocks[0]
+    assert "refpg" not in code
+    monkeypatch.chdir(ROOT)
+    ns = {}
+    exec(compile(code, "golden/README.md reader", "exec"), ns)
+    case = json.loads((GOLDEN / "garnet_5_3_2_loglinear.json").read_text())
+    np.testing.assert_allclose(ns["V"], case["outputs"]["V"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ns["J"], case["outputs"]["J"], rtol=1e-12, atol=1e-12)
