@@ -91,6 +91,12 @@ def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: s
     refpg's tests use MDPs where every episode terminates, so no truncation
     bias is ever hidden inside a tolerance.
 
+    On a `sample_steps` batch only the episodes that finish inside the batch
+    are used, and those over-represent short episodes (an episode longer than
+    the batch never finishes in it), so the mean is biased unless the batch
+    is long compared with every episode. `sample_episodes` runs each episode
+    to its end and has no such bias.
+
     References
     ----------
     [Williams1992]; [Sutton2000]; [Nota2020].
