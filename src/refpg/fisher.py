@@ -125,6 +125,11 @@ def natural_gradient(mdp, policy, theta, *, evaluation=None, rcond: float | None
     exact natural gradient. Since the per-state constant does not change the
     policy, compare the policies that theta + eta * x gives, not raw theta.
 
+    The log-linear solve treats singular values of F below ``rcond * max``
+    as zero, so a state whose occupancy is below about ``rcond`` relative to
+    the largest (e.g. d(s) ~ 1e-40 when gamma ~ 1e-38) is treated as
+    unvisited there, while the tabular closed form still updates it.
+
     References
     ----------
     [Kakade2001]; [Agarwal2021] Lemma 5.1.
