@@ -7,6 +7,10 @@ the policy gradient, one natural-gradient step and the optimal J.
 ``refpg golden check [--dir golden]`` recomputes every golden case from its
 stored inputs and compares with its stored outputs (non-zero exit on any
 mismatch); ``refpg golden regenerate [--dir golden]`` rewrites the files.
+
+``refpg study NAME [--quick] [--out DIR]`` runs one study of `refpg.studies`
+(figures and report.md in DIR, default analysis/NAME); ``refpg study --list``
+lists them.
 """
 
 from __future__ import annotations
@@ -122,6 +126,26 @@ def cmd_golden(args) -> int:
     return 1
 
 
+def cmd_study(args) -> int:
+    from refpg import studies
+
+    if args.list:
+        rows = [[name, (mod.__doc__ or "").strip().splitlines()[0]] for name, mod in studies.STUDIES.items()]
+        print(_table(["study", "description"], rows, align="ll"))
+        return 0
+    if args.name is None:
+        print("refpg study: give a study NAME or --list", file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else f"analysis/{args.name}"
+    headline = studies.run_study(args.name, quick=args.quick, out_dir=out)
+    print(f"refpg study {args.name}: figures and report.md in {out}")
+    for key, value in headline.items():
+        if isinstance(value, dict):
+            continue
+        print(f"  {key}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refpg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -141,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         gp = gsub.add_parser(name, help=help_)
         gp.add_argument("--dir", default="golden", help="directory of the golden files (default: golden)")
         gp.set_defaults(func=cmd_golden)
+    st = sub.add_parser("study", help="run an exact study that reproduces a published result (figures + report)")
+    st.add_argument("name", nargs="?", default=None, help="study name (see --list)")
+    st.add_argument("--list", action="store_true", help="list the studies")
+    st.add_argument("--quick", action="store_true", help="smaller budgets (as in the tests)")
+    st.add_argument("--out", default=None, help="output directory (default: analysis/NAME)")
+    st.set_defaults(func=cmd_study)
     return parser
 
 

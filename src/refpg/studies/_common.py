@@ -1,0 +1,56 @@
+"""Shared helpers of the studies: output directory, figures, markdown tables, progress."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+__all__ = ["prepare_out_dir", "new_figure", "save_figure", "md_table", "Progress"]
+
+
+def prepare_out_dir(out_dir) -> Path:
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def new_figure(*args, **kwargs):
+    """A matplotlib figure on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def md_table(header, rows) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Progress:
+    """A one-line text progress indicator on stderr: ``label: k/n``."""
+
+    def __init__(self, label: str, total: int, *, every: int | None = None, stream=None):
+        self.label, self.total = label, max(int(total), 1)
+        self.every = every or max(self.total // 20, 1)
+        self.stream = stream if stream is not None else sys.stderr
+
+    def update(self, k: int) -> None:
+        if k % self.every == 0 or k == self.total:
+            print(f"\r{self.label}: {k}/{self.total}", end="", file=self.stream, flush=True)
+            if k == self.total:
+                print(file=self.stream, flush=True)
