@@ -9,7 +9,7 @@ import numpy as np
 
 from refpg._validation import check_probability_rows
 from refpg.evaluation import check_mdp, policy_evaluation, prepare
-from refpg.kl import _categorical_kl
+from refpg.kl import kl_divergence
 from refpg.surrogate import surrogate
 
 __all__ = ["performance_difference", "TRPOBound", "trpo_bound", "trpo_constant"]
@@ -110,8 +110,7 @@ def trpo_bound(mdp, policy, theta, theta_old, *, evaluation_old=None) -> TRPOBou
     pi = policy.probs(theta)
     J = policy_evaluation(mdp, pi).J
     L = surrogate(mdp, policy, theta, theta_old, evaluation_old=ev_old)
-    per_state = _categorical_kl(policy.log_probs(theta_old), policy.log_probs(theta), pi_old)
-    max_kl = float(per_state[ev_old.support].max())
+    max_kl = kl_divergence(mdp, policy, theta, theta_old, reduction="max", evaluation_old=ev_old)
     eps = float(np.abs(ev_old.A).max())
     C = trpo_constant(eps, mdp.gamma)
     lower = L - C * max_kl if max_kl > 0 else L

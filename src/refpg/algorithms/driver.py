@@ -17,7 +17,7 @@ from refpg._validation import check_positive_int
 from refpg.algorithms.common import check_mode
 from refpg.errors import InvalidInputError
 from refpg.evaluation import check_mdp, check_policy, policy_evaluation
-from refpg.kl import _categorical_kl
+from refpg.kl import kl_divergence
 
 __all__ = ["ALGORITHMS", "IterationRecord", "History", "run"]
 
@@ -129,10 +129,10 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
         res = step(mdp, policy, theta, mode=mode, **kwargs)
         seconds = time.perf_counter() - start
         new = np.asarray(res.theta)
-        pi_old, pi_new = ev.pi, policy.probs(new)
+        pi_new = policy.probs(new)
         ev_new = policy_evaluation(mdp, pi_new)
         logp_old, logp_new = policy.log_probs(theta), policy.log_probs(new)
-        kl = _categorical_kl(logp_old, logp_new, pi_old)
+        kl = kl_divergence(mdp, policy, new, theta, reduction="none", evaluation_old=ev)
         visited = ev.support
         # From log-probabilities: finite even where pi_old has underflowed to 0.
         ratio = np.exp(logp_new[visited] - logp_old[visited])
