@@ -1,0 +1,14 @@
+"""Conformance kit: check other people's policy-gradient code against refpg's oracle.
+
+Each ``check_<kind>(fn, *, convention=..., backend=..., ...)`` draws inputs
+with Hypothesis, computes the exact or reference answer, checks the
+properties, and returns a `Report`; each failure carries a stable
+``check_id``, a message "<what> should be <expected>, actual <value>", and a
+shrunk counterexample. `assert_conforms` turns a failing report into a
+`refpg.errors.ConformanceError` (an ``AssertionError``).
+"""
+
+from refpg.conformance.gae import GAE_CONVENTIONS, check_gae
+from refpg.conformance.report import Counterexample, Failure, Report, assert_conforms
+
+__all__ = ["Counterexample", "Failure", "GAE_CONVENTIONS", "Report", "assert_conforms", "check_gae"]

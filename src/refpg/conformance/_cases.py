@@ -1,0 +1,162 @@
+"""Hypothesis strategies of canonical cases for the checks, built to shrink to readable examples.
+
+Numbers are drawn first from small integers (what a failing example shrinks
+to: ``rewards = [[1.]]`` reads at a glance) and otherwise from bounded floats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+__all__ = ["numbers", "float_arrays", "bool_arrays", "rollouts", "rollout_moves", "simpler_numbers", "GAMMAS", "LAMBDAS"]
+
+#: Discounts drawn by the GAE check, in shrink order (the first is where examples shrink to).
+GAMMAS = (0.9, 0.5, 0.99, 1.0, 0.0)
+LAMBDAS = (0.8, 0.95, 0.5, 1.0, 0.0)
+
+
+def numbers(bound: float = 10.0):
+    """Floats in [-bound, bound], shrinking towards small integers."""
+    small = st.integers(-4, 4).map(float)
+    return st.one_of(small, st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=32)
+                     .map(float))
+
+
+def float_arrays(shape, elements=None):
+    """float64 arrays of `shape`; a flat list underneath, which shrinks faster than `hnp.arrays`."""
+    n = int(np.prod(shape))
+    elements = elements if elements is not None else numbers()
+    return st.lists(elements, min_size=n, max_size=n).map(lambda xs: np.array(xs, dtype=np.float64)
+                                                          .reshape(shape))
+
+
+def bool_arrays(shape):
+    n = int(np.prod(shape))
+    return st.lists(st.booleans(), min_size=n, max_size=n).map(lambda xs: np.array(xs, dtype=bool)
+                                                               .reshape(shape))
+
+
+@st.composite
+def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3):
+    """A canonical GAE case: dict of rewards, values, next_values, terminated, truncated, gamma, lam.
+
+    `flags` selects the episode structure:
+
+    * ``"none"``: one episode per column, cut by the end of the rollout;
+    * ``"terminal"``: terminations only, at least one (possibly at the last row);
+    * ``"truncation_end"``: truncation at the last row of at least one column, nothing else;
+    * ``"boundaries"``: terminations and truncations, at least one before the last row;
+    * ``"any"``: any flags, both at once included.
+
+    ``next_values[t]`` equals ``values[t + 1]`` inside an episode (as it is
+    in a real rollout); after a flag or at the last row it is the value of the
+    final observation, drawn independently. ``start`` is whether row 0 starts
+    an episode (SB3's ``episode_starts[0]``, CleanRL's ``dones[0]``), which
+    must not matter.
+    """
+    min_T = 2 if flags == "boundaries" else 1
+    T = draw(st.integers(min_T, max_T))
+    N = draw(st.integers(1, max_N))
+    rewards = draw(float_arrays((T, N)))
+    values = draw(float_arrays((T, N)))
+    finals = draw(float_arrays((T, N)))
+    term = np.zeros((T, N), dtype=bool)
+    trunc = np.zeros((T, N), dtype=bool)
+    bools = bool_arrays((T, N))
+    if flags == "terminal":
+        term = draw(bools)
+        if not term.any():
+            term[draw(st.integers(0, T - 1)), draw(st.integers(0, N - 1))] = True
+    elif flags == "truncation_end":
+        cols = draw(bool_arrays((N,)))
+        if not cols.any():
+            cols[draw(st.integers(0, N - 1))] = True
+        trunc[T - 1] = cols
+    elif flags in ("boundaries", "any"):
+        term = draw(bools)
+        trunc = draw(bools)
+        if flags == "boundaries":
+            term &= ~trunc  # one kind of boundary per row keeps the example readable
+            if not (term[:-1] | trunc[:-1]).any():
+                row, col = draw(st.integers(0, T - 2)), draw(st.integers(0, N - 1))
+                if draw(st.booleans()):
+                    trunc[row, col] = True
+                else:
+                    term[row, col] = True
+    elif flags != "none":  # pragma: no cover - internal misuse
+        raise ValueError(flags)
+    done = term | trunc
+    next_values = finals.copy()
+    inside = ~done[:-1]
+    next_values[:-1][inside] = values[1:][inside]
+    gamma = draw(st.sampled_from(GAMMAS))
+    lam = draw(st.sampled_from(LAMBDAS))
+    start = draw(bool_arrays((N,)))
+    return {"rewards": rewards, "values": values, "next_values": next_values, "terminated": term,
+            "truncated": trunc, "gamma": gamma, "lam": lam, "start": start}
+
+
+def link(case: dict) -> dict:
+    """Restore ``next_values[t] = values[t + 1]`` inside episodes after a move changed a case."""
+    done = case["terminated"] | case["truncated"]
+    nv = case["next_values"].copy()
+    inside = ~done[:-1]
+    nv[:-1][inside] = case["values"][1:][inside]
+    return {**case, "next_values": nv}
+
+
+def simpler_numbers(x: float) -> list:
+    """Simpler values to try for one number: 0, its sign, its integer part, one decimal."""
+    out = []
+    for y in (0.0, float(np.sign(x)), float(np.trunc(x)), float(np.round(x, 1))):
+        if y != x and y not in out and abs(y) <= abs(x):
+            out.append(y)
+    return out
+
+
+def rollout_moves(case: dict) -> list:
+    """Smaller valid rollouts than `case`, structural moves first.
+
+    One column; the first or last row dropped; a flag cleared; then each free
+    number made simpler (`simpler_numbers`); then gamma and lambda made
+    simpler. Every move keeps the rollout consistent (`link`).
+    """
+    T, N = case["rewards"].shape
+    arrays = ("rewards", "values", "next_values", "terminated", "truncated")
+    out = []
+    if N > 1:
+        out += [{**case, **{k: case[k][:, n:n + 1] for k in arrays}, "start": case["start"][n:n + 1]}
+                for n in range(N)]
+    if T > 1:
+        out.append({**case, **{k: case[k][1:] for k in arrays}})
+        out.append(link({**case, **{k: case[k][:-1] for k in arrays}}))
+    for flag in ("terminated", "truncated"):
+        for t, n in zip(*np.nonzero(case[flag])):
+            arr = case[flag].copy()
+            arr[t, n] = False
+            out.append(link({**case, flag: arr}))
+    done = case["terminated"] | case["truncated"]
+    free = done.copy()
+    free[-1] = True  # next_values is free only where it is not values[t + 1]
+    for key in ("rewards", "values", "next_values"):
+        for (t, n), x in np.ndenumerate(case[key]):
+            if key == "next_values" and not free[t, n]:
+                continue
+            for y in simpler_numbers(float(x)):
+                arr = case[key].copy()
+                arr[t, n] = y
+                out.append(link({**case, key: arr}))
+    if case["start"].any():
+        out.append({**case, "start": np.zeros_like(case["start"])})
+    for key, order in (("gamma", (0.5,)), ("lam", (1.0, 0.5))):
+        out += [{**case, key: v} for v in simpler_choices(case[key], order)]
+    return out
+
+
+def simpler_choices(value, order) -> tuple:
+    """The entries of `order` simpler than `value`: those before it (all of them if it is not listed).
+
+    Moving only towards the front of a fixed order keeps greedy shrinking from cycling.
+    """
+    return tuple(order[:order.index(value)] if value in order else order)

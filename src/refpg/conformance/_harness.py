@@ -1,0 +1,491 @@
+"""The machinery every check shares: backends, calling the user's function safely, search and shrinking.
+
+A check is a list of *scenarios*. A scenario is a Hypothesis strategy of
+canonical float64 cases and an ``evaluate(case) -> list[Outcome]`` function
+that calls the user's function on the case (through the convention's adapter)
+and returns one `Outcome` per violated property. The `Session` explores each
+scenario with a fixed seed, and for every check id that failed it searches
+again with the same seed to shrink the failing case to a minimal one (same
+seed, same sequence: the first failure recurs and Hypothesis shrinks it).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from refpg.conformance.report import Counterexample, Failure, Report
+from refpg.errors import InvalidInputError
+
+__all__ = ["Backend", "Call", "Outcome", "Session", "resolve_backend", "check_choice"]
+
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+BACKENDS = ("auto", "numpy", "torch")
+DTYPES = ("float64", "float32")
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise InvalidInputError(f"{name} should be one of {list(choices)}, actual {value!r}")
+    return value
+
+
+# -- backends -------------------------------------------------------------------
+
+class BadOutput(Exception):
+    """The user's function returned something that is not an array of floats."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How arrays are handed to the user's function: NumPy or torch, float64 or float32.
+
+    ``tol`` is the relative tolerance of value comparisons: an output entry
+    passes when ``|actual - expected| <= tol * (1 + scale)``, `scale` being the
+    largest magnitude among the case's inputs and expected outputs. float32
+    gets 1e-4 (a few hundred float32 roundings), float64 1e-9.
+    """
+
+    name: str
+    dtype: str
+
+    @property
+    def tol(self) -> float:
+        return TOLERANCE[self.dtype]
+
+    @property
+    def np_dtype(self):
+        return np.dtype(self.dtype)
+
+    def round(self, x: np.ndarray) -> np.ndarray:
+        """`x` rounded to the backend's float dtype and back to float64 (what the reference sees)."""
+        return np.asarray(x, dtype=self.dtype).astype(np.float64)
+
+    def to_user(self, x, *, requires_grad: bool = False):
+        arr = np.asarray(x)
+        if arr.dtype == bool:
+            kind = "bool"
+        elif arr.dtype.kind in "iu":
+            kind = "int"
+            arr = arr.astype(np.int64)
+        else:
+            kind = "float"
+            arr = arr.astype(self.dtype)
+        if self.name == "numpy":
+            return arr.copy()
+        import torch
+        t = torch.from_numpy(arr.copy())
+        if kind == "float" and requires_grad:
+            t.requires_grad_(True)
+        return t
+
+    def to_numpy(self, y, what: str) -> np.ndarray:
+        """The user's output as a NumPy array in its own dtype (raises `BadOutput`)."""
+        if self.name == "torch" or type(y).__module__.startswith("torch"):
+            try:
+                import torch
+            except ImportError:  # pragma: no cover - a torch object without torch
+                torch = None
+            if torch is not None and isinstance(y, torch.Tensor):
+                return y.detach().cpu().numpy()
+        if isinstance(y, (np.ndarray, np.generic, float, int)) and not isinstance(y, bool):
+            arr = np.asarray(y)
+        elif isinstance(y, (list, tuple)):
+            try:
+                arr = np.asarray(y)
+            except Exception:
+                raise BadOutput(f"{what} should be an array, actual a ragged {type(y).__name__}") from None
+        else:
+            raise BadOutput(f"{what} should be an array or a float, actual {type(y).__name__}")
+        if arr.dtype.kind not in "fiu":
+            raise BadOutput(f"{what} should have a floating dtype, actual {arr.dtype}")
+        return arr
+
+    def snapshot(self, x) -> np.ndarray:
+        if self.name == "torch" and not isinstance(x, np.ndarray):
+            return x.detach().cpu().numpy().copy()
+        return np.array(x, copy=True)
+
+
+def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], bool]) -> tuple[Backend, list]:
+    """The `Backend` to use; ``"auto"`` probes NumPy first, then torch.
+
+    `probe(backend)` calls the user's function once on a tiny case and says
+    whether it returned without raising. Returns the backend and warnings.
+    """
+    check_choice(backend, "backend", BACKENDS)
+    check_choice(dtype, "dtype", DTYPES)
+    if backend != "auto":
+        if backend == "torch":
+            _require_torch()
+        return Backend(backend, dtype), []
+    if probe(Backend("numpy", dtype)):
+        return Backend("numpy", dtype), []
+    try:
+        _require_torch()
+    except InvalidInputError:
+        return Backend("numpy", dtype), []
+    if probe(Backend("torch", dtype)):
+        return Backend("torch", dtype), ["backend='auto' chose torch: the function raised on NumPy "
+                                        "arrays and ran on torch tensors"]
+    return Backend("numpy", dtype), []
+
+
+def _require_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise InvalidInputError("backend='torch' needs PyTorch: pip install 'refpg[torch]'") from None
+
+
+# -- calling the user's function ---------------------------------------------------
+
+class Call(NamedTuple):
+    """What one call of the user's function did."""
+
+    output: Any                 # the raw return value (None if it raised)
+    error: str | None           # formatted traceback if it raised
+    error_summary: str | None   # "ValueError: ..." one line
+    mutated: tuple              # names of input arrays it changed in place
+    user_args: tuple            # the arguments as passed (backend objects)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without the checker's own frames (it starts inside the user's code)."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # drop the frame of `call_user` itself
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _arrays_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+# -- outcomes and sessions ---------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """One violated property on one case."""
+
+    check_id: str
+    message: str
+    inputs: dict = field(default_factory=dict)
+    expected: Any = None
+    actual: Any = None
+    where: tuple | None = None
+    traceback: str | None = None
+
+
+class Session:
+    """Runs the scenarios of one check and collects a `Report`.
+
+    Parameters
+    ----------
+    kind : str
+    fn : callable
+    convention : str
+    backend : Backend
+    max_examples : int
+        Cases drawn per scenario before shrinking.
+    seed : int
+    options : dict
+        The resolved options (shown in the report).
+    """
+
+    #: Seconds of shrinking per failure before the best case so far is reported.
+    shrink_budget = 5.0
+
+    def __init__(self, kind, fn, convention, backend, *, max_examples, seed, options, warnings=()):
+        self.kind, self.fn, self.convention, self.backend = kind, fn, convention, backend
+        self.max_examples, self.seed, self.options = int(max_examples), int(seed), dict(options)
+        self.calls = 0
+        self.checks: list[str] = []
+        self.failures: dict[str, Failure] = {}
+        self.warnings: list[str] = list(warnings)
+        self.start = time.perf_counter()
+        self._dtype_warned = False
+
+    # -- ids and warnings ------------------------------------------------------
+
+    def declare(self, *check_ids: str) -> None:
+        for cid in check_ids:
+            if cid not in self.checks:
+                self.checks.append(cid)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def generic_ids(self) -> tuple:
+        k = self.kind
+        return (f"{k}.raised", f"{k}.output_shape", f"{k}.output_dtype", f"{k}.output_finite",
+                f"{k}.input_mutated")
+
+    # -- calls -------------------------------------------------------------------
+
+    def call(self, args: list, *, grad_of: str | None = None) -> Call:
+        """Call the user's function with `args`, a list of (name, value) in positional order.
+
+        NumPy values are converted to the backend (scalars are passed as Python
+        floats). With `grad_of`, that argument is a torch leaf requiring grad.
+        """
+        user = []
+        snaps = []
+        for name, value in args:
+            if isinstance(value, np.ndarray) or isinstance(value, (list,)) and name.endswith("episodes"):
+                obj = self._convert(value, requires_grad=(name == grad_of))
+                user.append(obj)
+                snaps.append((name, obj, self._snap(obj)))
+            else:
+                user.append(value)
+        self.calls += 1
+        try:
+            out = self.fn(*user)
+        except Exception as exc:  # the user's bug is a finding, never a crash of the checker
+            summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            return Call(None, _user_traceback(exc), summary, (), tuple(user))
+        mutated = tuple(name for name, obj, snap in snaps if not self._same(obj, snap))
+        return Call(out, None, None, mutated, tuple(user))
+
+    def _convert(self, value, requires_grad=False):
+        if isinstance(value, list):  # a list of per-episode tuples of arrays
+            return [tuple(self.backend.to_user(a) for a in ep) for ep in value]
+        return self.backend.to_user(value, requires_grad=requires_grad)
+
+    def _snap(self, obj):
+        if isinstance(obj, list):
+            return [tuple(self.backend.snapshot(a) for a in ep) for ep in obj]
+        return self.backend.snapshot(obj)
+
+    def _same(self, obj, snap) -> bool:
+        if isinstance(obj, list):
+            if len(obj) != len(snap):
+                return False
+            return all(_arrays_equal(self.backend.snapshot(a), s)
+                       for ep, sep in zip(obj, snap) for a, s in zip(ep, sep))
+        return _arrays_equal(self.backend.snapshot(obj), snap)
+
+    def generic_outcomes(self, call: Call, inputs: dict) -> list[Outcome]:
+        """Failures every kind shares: an exception, and arrays changed in place."""
+        out = []
+        if call.error is not None:
+            out.append(Outcome(f"{self.kind}.raised",
+                               f"the function should return without raising, actual {call.error_summary}",
+                               inputs, traceback=call.error))
+        if call.mutated:
+            out.append(Outcome(f"{self.kind}.input_mutated",
+                               f"the input arrays should be left unchanged, actual "
+                               f"{', '.join(call.mutated)} modified in place", inputs))
+        return out
+
+    def output_array(self, raw, what: str, shape: tuple, inputs: dict) -> tuple[np.ndarray | None, list]:
+        """The output as float64 of `shape`, or the outcomes that say why it is not one."""
+        kind = self.kind
+        try:
+            arr = self.backend.to_numpy(raw, what)
+        except BadOutput as exc:
+            return None, [Outcome(f"{kind}.output_dtype", str(exc), inputs, actual=repr(raw)[:200])]
+        if arr.shape != tuple(shape):
+            if arr.size == int(np.prod(shape)) and arr.size > 1:
+                hint = " (same number of entries: transposed, flattened or a missing axis?)"
+            else:
+                hint = ""
+            return None, [Outcome(f"{kind}.output_shape",
+                                  f"{what} should have shape {tuple(shape)}, actual shape {arr.shape}{hint}",
+                                  inputs)]
+        outcomes = []
+        if arr.dtype.kind != "f" or arr.dtype.itemsize < self.backend.np_dtype.itemsize:
+            outcomes.append(Outcome(f"{kind}.output_dtype",
+                                    f"{what} should have dtype {self.backend.dtype} (the dtype of the "
+                                    f"inputs), actual {arr.dtype}", inputs))
+            if arr.dtype.kind != "f":
+                return None, outcomes
+        elif arr.dtype.itemsize > self.backend.np_dtype.itemsize and not self._dtype_warned:
+            self._dtype_warned = True
+            self.warn(f"{what} has dtype {arr.dtype} for {self.backend.dtype} inputs: legal, but it "
+                      f"upcasts (a float64 output from float32 inputs doubles memory downstream)")
+        arr64 = arr.astype(np.float64)
+        if not np.all(np.isfinite(arr64)):
+            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr64))[0])
+            value = arr64[idx] if idx else arr64.item()
+            outcomes.append(Outcome(f"{kind}.output_finite",
+                                    f"{what}{list(idx) if idx else ''} should be finite for finite inputs, "
+                                    f"actual {value}", inputs, actual=arr64, where=idx or None))
+            return None, outcomes
+        return arr64, outcomes
+
+    def compare(self, check_id: str, what: str, actual: np.ndarray, expected: np.ndarray, inputs: dict,
+                *, scale: float = 0.0, why: str = "") -> Outcome | None:
+        """An outcome if ``|actual - expected| > tol * (1 + scale)`` anywhere, naming the worst entry."""
+        expected = np.asarray(expected, dtype=np.float64)
+        actual = np.asarray(actual, dtype=np.float64)
+        scale = max(float(scale), float(np.max(np.abs(expected), initial=0.0)))
+        allowed = self.backend.tol * (1.0 + scale)
+        err = np.abs(actual - expected)
+        if not np.any(err > allowed):
+            return None
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape)) if err.ndim else ()
+        label = f"{what}[{', '.join(map(str, idx))}]" if idx else what
+        msg = (f"{label} should be {expected[idx]:.10g}, actual {actual[idx]:.10g} "
+               f"(error {err[idx]:.3g} > tolerance {allowed:.3g})")
+        if why:
+            msg += f"; {why}"
+        return Outcome(check_id, msg, inputs, expected=expected, actual=actual, where=idx or None)
+
+    # -- search -------------------------------------------------------------------
+
+    def run_scenario(self, strategy, evaluate: Callable[[Any], list], check_ids=(), *,
+                     moves: Callable[[Any], list] | None = None) -> None:
+        """Explore `strategy` with the session's seed, then shrink one case per newly failing check id.
+
+        `moves(case)` lists smaller variants of a case (fewest rows first);
+        with it, shrinking is greedy over those moves, which keeps a case valid
+        (a rollout stays a rollout) and is fast. Without it, Hypothesis shrinks.
+        """
+        from hypothesis import Phase, find, settings
+        from hypothesis.errors import NoSuchExample, Unsatisfiable
+
+        self.declare(*check_ids)
+        first: dict[str, Any] = {}
+
+        def explore(case):
+            for o in evaluate(case):
+                if o.check_id not in self.failures:
+                    first.setdefault(o.check_id, case)
+            return False
+
+        try:
+            find(strategy, explore, settings=settings(max_examples=self.max_examples,
+                                                      phases=[Phase.generate], **_QUIET()),
+                 random=random.Random(self.seed))
+        except (NoSuchExample, Unsatisfiable):
+            pass
+        for cid in sorted(first, key=self._order):
+            if cid in self.failures:
+                continue
+            self.declare(cid)
+            if moves is not None:
+                case, shrunk = self._greedy_shrink(first[cid], evaluate, cid, moves), True
+            else:
+                case, shrunk = self._hypothesis_shrink(strategy, evaluate, cid)
+                case = first[cid] if case is None else case
+            outcome = next((o for o in evaluate(case) if o.check_id == cid), None)
+            if outcome is None:  # flaky: report the first example as drawn
+                shrunk = False
+                outcome = next(o for o in evaluate(first[cid]) if o.check_id == cid)
+            ce = Counterexample(outcome.inputs, outcome.expected, outcome.actual, outcome.where, shrunk)
+            self.failures[cid] = Failure(cid, outcome.message, ce, outcome.traceback)
+
+    def _order(self, cid: str) -> int:
+        return self.checks.index(cid) if cid in self.checks else len(self.checks)
+
+    def _greedy_shrink(self, case, evaluate, cid, moves):
+        """Greedy descent over `moves`, taking the first variant that still fails with `cid`."""
+        deadline = time.perf_counter() + self.shrink_budget
+
+        def fails(candidate):
+            return any(o.check_id == cid for o in evaluate(candidate))
+
+        changed = True
+        while changed and time.perf_counter() < deadline:
+            changed, i = False, 0  # passes until a whole pass changes nothing
+            candidates = moves(case)
+            while i < len(candidates) and time.perf_counter() < deadline:
+                if fails(candidates[i]):
+                    case, changed = candidates[i], True
+                    candidates = moves(case)  # index i of the new list is the next untried move
+                else:
+                    i += 1
+        return case
+
+    def _hypothesis_shrink(self, strategy, evaluate, cid):
+        from hypothesis import Phase, find, settings
+        from hypothesis.errors import NoSuchExample, Unsatisfiable
+
+        deadline = time.perf_counter() + self.shrink_budget
+        best = {"case": None}
+
+        class _OutOfTime(Exception):
+            pass
+
+        def fails(case):
+            if time.perf_counter() > deadline and best["case"] is not None:
+                raise _OutOfTime
+            hit = any(o.check_id == cid for o in evaluate(case))
+            if hit:
+                best["case"] = case
+            return hit
+
+        try:
+            return find(strategy, fails, settings=settings(max_examples=self.max_examples,
+                                                           phases=[Phase.generate, Phase.shrink],
+                                                           **_QUIET()),
+                        random=random.Random(self.seed)), True
+        except _OutOfTime:
+            return best["case"], True
+        except (NoSuchExample, Unsatisfiable):
+            return None, False
+
+    def record(self, outcome: Outcome, *, shrunk: bool = True) -> None:
+        """Record a failure found without Hypothesis (e.g. by a statistical test)."""
+        self.declare(outcome.check_id)
+        if outcome.check_id in self.failures:
+            return
+        ce = None
+        if outcome.inputs or outcome.expected is not None:
+            ce = Counterexample(outcome.inputs, outcome.expected, outcome.actual, outcome.where, shrunk)
+        self.failures[outcome.check_id] = Failure(outcome.check_id, outcome.message, ce, outcome.traceback)
+
+    def report(self) -> Report:
+        name = getattr(self.fn, "__qualname__", None) or getattr(self.fn, "__name__", None) or repr(self.fn)
+        module = getattr(self.fn, "__module__", None)
+        label = f"{module}:{name}" if module and module != "__main__" else name
+        ordered = tuple(self.failures[c] for c in self.checks if c in self.failures)
+        return Report(kind=self.kind, function=label, convention=self.convention,
+                      backend=self.backend.name, dtype=self.backend.dtype, checks=tuple(self.checks),
+                      failures=ordered, warnings=tuple(self.warnings), examples=self.calls,
+                      seconds=time.perf_counter() - self.start, options=self.options)
+
+
+def _QUIET() -> dict:
+    """Settings of every internal search: no database, no deadline, no health checks, no output."""
+    from hypothesis import HealthCheck, Verbosity
+    return dict(database=None, deadline=None, suppress_health_check=list(HealthCheck),
+                verbosity=Verbosity.quiet)
+
+
+def finite_float(x, name: str) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} should be a real number, actual {x!r}") from None
+    if not math.isfinite(v):
+        raise InvalidInputError(f"{name} should be finite, actual {v!r}")
+    return v
+
+
+def check_positive_count(x, name: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or int(x) < 1:
+        raise InvalidInputError(f"{name} should be a positive integer, actual {x!r}")
+    return int(x)
+
+
+def user_name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def check_callable(fn) -> None:
+    if not callable(fn):
+        raise InvalidInputError(f"fn should be a callable, actual {type(fn).__name__}")
+

@@ -1,0 +1,194 @@
+"""What a conformance check returns: a `Report` of `Failure` objects with shrunk counterexamples."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from refpg.errors import ConformanceError
+
+__all__ = ["Counterexample", "Failure", "Report", "assert_conforms"]
+
+
+@dataclass(frozen=True)
+class Counterexample:
+    """The smallest input found on which a property fails.
+
+    Attributes
+    ----------
+    inputs : dict
+        Argument name -> value, in the *convention's* argument names as the
+        user's function received them (NumPy arrays; torch tensors are shown
+        as arrays).
+    expected, actual : object
+        The reference output and the user's, as float64 arrays or floats.
+    where : tuple of int or None
+        Index of the largest error in `actual`, if an array was compared.
+    shrunk : bool
+        False when the failure could not be reproduced while shrinking (a
+        non-deterministic function); the inputs are then the first failing
+        example, as drawn.
+    """
+
+    inputs: dict
+    expected: Any = None
+    actual: Any = None
+    where: tuple | None = None
+    shrunk: bool = True
+
+    def lines(self, indent: int = 0) -> list[str]:
+        """One ``name = value`` line per input, then expected and actual; arrays continue aligned."""
+        out = []
+        rows = [*self.inputs.items()]
+        if self.expected is not None:
+            rows.append(("expected", self.expected))
+        if self.actual is not None:
+            rows.append(("actual", self.actual))
+        width = max((len(k) for k, _ in rows), default=0)
+        for name, value in rows:
+            out.append(f"{name.ljust(width)} = {_show(value, indent=indent + width + 3)}")
+        if self.where is not None:
+            out.append(f"largest error at index {self.where}")
+        if not self.shrunk:
+            out.append("(not shrunk: the failure did not reproduce on the same input; is the function "
+                       "deterministic?)")
+        return out
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One violated property.
+
+    Attributes
+    ----------
+    check_id : str
+        Stable identifier, ``"<kind>.<property>"`` (e.g. ``"gae.truncation_bootstrapped"``).
+    message : str
+        ``"<what> should be <expected>, actual <value>"`` plus, where it helps, why.
+    counterexample : Counterexample or None
+    traceback : str or None
+        The user's traceback, when the failure is an exception raised by the
+        function under test.
+    """
+
+    check_id: str
+    message: str
+    counterexample: Counterexample | None = None
+    traceback: str | None = None
+
+    def __str__(self) -> str:
+        lines = [f"FAIL {self.check_id}", f"  {self.message}"]
+        if self.counterexample is not None:
+            lines.append("  counterexample:" if self.counterexample.shrunk else "  example:")
+            lines += ["    " + line for line in self.counterexample.lines(indent=4)]
+        if self.traceback:
+            lines.append("  traceback (most recent call last, checker frames removed):")
+            lines += ["    " + line for line in self.traceback.rstrip().splitlines()]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of one ``check_<kind>`` call.
+
+    Attributes
+    ----------
+    kind : str
+    function : str
+        The qualified name of the function checked.
+    convention, backend, dtype : str
+    checks : tuple of str
+        Every check id that was run, passed or not.
+    failures : tuple of Failure
+        At most one per check id, in the order the checks ran.
+    warnings : tuple of str
+        Legal but suspicious findings, and what the convention cannot express
+        (with what that costs).
+    examples : int
+        Number of calls of the function under test.
+    seconds : float
+    options : dict
+        The resolved options the check ran with.
+    """
+
+    kind: str
+    function: str
+    convention: str
+    backend: str
+    dtype: str
+    checks: tuple = ()
+    failures: tuple = ()
+    warnings: tuple = ()
+    examples: int = 0
+    seconds: float = 0.0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def failed_ids(self) -> tuple:
+        return tuple(f.check_id for f in self.failures)
+
+    def failure(self, check_id: str) -> Failure | None:
+        """The failure with this check id, or None."""
+        return next((f for f in self.failures if f.check_id == check_id), None)
+
+    def replace(self, **changes) -> "Report":
+        return dataclasses.replace(self, **changes)
+
+    def __str__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        head = (f"refpg conformance: {self.kind} {self.function} "
+                f"(convention={self.convention}, backend={self.backend}, dtype={self.dtype}"
+                f"{', ' + opts if opts else ''})")
+        n_fail = len(self.failures)
+        status = "PASSED" if self.passed else "FAILED"
+        lines = [head, f"{status}: {len(self.checks) - n_fail} of {len(self.checks)} checks passed "
+                       f"({self.examples} calls, {self.seconds:.2f} s)"]
+        failed = set(self.failed_ids)
+        for cid in self.checks:
+            if cid not in failed:
+                lines.append(f"ok   {cid}")
+        for f in self.failures:
+            lines.append(str(f))
+        for w in self.warnings:
+            lines.append(f"WARNING {w}")
+        return "\n".join(lines)
+
+
+def assert_conforms(report: Report) -> None:
+    """Raise `refpg.errors.ConformanceError` (an ``AssertionError``) if `report` has failures.
+
+    The exception's message is the whole readable report.
+    """
+    if not isinstance(report, Report):
+        raise TypeError(f"report should be a refpg.conformance.Report, actual {type(report).__name__}")
+    if not report.passed:
+        raise ConformanceError(str(report))
+
+
+# -- display ------------------------------------------------------------------
+
+def _show(value, indent: int = 0) -> str:
+    """A compact, exact-enough rendering: arrays with 6 significant digits, no summarisation."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            value = value + 0.0  # -0.0 reads as a typo
+        if value.dtype == bool:
+            body = np.array2string(value.astype(int), separator=", ")
+        elif value.dtype.kind in "iu":
+            body = np.array2string(value, separator=", ")
+        else:
+            body = np.array2string(value, precision=6, separator=", ", suppress_small=False,
+                                   max_line_width=100, threshold=10_000)
+        return body.replace("\n", "\n" + " " * indent)
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
+        return "[" + (",\n" + " " * (indent + 1)).join(_show(v, indent + 1) for v in value) + "]"
+    return repr(value)
