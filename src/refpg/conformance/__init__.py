@@ -9,6 +9,8 @@ shrunk counterexample. `assert_conforms` turns a failing report into a
 """
 
 from refpg.conformance.gae import GAE_CONVENTIONS, check_gae
+from refpg.conformance.losses import PPO_CONVENTIONS, VALUE_CONVENTIONS, check_ppo_loss, check_value_loss
 from refpg.conformance.report import Counterexample, Failure, Report, assert_conforms
 
-__all__ = ["Counterexample", "Failure", "GAE_CONVENTIONS", "Report", "assert_conforms", "check_gae"]
+__all__ = ["Counterexample", "Failure", "GAE_CONVENTIONS", "PPO_CONVENTIONS", "Report", "VALUE_CONVENTIONS",
+           "assert_conforms", "check_gae", "check_ppo_loss", "check_value_loss"]

@@ -160,3 +160,31 @@ def simpler_choices(value, order) -> tuple:
     Moving only towards the front of a fixed order keeps greedy shrinking from cycling.
     """
     return tuple(order[:order.index(value)] if value in order else order)
+
+
+def sample_moves(case: dict, keys: tuple, choices: dict | None = None) -> list:
+    """Smaller variants of a case of per-sample arrays `keys` (all of one length): drop a sample,
+    then make one number simpler, then move a scalar towards the front of its `choices` order."""
+    n = len(case[keys[0]])
+    out = []
+    if n > 1:
+        out += [{**case, **{k: np.delete(case[k], i) for k in keys}} for i in range(n)]
+    for key in keys:
+        for i, x in enumerate(case[key]):
+            for y in simpler_numbers(float(x)):
+                arr = case[key].copy()
+                arr[i] = y
+                out.append({**case, key: arr})
+    for key, order in (choices or {}).items():
+        out += [{**case, key: v} for v in simpler_choices(case[key], order)]
+    return out
+
+
+def samples(n_min: int = 1, n_max: int = 8, **columns):
+    """A dict of equal-length float64 arrays, one per keyword (name=element strategy), plus ``n``."""
+    @st.composite
+    def build(draw):
+        n = draw(st.integers(n_min, n_max))
+        return {name: np.array(draw(st.lists(elem, min_size=n, max_size=n)), dtype=np.float64)
+                for name, elem in columns.items()}
+    return build()

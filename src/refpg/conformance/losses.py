@@ -1,0 +1,403 @@
+r"""`check_ppo_loss` and `check_value_loss`: PPO's two per-minibatch losses.
+
+PPO's clipped policy loss [Schulman2017], Eq. (7), as the scalar to minimise:
+
+.. math::
+    \mathcal L^{CLIP} = -\frac1n \sum_i \min\big(r_i \hat A_i,\
+        \mathrm{clip}(r_i, 1 - \epsilon, 1 + \epsilon) \hat A_i\big), \qquad
+    r_i = \exp(\log\pi_{new}(a_i|s_i) - \log\pi_{old}(a_i|s_i)),
+
+with :math:`\hat A` optionally normalised per minibatch. The value loss comes
+in the three forms that libraries use (unclipped; the PPO2/CleanRL maximum of
+the clipped and unclipped errors; SB3's clipped prediction).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from refpg.conformance import _cases
+from refpg.conformance._harness import (Outcome, Session, check_callable, check_choice,
+                                        check_positive_count, finite_float, resolve_backend)
+from refpg.conformance.report import Report
+from refpg.errors import InvalidInputError
+
+__all__ = ["check_ppo_loss", "check_value_loss", "PPO_CONVENTIONS", "VALUE_CONVENTIONS"]
+
+#: Convention -> (signature, default options). SB3 and CleanRL normalise the advantages of each
+#: minibatch with torch's std (ddof = 1) plus 1e-8; SB3 skips normalisation for a minibatch of one.
+PPO_CONVENTIONS = {
+    "refpg": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="none")),
+    "torchrl": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="none")),
+    "sb3": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="batch", ddof=1, eps=1e-8)),
+    "cleanrl": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="batch", ddof=1, eps=1e-8)),
+    "rlax": ("fn(prob_ratios_t, adv_t, epsilon) -> loss", dict(normalize="none")),
+}
+
+#: Convention -> default (style, coef) of the value loss.
+VALUE_CONVENTIONS = {
+    "refpg": dict(style="unclipped", coef=0.5),
+    "cleanrl": dict(style="max", coef=0.5),
+    "sb3": dict(style="clip_prediction", coef=1.0),
+}
+VALUE_STYLES = ("unclipped", "max", "clip_prediction")
+
+CLIPS = (0.2, 0.1, 0.3)
+# Ratios are drawn through u (see `_log_ratio`): |u| < 1 is inside the clip range, |u| > 1 outside.
+# Keeping u at least 10% away from +-1 keeps the (discontinuous) clip indicator and gradient
+# unambiguous in float32.
+_INSIDE_U = st.one_of(st.sampled_from([0.0, 0.5, -0.5]), st.floats(-0.9, 0.9))
+_OUTSIDE_U = st.one_of(st.sampled_from([2.0, -2.0, 3.0, 5.0]), st.floats(1.1, 10.0),
+                       st.floats(-10.0, -1.1))
+_LOGP = st.one_of(st.sampled_from([-1.0, -0.5, -2.0, 0.0]), st.floats(-5.0, 0.0))
+
+
+# -- reference ------------------------------------------------------------------------
+
+def _log_ratio(u, eps):
+    """log r with r = (1 + eps)^u for u >= 0 and (1 - eps)^(-u) for u < 0: u = +-1 are the clip bounds."""
+    return np.where(u >= 0, u * np.log1p(eps), -u * np.log1p(-eps))
+
+
+def _normalized(adv: np.ndarray, opts: dict) -> np.ndarray:
+    """Per-minibatch normalisation; a minibatch with n <= ddof is left as is (SB3's rule for n = 1)."""
+    if opts["normalize"] == "none" or adv.size <= opts["ddof"]:
+        return adv
+    return (adv - adv.mean()) / (adv.std(ddof=opts["ddof"]) + opts["eps"])
+
+
+def _ppo_reference(ratio, adv, eps):
+    """(loss, d loss / d ratio, clipped mask, clip fraction) of -mean(min(r A, clip(r) A))."""
+    n = ratio.size
+    clipped_r = np.clip(ratio, 1.0 - eps, 1.0 + eps)
+    loss = -np.mean(np.minimum(ratio * adv, clipped_r * adv))
+    # The min picks the clipped term (zero gradient) when A > 0 and r > 1 + eps, or A < 0 and r < 1 - eps.
+    clipped = ((adv > 0) & (ratio > 1.0 + eps)) | ((adv < 0) & (ratio < 1.0 - eps))
+    d_ratio = np.where(clipped, 0.0, -adv / n)
+    fraction = float(np.mean(np.abs(ratio - 1.0) > eps))
+    return float(loss), d_ratio, clipped, fraction
+
+
+def _parse_loss(session, raw, inputs, *, allow_fraction):
+    """(loss tensor or array, clip fraction or None, outcomes) from what the function returned."""
+    fraction = None
+    if isinstance(raw, dict):
+        if "loss" not in raw:
+            return None, None, [Outcome(f"{session.kind}.output_shape",
+                                        f"the returned dict should have a 'loss' key, actual keys "
+                                        f"{sorted(raw)}", inputs)]
+        loss, fraction = raw["loss"], raw.get("clip_fraction")
+    elif isinstance(raw, (tuple, list)) and allow_fraction and len(raw) == 2:
+        loss, fraction = raw
+    else:
+        loss = raw
+    return loss, fraction, []
+
+
+def _resolve(options: dict, defaults: dict, allowed: dict) -> dict:
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise InvalidInputError(f"options should be among {sorted(allowed)}, actual unknown "
+                                f"{sorted(unknown)}")
+    out = {**{k: v for k, v in allowed.items()}, **defaults, **options}
+    return out
+
+
+# -- PPO clipped loss ---------------------------------------------------------------------
+
+def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
+                   max_examples: int = 100, seed: int = 0, **options) -> Report:
+    r"""Check a PPO clipped policy loss against :math:`-\frac1n\sum_i \min(r_i A_i, \mathrm{clip}(r_i) A_i)`.
+
+    [Schulman2017], Eq. (7), with the advantages normalised per minibatch
+    when ``normalize="batch"``: :math:`(A - \bar A)/(\mathrm{std}_{ddof}(A) + eps)`
+    (left as is when n <= ddof).
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(logp_new, logp_old, advantages, clip_eps) -> loss`` (rlax:
+        ``fn(prob_ratios_t, adv_t, epsilon)``). It may return ``(loss,
+        clip_fraction)`` or a dict with ``"loss"`` and ``"clip_fraction"``;
+        a clip fraction, if returned, must be :math:`\frac1n\#\{i: |r_i - 1| > \epsilon\}`.
+    convention : {"refpg", "sb3", "cleanrl", "torchrl", "rlax"}
+        Sets the normalisation defaults (`PPO_CONVENTIONS`).
+    backend, dtype, max_examples, seed
+        As in `check_gae`.
+    **options
+        ``normalize`` ("none" or "batch"), ``ddof``, ``eps``.
+
+    Returns
+    -------
+    Report
+        Check ids ``ppo_loss.inside_clip_range`` (every ratio within the clip
+        range: the loss is -mean(r A)), ``ppo_loss.outside_clip_range``,
+        ``ppo_loss.clip_fraction`` (if returned), ``ppo_loss.gradient`` (torch
+        backend: d loss / d logp_new is exactly 0 where the clipped term is
+        taken and -A r / n elsewhere), plus the generic ones.
+    """
+    check_callable(fn)
+    check_choice(convention, "convention", tuple(PPO_CONVENTIONS))
+    max_examples = check_positive_count(max_examples, "max_examples")
+    opts = _resolve(options, PPO_CONVENTIONS[convention][1], dict(normalize="none", ddof=1, eps=1e-8))
+    check_choice(opts["normalize"], "normalize", ("none", "batch"))
+    if isinstance(opts["ddof"], bool) or not isinstance(opts["ddof"], (int, np.integer)) or opts["ddof"] < 0:
+        raise InvalidInputError(f"ddof should be a non-negative integer, actual {opts['ddof']!r}")
+    opts["eps"] = finite_float(opts["eps"], "eps")
+    if convention == "rlax" and opts["normalize"] != "none":
+        raise InvalidInputError("convention 'rlax' takes ratios and advantages as given; normalize "
+                                "should be 'none'")
+    rlax = convention == "rlax"
+    n_min = 2 if convention == "cleanrl" else 1
+    warnings = []
+    if convention == "cleanrl":
+        warnings.append("convention 'cleanrl' normalises with the ddof=1 std, which is NaN for a "
+                        "minibatch of one; minibatches of one were not drawn")
+
+    def args_of(case, be):
+        logp_old = be.round(case["logp_old"])
+        logp_new = be.round(case["logp_old"] + _log_ratio(case["u"], case["clip_eps"]))
+        adv = be.round(case["advantages"])
+        ratio = np.exp(logp_new - logp_old)
+        if rlax:
+            args = [("prob_ratios_t", be.round(ratio)), ("adv_t", adv), ("epsilon", case["clip_eps"])]
+            ratio = be.round(ratio)
+        else:
+            args = [("logp_new", logp_new), ("logp_old", logp_old), ("advantages", adv),
+                    ("clip_eps", case["clip_eps"])]
+        return args, ratio, adv
+
+    def probe(be):
+        s = Session("ppo_loss", fn, convention, be, max_examples=1, seed=seed, options=opts)
+        args, _, _ = args_of({"logp_old": np.array([-1.0, -0.5]), "u": np.array([0.5, 2.0]),
+                              "advantages": np.array([1.0, -1.0]), "clip_eps": 0.2}, be)
+        return s.call(args).error is None
+
+    be, warn0 = resolve_backend(fn, backend, dtype, probe)
+    session = Session("ppo_loss", fn, convention, be, max_examples=max_examples, seed=seed, options=opts,
+                      warnings=warnings + warn0)
+    torch_grad = be.name == "torch"
+    grad_arg = "prob_ratios_t" if rlax else "logp_new"
+    fraction_seen = {"any": False}
+
+    def evaluate_for(check_id, inside: bool):
+        def evaluate(case):
+            outside = np.abs(case["u"]) >= 1.1
+            if inside and outside.any() or not inside and not outside.any():
+                return []  # a shrink move left the scenario
+            args, ratio, adv = args_of(case, be)
+            inputs = dict(args)
+            inputs["ratio (derived)"] = ratio
+            call = session.call(args, grad_of=grad_arg if torch_grad else None)
+            outcomes = session.generic_outcomes(call, inputs)
+            if call.error is not None:
+                return outcomes
+            loss_raw, fraction_raw, bad = _parse_loss(session, call.output, inputs, allow_fraction=True)
+            if bad:
+                return outcomes + bad
+            loss, more = session.output_array(loss_raw, "loss", (), inputs)
+            outcomes += more
+            if loss is None:
+                return outcomes
+            a = _normalized(adv, opts)
+            ref, d_ratio, clipped, fraction = _ppo_reference(ratio, a, case["clip_eps"])
+            if not np.isfinite(ref):
+                return outcomes
+            if opts["normalize"] == "batch":
+                inputs["normalized advantages (derived)"] = a
+            why = ("every ratio is inside [1 - eps, 1 + eps], so the loss is -mean(ratio * A)" if inside else
+                   "loss = -mean(min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)): the min takes the "
+                   "clipped term when A > 0 and ratio > 1 + eps, or A < 0 and ratio < 1 - eps")
+            o = session.compare(check_id, "loss", loss, ref, inputs, scale=float(np.max(np.abs(ratio * a))),
+                                why=why)
+            if o is not None:
+                outcomes.append(o)
+            if fraction_raw is not None:
+                fraction_seen["any"] = True
+                # A fraction in float32 (``.float().mean()``) is fine: only a wrong count is a bug.
+                f, _ = session.output_array(fraction_raw, "clip_fraction", (), inputs)
+                if f is not None and abs(float(f) - fraction) > 0.5 / ratio.size:
+                    outcomes.append(Outcome(
+                        "ppo_loss.clip_fraction",
+                        f"clip_fraction should be {fraction:.6g} (the fraction of samples with |ratio - 1| "
+                        f"> eps, eps={case['clip_eps']}), actual {float(f):.6g}", inputs,
+                        expected=fraction, actual=float(f)))
+            if torch_grad:
+                outcomes += _gradient_outcomes(session, call, grad_arg, loss_raw, d_ratio if rlax
+                                               else d_ratio * ratio, clipped, inputs,
+                                               "ppo_loss.gradient",
+                                               "where the unclipped term is taken the gradient is that of "
+                                               "-ratio * A / n")
+            return outcomes
+        return evaluate
+
+    session.declare(*session.generic_ids())
+    moves = _ppo_moves
+    session.run_scenario(_ppo_cases(_INSIDE_U, n_min), evaluate_for("ppo_loss.inside_clip_range", True),
+                         ("ppo_loss.inside_clip_range",), moves=moves)
+    session.run_scenario(_ppo_cases(_OUTSIDE_U, n_min, any_u=True),
+                         evaluate_for("ppo_loss.outside_clip_range", False),
+                         ("ppo_loss.outside_clip_range",), moves=moves)
+    if fraction_seen["any"]:
+        session.declare("ppo_loss.clip_fraction")
+    if torch_grad:
+        session.declare("ppo_loss.gradient")
+    return session.report()
+
+
+def _ppo_cases(u_strategy, n_min, *, any_u: bool = False):
+    """Minibatches of up to 8 samples; with `any_u`, ratios inside and outside the range are mixed."""
+    u = st.one_of(u_strategy, _INSIDE_U) if any_u else u_strategy
+    base = _cases.samples(n_min=n_min, logp_old=_LOGP, u=u, advantages=_cases.numbers())
+    return st.tuples(base, st.sampled_from(CLIPS)).map(lambda bc: {**bc[0], "clip_eps": bc[1]})
+
+
+def _ppo_moves(case):
+    return _cases.sample_moves(case, ("logp_old", "u", "advantages"), {"clip_eps": CLIPS})
+
+
+def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inputs, check_id, why):
+    """Compare the torch gradient of the returned loss with `expected`; exactly 0 where `clipped`."""
+    import torch
+
+    names = [name for name, _ in inputs.items()]
+    x = call.user_args[names.index(grad_arg)]
+    if not isinstance(loss_raw, torch.Tensor) or loss_raw.grad_fn is None:
+        return [Outcome(check_id, f"the loss should be differentiable with respect to {grad_arg} "
+                                  f"(a torch tensor with requires_grad=True was passed), actual a "
+                                  f"{type(loss_raw).__name__} with no gradient", inputs)]
+    try:
+        (g,) = torch.autograd.grad(loss_raw, x, allow_unused=True)
+    except RuntimeError as exc:
+        return [Outcome(check_id, f"the loss should be differentiable with respect to {grad_arg}, actual "
+                                  f"{exc}".splitlines()[0], inputs)]
+    got = np.zeros(expected.shape) if g is None else g.detach().cpu().numpy().astype(np.float64)
+    out = []
+    leak = clipped & (got != 0.0)
+    if leak.any():
+        i = int(np.flatnonzero(leak)[0])
+        out.append(Outcome(check_id, f"d loss / d {grad_arg}[{i}] should be exactly 0 where the clipped "
+                                     f"term is taken, actual {got[i]:.6g}", inputs,
+                           expected=expected, actual=got, where=(i,)))
+        return out
+    o = session.compare(check_id, f"d loss / d {grad_arg}", got, expected, inputs,
+                        why=why)
+    return out + ([o] if o is not None else [])
+
+
+# -- value loss ---------------------------------------------------------------------------
+
+def _value_reference(v_new, v_old, ret, eps, style, coef):
+    """(loss, d loss / d v_new, ambiguous mask) of the three value-loss forms."""
+    n = v_new.size
+    v_clip = v_old + np.clip(v_new - v_old, -eps, eps)
+    inside = np.abs(v_new - v_old) < eps
+    un, cl = (v_new - ret) ** 2, (v_clip - ret) ** 2
+    if style == "unclipped":
+        return coef * un.mean(), 2 * coef * (v_new - ret) / n, np.zeros(n, bool)
+    if style == "clip_prediction":
+        return coef * cl.mean(), np.where(inside, 2 * coef * (v_clip - ret) / n, 0.0), np.zeros(n, bool)
+    take_un = un >= cl
+    grad = np.where(take_un, 2 * coef * (v_new - ret) / n, np.where(inside, 2 * coef * (v_clip - ret) / n, 0.0))
+    return coef * np.maximum(un, cl).mean(), grad, np.isclose(un, cl, rtol=1e-6, atol=1e-9)
+
+
+_VALUE_DELTA = st.one_of(st.sampled_from([0.0, 0.1, -0.1, 1.0, -1.0, 2.0]), st.floats(-3.0, 3.0))
+VALUE_CLIPS = (0.2, 0.5, 1.0)
+
+
+def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
+                     max_examples: int = 100, seed: int = 0, **options) -> Report:
+    r"""Check a PPO value loss in one of its three forms.
+
+    With :math:`V^{clip} = V_{old} + \mathrm{clip}(V - V_{old}, -\epsilon, \epsilon)`:
+
+    * ``"unclipped"``: :math:`c\,\frac1n\sum_i (V_i - R_i)^2`;
+    * ``"max"`` (OpenAI baselines' PPO2, CleanRL):
+      :math:`c\,\frac1n\sum_i \max\big((V_i - R_i)^2, (V^{clip}_i - R_i)^2\big)`;
+    * ``"clip_prediction"`` (SB3 with ``clip_range_vf``): :math:`c\,\frac1n\sum_i (V^{clip}_i - R_i)^2`.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(values_new, values_old, returns, clip_eps) -> loss``.
+    convention : {"refpg", "cleanrl", "sb3"}
+        Default form and coefficient (`VALUE_CONVENTIONS`): refpg unclipped
+        0.5, CleanRL max 0.5, SB3 clip_prediction 1 (SB3 weighs it by
+        ``vf_coef`` outside).
+    **options
+        ``style`` and ``coef``.
+
+    Returns
+    -------
+    Report
+        ``value_loss.value``, ``value_loss.gradient`` (torch backend), and the generic ids.
+    """
+    check_callable(fn)
+    check_choice(convention, "convention", tuple(VALUE_CONVENTIONS))
+    max_examples = check_positive_count(max_examples, "max_examples")
+    opts = _resolve(options, VALUE_CONVENTIONS[convention], dict(style="unclipped", coef=0.5))
+    check_choice(opts["style"], "style", VALUE_STYLES)
+    opts["coef"] = finite_float(opts["coef"], "coef")
+
+    def args_of(case, be):
+        v_old = be.round(case["values_old"])
+        v_new = be.round(case["values_old"] + case["delta"])
+        ret = be.round(case["returns"])
+        return [("values_new", v_new), ("values_old", v_old), ("returns", ret),
+                ("clip_eps", case["clip_eps"])]
+
+    def probe(be):
+        s = Session("value_loss", fn, convention, be, max_examples=1, seed=seed, options=opts)
+        return s.call(args_of({"values_old": np.array([0.0, 1.0]), "delta": np.array([0.1, 2.0]),
+                               "returns": np.array([1.0, -1.0]), "clip_eps": 0.2}, be)).error is None
+
+    be, warn0 = resolve_backend(fn, backend, dtype, probe)
+    session = Session("value_loss", fn, convention, be, max_examples=max_examples, seed=seed,
+                      options=opts, warnings=warn0)
+    torch_grad = be.name == "torch"
+
+    def evaluate(case):
+        args = args_of(case, be)
+        inputs = dict(args)
+        v_new, v_old, ret, eps = (a for _, a in args)
+        call = session.call(args, grad_of="values_new" if torch_grad else None)
+        outcomes = session.generic_outcomes(call, inputs)
+        if call.error is not None:
+            return outcomes
+        loss, more = session.output_array(call.output, "loss", (), inputs)
+        outcomes += more
+        if loss is None:
+            return outcomes
+        ref, grad, ambiguous = _value_reference(v_new, v_old, ret, eps, opts["style"], opts["coef"])
+        o = session.compare("value_loss.value", "loss", loss, ref, inputs,
+                            why=f"style={opts['style']!r}, coef={opts['coef']}: {_VALUE_FORMS[opts['style']]}")
+        if o is not None:
+            outcomes.append(o)
+        edge = np.abs(np.abs(v_new - v_old) - eps) < 1e-6 * (1 + eps)
+        if torch_grad and not (ambiguous | edge).any():
+            outcomes += _gradient_outcomes(session, call, "values_new", call.output, grad,
+                                           np.zeros(grad.shape, bool), inputs, "value_loss.gradient",
+                                           f"the gradient of {_VALUE_FORMS[opts['style']]}")
+        return outcomes
+
+    session.declare(*session.generic_ids())
+    strategy = st.tuples(_cases.samples(values_old=_cases.numbers(), delta=_VALUE_DELTA,
+                                        returns=_cases.numbers()),
+                         st.sampled_from(VALUE_CLIPS)).map(lambda bc: {**bc[0], "clip_eps": bc[1]})
+    session.run_scenario(strategy, evaluate, ("value_loss.value",),
+                         moves=lambda c: _cases.sample_moves(c, ("values_old", "delta", "returns"),
+                                                             {"clip_eps": VALUE_CLIPS}))
+    if torch_grad:
+        session.declare("value_loss.gradient")
+    return session.report()
+
+
+_VALUE_FORMS = {
+    "unclipped": "loss = coef * mean((values_new - returns)^2)",
+    "max": "loss = coef * mean(max((values_new - returns)^2, (v_clip - returns)^2)), "
+           "v_clip = values_old + clip(values_new - values_old, -eps, eps)",
+    "clip_prediction": "loss = coef * mean((v_clip - returns)^2), "
+                       "v_clip = values_old + clip(values_new - values_old, -eps, eps)",
+}
