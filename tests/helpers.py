@@ -57,24 +57,8 @@ def episodic_garnet(n_states=5, n_actions=3, *, seed=0, p_end=0.2, gamma=0.9):
 
 
 def high_signal_episodic(n_states=3, n_actions=3, *, p_end=0.5, gamma=0.9, seed=0):
-    """An episodic MDP built for statistical tests of gradient estimators.
-
-    Short episodes (a terminal state is entered with probability `p_end` from
-    every (s, a)) and rewards that depend strongly on the action
-    (r(s, a) = 1 iff a = s mod A) make the per-episode signal-to-noise ratio
-    of REINFORCE about 0.3-0.5 at theta = 0, so 2e5 episodes resolve a 5% bias.
-    """
+    """`refpg.envs.high_signal`: short episodes with an action-dependent reward, so that
+    2e5 episodes resolve a 5% bias of a REINFORCE estimator."""
     import refpg
 
-    rng = np.random.default_rng(seed)
-    S, A = n_states + 1, n_actions
-    P = np.zeros((S, A, S))
-    P[:-1, :, :-1] = (1 - p_end) * rng.dirichlet(np.ones(n_states), size=(n_states, A))
-    P[:-1, :, -1] = p_end
-    P[-1, :, -1] = 1.0
-    r = np.zeros((S, A))
-    r[np.arange(n_states), np.arange(n_states) % A] = 1.0
-    terminal = np.zeros(S, dtype=bool)
-    terminal[-1] = True
-    rho = np.r_[np.full(n_states, 1.0 / n_states), 0.0]
-    return refpg.TabularMDP(P, r, rho, gamma, terminal, name="high_signal_episodic")
+    return refpg.envs.high_signal(n_states, n_actions, p_end=p_end, gamma=gamma, seed=seed)

@@ -15,6 +15,7 @@ import math
 import random
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -215,6 +216,7 @@ class Session:
         self.warnings: list[str] = list(warnings)
         self.start = time.perf_counter()
         self._dtype_warned = False
+        self._seen_warnings: set = set()
 
     # -- ids and warnings ------------------------------------------------------
 
@@ -250,13 +252,25 @@ class Session:
             else:
                 user.append(value)
         self.calls += 1
-        try:
-            out = self.fn(*user)
-        except Exception as exc:  # the user's bug is a finding, never a crash of the checker
-            summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            return Call(None, _user_traceback(exc), summary, (), tuple(user))
+        # Warnings the function emits are reported once each in the report, not printed per call.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                out = self.fn(*user)
+            except Exception as exc:  # the user's bug is a finding, never a crash of the checker
+                summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                self._note_warnings(caught)
+                return Call(None, _user_traceback(exc), summary, (), tuple(user))
+        self._note_warnings(caught)
         mutated = tuple(name for name, obj, snap in snaps if not self._same(obj, snap))
         return Call(out, None, None, mutated, tuple(user))
+
+    def _note_warnings(self, caught) -> None:
+        for w in caught:
+            key = (w.category.__name__, str(w.message).splitlines()[0][:200])
+            if key not in self._seen_warnings and len(self._seen_warnings) < 5:
+                self._seen_warnings.add(key)
+                self.warn(f"the function emitted {key[0]}: {key[1]}")
 
     def _convert(self, value, requires_grad=False):
         if isinstance(value, list):  # a list of per-episode tuples of arrays
