@@ -13,6 +13,8 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["pytester"]  # test_conformance runs the pytest plugin in a scratch project
+
 settings.register_profile(
     "ci",
     derandomize=True,  # fixed seed per test: no flakes, and no example database needed

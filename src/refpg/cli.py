@@ -8,6 +8,11 @@ the policy gradient, one natural-gradient step and the optimal J.
 stored inputs and compares with its stored outputs (non-zero exit on any
 mismatch); ``refpg golden regenerate [--dir golden]`` rewrites the files.
 
+``refpg check MODULE:FUNCTION --kind KIND [--convention C] [--backend B]`` checks a
+user's implementation with the conformance kit; ``refpg check FILE.py`` checks
+every function the file registers; ``refpg check`` alone runs the demo on the
+bundled examples.
+
 ``refpg study NAME [--quick] [--out DIR]`` runs one study of `refpg.studies`
 (figures and report.md in DIR, default analysis/NAME); ``refpg study --list``
 lists them.
@@ -146,6 +151,44 @@ def cmd_study(args) -> int:
     return 0
 
 
+def _option(text: str):
+    """``key=value`` of ``--option``; the value is a Python literal if it parses as one."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"--option should be KEY=VALUE, actual {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def cmd_check(args) -> int:
+    from refpg.conformance import runner
+
+    if args.target is None:
+        return runner.demo(everything=args.all_examples)
+    common = dict(backend=args.backend, dtype=args.dtype, seed=args.seed)
+    if args.target.endswith(".py"):
+        jobs = [(reg.fn, reg.kind, {**common, **reg.kwargs}) for reg in runner.load_file(args.target)]
+    else:
+        if args.kind is None:
+            print("refpg check: MODULE:FUNCTION needs --kind " + "|".join(runner.KINDS), file=sys.stderr)
+            return 2
+        fn = runner.load_function(args.target)
+        jobs = [(fn, args.kind, {**common, "convention": args.convention, **dict(args.option)})]
+    failed = 0
+    for fn, kind, kwargs in jobs:
+        if args.max_examples is not None and kind not in ("reinforce_estimator",):
+            kwargs["max_examples"] = args.max_examples
+        report = runner.check(kind, fn, **kwargs)
+        print(report, end="\n\n")
+        failed += not report.passed
+    print(f"refpg check: {len(jobs) - failed} of {len(jobs)} passed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refpg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -171,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quick", action="store_true", help="smaller budgets (as in the tests)")
     st.add_argument("--out", default=None, help="output directory (default: analysis/NAME)")
     st.set_defaults(func=cmd_study)
+    ck = sub.add_parser("check", help="check your implementation (GAE, PPO loss, ...) against the oracle; "
+                                      "with no target, a demo on the bundled examples")
+    ck.add_argument("target", nargs="?", default=None,
+                    help="MODULE:FUNCTION, or FILE.py that registers functions with "
+                         "@refpg.conformance.register; none: the bundled demo")
+    ck.add_argument("--kind", default=None,
+                    choices=("gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step"))
+    ck.add_argument("--convention", default="refpg", choices=("refpg", "sb3", "cleanrl", "torchrl", "rlax"))
+    ck.add_argument("--backend", default="auto", choices=("auto", "numpy", "torch"))
+    ck.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    ck.add_argument("--seed", type=int, default=0)
+    ck.add_argument("--max-examples", type=int, default=None, help="cases per scenario (default 100)")
+    ck.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                    help="a check option, e.g. --option normalize=batch or --option unbiased=False")
+    ck.add_argument("--all-examples", action="store_true", help="demo: run every bundled example")
+    ck.set_defaults(func=cmd_check)
     return parser
 
 

@@ -12,9 +12,10 @@ from refpg.conformance.gae import GAE_CONVENTIONS, check_gae
 from refpg.conformance.kl import check_kl_estimator
 from refpg.conformance.losses import PPO_CONVENTIONS, VALUE_CONVENTIONS, check_ppo_loss, check_value_loss
 from refpg.conformance.reinforce import check_reinforce_estimator
+from refpg.conformance.runner import CHECKS, KINDS, check, register
 from refpg.conformance.trpo import check_trpo_step
 from refpg.conformance.report import Counterexample, Failure, Report, assert_conforms
 
-__all__ = ["Counterexample", "Failure", "GAE_CONVENTIONS", "PPO_CONVENTIONS", "Report", "VALUE_CONVENTIONS",
+__all__ = ["CHECKS", "KINDS", "check", "register", "Counterexample", "Failure", "GAE_CONVENTIONS", "PPO_CONVENTIONS", "Report", "VALUE_CONVENTIONS",
            "assert_conforms", "check_gae", "check_kl_estimator", "check_ppo_loss", "check_reinforce_estimator", "check_trpo_step",
            "check_value_loss"]
