@@ -8,6 +8,8 @@ headline numbers. `run_study` is the entry point (and ``refpg study NAME``).
 from __future__ import annotations
 
 from refpg.studies import kl_estimators, mei2020_bandit, npg_bound
+from refpg.studies import cen2022_entropy_npg, gradient_estimates
+from refpg.studies import ppo_ratio_kl, seed_story
 
 __all__ = ["STUDIES", "run_study"]
 
@@ -16,6 +18,10 @@ STUDIES = {
     "mei2020_bandit": mei2020_bandit,
     "kl_estimators": kl_estimators,
     "npg_bound": npg_bound,
+    "cen2022_entropy_npg": cen2022_entropy_npg,
+    "gradient_estimates": gradient_estimates,
+    "seed_story": seed_story,
+    "ppo_ratio_kl": ppo_ratio_kl,
 }
 
 
