@@ -102,3 +102,22 @@ def test_cli_study_runs_quick(tmp_path, capsys):
 def test_cli_study_without_name_fails(capsys):
     assert main(["study"]) == 2
     assert main(["study", "nope"]) == 2
+
+
+def test_analysis_readme_links_every_figure_and_every_link_resolves():
+    import re
+    from pathlib import Path
+
+    analysis = Path(__file__).resolve().parents[1] / "analysis"
+    text = (analysis / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)\)", text)          # markdown links and images, not #anchors
+    local = [t for t in targets if "://" not in t]
+    assert local
+    for target in local:
+        assert (analysis / target).exists(), f"README links a missing file: {target}"
+    images = set(re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", text))
+    pngs = {p.relative_to(analysis).as_posix() for p in analysis.glob("*/*.png")}
+    assert pngs, "no figures under analysis/*/"
+    assert pngs <= images, f"figures not embedded in analysis/README.md: {sorted(pngs - images)}"
+    for name in STUDIES:
+        assert f"refpg study {name}" in text and f"({name}/report.md)" in text, name
