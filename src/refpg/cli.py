@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["exact"])
+        args = parser.parse_args(["check"])  # the main job: the conformance demo
     try:
         return args.func(args)
     except (InvalidInputError, ImportError) as exc:

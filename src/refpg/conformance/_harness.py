@@ -303,8 +303,12 @@ class Session:
                                f"{', '.join(call.mutated)} modified in place", inputs))
         return out
 
-    def output_array(self, raw, what: str, shape: tuple, inputs: dict) -> tuple[np.ndarray | None, list]:
-        """The output as float64 of `shape`, or the outcomes that say why it is not one."""
+    def output_array(self, raw, what: str, shape: tuple, inputs: dict, *,
+                     dtype_matters: bool = True) -> tuple[np.ndarray | None, list]:
+        """The output as float64 of `shape`, or the outcomes that say why it is not one.
+
+        With `dtype_matters` False (a count or a fraction), precision is neither checked nor warned about.
+        """
         kind = self.kind
         try:
             arr = self.backend.to_numpy(raw, what)
@@ -319,7 +323,9 @@ class Session:
                                   f"{what} should have shape {tuple(shape)}, actual shape {arr.shape}{hint}",
                                   inputs)]
         outcomes = []
-        if arr.dtype.kind != "f" or arr.dtype.itemsize < self.backend.np_dtype.itemsize:
+        if not dtype_matters:
+            pass
+        elif arr.dtype.kind != "f" or arr.dtype.itemsize < self.backend.np_dtype.itemsize:
             outcomes.append(Outcome(f"{kind}.output_dtype",
                                     f"{what} should have dtype {self.backend.dtype} (the dtype of the "
                                     f"inputs), actual {arr.dtype}", inputs))

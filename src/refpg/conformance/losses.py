@@ -216,7 +216,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
             if fraction_raw is not None:
                 fraction_seen["any"] = True
                 # A fraction in float32 (``.float().mean()``) is fine: only a wrong count is a bug.
-                f, _ = session.output_array(fraction_raw, "clip_fraction", (), inputs)
+                f, _ = session.output_array(fraction_raw, "clip_fraction", (), inputs, dtype_matters=False)
                 if f is not None and abs(float(f) - fraction) > 0.5 / ratio.size:
                     outcomes.append(Outcome(
                         "ppo_loss.clip_fraction",

@@ -1,0 +1,107 @@
+"""Timings of the conformance kit, and its false-alarm run.
+
+    python bench/conformance.py                    # every bundled example, default settings
+    python bench/conformance.py --demo             # the whole `refpg check` demo, wall time
+    python bench/conformance.py --false-alarms 200 # statistical checks on correct code, 200 seeds
+
+Per example it prints the wall time of one check with default settings
+(target: < 10 s on this 2-core machine) and, as the baseline measured in the
+same run, the time of the user's own function over the same calls: the ratio
+is the checker's overhead (drawing, reference, comparison, shrinking).
+
+The false-alarm run checks every correct example of a statistical kind
+(kl_estimator with unbiased=True, reinforce_estimator) with seeds 0..N-1 and
+counts rejections; with the declared alpha = 1e-6 per check, the expected
+number over N seeds is N * 1e-6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _timed_fn(fn, box):
+    def wrapper(*args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            box[0] += time.perf_counter() - t
+    for attr in ("__name__", "__qualname__", "__module__"):
+        setattr(wrapper, attr, getattr(fn, attr))
+    return wrapper
+
+
+def timings() -> int:
+    from refpg import examples
+    from refpg.conformance import check
+
+    print(f"{'example':44s} {'kind':20s} {'check s':>8s} {'fn s':>7s} {'overhead':>9s}  as declared")
+    worst = 0.0
+    for ex in examples.CORRECT + examples.BROKEN:
+        box = [0.0]
+        t = time.perf_counter()
+        report = check(ex.kind, _timed_fn(ex.fn, box), convention=ex.convention, backend=ex.backend,
+                       **dict(ex.options))
+        seconds = time.perf_counter() - t
+        worst = max(worst, seconds)
+        ok = report.passed if ex.expected is None else ex.expected in report.failed_ids
+        print(f"{ex.name:44s} {ex.kind:20s} {seconds:8.2f} {box[0]:7.2f} {seconds / max(box[0], 1e-9):8.1f}x"
+              f"  {'yes' if ok else 'NO'}", flush=True)
+    print(f"\nslowest check: {worst:.2f} s (target < 10 s)")
+    return 0
+
+
+def demo() -> int:
+    from refpg.conformance import runner
+
+    t = time.perf_counter()
+    code = runner.demo(out=io.StringIO())
+    print(f"refpg check (demo): exit {code}, {time.perf_counter() - t:.1f} s wall (target < 60 s)")
+    return code
+
+
+def false_alarms(n_seeds: int) -> int:
+    from refpg import examples
+    from refpg.conformance import check
+
+    statistical = [ex for ex in examples.CORRECT
+                   if ex.kind == "reinforce_estimator"
+                   or ex.kind == "kl_estimator" and dict(ex.options).get("unbiased", True)]
+    total = 0
+    t = time.perf_counter()
+    for ex in statistical:
+        alarms = []
+        for seed in range(n_seeds):
+            report = check(ex.kind, ex.fn, convention=ex.convention, backend=ex.backend, seed=seed,
+                           **dict(ex.options))
+            if not report.passed:
+                alarms.append((seed, report.failed_ids))
+        total += len(alarms)
+        print(f"{ex.name:36s} {n_seeds} seeds: {len(alarms)} false alarms {alarms if alarms else ''}",
+              flush=True)
+    print(f"\n{total} false alarms in {len(statistical) * n_seeds} checks "
+          f"(declared alpha 1e-6 per check; {time.perf_counter() - t:.0f} s)")
+    return 1 if total else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo", action="store_true")
+    p.add_argument("--false-alarms", type=int, default=0, metavar="N_SEEDS")
+    args = p.parse_args(argv)
+    if args.false_alarms:
+        return false_alarms(args.false_alarms)
+    if args.demo:
+        return demo()
+    return timings()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
