@@ -248,3 +248,159 @@ def test_pytest_plugin(pytester):
     result = pytester.runpytest_subprocess("-p", "no:xdist", "--refpg-max-examples", "20", "-q")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*FAIL kl_estimator.non_negative*"])
+
+
+# -- regressions from the adversarial review -------------------------------------------------
+
+def test_a_function_whose_output_varies_is_reported_not_crashed():
+    calls = [0]
+
+    def flaky(*args):
+        calls[0] += 1
+        return gae(*args) + (1.0 if calls[0] == 7 else 0.0)
+
+    report = check_gae(flaky, **FAST)
+    (failure,) = report.failures
+    assert not failure.counterexample.shrunk
+    assert "deterministic" in str(report)
+
+
+def test_sys_exit_inside_the_function_is_a_failure():
+    def exits(*args):
+        sys.exit(3)
+
+    assert check_gae(exits, **FAST).failed_ids == ("gae.raised",)
+
+
+def test_a_global_seterr_does_not_crash_the_checker():
+    import numpy as np_
+
+    old = np_.seterr(all="raise")
+    try:
+        report = check_ppo_loss(lambda n, o, a, e: -np.mean(np.minimum(np.exp(n - o) * a, np.clip(
+            np.exp(n - o), 1 - e, 1 + e) * a)), **FAST)
+    finally:
+        np_.seterr(**old)
+    assert report.passed, str(report)
+
+
+def test_auto_backend_picks_torch_when_the_function_returns_tensors():
+    torch = pytest.importorskip("torch")
+
+    def detached_accepting_numpy(logp_new, logp_old, adv, eps):
+        logp_new, logp_old, adv = (torch.as_tensor(x) for x in (logp_new, logp_old, adv))
+        r = torch.exp(logp_new - logp_old)
+        return -torch.min(adv * r.detach(), adv * torch.clamp(r, 1 - eps, 1 + eps)).mean()
+
+    report = check_ppo_loss(detached_accepting_numpy, **FAST)
+    assert report.backend == "torch" and "ppo_loss.gradient" in report.failed_ids
+
+
+def test_reinforce_baseline_from_the_batch_own_returns_is_caught():
+    def own_state_mean(theta, episodes, gamma):
+        pi = np.exp(theta - theta.max(1, keepdims=True))
+        pi /= pi.sum(1, keepdims=True)
+        returns = [np.array([sum(gamma ** k * x for k, x in enumerate(r[t:])) for t in range(len(r))])
+                   for _, _, r in episodes]
+        sums, counts = np.zeros(theta.shape[0]), np.zeros(theta.shape[0])
+        for (s, _, _), G in zip(episodes, returns):
+            np.add.at(sums, s, G)
+            np.add.at(counts, s, 1)
+        b = sums / np.maximum(counts, 1)  # includes the episode's own return: biased
+        g = np.zeros_like(theta)
+        for (s, a, _), G in zip(episodes, returns):
+            for t in range(len(s)):
+                w = gamma ** t * (G[t] - b[s[t]])
+                g[s[t]] -= w * pi[s[t]]
+                g[s[t], a[t]] += w
+        return g / len(episodes)
+
+    report = check_reinforce_estimator(own_state_mean)
+    failure = report.failure("reinforce_estimator.unbiased")
+    assert failure is not None and "own return included" in failure.message
+
+
+def _trpo_correct():
+    from refpg.examples import correct
+    return correct.trpo_step_numpy
+
+
+@pytest.mark.parametrize("variant, check_id, words", [
+    (lambda f: lambda th, *a: th + (f(th, *a) - th) / np.sqrt(2), "trpo_step.step_size", "0.707"),
+    (lambda f: lambda th, *a: (1 - 1e-3) * f(th, *a), "trpo_step.unvisited_states_unchanged", "not in the batch"),
+])
+def test_trpo_step_size_and_unvisited_states_are_checked(variant, check_id, words):
+    report = check_trpo_step(variant(_trpo_correct()))
+    assert check_id in report.failed_ids, str(report)
+    assert words in report.failure(check_id).message
+
+
+def test_gae_bootstrap_from_the_reset_observation_is_a_truncation_failure():
+    def reset_bootstrap(rewards, values, next_values, terminated, truncated, gamma, lam):
+        nv = next_values.copy()
+        nv[:-1] = np.where(truncated[:-1] & ~terminated[:-1], values[1:], nv[:-1])
+        return gae(rewards, values, nv, terminated, truncated, gamma, lam)
+
+    assert "gae.truncation_bootstrapped" in check_gae(reset_bootstrap).failed_ids
+
+
+def test_gae_bug_only_in_long_rollouts_or_many_environments_is_caught():
+    def many_envs(*args):
+        out = gae(*args)
+        if out.shape[1] > 3:
+            out[:, 3:] *= 0.9
+        return out
+
+    assert check_gae(many_envs).failed_ids == ("gae.general",)
+
+
+def test_ppo_normalisation_variant_is_named_and_float32_ties_are_no_false_alarm():
+    torch = pytest.importorskip("torch")
+    from refpg.examples import correct
+
+    assert check_ppo_loss(correct.ppo_loss_sb3_torch, convention="sb3", backend="torch", dtype="float32",
+                          seed=17).passed
+
+    def ddof0(logp_new, logp_old, adv, eps):
+        if len(adv) > 1:
+            adv = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
+        r = torch.exp(logp_new - logp_old)
+        return -torch.min(r * adv, torch.clamp(r, 1 - eps, 1 + eps) * adv).mean()
+
+    report = check_ppo_loss(ddof0, convention="sb3", **FAST)
+    assert "pass ddof=0" in report.failures[0].message
+
+
+def test_trpo_with_cg_damping_is_told_which_damping_fits():
+
+    def damped(theta_old, states, actions, adv, max_kl):
+        pi = np.exp(theta_old - theta_old.max(1, keepdims=True))
+        pi /= pi.sum(1, keepdims=True)
+        n = len(states)
+        g = np.zeros_like(theta_old)
+        for s, a, w in zip(states, actions, adv):
+            g[s] -= w * pi[s] / n
+            g[s, a] += w / n
+        if not np.any(g):
+            return theta_old.copy()
+        M = np.zeros((g.size, g.size))
+        A = g.shape[1]
+        for s in states:
+            M[s * A:(s + 1) * A, s * A:(s + 1) * A] += (np.diag(pi[s]) - np.outer(pi[s], pi[s])) / n
+        M += 0.1 * np.eye(g.size)
+        x = np.linalg.solve(M, g.ravel())
+        step = (np.sqrt(2 * max_kl / (x @ M @ x)) * x).reshape(g.shape)
+        return theta_old + 1e-3 * step  # tiny, so the KL and improvement tests pass
+
+    report = check_trpo_step(damped, **FAST)
+    failure = report.failure("trpo_step.direction")
+    assert failure is not None and "pass damping=0.1" in failure.message
+
+
+def test_tuple_returns_get_a_message_that_says_what_to_return():
+    def three(logp_new, logp_old, adv, eps):
+        r = np.exp(logp_new - logp_old)
+        return -np.mean(np.minimum(r * adv, np.clip(r, 1 - eps, 1 + eps) * adv)), 0.0, 0.0
+
+    message = check_ppo_loss(three, **FAST).failures[0].message
+    assert "(loss, clip_fraction) or a dict" in message

@@ -60,6 +60,7 @@ def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3):
     * ``"none"``: one episode per column, cut by the end of the rollout;
     * ``"terminal"``: terminations only, at least one (possibly at the last row);
     * ``"truncation_end"``: truncation at the last row of at least one column, nothing else;
+    * ``"truncation_mid"``: truncations only, at least one before the last row, and lambda = 0;
     * ``"boundaries"``: terminations and truncations, at least one before the last row;
     * ``"any"``: any flags, both at once included.
 
@@ -69,7 +70,7 @@ def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3):
     an episode (SB3's ``episode_starts[0]``, CleanRL's ``dones[0]``), which
     must not matter.
     """
-    min_T = 2 if flags == "boundaries" else 1
+    min_T = 2 if flags in ("boundaries", "truncation_mid") else 1
     T = draw(st.integers(min_T, max_T))
     N = draw(st.integers(1, max_N))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -81,6 +82,10 @@ def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3):
         term = draw(bools)
         if not term.any():
             term[draw(st.integers(0, T - 1)), draw(st.integers(0, N - 1))] = True
+    elif flags == "truncation_mid":
+        trunc = draw(bools)
+        if not trunc[:-1].any():
+            trunc[draw(st.integers(0, T - 2)), draw(st.integers(0, N - 1))] = True
     elif flags == "truncation_end":
         cols = draw(bool_arrays((N,)))
         if not cols.any():
@@ -104,7 +109,8 @@ def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3):
     inside = ~done[:-1]
     next_values[:-1][inside] = values[1:][inside]
     gamma = draw(st.sampled_from(GAMMAS))
-    lam = draw(st.sampled_from(LAMBDAS))
+    # With lambda = 0 nothing flows between rows, so a mid-rollout truncation tests the bootstrap alone.
+    lam = 0.0 if flags == "truncation_mid" else draw(st.sampled_from(LAMBDAS))
     start = draw(bool_arrays((N,)))
     return {"rewards": rewards, "values": values, "next_values": next_values, "terminated": term,
             "truncated": trunc, "gamma": gamma, "lam": lam, "start": start}

@@ -11,6 +11,7 @@ seed, same sequence: the first failure recurs and Hypothesis shrinks it).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -94,6 +95,8 @@ class Backend:
             except ImportError:  # pragma: no cover - a torch object without torch
                 torch = None
             if torch is not None and isinstance(y, torch.Tensor):
+                if y.dtype == torch.bfloat16:  # NumPy has no bfloat16; float16 keeps the "too narrow" verdict
+                    return y.detach().cpu().to(torch.float16).numpy()
                 return y.detach().cpu().numpy()
         if isinstance(y, (np.ndarray, np.generic, float, int)) and not isinstance(y, bool):
             arr = np.asarray(y)
@@ -117,8 +120,10 @@ class Backend:
 def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], bool]) -> tuple[Backend, list]:
     """The `Backend` to use; ``"auto"`` probes NumPy first, then torch.
 
-    `probe(backend)` calls the user's function once on a tiny case and says
-    whether it returned without raising. Returns the backend and warnings.
+    `probe(backend)` calls the user's function once on a tiny case and
+    returns its `Call` (or whether it returned without raising). A function
+    that returns torch tensors for NumPy inputs is checked on torch, so that
+    its gradient is checked too. Returns the backend and warnings.
     """
     check_choice(backend, "backend", BACKENDS)
     check_choice(dtype, "dtype", DTYPES)
@@ -126,16 +131,27 @@ def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], boo
         if backend == "torch":
             _require_torch()
         return Backend(backend, dtype), []
-    if probe(Backend("numpy", dtype)):
+    result = probe(Backend("numpy", dtype))
+    if result.error is None if isinstance(result, Call) else result:
+        if isinstance(result, Call) and _holds_torch(result.output):
+            return Backend("torch", dtype), ["backend='auto' chose torch: the function returned a torch "
+                                             "tensor for NumPy inputs (its gradient is checked)"]
         return Backend("numpy", dtype), []
     try:
         _require_torch()
     except InvalidInputError:
         return Backend("numpy", dtype), []
-    if probe(Backend("torch", dtype)):
+    result = probe(Backend("torch", dtype))
+    if result.error is None if isinstance(result, Call) else result:
         return Backend("torch", dtype), ["backend='auto' chose torch: the function raised on NumPy "
                                         "arrays and ran on torch tensors"]
     return Backend("numpy", dtype), []
+
+
+def _holds_torch(out) -> bool:
+    """Whether an output is (or, as a tuple or dict, contains) a torch tensor."""
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else (out,)
+    return any(type(x).__module__.startswith("torch") for x in items)
 
 
 def _require_torch():
@@ -146,6 +162,24 @@ def _require_torch():
 
 
 # -- calling the user's function ---------------------------------------------------
+
+_USER_ERRSTATE: dict = {"settings": None}
+
+
+def numerics_of_their_own(check):
+    """Decorator of every ``check_<kind>``: the checker's own arithmetic ignores NumPy's global
+    ``np.seterr`` (the reference must not die of an underflow), while the user's function runs
+    under the settings the caller had."""
+    @functools.wraps(check)
+    def wrapper(*args, **kwargs):
+        previous = _USER_ERRSTATE["settings"]
+        _USER_ERRSTATE["settings"] = np.geterr()
+        try:
+            with np.errstate(all="ignore"):
+                return check(*args, **kwargs)
+        finally:
+            _USER_ERRSTATE["settings"] = previous
+    return wrapper
 
 class Call(NamedTuple):
     """What one call of the user's function did."""
@@ -253,11 +287,14 @@ class Session:
                 user.append(value)
         self.calls += 1
         # Warnings the function emits are reported once each in the report, not printed per call.
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, \
+                np.errstate(**(_USER_ERRSTATE["settings"] or np.geterr())):
             warnings.simplefilter("always")
             try:
                 out = self.fn(*user)
-            except Exception as exc:  # the user's bug is a finding, never a crash of the checker
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # the user's bug (even sys.exit) is a finding, never a crash
                 summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 self._note_warnings(caught)
                 return Call(None, _user_traceback(exc), summary, (), tuple(user))
@@ -310,6 +347,11 @@ class Session:
         With `dtype_matters` False (a count or a fraction), precision is neither checked nor warned about.
         """
         kind = self.kind
+        if isinstance(raw, (tuple, list)) and raw and any(hasattr(x, "shape") for x in raw):
+            return None, [Outcome(f"{kind}.output_shape",
+                                  f"{what} should be one array of shape {tuple(shape)}, actual a "
+                                  f"{type(raw).__name__} of {len(raw)} items (return {what} alone; extra "
+                                  f"diagnostics are not part of this signature)", inputs)]
         try:
             arr = self.backend.to_numpy(raw, what)
         except BadOutput as exc:
@@ -366,7 +408,7 @@ class Session:
     # -- search -------------------------------------------------------------------
 
     def run_scenario(self, strategy, evaluate: Callable[[Any], list], check_ids=(), *,
-                     moves: Callable[[Any], list] | None = None) -> None:
+                     moves: Callable[[Any], list] | None = None, max_examples: int | None = None) -> None:
         """Explore `strategy` with the session's seed, then shrink one case per newly failing check id.
 
         `moves(case)` lists smaller variants of a case (fewest rows first);
@@ -378,15 +420,16 @@ class Session:
 
         self.declare(*check_ids)
         first: dict[str, Any] = {}
+        first_outcome: dict[str, Outcome] = {}
 
         def explore(case):
             for o in evaluate(case):
-                if o.check_id not in self.failures:
-                    first.setdefault(o.check_id, case)
+                if o.check_id not in self.failures and o.check_id not in first:
+                    first[o.check_id], first_outcome[o.check_id] = case, o
             return False
 
         try:
-            find(strategy, explore, settings=settings(max_examples=self.max_examples,
+            find(strategy, explore, settings=settings(max_examples=max_examples or self.max_examples,
                                                       phases=[Phase.generate], **_QUIET()),
                  random=random.Random(self.seed))
         except (NoSuchExample, Unsatisfiable):
@@ -401,9 +444,9 @@ class Session:
                 case, shrunk = self._hypothesis_shrink(strategy, evaluate, cid)
                 case = first[cid] if case is None else case
             outcome = next((o for o in evaluate(case) if o.check_id == cid), None)
-            if outcome is None:  # flaky: report the first example as drawn
+            if outcome is None:  # a function whose output varies between calls: report it as first seen
                 shrunk = False
-                outcome = next(o for o in evaluate(first[cid]) if o.check_id == cid)
+                outcome = first_outcome[cid]
             ce = Counterexample(outcome.inputs, outcome.expected, outcome.actual, outcome.where, shrunk)
             self.failures[cid] = Failure(cid, outcome.message, ce, outcome.traceback)
 

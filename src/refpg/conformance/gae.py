@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from refpg.conformance import _cases
-from refpg.conformance._harness import (Session, check_callable, check_choice,
+from refpg.conformance._harness import (numerics_of_their_own, Session, check_callable, check_choice,
                                         check_positive_count, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.returns import gae as reference_gae
@@ -165,6 +165,7 @@ def _run_rlax(session: Session, case: dict):
 
 # -- the check ---------------------------------------------------------------------
 
+@numerics_of_their_own
 def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
               max_examples: int = 100, seed: int = 0) -> Report:
     r"""Check a GAE implementation against the exact recursion, on rollouts drawn by Hypothesis.
@@ -187,7 +188,8 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
     dtype : {"float64", "float32"}
         Float dtype of the inputs; the tolerance follows (1e-9 or 1e-4, relative).
     max_examples : int
-        Rollouts drawn per scenario (T <= 8 steps, N <= 3 environments).
+        Rollouts drawn per scenario (T <= 8 steps, N <= 3 environments; a
+        fifth as many of up to 64 x 8).
     seed : int
         Seed of the search; the same seed gives the same report.
 
@@ -196,7 +198,8 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
     Report
         Check ids: ``gae.recursion`` (no episode boundary),
         ``gae.terminal_not_bootstrapped``, ``gae.truncation_bootstrapped``
-        (a time limit at the last row), ``gae.no_flow_across_episodes`` (the
+        (a time limit at the last row, or anywhere with lambda = 0),
+        ``gae.no_flow_across_episodes`` (the
         result for a rollout equals the results for its episodes computed
         separately), ``gae.general`` (all flags mixed), plus ``gae.raised``,
         ``gae.output_shape``, ``gae.output_dtype``, ``gae.output_finite`` and
@@ -263,9 +266,11 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
                     return outcomes + more
                 pieces[a:b, n] = part[:, 0]
         bad = session.compare("gae.no_flow_across_episodes", "advantages", whole, pieces, inputs,
-                              why="expected is the function's own output for each episode alone; rows "
-                                  "before an episode boundary must not depend on the rows after it "
-                                  "(the propagation of A_{t+1} must stop at terminated OR truncated)")
+                              why="expected is the function's own output for each episode alone: rows "
+                                  "before an episode boundary must not depend on the rows after it. Either "
+                                  "A_{t+1} flows across the boundary (the propagation must stop at "
+                                  "terminated OR truncated), or the boundary's delta reads values[t + 1] "
+                                  "(the next episode's first state) instead of next_values[t]")
         if bad is not None:
             outcomes.append(bad)
         return outcomes
@@ -275,8 +280,10 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
                  ("gae.terminal_not_bootstrapped", _cases.rollouts(flags="terminal"),
                   value_scenario("gae.terminal_not_bootstrapped"))]
     if convention != "cleanrl":
-        scenarios.append(("gae.truncation_bootstrapped", _cases.rollouts(flags="truncation_end"),
-                          value_scenario("gae.truncation_bootstrapped")))
+        truncation = value_scenario("gae.truncation_bootstrapped")
+        scenarios.append(("gae.truncation_bootstrapped", _cases.rollouts(flags="truncation_end"), truncation))
+        scenarios.append(("gae.truncation_bootstrapped", _cases.rollouts(flags="truncation_mid"),
+                          lambda case: truncation(case) if case["lam"] == 0.0 else []))
     scenarios.append(("gae.no_flow_across_episodes", _cases.rollouts(flags="boundaries"), evaluate_split))
     for check_id, strategy, evaluate in scenarios:
         session.run_scenario(strategy, evaluate, (check_id,), moves=_cases.rollout_moves)
@@ -285,6 +292,10 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
     if not value_ids & set(session.failures):  # a catch-all adds nothing to a specific failure
         session.run_scenario(_cases.rollouts(flags="any"), value_scenario("gae.general"), ("gae.general",),
                              moves=_cases.rollout_moves)
+        # Long rollouts of many environments: a bug in a window, or in environments past the third.
+        session.run_scenario(_cases.rollouts(flags="any", max_T=64, max_N=8), value_scenario("gae.general"),
+                             ("gae.general",), moves=_cases.rollout_moves,
+                             max_examples=max(1, max_examples // 5))
     if convention == "cleanrl":
         extra = _cleanrl_cost(session, be, max_examples, seed) if cost["n"] == 0 else cost["max"]
         session.warn("convention 'cleanrl' has no truncation flag: a time-limit truncation is passed as "

@@ -14,7 +14,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from refpg.conformance import _cases
-from refpg.conformance._harness import (Outcome, Session, check_callable, check_positive_count,
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_choice,
+                                        check_positive_count,
                                         resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
@@ -42,6 +43,7 @@ def _kl(p, q) -> float:
 _LOGP = st.one_of(st.sampled_from([-1.0, -0.5, -2.0, 0.0]), st.floats(-6.0, 0.0))
 
 
+@numerics_of_their_own
 def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
                        max_examples: int = 100, seed: int = 0, unbiased: bool = True,
                        non_negative: bool = False, alpha: float = DEFAULT_ALPHA) -> Report:
@@ -74,6 +76,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
         per pair, 20,000 samples each), plus the generic ids.
     """
     check_callable(fn)
+    check_choice(convention, "convention", ("refpg", "sb3", "cleanrl", "torchrl", "rlax"))
     max_examples = check_positive_count(max_examples, "max_examples")
     for name, flag in (("unbiased", unbiased), ("non_negative", non_negative)):
         if not isinstance(flag, (bool, np.bool_)):
@@ -84,7 +87,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
 
     def probe(be):
         s = Session("kl_estimator", fn, convention, be, max_examples=1, seed=seed, options=opts)
-        return s.call([("logp_new", np.array([-1.0, -0.5])), ("logp_old", np.array([-0.5, -1.0]))]).error is None
+        return s.call([("logp_new", np.array([-1.0, -0.5])), ("logp_old", np.array([-0.5, -1.0]))])
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("kl_estimator", fn, convention, be, max_examples=max_examples, seed=seed,
@@ -103,6 +106,11 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
             shape = tuple(np.shape(be.to_numpy(call.output, "estimate")))
         except Exception:
             shape = None
+        if shape is not None and shape not in ((n,), ()):
+            return None, outcomes + [Outcome(
+                "kl_estimator.output_shape",
+                f"estimate should have shape ({n},) (one estimate per sample) or () (their mean), actual "
+                f"shape {shape}", inputs)]
         target = (n,) if shape == (n,) else ()
         if shape in ((n,), ()) and mode["per_sample"] is None and n > 1:
             mode["per_sample"] = shape == (n,)

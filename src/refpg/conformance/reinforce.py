@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refpg.conformance._harness import (Outcome, Session, check_callable, check_choice,
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_choice,
                                         check_positive_count, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.envs import high_signal
@@ -36,6 +36,10 @@ OBJECTIVES = ("discounted", "gamma_free")
 #: the gamma^t-free estimator is ~19 standard errors off the gradient (threshold 5.2).
 EPISODES_PER_CALL = 50
 CALLS = 200
+#: The second stage: 1,000 calls of 2 episodes, where a baseline fitted on the batch's own returns
+#: shows its O(1/2) bias (an own-episode per-state mean is ~15 standard errors off).
+SMALL_CALLS = 1000
+SMALL_EPISODES = 2
 
 
 def _test_case(seed: int):
@@ -50,6 +54,7 @@ def _episodes(batch) -> list:
             for ep in batch.episodes()]
 
 
+@numerics_of_their_own
 def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
                               seed: int = 0, objective: str = "discounted", alpha: float = DEFAULT_ALPHA,
                               calls: int = CALLS, episodes_per_call: int = EPISODES_PER_CALL) -> Report:
@@ -77,7 +82,10 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
     alpha : float
         Family-wise false-alarm rate of the mean test.
     calls, episodes_per_call : int
-        ``calls`` independent batches of ``episodes_per_call`` episodes.
+        ``calls`` independent batches of ``episodes_per_call`` episodes. A
+        second stage always follows with 1,000 batches of 2 episodes, where a
+        baseline fitted on the batch's own returns is visibly biased; each
+        stage tests at alpha / 2.
 
     Returns
     -------
@@ -109,7 +117,7 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
 
     def probe(be):
         s = Session("reinforce_estimator", fn, convention, be, max_examples=1, seed=seed, options=opts)
-        return s.call(args_of(be, first)).error is None
+        return s.call(args_of(be, first))
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("reinforce_estimator", fn, convention, be, max_examples=calls, seed=seed,
@@ -138,39 +146,52 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
                 outcomes.append(o)
         return g, outcomes
 
-    estimates = []
-    for _ in range(calls):
-        episodes = _episodes(sample_episodes(mdp, pi, per_call, rng=rng))
-        g, outcomes = run(episodes)
-        if outcomes:
-            _record_smallest(session, run, episodes, outcomes)
-            return session.report()
-        estimates.append(g)
-    session.declare("reinforce_estimator.unbiased")  # declared only once it runs
     target = (policy_gradient(mdp, policy, theta) if objective == "discounted"
               else gamma_free_gradient(mdp, policy, theta))
-    test = mean_test(np.array(estimates), target, alpha=float(alpha))
-    if test.rejected:
+    other = (gamma_free_gradient(mdp, policy, theta) if objective == "discounted"
+             else policy_gradient(mdp, policy, theta))
+    # Two stages, alpha/2 each: many episodes per call (power against a wrong target), then two per
+    # call (a baseline computed from the batch's own returns is biased by O(1/episodes per call)).
+    stages = ((calls, per_call), (SMALL_CALLS, SMALL_EPISODES))
+    results = []
+    for n_calls, size in stages:
+        pool = _episodes(sample_episodes(mdp, pi, n_calls * size, rng=rng))
+        estimates = []
+        for k in range(n_calls):
+            episodes = pool[k * size:(k + 1) * size]
+            g, outcomes = run(episodes)
+            if outcomes:
+                _record_smallest(session, run, episodes, outcomes)
+                return session.report()
+            estimates.append(g)
+        results.append((n_calls, size, np.array(estimates)))
+    session.declare("reinforce_estimator.unbiased")  # declared only once it runs
+    for stage, (n_calls, size, estimates) in enumerate(results):
+        test = mean_test(estimates, target, alpha=float(alpha) / 2)
+        if not test.rejected:
+            continue
         i = test.worst
-        other = (gamma_free_gradient(mdp, policy, theta) if objective == "discounted"
-                 else policy_gradient(mdp, policy, theta))
         other_name = "gamma_free" if objective == "discounted" else "discounted"
         hint = ""
-        other_test = mean_test(np.array(estimates), other, alpha=float(alpha))
-        if not other_test.rejected:
+        if not mean_test(estimates, other, alpha=float(alpha) / 2).rejected:
             hint = (f"; the estimates are consistent with objective={other_name!r} instead "
                     + ("(is the gamma^t factor missing?)" if objective == "discounted"
                        else "(the estimator weighs step t by gamma^t)"))
+        elif stage == 1:
+            hint = (f"; unbiased at {per_call} episodes per call but not at {size}: a bias of order "
+                    f"1/(episodes per call) comes from a baseline computed from the same episodes, the "
+                    f"episode's own return included (leave the episode out)")
         session.record(Outcome(
             "reinforce_estimator.unbiased",
             f"the mean estimate [{i[0]}, {i[1]}] should be {target[i]:.6g} (the exact "
             f"{'gradient of J' if objective == 'discounted' else 'gamma-free vector'}), actual "
             f"{test.mean[i]:.6g} +- {test.stderr[i]:.2g} (z = {test.z[i]:.1f}, |z| threshold "
-            f"{test.threshold:.2f} at family-wise alpha = {alpha:g} over {target.size} entries; "
-            f"{calls} calls of {per_call} episodes, seed {seed}){hint}",
+            f"{test.threshold:.2f} at family-wise alpha = {alpha:g} over 2 stages of {target.size} entries; "
+            f"{n_calls} calls of {size} episodes, seed {seed}){hint}",
             {"theta": theta, "pi (derived)": pi, "gamma": mdp.gamma, "P (MDP)": mdp.P, "r (MDP)": mdp.r,
              "rho (MDP)": mdp.rho, "terminal (MDP)": mdp.terminal},
             expected=target, actual=test.mean, where=i))
+        break
     return session.report()
 
 

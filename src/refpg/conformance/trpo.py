@@ -20,7 +20,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from refpg.conformance import _cases
-from refpg.conformance._harness import (Outcome, Session, check_callable, check_choice,
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_choice,
                                         check_positive_count, finite_float, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
@@ -94,6 +94,44 @@ def _centered(x):
     return x - x.mean(axis=1, keepdims=True)
 
 
+def _damping_hint(step, theta_old, states, actions, adv, damping, min_cosine) -> str:
+    """Name a common CG damping under which the step is along the natural gradient, if one is."""
+    for other in (0.1, 0.01, 1e-3, 0.0):
+        if other == damping:
+            continue
+        d = _centered(natural_direction(theta_old, states, actions, adv, other)[0])
+        if np.linalg.norm(d) > 1e-12:
+            cos = float(np.sum(step * d) / (np.linalg.norm(d) * np.linalg.norm(step)))
+            if cos >= min_cosine:
+                return (f"; the step is along (F + {other:g} I)^+ grad L (cosine {cos:.4f}): if the "
+                        f"implementation damps the Fisher matrix, pass damping={other:g}")
+    return ""
+
+
+def _step_size_outcome(theta_old, new, states, actions, adv, max_kl, d, g, F, step_norm, inputs, damping):
+    """The step must not be longer than the full step sqrt(2 max_kl / s^T F s) s, and must be the full
+    step when every usual acceptance test accepts it (KL within max_kl, improvement at least half
+    the linear prediction). s^T F s includes the damping, as in the Hessian-vector products of
+    SB3-contrib and Spinning Up."""
+    shs = float(d.ravel() @ F @ d.ravel()) + damping * float(d.ravel() @ d.ravel())
+    if shs <= 0:
+        return None
+    full = np.sqrt(2 * max_kl / shs) * d
+    full_norm = float(np.linalg.norm(_centered(full)))
+    ratio = step_norm / full_norm
+    gain = surrogate(theta_old, theta_old + full, states, actions, adv) - surrogate(theta_old, theta_old,
+                                                                                   states, actions, adv)
+    clear = mean_kl(theta_old, theta_old + full, states) <= max_kl and gain >= 0.5 * float(np.sum(g * full))
+    if ratio > 1.05 or clear and ratio < 0.95:
+        return Outcome("trpo_step.step_size",
+                       f"the step's length should be {'that of' if clear else 'at most'} the full step "
+                       f"sqrt(2 max_kl / s^T F s) s, norm {full_norm:.6g} (which satisfies the KL constraint "
+                       f"and improves the surrogate by {gain:.4g}), actual norm {step_norm:.6g} (ratio "
+                       f"{ratio:.3f}; 0.707 means the 2 is missing, other ratios a missing square root "
+                       f"or an extra factor)", inputs, expected=theta_old + full, actual=new)
+    return None
+
+
 # -- cases ----------------------------------------------------------------------------------
 
 @st.composite
@@ -138,6 +176,7 @@ def _moves(case):
 
 # -- the check ------------------------------------------------------------------------------
 
+@numerics_of_their_own
 def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
                     max_examples: int = 100, seed: int = 0, damping: float = 0.0,
                     min_cosine: float = 0.99) -> Report:
@@ -167,6 +206,10 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         max_kl), ``trpo_step.surrogate_improvement`` (L(theta_new) >=
         L(theta_old)), ``trpo_step.direction`` (the step is along the natural
         gradient, and not rejected when the reference line search accepts),
+        ``trpo_step.step_size`` (never longer than the full step
+        :math:`\sqrt{2\delta / s^T F s}\, s`, and equal to it when that step
+        clearly passes the line search), ``trpo_step.unvisited_states_unchanged``
+        (states not in the batch keep their policy),
         ``trpo_step.restores_theta_on_reject`` (when no step can satisfy the
         constraint, theta_old comes back unchanged), plus the generic ids.
     """
@@ -189,7 +232,7 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
     def probe(be):
         s = Session("trpo_step", fn, convention, be, max_examples=1, seed=seed, options=opts)
         return s.call(args_of({"theta_old": np.zeros((1, 2)), "states": np.zeros(2), "actions": np.array([0., 1.]),
-                               "advantages": np.array([1.0, -1.0]), "max_kl": 0.01}, be)).error is None
+                               "advantages": np.array([1.0, -1.0]), "max_kl": 0.01}, be))
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("trpo_step", fn, convention, be, max_examples=max_examples, seed=seed, options=opts,
@@ -217,8 +260,12 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         if kl > max_kl * (1 + tol) + tol:
             outcomes.append(Outcome("trpo_step.kl_constraint",
                                     f"the mean KL(pi_old || pi_new) over the batch's states should be <= "
-                                    f"max_kl = {max_kl:g}, actual {kl:.6g}; a line search must test the "
-                                    f"actual KL of each candidate, not only the quadratic model",
+                                    f"max_kl = {max_kl:g}, actual {kl:.6g}; "
+                                    + ("KL(pi_new || pi_old) is within max_kl: is the KL's direction reversed? "
+                                       "TRPO constrains KL(pi_old || pi_new)"
+                                       if mean_kl(new, theta_old, states) <= max_kl else
+                                       "a line search must test the actual KL of each candidate, not only the "
+                                       "quadratic model"),
                                     inputs, expected=f"<= {max_kl:g}", actual=new))
         base = surrogate(theta_old, theta_old, states, actions, adv)
         gain = surrogate(theta_old, new, states, actions, adv) - base
@@ -229,17 +276,33 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
                                     f"{gain:.6g} (L(theta_old) = {base:.6g}); is the step's sign right?",
                                     inputs, expected=">= 0", actual=new))
         step = _centered(new - theta_old)
-        d, _, _ = natural_direction(theta_old, states, actions, adv, damping)
-        d = _centered(d)
+        scale = tol * (1 + np.abs(theta_old).max())
+        unvisited = np.setdiff1d(np.arange(theta_old.shape[0]), states)
+        moved = [int(u) for u in unvisited if np.abs(step[u]).max() > scale]
+        if moved:
+            outcomes.append(Outcome("trpo_step.unvisited_states_unchanged",
+                                    f"pi at states not in the batch should not change (the natural gradient is 0 "
+                                    f"there), actual theta_new[{moved[0]}] - theta_old[{moved[0]}] = "
+                                    f"{np.array2string(new[moved[0]] - theta_old[moved[0]], precision=4)} "
+                                    f"(weight decay, or a step applied to every row?)",
+                                    inputs, expected=theta_old, actual=new, where=(moved[0],)))
+        d_raw, g, F = natural_direction(theta_old, states, actions, adv, damping)
+        d = _centered(d_raw)
         nd, ns = np.linalg.norm(d), np.linalg.norm(step)
-        if nd > 1e-12 and ns > tol * (1 + np.abs(theta_old).max()):
+        if nd > 1e-12 and ns > scale:
             cos = float(np.sum(step * d) / (nd * ns))
             if cos < min_cosine:
                 outcomes.append(Outcome("trpo_step.direction",
                                         f"the step theta_new - theta_old should be along the natural gradient "
                                         f"(F + {damping:g} I)^+ grad L (cosine >= {min_cosine:g} after removing "
-                                        f"each state's mean), actual cosine {cos:.4f}", inputs,
-                                        expected=theta_old + d * (ns / nd), actual=new))
+                                        f"each state's mean), actual cosine {cos:.4f}"
+                                        + _damping_hint(step, theta_old, states, actions, adv, damping, min_cosine),
+                                        inputs, expected=theta_old + d * (ns / nd), actual=new))
+            else:
+                o = _step_size_outcome(theta_old, new, states, actions, adv, max_kl, d_raw, g, F, ns, inputs,
+                                       damping)
+                if o is not None:
+                    outcomes.append(o)
         elif nd > 1e-12 and oracle_accepts(theta_old, states, actions, adv, max_kl, damping):
             outcomes.append(Outcome("trpo_step.direction",
                                     "the step should move theta along the natural gradient (the reference "
@@ -266,7 +329,7 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         return outcomes
 
     session.declare(*session.generic_ids(), "trpo_step.kl_constraint", "trpo_step.surrogate_improvement",
-                    "trpo_step.direction")
+                    "trpo_step.direction", "trpo_step.step_size", "trpo_step.unvisited_states_unchanged")
     session.run_scenario(_batches(), evaluate, moves=_moves)
     session.run_scenario(_hopeless(), evaluate_reject, ("trpo_step.restores_theta_on_reject",),
                          moves=lambda c: [{**c, "max_kl": v} for v in _cases.simpler_choices(c["max_kl"], MAX_KLS)])
