@@ -11,6 +11,7 @@
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["pytester"]  # test_conformance runs the pytest plugin in a scratch project
@@ -27,3 +28,18 @@ settings.register_profile("thorough", max_examples=1000, deadline=None, derandom
 settings.register_profile("dev", max_examples=20)
 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def outputs(tmp_path_factory):
+    """``outputs(name) -> (out_dir, headline)``: each study run once in quick mode per session."""
+    from refpg.studies import run_study
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            out = tmp_path_factory.mktemp(name)
+            cache[name] = (out, run_study(name, quick=True, out_dir=out))
+        return cache[name]
+    return get

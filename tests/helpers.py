@@ -39,21 +39,10 @@ def uniform(mdp):
 
 
 def episodic_garnet(n_states=5, n_actions=3, *, seed=0, p_end=0.2, gamma=0.9):
-    """A Garnet MDP plus one terminal state entered with probability p_end from
-    every (s, a): every policy terminates, episodes have mean length 1/p_end,
-    and no estimate ever needs truncating."""
+    """`refpg.envs.episodic_garnet`: every policy terminates, so no estimate needs truncating."""
     import refpg
 
-    base = refpg.envs.garnet(n_states, n_actions, 2, seed=seed)
-    S = n_states + 1
-    P = np.zeros((S, n_actions, S))
-    P[:-1, :, :-1] = (1 - p_end) * base.P
-    P[:-1, :, -1] = p_end
-    P[-1, :, -1] = 1.0
-    r = np.vstack([base.r, np.zeros((1, n_actions))])
-    terminal = np.zeros(S, dtype=bool)
-    terminal[-1] = True
-    return refpg.TabularMDP(P, r, np.r_[base.rho, 0.0], gamma, terminal, name="episodic_garnet")
+    return refpg.envs.episodic_garnet(n_states, n_actions, 2, seed=seed, p_end=p_end, gamma=gamma)
 
 
 def high_signal_episodic(n_states=3, n_actions=3, *, p_end=0.5, gamma=0.9, seed=0):
@@ -62,3 +51,16 @@ def high_signal_episodic(n_states=3, n_actions=3, *, p_end=0.5, gamma=0.9, seed=
     import refpg
 
     return refpg.envs.high_signal(n_states, n_actions, p_end=p_end, gamma=gamma, seed=seed)
+
+
+def assert_study_outputs(out, headline, figures) -> None:
+    """A study's quick run wrote each figure as a real PNG, a report.md that links it and has a
+    headline and a table, and returned its headline numbers."""
+    for fig in figures:
+        data = (out / fig).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, fig
+    report = (out / "report.md").read_text()
+    assert report.startswith("# ") and "**Headline.**" in report and "|---|" in report
+    for fig in figures:
+        assert f"({fig})" in report
+    assert isinstance(headline, dict) and headline

@@ -340,3 +340,16 @@ def test_chain_slip_outside_unit_interval():
 def test_errors_are_value_errors():
     assert issubclass(errors.InvalidInputError, ValueError)
     assert issubclass(errors.ConformanceError, AssertionError)
+
+
+@pytest.mark.parametrize("build", ["high_signal", "episodic_garnet"])
+@pytest.mark.parametrize("p_end", [0.0, 1.5, float("nan")])
+def test_episodic_builders_reject_a_bad_exit_probability(build, p_end):
+    with pytest.raises(errors.InvalidInputError, match="p_end"):
+        getattr(refpg.envs, build)(p_end=p_end)
+
+
+@pytest.mark.parametrize("build", ["high_signal", "episodic_garnet"])
+def test_episodic_builders_terminate_under_every_policy(build):
+    mdp = getattr(refpg.envs, build)()
+    assert mdp.terminal[-1] and mdp.is_proper()

@@ -7,6 +7,7 @@ from refpg.cli import main
 from refpg.errors import InvalidInputError
 from refpg.studies import STUDIES, run_study
 from refpg.studies import kl_estimators as kl_study
+from tests.helpers import assert_study_outputs
 
 FIGURES = {
     "mei2020_bandit": ("suboptimality.png", "bad_start_probabilities.png"),
@@ -15,29 +16,9 @@ FIGURES = {
 }
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            out = tmp_path_factory.mktemp(name)
-            cache[name] = (out, run_study(name, quick=True, out_dir=out))
-        return cache[name]
-    return get
-
-
 @pytest.mark.parametrize("name", sorted(FIGURES))  # the newer studies have their own test files
 def test_study_writes_figures_and_report(name, outputs):
-    out, headline = outputs(name)
-    for fig in FIGURES[name]:
-        data = (out / fig).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, fig
-    report = (out / "report.md").read_text()
-    assert report.startswith("# ") and "**Headline.**" in report and "|---|" in report
-    for fig in FIGURES[name]:
-        assert f"({fig})" in report
-    assert isinstance(headline, dict) and headline
+    assert_study_outputs(*outputs(name), FIGURES[name])
 
 
 def test_mei2020_bad_start_plateaus_for_more_than_7000_iterations(outputs):

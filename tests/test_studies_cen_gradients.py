@@ -4,7 +4,8 @@ figures and report, and reproduces the headline numbers."""
 import numpy as np
 import pytest
 
-from refpg.studies import STUDIES, cen2022_entropy_npg as cen, gradient_estimates as ge, run_study
+from refpg.studies import STUDIES, cen2022_entropy_npg as cen, gradient_estimates as ge
+from tests.helpers import assert_study_outputs
 
 FIGURES = {
     "cen2022_entropy_npg": ("error_vs_bound.png", "rates.png"),
@@ -12,30 +13,10 @@ FIGURES = {
 }
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            out = tmp_path_factory.mktemp(name)
-            cache[name] = (out, run_study(name, quick=True, out_dir=out))
-        return cache[name]
-    return get
-
-
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_study_is_registered_and_writes_figures_and_report(name, outputs):
     assert name in STUDIES
-    out, headline = outputs(name)
-    for fig in FIGURES[name]:
-        data = (out / fig).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, fig
-    report = (out / "report.md").read_text()
-    assert report.startswith("# ") and "**Headline.**" in report and "|---|" in report
-    for fig in FIGURES[name]:
-        assert f"({fig})" in report
-    assert isinstance(headline, dict) and headline
+    assert_study_outputs(*outputs(name), FIGURES[name])
 
 
 # --- Cen et al. 2022 ------------------------------------------------------------------------------

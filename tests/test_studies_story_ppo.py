@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from refpg.studies import STUDIES, run_study
+from refpg.studies import STUDIES
 from refpg.studies import ppo_ratio_kl as ppo_study
 from refpg.studies import seed_story
+from tests.helpers import assert_study_outputs
 
 FIGURES = {
     "seed_story": ("J_per_iteration.png", "kl_per_step.png", "cliff.png", "trpo_trust_region.png",
@@ -17,30 +18,10 @@ FIGURES = {
 }
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            out = tmp_path_factory.mktemp(name)
-            cache[name] = (out, run_study(name, quick=True, out_dir=out))
-        return cache[name]
-    return get
-
-
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_study_writes_figures_and_report(name, outputs):
     assert name in STUDIES
-    out, headline = outputs(name)
-    for fig in FIGURES[name]:
-        data = (out / fig).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, fig
-    report = (out / "report.md").read_text()
-    assert report.startswith("# ") and "**Headline.**" in report and "|---|" in report
-    for fig in FIGURES[name]:
-        assert f"({fig})" in report
-    assert isinstance(headline, dict) and headline
+    assert_study_outputs(*outputs(name), FIGURES[name])
 
 
 # -- seed_story -------------------------------------------------------------------------

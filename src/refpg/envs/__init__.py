@@ -3,11 +3,12 @@
 Every builder returns a validated `refpg.TabularMDP`.
 """
 
-from refpg.envs.classic import bandit, chain, frozen_lake, garnet, gridworld, high_signal, two_state
+from refpg.envs.classic import (bandit, chain, episodic_garnet, frozen_lake, garnet, gridworld, high_signal,
+                                two_state)
 from refpg.envs.gym_import import from_gymnasium
 
-__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet", "frozen_lake", "high_signal", "from_gymnasium",
-           "BUILTIN"]
+__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet", "frozen_lake", "high_signal", "episodic_garnet",
+           "from_gymnasium", "BUILTIN"]
 
 #: Built-in MDPs by name, as used by the CLI (`refpg exact NAME`).
 BUILTIN = {

@@ -9,7 +9,8 @@ from refpg._validation import as_float_array, check_discount, check_positive_int
 from refpg.errors import InvalidInputError
 from refpg.mdp import TabularMDP
 
-__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet", "frozen_lake", "high_signal"]
+__all__ = ["two_state", "bandit", "chain", "gridworld", "garnet", "frozen_lake", "high_signal",
+           "episodic_garnet"]
 
 
 def two_state(gamma: float = 0.9) -> TabularMDP:
@@ -312,17 +313,43 @@ def high_signal(n_states: int = 3, n_actions: int = 3, *, p_end: float = 0.5, ga
     TabularMDP
         With ``n_states + 1`` states, the last one terminal.
     """
-    S = check_positive_int(n_states, "n_states") + 1
+    n = check_positive_int(n_states, "n_states")
     A = check_positive_int(n_actions, "n_actions")
-    p_end = check_real(p_end, "p_end", low=0.0, high=1.0, low_open=True)
     rng = np.random.default_rng(seed)
-    P = np.zeros((S, A, S))
-    P[:-1, :, :-1] = (1 - p_end) * rng.dirichlet(np.ones(S - 1), size=(S - 1, A))
-    P[:-1, :, -1] = p_end
-    P[-1, :, -1] = 1.0
-    r = np.zeros((S, A))
-    r[np.arange(S - 1), np.arange(S - 1) % A] = 1.0
+    r = np.zeros((n, A))
+    r[np.arange(n), np.arange(n) % A] = 1.0
+    return _with_exit(rng.dirichlet(np.ones(n), size=(n, A)), r, np.full(n, 1.0 / n), p_end, gamma,
+                      "high_signal")
+
+
+def episodic_garnet(n_states: int = 5, n_actions: int = 3, branching: int = 2, *, seed: int = 0,
+                    p_end: float = 0.2, gamma: float = 0.9) -> TabularMDP:
+    r"""`garnet` plus one terminal state entered with probability `p_end` from every (s, a).
+
+    .. math::
+        P'(s'|s, a) = (1 - p_{end}) P(s'|s, a), \qquad P'(\text{end}|s, a) = p_{end}
+
+    Every policy terminates, episodes have mean length 1/p_end, and no
+    sampled estimate ever needs truncating [Archibald1995].
+
+    Returns
+    -------
+    TabularMDP
+        With ``n_states + 1`` states, the last one terminal; rho is the Garnet's.
+    """
+    base = garnet(n_states, n_actions, branching, seed=seed)
+    return _with_exit(base.P, base.r, base.rho, p_end, gamma, "episodic_garnet")
+
+
+def _with_exit(P, r, rho, p_end, gamma, name) -> TabularMDP:
+    """The MDP (P, r, rho) with a terminal state appended, entered w.p. `p_end` from every (s, a)."""
+    p_end = check_real(p_end, "p_end", low=0.0, high=1.0, low_open=True)
+    n, A = r.shape
+    S = n + 1
+    P2 = np.zeros((S, A, S))
+    P2[:-1, :, :-1] = (1 - p_end) * P
+    P2[:-1, :, -1] = p_end
+    P2[-1, :, -1] = 1.0
     terminal = np.zeros(S, dtype=bool)
     terminal[-1] = True
-    rho = np.r_[np.full(S - 1, 1.0 / (S - 1)), 0.0]
-    return TabularMDP(P, r, rho, gamma, terminal, name="high_signal")
+    return TabularMDP(P2, np.vstack([r, np.zeros((1, A))]), np.r_[rho, 0.0], gamma, terminal, name=name)

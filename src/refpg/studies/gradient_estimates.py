@@ -56,16 +56,7 @@ def episodic_garnet(gamma: float = GAMMA, *, p_end: float = 0.2, seed: int = 0):
     """garnet(5, 3, 2, seed) with a terminal state entered w.p. p_end from every (s, a)."""
     import refpg
 
-    base = refpg.envs.garnet(5, 3, 2, seed=seed)
-    S, A = base.n_states + 1, base.n_actions
-    P = np.zeros((S, A, S))
-    P[:-1, :, :-1] = (1 - p_end) * base.P
-    P[:-1, :, -1] = p_end
-    P[-1, :, -1] = 1.0
-    r = np.vstack([base.r, np.zeros((1, A))])
-    terminal = np.zeros(S, dtype=bool)
-    terminal[-1] = True
-    return refpg.TabularMDP(P, r, np.r_[base.rho, 0.0], gamma, terminal, name="episodic_garnet")
+    return refpg.envs.episodic_garnet(5, 3, 2, seed=seed, p_end=p_end, gamma=gamma)
 
 
 def delayed_chain(gamma: float = GAMMA, *, length: int = CHAIN_LENGTH):
