@@ -12,7 +12,6 @@ seed, same sequence: the first failure recurs and Hypothesis shrinks it).
 from __future__ import annotations
 
 import functools
-import math
 import random
 import time
 import traceback
@@ -528,24 +527,10 @@ def _QUIET() -> dict:
                 verbosity=Verbosity.quiet)
 
 
-def finite_float(x, name: str) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{name} should be a real number, actual {x!r}") from None
-    if not math.isfinite(v):
-        raise InvalidInputError(f"{name} should be finite, actual {v!r}")
-    return v
-
-
 def check_positive_count(x, name: str) -> int:
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or int(x) < 1:
         raise InvalidInputError(f"{name} should be a positive integer, actual {x!r}")
     return int(x)
-
-
-def user_name(fn) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
 def check_callable(fn) -> None:

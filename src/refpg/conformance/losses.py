@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from refpg._validation import check_real
 from refpg.conformance import _cases
 from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_choice,
-                                        check_positive_count, finite_float, resolve_backend)
+                                        check_positive_count, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 
@@ -176,7 +177,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
     check_choice(opts["normalize"], "normalize", ("none", "batch"))
     if isinstance(opts["ddof"], bool) or not isinstance(opts["ddof"], (int, np.integer)) or opts["ddof"] < 0:
         raise InvalidInputError(f"ddof should be a non-negative integer, actual {opts['ddof']!r}")
-    opts["eps"] = finite_float(opts["eps"], "eps")
+    opts["eps"] = check_real(opts["eps"], "eps")
     if convention == "rlax" and opts["normalize"] != "none":
         raise InvalidInputError("convention 'rlax' takes ratios and advantages as given; normalize "
                                 "should be 'none'")
@@ -375,7 +376,7 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
     max_examples = check_positive_count(max_examples, "max_examples")
     opts = _resolve(options, VALUE_CONVENTIONS[convention], dict(style="unclipped", coef=0.5))
     check_choice(opts["style"], "style", VALUE_STYLES)
-    opts["coef"] = finite_float(opts["coef"], "coef")
+    opts["coef"] = check_real(opts["coef"], "coef")
 
     def args_of(case, be):
         v_old = be.round(case["values_old"])

@@ -42,7 +42,7 @@ SMALL_CALLS = 1000
 SMALL_EPISODES = 2
 
 
-def _test_case(seed: int):
+def _test_case():
     """The MDP (2 states + terminal, 2 actions, gamma 0.8, mean episode length 4) and theta."""
     mdp = high_signal(2, 2, p_end=0.25, gamma=0.8, seed=0)
     theta = np.random.default_rng(12345).normal(scale=0.5, size=(mdp.n_states, mdp.n_actions))
@@ -103,7 +103,7 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
         raise InvalidInputError(f"calls should be at least 2 for a mean test, actual {calls}")
     if not 0.0 < float(alpha) < 1.0:
         raise InvalidInputError(f"alpha should be in (0, 1), actual {alpha!r}")
-    mdp, theta = _test_case(seed)
+    mdp, theta = _test_case()
     policy = TabularSoftmax(mdp.n_states, mdp.n_actions)
     pi = policy.probs(theta)
     rng = np.random.default_rng(seed)

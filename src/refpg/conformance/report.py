@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,9 +136,6 @@ class Report:
     def failure(self, check_id: str) -> Failure | None:
         """The failure with this check id, or None."""
         return next((f for f in self.failures if f.check_id == check_id), None)
-
-    def replace(self, **changes) -> "Report":
-        return dataclasses.replace(self, **changes)
 
     def __str__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

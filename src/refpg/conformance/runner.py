@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 
 from refpg.errors import InvalidInputError
 
-__all__ = ["CHECKS", "KINDS", "check", "register", "Registration", "registered", "load_function",
+__all__ = ["CHECKS", "KINDS", "check", "register", "Registration", "load_function",
            "load_file", "demo"]
 
 
@@ -70,10 +70,6 @@ def register(kind: str, **kwargs) -> Callable:
         _REGISTRY.append(Registration(fn, kind, dict(kwargs)))
         return fn
     return deco
-
-
-def registered() -> tuple:
-    return tuple(_REGISTRY)
 
 
 def load_function(spec: str) -> Callable:
