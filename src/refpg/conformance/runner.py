@@ -141,8 +141,9 @@ def demo(*, everything: bool = False, out=None) -> int:
     if importlib.util.find_spec("torch") is None:  # a fresh `pip install -e .` has no torch
         skipped = [ex for ex in chosen if ex.backend == "torch"]
         chosen = tuple(ex for ex in chosen if ex.backend != "torch")
-        print(f"(PyTorch is not installed: {len(skipped)} torch examples skipped; "
-              f"pip install 'refpg[torch]' to include them)\n", file=out)
+        if skipped:
+            print(f"(PyTorch is not installed: {len(skipped)} torch examples skipped; "
+                  f"pip install 'refpg[torch]' to include them)\n", file=out)
     rows, all_ok = [], _as_declared(shown_ok, ok_report) and _as_declared(shown_bad, bad_report)
     for ex in chosen:
         report = _run_example(ex)
