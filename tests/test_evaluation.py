@@ -179,3 +179,27 @@ def test_gamma_just_below_one_with_terminal_states_is_not_singular(sparse):
     assert np.isfinite(ev.V).all() and np.isfinite(ev.d).all()
     assert_identity(ev.d.sum(), 1.0)
     assert np.isfinite(refpg.policy_gradient(mdp, pol, theta)).all()
+
+
+def test_singular_system_raises_a_refpg_error_not_a_nan():
+    # Unreachable through a validated MDP (I - gamma P_pi is nonsingular for
+    # gamma < 1 and on the live states of a proper MDP); the guard makes a
+    # future validation gap fail loudly instead of returning inf or NaN.
+    from refpg.evaluation import solve_pair
+
+    with pytest.raises(refpg.errors.RefpgError, match="singular"):
+        solve_pair(np.eye(3), 1.0, np.ones(3), np.ones(3) / 3)
+
+
+def test_solve_pair_agrees_with_numpy_solves_without_touching_its_input():
+    from refpg.evaluation import solve_pair
+
+    rng = np.random.default_rng(0)
+    P_pi = rng.dirichlet(np.ones(5), size=5)
+    r_pi, rho = rng.normal(size=5), rng.dirichlet(np.ones(5))
+    before = P_pi.copy()
+    V, mu = solve_pair(P_pi, 0.9, r_pi, rho)
+    M = np.eye(5) - 0.9 * before
+    assert_identity(V, np.linalg.solve(M, r_pi))
+    assert_identity(mu, np.linalg.solve(M.T, rho))
+    assert np.array_equal(P_pi, before)
