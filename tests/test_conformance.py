@@ -404,3 +404,14 @@ def test_tuple_returns_get_a_message_that_says_what_to_return():
 
     message = check_ppo_loss(three, **FAST).failures[0].message
     assert "(loss, clip_fraction) or a dict" in message
+
+
+def test_a_bfloat16_output_is_named_bfloat16():
+    torch = pytest.importorskip("torch")
+
+    def bf16_gae(*args):
+        return torch.as_tensor(gae(*(a.numpy() if hasattr(a, "numpy") else a for a in args))).to(torch.bfloat16)
+
+    report = check_gae(bf16_gae, backend="torch", dtype="float32", **FAST)
+    failure = report.failure("gae.output_dtype")
+    assert failure is not None and "actual bfloat16" in failure.message, str(report)

@@ -116,6 +116,14 @@ class Backend:
         return np.array(x, copy=True)
 
 
+def dtype_label(raw, arr: np.ndarray) -> str:
+    """The dtype the user returned, by its own name (a torch bfloat16 reaches NumPy as float16)."""
+    dtype = getattr(raw, "dtype", None)
+    if type(raw).__module__.startswith("torch") and dtype is not None:
+        return str(dtype).removeprefix("torch.")
+    return str(arr.dtype)
+
+
 def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], bool]) -> tuple[Backend, list]:
     """The `Backend` to use; ``"auto"`` probes NumPy first, then torch.
 
@@ -369,7 +377,7 @@ class Session:
         elif arr.dtype.kind != "f" or arr.dtype.itemsize < self.backend.np_dtype.itemsize:
             outcomes.append(Outcome(f"{kind}.output_dtype",
                                     f"{what} should have dtype {self.backend.dtype} (the dtype of the "
-                                    f"inputs), actual {arr.dtype}", inputs))
+                                    f"inputs), actual {dtype_label(raw, arr)}", inputs))
             if arr.dtype.kind != "f":
                 return None, outcomes
         elif arr.dtype.itemsize > self.backend.np_dtype.itemsize and not self._dtype_warned:
