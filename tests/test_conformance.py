@@ -415,3 +415,29 @@ def test_a_bfloat16_output_is_named_bfloat16():
     report = check_gae(bf16_gae, backend="torch", dtype="float32", **FAST)
     failure = report.failure("gae.output_dtype")
     assert failure is not None and "actual bfloat16" in failure.message, str(report)
+
+
+def test_a_slow_function_is_told_where_the_time_went_and_the_cli_shows_progress(monkeypatch):
+    import io
+    import time
+
+    from refpg.conformance import _harness
+
+    def slow_gae(*args):
+        time.sleep(0.002)
+        return gae(*args)
+
+    stream = io.StringIO()
+    monkeypatch.setattr(_harness.Session, "slow_seconds", 0.05)
+    monkeypatch.setitem(_harness.PROGRESS, "stream", stream)
+    monkeypatch.setitem(_harness.PROGRESS, "every", 0.05)
+    report = check_gae(slow_gae, backend="numpy", **FAST)
+    assert report.passed
+    (warning,) = [w for w in report.warnings if "the function itself took" in w]
+    assert "ms each on average" in warning and "max_examples" in warning
+    assert "gae still running after" in stream.getvalue()
+
+
+def test_a_fast_function_gets_no_slowness_warning():
+    report = check_gae(gae, backend="numpy", **FAST)
+    assert not any("the function itself took" in w for w in report.warnings)

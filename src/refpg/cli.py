@@ -179,10 +179,17 @@ def cmd_check(args) -> int:
         fn = runner.load_function(args.target)
         jobs = [(fn, args.kind, {**common, "convention": args.convention, **dict(args.option)})]
     failed = 0
+    from refpg.conformance import _harness
+
     for fn, kind, kwargs in jobs:
         if args.max_examples is not None and kind not in ("reinforce_estimator",):
             kwargs["max_examples"] = args.max_examples
-        report = runner.check(kind, fn, **kwargs)
+        # A slow function can make a check take minutes: say so on stderr while it runs.
+        _harness.PROGRESS["stream"] = sys.stderr
+        try:
+            report = runner.check(kind, fn, **kwargs)
+        finally:
+            _harness.PROGRESS["stream"] = None
         print(report, end="\n\n")
         failed += not report.passed
     print(f"refpg check: {len(jobs) - failed} of {len(jobs)} passed")

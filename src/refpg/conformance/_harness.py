@@ -188,6 +188,10 @@ def numerics_of_their_own(check):
             _USER_ERRSTATE["settings"] = previous
     return wrapper
 
+#: Progress notices for long checks: the CLI sets "stream" to stderr; the Python API stays silent.
+PROGRESS: dict = {"stream": None, "every": 30.0}
+
+
 class Call(NamedTuple):
     """What one call of the user's function did."""
 
@@ -247,11 +251,16 @@ class Session:
 
     #: Seconds of shrinking per failure before the best case so far is reported.
     shrink_budget = 5.0
+    #: Seconds inside the user's function above which the report says how to shorten the check.
+    slow_seconds = 10.0
 
     def __init__(self, kind, fn, convention, backend, *, max_examples, seed, options, warnings=()):
         self.kind, self.fn, self.convention, self.backend = kind, fn, convention, backend
         self.max_examples, self.seed, self.options = int(max_examples), int(seed), dict(options)
         self.calls = 0
+        self.user_seconds = 0.0
+        self.slowest_call = 0.0
+        self._last_progress = time.perf_counter()
         self.checks: list[str] = []
         self.failures: dict[str, Failure] = {}
         self.warnings: list[str] = list(warnings)
@@ -297,17 +306,44 @@ class Session:
         with warnings.catch_warnings(record=True) as caught, \
                 np.errstate(**(_USER_ERRSTATE["settings"] or np.geterr())):
             warnings.simplefilter("always")
+            t0 = time.perf_counter()
             try:
                 out = self.fn(*user)
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # the user's bug (even sys.exit) is a finding, never a crash
                 summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                self._timed(time.perf_counter() - t0)
                 self._note_warnings(caught)
                 return Call(None, _user_traceback(exc), summary, (), tuple(user))
+            self._timed(time.perf_counter() - t0)
         self._note_warnings(caught)
         mutated = tuple(name for name, obj, snap in snaps if not self._same(obj, snap))
         return Call(out, None, None, mutated, tuple(user))
+
+    def _timed(self, seconds: float) -> None:
+        """Account one call's time; with `PROGRESS` on (the CLI), say now and then that a slow check lives."""
+        self.user_seconds += seconds
+        self.slowest_call = max(self.slowest_call, seconds)
+        stream, every = PROGRESS["stream"], PROGRESS["every"]
+        now = time.perf_counter()
+        if stream is not None and now - self._last_progress >= every:
+            self._last_progress = now
+            print(f"refpg check: {self.kind} still running after {now - self.start:.0f} s: {self.calls} calls "
+                  f"of the function so far, {1e3 * self.user_seconds / self.calls:.0f} ms each on average",
+                  file=stream, flush=True)
+
+    def _slow_warning(self) -> str | None:
+        """Where the time went, when the user's own function made the check slow."""
+        if self.user_seconds < self.slow_seconds:
+            return None
+        total = time.perf_counter() - self.start
+        how = ("its statistical test needs this many calls; a faster function shortens it"
+               if self.kind == "reinforce_estimator" else
+               "lower max_examples (CLI: --max-examples) to shorten the check, at the cost of fewer cases")
+        return (f"the function itself took {self.user_seconds:.1f} s of this check's {total:.1f} s "
+                f"({self.calls} calls, {1e3 * self.user_seconds / self.calls:.0f} ms each on average, slowest "
+                f"{self.slowest_call:.2f} s); {how}")
 
     def _note_warnings(self, caught) -> None:
         for w in caught:
@@ -522,6 +558,9 @@ class Session:
         module = getattr(self.fn, "__module__", None)
         label = f"{module}:{name}" if module and module != "__main__" else name
         ordered = tuple(self.failures[c] for c in self.checks if c in self.failures)
+        slow = self._slow_warning()
+        if slow is not None:
+            self.warn(slow)
         return Report(kind=self.kind, function=label, convention=self.convention,
                       backend=self.backend.name, dtype=self.backend.dtype, checks=tuple(self.checks),
                       failures=ordered, warnings=tuple(self.warnings), examples=self.calls,
