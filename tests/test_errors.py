@@ -308,6 +308,22 @@ def test_kl_reduction_unknown():
         refpg.kl_divergence(mdp, pol, np.zeros((2, 2)), np.zeros((2, 2)), reduction="sum")
 
 
+def test_an_array_where_a_choice_belongs_is_a_clear_error_not_an_ambiguous_truth_value():
+    # `value in choices` compares an array elementwise and raises NumPy's
+    # "truth value of an array is ambiguous"; every choice goes through check_choice.
+    from refpg.conformance import check_gae
+    from refpg.returns import gae
+
+    mdp = refpg.envs.two_state()
+    pol = refpg.TabularSoftmax.for_mdp(mdp)
+    with raises(errors.InvalidInputError, "reduction should be one of ('mean', 'max', 'none'), actual array("):
+        refpg.kl_divergence(mdp, pol, np.zeros((2, 2)), np.zeros((2, 2)), reduction=np.array(["mean", "max"]))
+    with raises(errors.InvalidInputError, "convention should be one of"):
+        check_gae(gae, convention=np.array(["sb3", "refpg"]))
+    with raises(errors.InvalidInputError, "algorithm should be one of"):
+        refpg.algorithms.run(np.array(["npg", "trpo"]), mdp, pol, np.zeros((2, 2)), n_iters=1)
+
+
 def test_dense_fisher_too_large():
     mdp = refpg.envs.garnet(2600, 8, 2, seed=0, sparse=True)
     pol = refpg.TabularSoftmax.for_mdp(mdp)

@@ -125,6 +125,17 @@ def check_discount(gamma, name: str = "gamma", *, allow_one: bool = False) -> fl
     return g
 
 
+def check_choice(value, name: str, choices):
+    """Return `value` after checking it is one of `choices` (strings by equality, anything else by identity).
+
+    Never ``value in choices``: that compares an array argument elementwise and
+    dies with NumPy's "truth value of an array is ambiguous".
+    """
+    if not any(value is c or (isinstance(value, str) and value == c) for c in choices):
+        raise InvalidInputError(f"{name} should be one of {tuple(choices)}, actual {value!r}")
+    return value
+
+
 def check_positive_int(n, name: str, *, minimum: int = 1) -> int:
     """Return `n` as an int after checking it is an integer >= `minimum`."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):

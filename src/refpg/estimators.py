@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from refpg._validation import as_float_array, check_discount
+from refpg._validation import as_float_array, check_choice, check_discount
 from refpg.errors import ImproperMDPError, InvalidInputError, ProblemTooLargeError
 from refpg.evaluation import prepare, solve_pair
 from refpg.fisher import DENSE_FISHER_MAX_PARAMS
@@ -103,8 +103,7 @@ def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: s
     """
     theta = policy.validate_theta(theta)
     gamma = check_discount(gamma, allow_one=True)
-    if variant not in _VARIANTS:
-        raise InvalidInputError(f"variant should be one of {_VARIANTS}, actual {variant!r}")
+    check_choice(variant, "variant", _VARIANTS)
     if variant == "total" and not discount_weighting:
         raise InvalidInputError("discount_weighting=False applies to variant='reward_to_go' only")
     S, A = policy.n_states, policy.n_actions

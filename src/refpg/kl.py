@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refpg._validation import check_probability_rows
+from refpg._validation import check_choice, check_probability_rows
 from refpg.errors import InvalidInputError
 from refpg.evaluation import check_mdp, check_policy, prepare
 
@@ -57,8 +57,7 @@ def _kl_pieces(mdp, policy, theta, theta_old, evaluation_old):
 
 
 def _check_reduction(reduction):
-    if reduction not in _REDUCTIONS:
-        raise InvalidInputError(f"reduction should be one of {_REDUCTIONS}, actual {reduction!r}")
+    check_choice(reduction, "reduction", _REDUCTIONS)
 
 
 def kl_divergence(mdp, policy, theta, theta_old, *, reduction: str = "mean",

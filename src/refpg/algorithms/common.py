@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from refpg._validation import check_positive_int, check_real
+from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.errors import InvalidInputError, NonFiniteError
 from refpg.evaluation import policy_evaluation
 from refpg.kl import _categorical_kl
@@ -31,9 +31,7 @@ CRITICS = ("exact", "batch")
 
 def check_mode(mode: str) -> str:
     """Refuse anything but "exact" or "sampled"."""
-    if mode not in MODES:
-        raise InvalidInputError(f"mode should be one of {MODES}, actual {mode!r}")
-    return mode
+    return check_choice(mode, "mode", MODES)
 
 
 @dataclass(frozen=True)
@@ -64,8 +62,7 @@ class SampleConfig:
         if self.max_episode_steps is not None:
             check_positive_int(self.max_episode_steps, "max_episode_steps")
         check_real(self.lam, "lam", low=0.0, high=1.0)
-        if self.critic not in CRITICS:
-            raise InvalidInputError(f"critic should be one of {CRITICS}, actual {self.critic!r}")
+        check_choice(self.critic, "critic", CRITICS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,6 +245,4 @@ def batch_pieces(policy, theta_old, pi_old, log_pi_old, data: SampledData, fishe
 
 
 def check_fisher(fisher):
-    if fisher not in FISHER_ESTIMATES:
-        raise InvalidInputError(f"fisher should be one of {FISHER_ESTIMATES}, actual {fisher!r}")
-    return fisher
+    return check_choice(fisher, "fisher", FISHER_ESTIMATES)

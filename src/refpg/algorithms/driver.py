@@ -13,9 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refpg._validation import check_positive_int
+from refpg._validation import check_choice, check_positive_int
 from refpg.algorithms.common import check_mode
-from refpg.errors import InvalidInputError
 from refpg.evaluation import check_mdp, check_policy, policy_evaluation
 from refpg.kl import kl_divergence
 
@@ -109,8 +108,7 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     -------
     History
     """
-    if algorithm not in ALGORITHMS:
-        raise InvalidInputError(f"algorithm should be one of {ALGORITHMS}, actual {algorithm!r}")
+    check_choice(algorithm, "algorithm", ALGORITHMS)
     check_mdp(mdp)
     check_policy(policy, mdp)
     check_mode(mode)

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refpg._validation import as_float_array, check_positive_int, check_real, entry
+from refpg._validation import as_float_array, check_choice, check_positive_int, check_real, entry
 from refpg.algorithms.common import SampleConfig, SampledData, check_mode, collect
 from refpg.errors import InvalidInputError, ShapeError
 from refpg.evaluation import check_mdp, check_policy, policy_evaluation, prepare
@@ -836,12 +836,6 @@ class PPOResult:
     optimizer_state: AdamState | None
 
 
-def _check_choice(value, name, choices):
-    if not any(value is c or (isinstance(value, str) and value == c) for c in choices):
-        raise InvalidInputError(f"{name} should be one of {choices}, actual {value!r}")
-    return value
-
-
 def _check_betas(betas):
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise InvalidInputError(f"adam_betas should be a pair (beta1, beta2), actual {betas!r}")
@@ -932,11 +926,11 @@ def _run(mdp, policy, theta, *, mode, clip_eps, epochs, minibatch_size, optimize
     check_mode(mode)
     eps = _check_clip_eps(clip_eps, allow_none=True)
     epochs = check_positive_int(epochs, "epochs")
-    _check_choice(optimizer, "optimizer", OPTIMIZERS)
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
     lr = check_real(lr, "lr", low=0.0, low_open=True)
     beta1, beta2 = _check_betas(adam_betas)
     adam_eps = check_real(adam_eps, "adam_eps", low=0.0, low_open=True)
-    _check_choice(normalize_advantages, "normalize_advantages", NORMALIZATIONS)
+    check_choice(normalize_advantages, "normalize_advantages", NORMALIZATIONS)
     ddof = check_positive_int(norm_ddof, "norm_ddof", minimum=0)
     norm_eps = check_real(norm_eps, "norm_eps", low=0.0)
     if target_kl is not None:

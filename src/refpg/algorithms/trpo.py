@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from refpg._validation import as_float_array, check_positive_int, check_real
+from refpg._validation import as_float_array, check_choice, check_positive_int, check_real
 from refpg.algorithms.common import (
     FISHER_ESTIMATES,
     batch_pieces,
@@ -494,9 +494,7 @@ class TRPOResult:
 
 
 def _check_objective(objective, mode):
-    if objective not in LINE_SEARCH_OBJECTIVES:
-        raise InvalidInputError(
-            f"line_search_objective should be one of {LINE_SEARCH_OBJECTIVES}, actual {objective!r}")
+    check_choice(objective, "line_search_objective", LINE_SEARCH_OBJECTIVES)
     if objective == "true_J" and mode != "exact":
         raise InvalidInputError(
             "line_search_objective='true_J' needs mode='exact' (the true J is not available "

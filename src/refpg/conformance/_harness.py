@@ -21,20 +21,15 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from refpg._validation import check_choice
 from refpg.conformance.report import Counterexample, Failure, Report
 from refpg.errors import InvalidInputError
 
-__all__ = ["Backend", "Call", "Outcome", "Session", "resolve_backend", "check_choice"]
+__all__ = ["Backend", "Call", "Outcome", "Session", "resolve_backend"]
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
 BACKENDS = ("auto", "numpy", "torch")
 DTYPES = ("float64", "float32")
-
-
-def check_choice(value, name: str, choices) -> str:
-    if value not in choices:
-        raise InvalidInputError(f"{name} should be one of {list(choices)}, actual {value!r}")
-    return value
 
 
 # -- backends -------------------------------------------------------------------
@@ -572,12 +567,6 @@ def _QUIET() -> dict:
     from hypothesis import HealthCheck, Verbosity
     return dict(database=None, deadline=None, suppress_health_check=list(HealthCheck),
                 verbosity=Verbosity.quiet)
-
-
-def check_positive_count(x, name: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or int(x) < 1:
-        raise InvalidInputError(f"{name} should be a positive integer, actual {x!r}")
-    return int(x)
 
 
 def check_callable(fn) -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from refpg._validation import check_choice, check_positive_int
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Session, check_callable, check_choice,
-                                        check_positive_count, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Session, check_callable, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.returns import gae as reference_gae
 
@@ -221,7 +221,7 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
     """
     check_callable(fn)
     check_choice(convention, "convention", tuple(GAE_CONVENTIONS))
-    max_examples = check_positive_count(max_examples, "max_examples")
+    max_examples = check_positive_int(max_examples, "max_examples")
 
     def probe(be):
         probe_session = Session("gae", fn, convention, be, max_examples=1, seed=seed, options={})

@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from refpg._validation import check_choice, check_positive_int
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_choice,
-                                        check_positive_count,
-                                        resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 from refpg.stats import DEFAULT_ALPHA, mean_test
@@ -77,7 +76,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
     """
     check_callable(fn)
     check_choice(convention, "convention", ("refpg", "sb3", "cleanrl", "torchrl", "rlax"))
-    max_examples = check_positive_count(max_examples, "max_examples")
+    max_examples = check_positive_int(max_examples, "max_examples")
     for name, flag in (("unbiased", unbiased), ("non_negative", non_negative)):
         if not isinstance(flag, (bool, np.bool_)):
             raise InvalidInputError(f"{name} should be True or False, actual {flag!r}")

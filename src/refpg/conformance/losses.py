@@ -17,10 +17,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from refpg._validation import check_real
+from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_choice,
-                                        check_positive_count, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 
@@ -172,7 +171,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
     """
     check_callable(fn)
     check_choice(convention, "convention", tuple(PPO_CONVENTIONS))
-    max_examples = check_positive_count(max_examples, "max_examples")
+    max_examples = check_positive_int(max_examples, "max_examples")
     opts = _resolve(options, PPO_CONVENTIONS[convention][1], dict(normalize="none", ddof=1, eps=1e-8))
     check_choice(opts["normalize"], "normalize", ("none", "batch"))
     if isinstance(opts["ddof"], bool) or not isinstance(opts["ddof"], (int, np.integer)) or opts["ddof"] < 0:
@@ -373,7 +372,7 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
     """
     check_callable(fn)
     check_choice(convention, "convention", tuple(VALUE_CONVENTIONS))
-    max_examples = check_positive_count(max_examples, "max_examples")
+    max_examples = check_positive_int(max_examples, "max_examples")
     opts = _resolve(options, VALUE_CONVENTIONS[convention], dict(style="unclipped", coef=0.5))
     check_choice(opts["style"], "style", VALUE_STYLES)
     opts["coef"] = check_real(opts["coef"], "coef")

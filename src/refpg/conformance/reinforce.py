@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_choice,
-                                        check_positive_count, resolve_backend)
+from refpg._validation import check_choice, check_positive_int
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.envs import high_signal
 from refpg.errors import InvalidInputError
@@ -97,8 +97,8 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
     check_callable(fn)
     check_choice(convention, "convention", ("refpg",))
     check_choice(objective, "objective", OBJECTIVES)
-    calls = check_positive_count(calls, "calls")
-    per_call = check_positive_count(episodes_per_call, "episodes_per_call")
+    calls = check_positive_int(calls, "calls")
+    per_call = check_positive_int(episodes_per_call, "episodes_per_call")
     if calls < 2:
         raise InvalidInputError(f"calls should be at least 2 for a mean test, actual {calls}")
     if not 0.0 < float(alpha) < 1.0:

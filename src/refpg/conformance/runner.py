@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from refpg._validation import check_choice
 from refpg.errors import InvalidInputError
 
 __all__ = ["CHECKS", "KINDS", "check", "register", "Registration", "load_function",
@@ -44,8 +45,7 @@ KINDS = tuple(CHECKS)
 
 def check(kind: str, fn: Callable, **kwargs):
     """Run ``check_<kind>(fn, **kwargs)``; `kind` is one of `KINDS`."""
-    if kind not in CHECKS:
-        raise InvalidInputError(f"kind should be one of {list(KINDS)}, actual {kind!r}")
+    check_choice(kind, "kind", KINDS)
     return CHECKS[kind](fn, **kwargs)
 
 
@@ -63,8 +63,7 @@ def register(kind: str, **kwargs) -> Callable:
 
     The function itself is returned unchanged.
     """
-    if kind not in CHECKS:
-        raise InvalidInputError(f"kind should be one of {list(KINDS)}, actual {kind!r}")
+    check_choice(kind, "kind", KINDS)
 
     def deco(fn):
         _REGISTRY.append(Registration(fn, kind, dict(kwargs)))

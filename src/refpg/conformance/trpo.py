@@ -19,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from refpg._validation import check_real
+from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_choice,
-                                        check_positive_count, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 
@@ -216,7 +215,7 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
     """
     check_callable(fn)
     check_choice(convention, "convention", ("refpg",))
-    max_examples = check_positive_count(max_examples, "max_examples")
+    max_examples = check_positive_int(max_examples, "max_examples")
     damping = check_real(damping, "damping")
     min_cosine = check_real(min_cosine, "min_cosine")
     if damping < 0:
