@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from refpg._validation import check_choice, check_probability_rows
-from refpg.errors import InvalidInputError
 from refpg.evaluation import check_mdp, check_policy, prepare
 
 __all__ = ["kl_divergence", "kl_gradient", "policy_kl"]
@@ -126,8 +125,7 @@ def kl_gradient(mdp, policy, theta, theta_old, *, reduction: str = "mean",
     """
     check_mdp(mdp)
     check_policy(policy, mdp)
-    if reduction not in ("mean", "max"):
-        raise InvalidInputError(f"reduction should be 'mean' or 'max', actual {reduction!r}")
+    check_choice(reduction, "reduction", ("mean", "max"))
     theta, pi_old, ev_old, per_state = _kl_pieces(mdp, policy, theta, theta_old, evaluation_old)
     if reduction == "mean":
         w = ev_old.d

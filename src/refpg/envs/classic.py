@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from refpg._validation import as_float_array, check_discount, check_positive_int, check_real
+from refpg._validation import as_float_array, check_choice, check_discount, check_positive_int, check_real
 from refpg.errors import InvalidInputError
 from refpg.mdp import TabularMDP
 
@@ -249,9 +249,7 @@ def frozen_lake(map_name: str = "4x4", *, slippery: bool = True, success_rate: f
         A custom map; overrides `map_name`.
     """
     if desc is None:
-        if map_name not in FROZEN_LAKE_MAPS:
-            raise InvalidInputError(
-                f"map_name should be one of {sorted(FROZEN_LAKE_MAPS)}, actual {map_name!r}")
+        check_choice(map_name, "map_name", sorted(FROZEN_LAKE_MAPS))
         desc = FROZEN_LAKE_MAPS[map_name]
     rows = [str(row) for row in desc]
     if not rows or any(len(row) != len(rows[0]) for row in rows):

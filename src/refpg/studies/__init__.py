@@ -30,10 +30,9 @@ def run_study(name: str, *, quick: bool = False, out_dir=None) -> dict:
 
     Returns the study's dict of headline numbers.
     """
-    from refpg.errors import InvalidInputError
+    from refpg._validation import check_choice
 
-    if name not in STUDIES:
-        raise InvalidInputError(f"study should be one of {sorted(STUDIES)}, actual {name!r}")
+    check_choice(name, "study", sorted(STUDIES))
     if out_dir is None:
         out_dir = f"analysis/{name}"
     return STUDIES[name].run(quick=quick, out_dir=out_dir)
