@@ -311,6 +311,7 @@ def test_kl_reduction_unknown():
 def test_an_array_where_a_choice_belongs_is_a_clear_error_not_an_ambiguous_truth_value():
     # `value in choices` compares an array elementwise and raises NumPy's
     # "truth value of an array is ambiguous"; every choice goes through check_choice.
+    from refpg.algorithms import run
     from refpg.conformance import check_gae
     from refpg.returns import gae
 
@@ -321,7 +322,7 @@ def test_an_array_where_a_choice_belongs_is_a_clear_error_not_an_ambiguous_truth
     with raises(errors.InvalidInputError, "convention should be one of"):
         check_gae(gae, convention=np.array(["sb3", "refpg"]))
     with raises(errors.InvalidInputError, "algorithm should be one of"):
-        refpg.algorithms.run(np.array(["npg", "trpo"]), mdp, pol, np.zeros((2, 2)), n_iters=1)
+        run(np.array(["npg", "trpo"]), mdp, pol, np.zeros((2, 2)), n_iters=1)
 
 
 def test_dense_fisher_too_large():
