@@ -207,3 +207,25 @@ def test_log_linear_is_stable_for_large_logits():
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         logp = pol.log_probs(np.array([1e3]))
     np.testing.assert_allclose(logp[0], [0.0, -2e3, -1e3], rtol=1e-15)
+
+
+@given(rst.mdp_policy_theta())
+def test_kl_gradient_is_exactly_zero_at_theta_old(mpt):
+    # Not merely ~1e-17: Adam divides by sqrt(v), so round-off here would move
+    # parameters by O(lr) in exact-mode PPO with a KL penalty.
+    mdp, policy, theta = mpt
+    for reduction in ("mean", "max"):
+        g = refpg.kl_gradient(mdp, policy, theta, theta, reduction=reduction)
+        assert (g == 0.0).all(), (reduction, g)
+
+
+def test_max_kl_at_gamma_one_ignores_terminal_states():
+    # 0 -> terminal 1 under every action; only the terminal row of theta changes.
+    P = np.zeros((2, 2, 2))
+    P[:, :, 1] = 1.0
+    mdp = refpg.TabularMDP(P, np.zeros((2, 2)), [1.0, 0.0], 1.0, [False, True])
+    pol = refpg.TabularSoftmax(2, 2)
+    theta_old, theta = np.zeros((2, 2)), np.array([[0.0, 0.0], [3.0, -3.0]])
+    assert refpg.kl_divergence(mdp, pol, theta, theta_old, reduction="max") == 0.0
+    assert (refpg.kl_gradient(mdp, pol, theta, theta_old, reduction="max") == 0.0).all()
+    assert refpg.trpo_bound(mdp, pol, theta, theta_old).max_kl == 0.0

@@ -90,6 +90,9 @@ def test_gamma_one_uses_expected_visits_and_episode_length(data, mdp):
     mu = ev.horizon * ev.d
     assert_identity(mdp.rho[live] + P_pi.T @ mu[live], mu[live])
     assert (ev.d[mdp.terminal] == 0).all() and (ev.V[mdp.terminal] == 0).all()
+    # support means d > 0 for gamma = 1 too (terminal states are never visited),
+    # so a max KL "over states with d > 0" cannot pick a terminal state.
+    np.testing.assert_array_equal(ev.support, ev.d > 0)
     assert_identity(ev.J, mu @ r_pi)
     assert_identity(ev.V[live], r_pi[live] + P_pi @ ev.V[live])
 

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from refpg._validation import check_probability_rows
-from refpg.errors import EvaluationMismatchError, InvalidInputError, RefpgError
+from refpg.errors import EvaluationMismatchError, InvalidInputError, NonFiniteError, RefpgError
 from refpg.mdp import TabularMDP
 from refpg.policies import Parameterization
 
@@ -133,7 +133,12 @@ def evaluate(mdp: TabularMDP, pi) -> Evaluation:
     :math:`\mu = \rho_N (I - P_{NN})^{-1}` and :math:`H = \sum_s \mu(s)` the
     expected episode length; terminal states get d = 0 and V = 0. Every
     identity of CONVENTIONS.md then holds with :math:`1/(1-\gamma)` replaced
-    by H. If rho lies entirely on terminal states, H = 0 and d = 0.
+    by H. `support` then excludes the terminal states, so "d(s) > 0" and
+    `support` agree for every gamma.
+
+    Finite inputs whose values overflow float64 (rewards near 1e308 with
+    gamma > 0, say) raise `refpg.errors.NonFiniteError` rather than return
+    inf or NaN.
 
     References
     ----------
@@ -184,14 +189,31 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     else:
         # P_pi is not needed after this, so the dense solve may overwrite it.
         V, mu = solve_pair(P_pi, gamma, r_pi, rho, overwrite=True)
+    if gamma == 1.0:
+        # Terminal states are never visited in an episode (V = 0, d = 0 there);
+        # the support must say so too, or a max over "d > 0" would include them.
+        support = support & ~terminal
     horizon = 1.0 / (1.0 - gamma) if gamma < 1.0 else float(mu.sum())
 
     mu[~support] = 0.0
-    d = mu / horizon if horizon > 0 else mu
+    d = mu / horizon  # horizon > 0: rho has mass on non-terminal states only
     Q = mdp.action_values(V)
     A = Q - V[:, None]
     J = float(rho @ V)
+    _check_finite_result(V, "V", mdp)
+    _check_finite_result(Q, "Q", mdp)
     return Evaluation(V=V, Q=Q, A=A, d=d, J=J, horizon=horizon, pi=pi, support=support, mdp=mdp)
+
+
+def _check_finite_result(x: np.ndarray, name: str, mdp: TabularMDP) -> None:
+    """Refuse a value that overflowed float64 although every input was finite."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        idx = np.unravel_index(int(np.flatnonzero(bad)[0]), x.shape)
+        label = f"{name}[{', '.join(str(int(i)) for i in idx)}]"
+        raise NonFiniteError(
+            f"{label} is {float(x[idx])!r}: the exact values overflow float64 (max |r| = "
+            f"{float(np.max(np.abs(mdp.r))):.3g}, gamma = {mdp.gamma}); rescale the rewards")
 
 
 def solve_pair(P_pi, gamma, r_pi, rho, *, overwrite: bool = False):

@@ -133,4 +133,20 @@ def kl_gradient(mdp, policy, theta, theta_old, *, reduction: str = "mean",
         idx = np.flatnonzero(ev_old.support)
         w = np.zeros(mdp.n_states)
         w[idx[np.argmax(per_state[idx])]] = 1.0
-    return policy.log_prob_vjp(theta, -w[:, None] * pi_old)
+    return weighted_kl_gradient(policy, theta, w, pi_old)
+
+
+def weighted_kl_gradient(policy, theta, w, pi_old, pi=None) -> np.ndarray:
+    r""":math:`\nabla_\theta \sum_s w(s)\, D_{KL}(\pi_{old}(\cdot|s) \| \pi_\theta(\cdot|s))` on validated pieces.
+
+    Computed as the vjp of the weights :math:`w(s)(\pi - \pi_{old})`, which
+    equals :math:`-\sum_a w(s)\pi_{old}(a|s)\nabla\log\pi(a|s)` (the rows of
+    :math:`\pi - \pi_{old}` sum to 0, so the softmax centring term drops out)
+    and is exactly 0 at theta = theta_old. The form with :math:`-\pi_{old}`
+    leaves the round-off of :math:`\sum_a \pi_{old}(a|s) - 1` (~1e-17), which
+    Adam's :math:`g/\sqrt{v}` normalisation turns into O(lr) moves of rows
+    that should not move.
+    """
+    if pi is None:
+        pi = np.exp(policy.log_probs(theta))
+    return policy.log_prob_vjp(theta, w[:, None] * (pi - pi_old), pi)

@@ -52,8 +52,9 @@ class TabularMDP:
         Initial-state distribution.
     gamma : float
         Discount in [0, 1); 1 is accepted only if the MDP is proper (every
-        policy reaches a terminal state with probability one from every state
-        reachable from `rho`).
+        policy reaches a terminal state with probability one from every
+        non-terminal state, reachable from `rho` or not, so that V is finite
+        everywhere).
     terminal : array_like of bool, shape (S,), optional
         Terminal states: absorbing (``P[t, a, t] = 1``) with zero reward.
         Entering one ends an episode. Default: none.
@@ -104,6 +105,15 @@ class TabularMDP:
             check_shape(term, "terminal", shape=(S,))
         self._terminal = _readonly(term)
         self._check_terminal_states()
+        starts = np.flatnonzero(self._terminal & (self._rho > 0))
+        if starts.size:
+            # Entering a terminal state ends an episode, so no episode can start in one
+            # (Gymnasium's reset never returns one); a sampler would otherwise take a
+            # step the exact side does not count.
+            t = int(starts[0])
+            raise TerminalStateError(
+                f"rho[{t}] is {float(self._rho[t])!r} but state {t} is terminal; expected 0 "
+                "(an episode cannot start in a terminal state)")
 
         self._gamma = check_discount(gamma, allow_one=True)
         if self._gamma == 1.0:
@@ -165,12 +175,18 @@ class TabularMDP:
                         "expected 0 (terminal states give no reward)")
 
     def _check_proper(self):
-        bad = np.flatnonzero(self.trap_states() & self.reachable_states())
+        # Every non-terminal state, reachable or not: V must be finite on all of
+        # them for every policy, or I - P_pi restricted to the non-terminal
+        # states is singular and evaluation has no answer to give.
+        bad = np.flatnonzero(self.trap_states())
         if bad.size:
+            reach = self.reachable_states()
+            first = next((s for s in bad if reach[s]), bad[0])
+            where = "reachable from rho" if reach[first] else "unreachable from rho, but V must be finite there too"
             raise ImproperMDPError(
-                f"gamma = 1 requires a proper MDP, but from state {bad[0]} (reachable from rho) "
+                f"gamma = 1 requires a proper MDP, but from state {first} ({where}) "
                 f"some policy never reaches a terminal state ({bad.size} such states in all); "
-                "use gamma < 1 or add terminal states")
+                "use gamma < 1 or make those states terminal")
 
     # -- public properties -------------------------------------------------
     @property

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from refpg._validation import as_float_array, check_positive_int
-from refpg.errors import ShapeError
+from refpg.errors import NonFiniteError, ShapeError
 
 __all__ = ["Parameterization", "TabularSoftmax", "LogLinear", "log_softmax"]
 
@@ -63,8 +63,23 @@ class Parameterization:
         raise NotImplementedError
 
     def log_probs(self, theta: np.ndarray) -> np.ndarray:
-        r""":math:`\log\pi_\theta(a|s)`, shape (S, A), finite everywhere."""
-        return log_softmax(self.logits(theta))
+        r""":math:`\log\pi_\theta(a|s)`, shape (S, A), finite everywhere.
+
+        Raises `refpg.errors.ShapeError` for a theta of the wrong shape and
+        `refpg.errors.NonFiniteError` for a non-finite theta or logits that
+        overflow float64 (never returns NaN).
+        """
+        theta = np.asarray(theta)
+        if theta.shape != self.theta_shape:
+            self.validate_theta(theta)  # raises, naming the axis that is wrong
+        z = self.logits(theta)
+        if not np.isfinite(z).all():
+            self.validate_theta(theta)  # a NaN or inf in theta itself is named there
+            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(z))[0])
+            raise NonFiniteError(
+                f"logits[{idx[0]}, {idx[1]}] is {float(z[idx])!r} for a finite theta: the logits overflow "
+                "float64 (features @ theta); rescale the features or theta")
+        return log_softmax(z)
 
     def probs(self, theta: np.ndarray) -> np.ndarray:
         r""":math:`\pi_\theta(a|s)`, shape (S, A); rows sum to 1."""

@@ -40,6 +40,7 @@ from refpg.algorithms.common import SampleConfig, SampledData, check_mode, colle
 from refpg.errors import InvalidInputError, ShapeError
 from refpg.evaluation import check_mdp, check_policy, policy_evaluation, prepare
 from refpg.kl_estimators import kl_k3
+from refpg.kl import weighted_kl_gradient
 from refpg.policies import Parameterization
 
 __all__ = [
@@ -591,7 +592,7 @@ def batch_kl_gradient(policy, theta, theta_old, states) -> np.ndarray:
     theta_old = policy.validate_theta(theta_old, "theta_old")
     s = _check_states(states, policy)
     c = np.bincount(s, minlength=policy.n_states) / s.size
-    return policy.log_prob_vjp(theta, -c[:, None] * policy.probs(theta_old))
+    return weighted_kl_gradient(policy, theta, c, policy.probs(theta_old))
 
 
 # -- theta layer: exact mode ------------------------------------------------------
@@ -858,8 +859,7 @@ class _Exact:
     def gradient(self, theta, idx, adv):
         _, _, logp, g = _exact_pieces(self.policy, theta, self.logp_old, self.d, adv, self.eps, grad=True)
         if self.beta:
-            # -beta grad KL = beta sum_s d(s) sum_a pi_old grad log pi.
-            g = g + self.beta * self.policy.log_prob_vjp(theta, self.d[:, None] * self.pi_old, np.exp(logp))
+            g = g - self.beta * weighted_kl_gradient(self.policy, theta, self.d, self.pi_old, np.exp(logp))
         return g
 
     def record(self, theta, adv):
@@ -891,7 +891,7 @@ class _Sampled:
         _, g = _sampled_pieces(self.policy, theta, sub, self.eps, grad=True)
         if self.beta:
             c = np.bincount(sub.states, minlength=self.policy.n_states) / sub.states.size
-            g = g + self.beta * self.policy.log_prob_vjp(theta, c[:, None] * self.pi_old)
+            g = g - self.beta * weighted_kl_gradient(self.policy, theta, c, self.pi_old)
         return g
 
     def record(self, theta, adv):
