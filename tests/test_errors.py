@@ -370,3 +370,86 @@ def test_episodic_builders_reject_a_bad_exit_probability(build, p_end):
 def test_episodic_builders_terminate_under_every_policy(build):
     mdp = getattr(refpg.envs, build)()
     assert mdp.terminal[-1] and mdp.is_proper()
+
+
+# -- found by the second review of the exact core --------------------------------
+
+def test_gamma_one_improper_through_an_unreachable_trap():
+    # State 2 is never reached from rho, but V must be finite there too: an
+    # endless self-loop with reward 1 has no value at gamma = 1.
+    P = np.zeros((3, 2, 3))
+    P[0, :, 1] = P[1, :, 1] = P[2, :, 2] = 1.0
+    r = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    with raises(errors.ImproperMDPError, "from state 2 (unreachable from rho, but V must be finite there too)"):
+        refpg.TabularMDP(P, r, [1.0, 0.0, 0.0], 1.0, [False, True, False])
+
+
+def test_rho_on_a_terminal_state_names_the_state():
+    P = np.zeros((2, 2, 2))
+    P[:, :, 1] = 1.0
+    with raises(errors.TerminalStateError, "rho[1] is 0.5 but state 1 is terminal; expected 0"):
+        refpg.TabularMDP(P, [[1.0, 0.0], [0.0, 0.0]], [0.5, 0.5], 0.9, [False, True])
+
+
+def test_values_that_overflow_float64_are_an_error_not_inf_or_nan():
+    P = np.zeros((2, 2, 2))
+    P[:, :, 0] = 1.0
+    mdp = refpg.TabularMDP(P, np.full((2, 2), 1.7e308), [1.0, 0.0], 0.9)
+    with np.errstate(over="ignore", invalid="ignore"), \
+            pytest.raises(errors.NonFiniteError, match=r"V\[0\] is (inf|nan): the exact values overflow float64"):
+        refpg.evaluate(mdp, np.full((2, 2), 0.5))
+
+
+def test_logits_that_overflow_are_an_error_not_nan():
+    pol = refpg.LogLinear(np.full((2, 2, 1), 1e200))
+    with np.errstate(over="ignore", invalid="ignore"), \
+            raises(errors.NonFiniteError, "logits[0, 0] is inf for a finite theta"):
+        pol.probs(np.array([1e200]))
+
+
+@pytest.mark.parametrize("theta, exc, msg", [
+    (np.zeros(3), errors.ShapeError, "theta should have shape (2, 2), actual shape (3,)"),
+    (np.full((2, 2), np.nan), errors.NonFiniteError, "theta[0, 0] is nan"),
+])
+def test_policy_probs_validate_theta(theta, exc, msg):
+    with raises(exc, msg):
+        refpg.TabularSoftmax(2, 2).probs(theta)
+
+
+@pytest.mark.parametrize("args, msg", [
+    ((-1.0, 0.9), "max_abs_advantage should be >= 0.0, actual -1.0"),
+    ((float("nan"), 0.9), "max_abs_advantage should be a finite real number, actual nan"),
+    ((1.0, 2.0), "gamma should be in [0, 1], actual 2.0"),
+    ((1.0, -0.5), "gamma should be in [0, 1], actual -0.5"),
+])
+def test_trpo_constant_arguments(args, msg):
+    with raises(errors.InvalidInputError, msg):
+        refpg.trpo_constant(*args)
+
+
+@pytest.mark.parametrize("rcond, msg", [
+    (float("nan"), "rcond should be a finite real number, actual nan"),
+    (2.0, "rcond should be <= 1.0, actual 2.0"),
+    (-1.0, "rcond should be >= 0.0, actual -1.0"),
+])
+def test_natural_gradient_rcond(rcond, msg):
+    mdp = refpg.envs.two_state()
+    pol = refpg.LogLinear(np.ones((2, 2, 1)))
+    with raises(errors.InvalidInputError, msg):
+        refpg.natural_gradient(mdp, pol, np.zeros(1), rcond=rcond)
+
+
+def test_optimal_policy_max_iter():
+    with raises(errors.InvalidInputError, "max_iter should be >= 1, actual 0"):
+        refpg.optimal_policy(refpg.envs.two_state(), max_iter=0)
+
+
+def test_run_names_an_unknown_option_and_the_close_one():
+    from refpg.algorithms import run
+
+    mdp = refpg.envs.two_state()
+    pol = refpg.TabularSoftmax.for_mdp(mdp)
+    with raises(errors.InvalidInputError, "'max_kll' is not an option of 'trpo'; did you mean 'max_kl'?"):
+        run("trpo", mdp, pol, np.zeros((2, 2)), n_iters=1, max_kll=0.1)
+    with raises(errors.InvalidInputError, "'npg' needs the option(s) eta"):
+        run("npg", mdp, pol, np.zeros((2, 2)), n_iters=1)

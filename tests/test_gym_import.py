@@ -555,6 +555,12 @@ def test_unknown_id_is_a_clear_error():
         from_gymnasium("NoSuchEnv-v0")
 
 
+def test_unknown_map_name_is_a_clear_error_not_a_key_error():
+    with pytest.raises(InvalidInputError, match=r"gymnasium.make\('FrozenLake-v1', \*\*\{'map_name': '9x9'\}\) "
+                                                r"failed: KeyError: '9x9'"):
+        from_gymnasium("FrozenLake-v1", map_name="9x9")
+
+
 def test_env_without_a_table_names_what_is_missing():
     with pytest.raises(InvalidInputError, match=r"CartPole-v1 cannot be imported.*"
                        r"observation_space should be gymnasium.spaces.Discrete, actual Box.*"

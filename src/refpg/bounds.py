@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refpg._validation import check_probability_rows
+from refpg._validation import check_discount, check_probability_rows, check_real
 from refpg.evaluation import check_mdp, policy_evaluation, prepare
 from refpg.kl import kl_divergence
 from refpg.surrogate import surrogate
@@ -47,7 +47,13 @@ def performance_difference(mdp, pi_new, pi_old) -> float:
 
 
 def trpo_constant(max_abs_advantage: float, gamma: float) -> float:
-    r""":math:`C = 4\epsilon\gamma/(1-\gamma)^2` ([Schulman2015] Theorem 1); inf for gamma = 1."""
+    r""":math:`C = 4\epsilon\gamma/(1-\gamma)^2` ([Schulman2015] Theorem 1); inf for gamma = 1.
+
+    `max_abs_advantage` (epsilon) must be a finite number >= 0 and `gamma`
+    in [0, 1]; anything else raises `refpg.errors.InvalidInputError`.
+    """
+    max_abs_advantage = check_real(max_abs_advantage, "max_abs_advantage", low=0.0)
+    gamma = check_discount(gamma, allow_one=True)
     if gamma >= 1.0:
         return float("inf")
     return 4.0 * max_abs_advantage * gamma / (1.0 - gamma) ** 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
+from refpg._validation import check_real
 from refpg.errors import ProblemTooLargeError
 from refpg.evaluation import prepare
 from refpg.gradient import gradient_from_evaluation
@@ -111,7 +112,7 @@ def natural_gradient(mdp, policy, theta, *, evaluation=None, rcond: float | None
     evaluation : Evaluation, optional
     rcond : float, optional
         Relative cut-off for small singular values of F in the least-squares
-        solve (log-linear only); default machine precision times n_params.
+        solve (log-linear only), in [0, 1]; default machine precision times n_params.
 
     Returns
     -------
@@ -134,6 +135,9 @@ def natural_gradient(mdp, policy, theta, *, evaluation=None, rcond: float | None
     ----------
     [Kakade2001]; [Agarwal2021] Lemma 5.1.
     """
+    if rcond is not None:
+        # scipy's lstsq quietly replaces a negative cond by its default; refuse instead.
+        rcond = check_real(rcond, "rcond", low=0.0, high=1.0)
     theta, pi, ev = prepare(mdp, policy, theta, evaluation)
     if isinstance(policy, TabularSoftmax):
         centred = ev.A - ev.A.mean(axis=1, keepdims=True)

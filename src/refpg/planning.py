@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refpg._validation import check_positive_int
 from refpg.evaluation import check_mdp, policy_evaluation
 
 __all__ = ["OptimalSolution", "optimal_policy"]
@@ -45,6 +46,7 @@ def optimal_policy(mdp, *, max_iter: int = 10_000) -> OptimalSolution:
     OptimalSolution
     """
     check_mdp(mdp)
+    max_iter = check_positive_int(max_iter, "max_iter")
     S, A = mdp.n_states, mdp.n_actions
     actions = np.zeros(S, dtype=np.int64)
     for it in range(1, max_iter + 1):

@@ -7,6 +7,8 @@ and the exact range of pi_new / pi_old over (s, a) with d_old(s) > 0.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -15,6 +17,7 @@ import numpy as np
 
 from refpg._validation import check_choice, check_positive_int
 from refpg.algorithms.common import check_mode
+from refpg.errors import InvalidInputError
 from refpg.evaluation import check_mdp, check_policy, policy_evaluation
 from refpg.kl import kl_divergence
 
@@ -84,6 +87,23 @@ class History:
         return np.concatenate([[self.J0], self.column("J")])
 
 
+def _check_options(algorithm: str, step, options: dict) -> None:
+    """Refuse an option `step` does not take (a typo would be a TypeError from inside) or a missing one."""
+    params = inspect.signature(step).parameters
+    # Positional parameters and the ones run() passes itself are not options.
+    own = {"mdp", "policy", "theta", "mode", "rng"}
+    known = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in own]
+    for name in options:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise InvalidInputError(
+                f"{name!r} is not an option of {algorithm!r}{hint} (its options: {', '.join(sorted(known))})")
+    missing = [n for n in known if params[n].default is inspect.Parameter.empty and n not in options]
+    if missing:
+        raise InvalidInputError(f"{algorithm!r} needs the option(s) {', '.join(missing)}")
+
+
 def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact", seed: int = 0,
         **options) -> History:
     """Run `algorithm` for `n_iters` iterations from `theta0`.
@@ -114,6 +134,7 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     check_mode(mode)
     n_iters = check_positive_int(n_iters, "n_iters")
     step = _step_functions()[algorithm]
+    _check_options(algorithm, step, options)
     theta = policy.validate_theta(theta0, "theta0").copy()
     rng = np.random.default_rng(seed) if mode == "sampled" else None
     ev = policy_evaluation(mdp, policy.probs(theta))

@@ -183,10 +183,11 @@ def _make(gym, env_id: str, kwargs: dict):
         return gym.make("Taxi-v4", **kwargs)
     except gym.error.Error as exc:
         raise InvalidInputError(f"env_or_id {env_id!r} could not be made by gymnasium.make: {exc}") from exc
-    except TypeError as exc:
-        # Almost always a keyword the env's constructor does not take.
+    except (TypeError, KeyError, ValueError) as exc:
+        # A keyword the env's constructor does not take (TypeError), or a value it
+        # does not know, e.g. FrozenLake's map_name="9x9" (KeyError).
         raise InvalidInputError(
-            f"gymnasium.make({env_id!r}, **{kwargs!r}) failed: {exc}") from exc
+            f"gymnasium.make({env_id!r}, **{kwargs!r}) failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _warn_on_wrappers(gym, env) -> None:
