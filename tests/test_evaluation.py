@@ -206,3 +206,15 @@ def test_solve_pair_agrees_with_numpy_solves_without_touching_its_input():
     assert_identity(V, np.linalg.solve(M, r_pi))
     assert_identity(mu, np.linalg.solve(M.T, rho))
     assert np.array_equal(P_pi, before)
+
+
+def test_gamma_too_close_to_one_warns_that_accuracy_is_lost():
+    # Backward stable, forward inaccurate: kappa(I - gamma P_pi) ~ 1/(1 - gamma).
+    pi = np.full((20, 3), 1 / 3)
+    with pytest.warns(refpg.errors.RefpgWarning, match=r"d sums to 1 - .* at gamma = 0.999999999999: .*ill-conditioned"):
+        refpg.evaluate(refpg.envs.garnet(20, 3, 3, seed=0, gamma=1 - 1e-12), pi)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refpg.evaluate(refpg.envs.garnet(20, 3, 3, seed=0, gamma=0.999), pi)
