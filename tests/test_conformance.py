@@ -172,6 +172,16 @@ def test_warnings_of_the_user_function_are_reported_once():
     (lambda: check_reinforce_estimator(gae, objective="average"), "objective should be one of"),
     (lambda: check_trpo_step(gae, damping=-0.1), "damping should be >= 0"),
     (lambda: check("sac_loss", gae), "kind should be one of"),
+    # Seeds and alpha were NumPy's or Python's own errors from inside some checks.
+    (lambda: check_gae(gae, seed=-1), "seed should be >= 0, actual -1"),
+    (lambda: check_gae(gae, seed=None), "seed should be an integer, actual None"),
+    (lambda: check_ppo_loss(gae, seed=1.5), "seed should be an integer, actual 1.5"),
+    (lambda: check_value_loss(gae, seed="0"), "seed should be an integer, actual '0'"),
+    (lambda: check_kl_estimator(gae, seed=-1), "seed should be >= 0, actual -1"),
+    (lambda: check_kl_estimator(gae, seed=1.5), "seed should be an integer, actual 1.5"),
+    (lambda: check_kl_estimator(gae, seed=None), "seed should be an integer, actual None"),
+    (lambda: check_trpo_step(gae, seed="0"), "seed should be an integer, actual '0'"),
+    (lambda: check_kl_estimator(gae, alpha="x"), "alpha should be a finite real number, actual 'x'"),
 ])
 def test_bad_arguments_raise_clear_errors(call, words):
     with pytest.raises(InvalidInputError) as info:
@@ -441,3 +451,190 @@ def test_a_slow_function_is_told_where_the_time_went_and_the_cli_shows_progress(
 def test_a_fast_function_gets_no_slowness_warning():
     report = check_gae(gae, backend="numpy", **FAST)
     assert not any("the function itself took" in w for w in report.warnings)
+
+
+# -- regressions from the second review ----------------------------------------------------
+
+def _np_ppo_loss(logp_new, logp_old, adv, eps):
+    r = np.exp(logp_new - logp_old)
+    return -np.mean(np.minimum(r * adv, np.clip(r, 1 - eps, 1 + eps) * adv)), r
+
+
+@pytest.mark.parametrize("fraction, words", [
+    (lambda r, eps: (np.abs(r - 1) > eps).astype(float), "a missing .mean()?"),  # per-sample 0/1 vector
+    (lambda r, eps: np.nan, "should be finite"),
+    (lambda r, eps: {"n_clipped": int(np.sum(np.abs(r - 1) > eps))}, "actual dict"),
+    (lambda r, eps: "0.25", "actual str"),
+    (lambda r, eps: float(np.sum(np.abs(r - 1) > eps)), "clip_fraction should be"),  # a count, not a fraction
+])
+def test_a_clip_fraction_that_is_not_the_fraction_fails_clip_fraction(fraction, words):
+    def ppo(logp_new, logp_old, adv, eps):
+        loss, r = _np_ppo_loss(logp_new, logp_old, adv, eps)
+        return loss, fraction(r, eps)
+
+    report = check_ppo_loss(ppo, backend="numpy", **FAST)
+    assert report.failed_ids == ("ppo_loss.clip_fraction",), str(report)
+    assert words in report.failure("ppo_loss.clip_fraction").message
+    good = check_ppo_loss(lambda *a: (_np_ppo_loss(*a)[0], float(np.mean(np.abs(_np_ppo_loss(*a)[1] - 1) > a[3]))),
+                          backend="numpy", **FAST)
+    assert good.passed and "ppo_loss.clip_fraction" in good.checks and not good.not_run, str(good)
+
+
+def test_max_value_loss_gradient_is_judged_on_every_sample_off_a_kink():
+    torch = pytest.importorskip("torch")
+    from refpg.conformance.losses import _value_reference
+    from refpg.examples import correct
+
+    def detached_clip(values_new, values_old, returns, clip_eps):  # in-range samples get half the gradient
+        v_clipped = values_old + torch.clamp(values_new.detach() - values_old, -clip_eps, clip_eps)
+        return 0.5 * torch.max((values_new - returns) ** 2, (v_clipped - returns) ** 2).mean()
+
+    def straight_through(values_new, values_old, returns, clip_eps):  # leaks where the clipped term is taken
+        d = values_new - values_old
+        v_clipped = values_old + d + (torch.clamp(d, -clip_eps, clip_eps) - d).detach()
+        return 0.5 * torch.max((values_new - returns) ** 2, (v_clipped - returns) ** 2).mean()
+
+    for bug, words in ((detached_clip, "should be -1, actual -0.5"), (straight_through, "exactly 0")):
+        report = check_value_loss(bug, convention="cleanrl", backend="torch")
+        assert report.failed_ids == ("value_loss.gradient",), str(report)
+        assert words in report.failure("value_loss.gradient").message
+    for dtype in ("float64", "float32"):
+        assert check_value_loss(correct.value_loss_cleanrl_torch, convention="cleanrl", dtype=dtype).passed
+    # Inside the range (sample 0) the full derivative; at |d| = eps (sample 1) and at a tie outside the
+    # range (sample 2: v = 1.2, v_clip = 0.2, R = 0.7 halfway) no single derivative; outside with the
+    # clipped term the larger (sample 3: v = R = -1, v_clip = -0.2) exactly 0.
+    v_old, d, ret = np.zeros(4), np.array([0.1, 0.2, 1.2, -1.0]), np.array([1.0, 0.0, 0.7, -1.0])
+    _, grad, judged, clipped = _value_reference(v_old + d, v_old, ret, 0.2, "max", 0.5, 1e-9)
+    assert judged.tolist() == [True, False, False, True] and clipped.tolist() == [False, False, False, True]
+    np.testing.assert_allclose(grad[[0, 3]], [2 * 0.5 * (0.1 - 1.0) / 4, 0.0], rtol=1e-12)
+
+
+class _ArrayLike:
+    """Stands in for a jax.Array: not an ndarray, but np.asarray reads it."""
+
+    def __init__(self, a):
+        self._a = np.asarray(a)
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+def test_outputs_numpy_reads_as_the_right_array_are_accepted():
+    from refpg.examples import correct
+
+    def k3_list(logp_new, logp_old):  # a list of np.float64
+        return [np.expm1(x) - x for x in logp_new - logp_old]
+
+    def gae_rows(*args):  # a list of row arrays, never stacked
+        return list(gae(*args))
+
+    def rlax_array_like(r_t, discount_t, lambda_, values):
+        return _ArrayLike(correct.gae_rlax_numpy(r_t, discount_t, lambda_, values))
+
+    assert check_kl_estimator(k3_list, non_negative=True, **FAST).passed
+    assert check_gae(gae_rows, **FAST).passed
+    assert check_gae(rlax_array_like, convention="rlax", **FAST).passed
+    # A tuple of several results still says what to return.
+    report = check_gae(lambda *a: (gae(*a), gae(*a) + a[1]), backend="numpy", **FAST)
+    assert "(return advantages alone" in report.failure("gae.output_shape").message
+
+
+def test_tensors_numpy_cannot_read_are_an_output_dtype_failure():
+    torch = pytest.importorskip("torch")
+    from refpg.examples import correct
+
+    def sparse(*args):
+        return torch.from_numpy(gae(*args)).to_sparse()
+
+    def meta(rewards, *args):
+        return torch.empty(rewards.shape, dtype=torch.float64, device="meta")
+
+    def sparse_loss(*args):
+        return correct.ppo_loss_refpg_torch(*args).reshape(1).to_sparse()
+
+    for fn, check_fn, kind, words in ((sparse, check_gae, "gae", "layout sparse_coo"),
+                                      (meta, check_gae, "gae", "device meta"),
+                                      (sparse_loss, check_ppo_loss, "ppo_loss", "layout sparse_coo")):
+        report = check_fn(fn, backend="numpy" if kind == "gae" else "torch", max_examples=5)
+        failure = report.failure(f"{kind}.output_dtype")
+        assert failure is not None and words in failure.message, str(report)
+
+
+def test_checks_that_never_compared_anything_are_not_run_not_passed():
+    def not_implemented(*args):
+        raise NotImplementedError("TODO")
+
+    report = check_gae(not_implemented, backend="numpy", **FAST)
+    assert report.failed_ids == ("gae.raised",)
+    assert {"gae.recursion", "gae.general", "gae.output_shape", "gae.input_mutated"} <= set(report.not_run_ids)
+    assert all("every call of the function raised" in n.reason for n in report.not_run)
+    text = str(report)
+    assert f"0 of {len(report.checks)} checks passed, {len(report.not_run)} not run" in text
+    assert "ok   gae.recursion" not in text and "NOT RUN" in text
+
+    def no_mean(logp_new, logp_old, adv, eps):
+        r = np.exp(logp_new - logp_old)
+        return -np.minimum(r * adv, np.clip(r, 1 - eps, 1 + eps) * adv)
+
+    report = check_ppo_loss(no_mean, **FAST)
+    assert report.failed_ids == ("ppo_loss.output_shape",)
+    assert "a scalar loss is expected: a missing .mean()?" in report.failures[0].message
+    assert {"ppo_loss.inside_clip_range", "ppo_loss.outside_clip_range"} <= set(report.not_run_ids)
+    assert check_gae(gae, **FAST).not_run == ()
+
+
+def test_auto_backend_shows_both_errors_and_checks_a_torch_function_on_torch():
+    torch = pytest.importorskip("torch")
+
+    def torch_gae_bool_bug(rewards, values, next_values, terminated, truncated, gamma, lam):
+        adv = torch.zeros_like(rewards)
+        last = torch.zeros_like(rewards[0])
+        for t in reversed(range(rewards.shape[0])):
+            nonterminal = 1.0 - terminated[t]  # a bool tensor: torch refuses, NumPy would not
+            delta = rewards[t] + gamma * nonterminal * next_values[t] - values[t]
+            last = delta + gamma * lam * nonterminal * last
+            adv[t] = last
+        return adv
+
+    report = check_gae(torch_gae_bool_bug, max_examples=5)
+    assert report.backend == "torch"
+    assert "bool tensor" in report.failure("gae.raised").message
+    (warning,) = [w for w in report.warnings if "either backend" in w]
+    assert "must be Tensor, not numpy.ndarray" in warning and "bool tensor" in warning
+    assert "pass backend='numpy' or backend='torch'" in warning
+
+
+def test_trpo_line_search_that_backtracks_from_a_passing_full_step_is_told_so():
+    correct = _trpo_correct()
+
+    def max_kl_line_search(theta_old, states, actions, adv, max_kl):
+        # A stricter acceptance test: the step the correct search accepts, halved until the largest
+        # per-state KL (not only the mean over the batch's states) is within max_kl.
+        th0 = np.asarray(theta_old, dtype=np.float64)
+        step = correct(theta_old, states, actions, adv, max_kl) - th0
+        lo = th0 - np.log(np.exp(th0).sum(1, keepdims=True))
+        for k in range(10):
+            th = th0 + 0.5 ** k * step
+            ln = th - np.log(np.exp(th).sum(1, keepdims=True))
+            if np.sum(np.exp(lo) * (lo - ln), axis=1)[states].max() <= max_kl:
+                return th
+        return th0
+
+    report = check_trpo_step(max_kl_line_search)
+    failure = report.failure("trpo_step.step_size")
+    assert failure is not None, str(report)
+    assert "your line search backtracked although the full step passes" in failure.message
+    assert "0.5^1" in failure.message
+
+
+
+def test_too_few_examples_is_incomplete_not_passed():
+    # One drawn batch cannot reach every TRPO comparison; the report must not say PASSED.
+    from refpg.examples import correct
+
+    report = check_trpo_step(correct.trpo_step_numpy, max_examples=1)
+    assert not report.passed and not report.failures
+    assert "trpo_step.direction" in report.not_run_ids
+    assert str(report).splitlines()[1].startswith("INCOMPLETE")
+    assert "max_examples=1; a larger max_examples" in str(report)
+    assert check_trpo_step(correct.trpo_step_numpy).passed

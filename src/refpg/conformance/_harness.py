@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 import time
 import traceback
 import warnings
@@ -21,8 +22,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from refpg._validation import check_choice
-from refpg.conformance.report import Counterexample, Failure, Report
+from refpg._validation import check_choice, check_positive_int
+from refpg.conformance.report import Counterexample, Failure, NotRun, Report
 from refpg.errors import InvalidInputError
 
 __all__ = ["Backend", "Call", "Outcome", "Session", "resolve_backend"]
@@ -82,25 +83,33 @@ class Backend:
         return t
 
     def to_numpy(self, y, what: str) -> np.ndarray:
-        """The user's output as a NumPy array in its own dtype (raises `BadOutput`)."""
-        if self.name == "torch" or type(y).__module__.startswith("torch"):
-            try:
-                import torch
-            except ImportError:  # pragma: no cover - a torch object without torch
-                torch = None
-            if torch is not None and isinstance(y, torch.Tensor):
-                if y.dtype == torch.bfloat16:  # NumPy has no bfloat16; float16 keeps the "too narrow" verdict
-                    return y.detach().cpu().to(torch.float16).numpy()
-                return y.detach().cpu().numpy()
-        if isinstance(y, (np.ndarray, np.generic, float, int)) and not isinstance(y, bool):
-            arr = np.asarray(y)
-        elif isinstance(y, (list, tuple)):
-            try:
-                arr = np.asarray(y)
-            except Exception:
-                raise BadOutput(f"{what} should be an array, actual a ragged {type(y).__name__}") from None
-        else:
+        """The user's output as a NumPy array in its own dtype (raises `BadOutput`).
+
+        Anything NumPy turns into a numeric array is accepted: an ndarray, a
+        float, a (nested) list of floats, NumPy scalars or row arrays, a torch
+        tensor, or any object with ``__array__`` (a JAX array, for rlax).
+        """
+        if _is_torch_tensor(y):
+            return _torch_to_numpy(y, what)
+        if y is None or isinstance(y, (bool, np.bool_, str, bytes, dict, set)):
             raise BadOutput(f"{what} should be an array or a float, actual {type(y).__name__}")
+        kind = type(y).__name__
+        sequence = isinstance(y, (list, tuple))
+        if sequence:
+            # Items may be tensors (rows of a torch result): NumPy cannot read one that requires grad.
+            y = [_torch_to_numpy(x, what) if _is_torch_tensor(x) else x for x in y]
+        try:
+            arr = np.asarray(y)
+        except Exception as exc:  # a ragged list, or an object whose __array__ fails
+            detail = str(exc).splitlines()[0][:150] if str(exc) else ""
+            raise BadOutput(f"{what} should be an array of floats, actual "
+                            + (f"a ragged {kind} (items of different shapes)" if sequence else
+                               f"a {kind} that NumPy cannot convert ({type(exc).__name__}: {detail})")) from None
+        if arr.dtype == object:
+            if sequence:
+                raise BadOutput(f"{what} should be an array of floats, actual a {kind} that NumPy reads as "
+                                f"objects (ragged, or holding a {type(_first_odd(y)).__name__})")
+            raise BadOutput(f"{what} should be an array or a float, actual {kind}")
         if arr.dtype.kind not in "fiu":
             raise BadOutput(f"{what} should have a floating dtype, actual {arr.dtype}")
         return arr
@@ -111,6 +120,51 @@ class Backend:
         return np.array(x, copy=True)
 
 
+def _is_torch_tensor(y) -> bool:
+    if not type(y).__module__.startswith("torch"):
+        return False
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - a torch object without torch
+        return False
+    return isinstance(y, torch.Tensor)
+
+
+def _torch_to_numpy(y, what: str) -> np.ndarray:
+    """A torch tensor as a NumPy array; `BadOutput` naming the tensor when NumPy cannot hold it
+    (sparse layout, meta device, a negative or conjugate bit, a dtype NumPy lacks)."""
+    import torch
+
+    try:
+        y = y.detach()
+        if y.dtype == torch.bfloat16:  # NumPy has no bfloat16; float16 keeps the "too narrow" verdict
+            y = y.to(torch.float16)
+        return y.cpu().numpy()
+    except Exception as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise BadOutput(f"{what} should be a torch tensor NumPy can read (dense, with data on a device), actual one "
+                        f"(dtype {str(y.dtype).removeprefix('torch.')}, layout "
+                        f"{str(y.layout).removeprefix('torch.')}, device {y.device}) that .numpy() refuses: "
+                        f"{type(exc).__name__}: {detail}") from None
+
+
+def _one(shape) -> str:
+    return "one scalar" if tuple(shape) == () else f"one array of shape {tuple(shape)}"
+
+
+def _shape_of(x) -> tuple | None:
+    """The shape of an array-like or number, None for anything else."""
+    if isinstance(x, (int, float, np.generic)) and not isinstance(x, bool):
+        return ()
+    shape = getattr(x, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _first_odd(items):
+    """The first item of a list that is neither a number nor an array (for an error message)."""
+    return next((x for x in items if not isinstance(x, (int, float, np.ndarray, np.generic))), items[0])
+
+
 def dtype_label(raw, arr: np.ndarray) -> str:
     """The dtype the user returned, by its own name (a torch bfloat16 reaches NumPy as float16)."""
     dtype = getattr(raw, "dtype", None)
@@ -119,13 +173,16 @@ def dtype_label(raw, arr: np.ndarray) -> str:
     return str(arr.dtype)
 
 
-def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], bool]) -> tuple[Backend, list]:
+def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], Any]) -> tuple[Backend, list]:
     """The `Backend` to use; ``"auto"`` probes NumPy first, then torch.
 
     `probe(backend)` calls the user's function once on a tiny case and
     returns its `Call` (or whether it returned without raising). A function
     that returns torch tensors for NumPy inputs is checked on torch, so that
-    its gradient is checked too. Returns the backend and warnings.
+    its gradient is checked too. When the function raises on both, the
+    NumPy error decides: one that asks for a Tensor means a torch function
+    with a bug of its own, which only the torch run shows. Returns the
+    backend and warnings.
     """
     check_choice(backend, "backend", BACKENDS)
     check_choice(dtype, "dtype", DTYPES)
@@ -134,7 +191,7 @@ def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], boo
             _require_torch()
         return Backend(backend, dtype), []
     result = probe(Backend("numpy", dtype))
-    if result.error is None if isinstance(result, Call) else result:
+    if _probe_ok(result):
         if isinstance(result, Call) and _holds_torch(result.output):
             return Backend("torch", dtype), ["backend='auto' chose torch: the function returned a torch "
                                              "tensor for NumPy inputs (its gradient is checked)"]
@@ -143,11 +200,46 @@ def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], boo
         _require_torch()
     except InvalidInputError:
         return Backend("numpy", dtype), []
+    numpy_error = _probe_error(result)
     result = probe(Backend("torch", dtype))
-    if result.error is None if isinstance(result, Call) else result:
+    if _probe_ok(result):
         return Backend("torch", dtype), ["backend='auto' chose torch: the function raised on NumPy "
                                         "arrays and ran on torch tensors"]
-    return Backend("numpy", dtype), []
+    torch_error = _probe_error(result)
+    chosen = "torch" if _wants_tensors(numpy_error) else "numpy"
+    why = ("the NumPy error shows it wants tensors, so the torch error is the function's own"
+           if chosen == "torch" else "the NumPy run's error is reported")
+    return Backend(chosen, dtype), [
+        f"backend='auto' could not run the function on either backend: on NumPy arrays it raised "
+        f"{_brief(numpy_error)}; on torch tensors {_brief(torch_error)}. Checked on {chosen} ({why}); pass "
+        f"backend='numpy' or backend='torch' to choose"]
+
+
+def _probe_ok(result) -> bool:
+    return result.error is None if isinstance(result, Call) else bool(result)
+
+
+def _probe_error(result) -> str:
+    if isinstance(result, Call) and result.error_summary:
+        return result.error_summary
+    return "an exception"
+
+
+def _wants_tensors(summary: str) -> bool:
+    """Whether an error on NumPy inputs says the function expects torch tensors: "zeros_like():
+    argument 'input' (position 1) must be Tensor, not numpy.ndarray", or an ndarray lacking a method
+    that torch tensors have ("'numpy.ndarray' object has no attribute 'clamp'")."""
+    if summary.startswith("TypeError") and "Tensor" in summary:
+        return True
+    match = re.search(r"'numpy\.ndarray' object has no attribute '(\w+)'", summary)
+    if summary.startswith("AttributeError") and match:
+        import torch
+        return hasattr(torch.Tensor, match.group(1))
+    return False
+
+
+def _brief(summary: str, limit: int = 160) -> str:
+    return summary if len(summary) <= limit else summary[:limit - 3] + "..."
 
 
 def _holds_torch(out) -> bool:
@@ -251,7 +343,8 @@ class Session:
 
     def __init__(self, kind, fn, convention, backend, *, max_examples, seed, options, warnings=()):
         self.kind, self.fn, self.convention, self.backend = kind, fn, convention, backend
-        self.max_examples, self.seed, self.options = int(max_examples), int(seed), dict(options)
+        self.max_examples, self.seed, self.options = int(max_examples), check_positive_int(
+            seed, "seed", minimum=0), dict(options)
         self.calls = 0
         self.user_seconds = 0.0
         self.slowest_call = 0.0
@@ -262,13 +355,34 @@ class Session:
         self.start = time.perf_counter()
         self._dtype_warned = False
         self._seen_warnings: set = set()
+        # Which check ids reached a verdict on at least one case, so that an id that never did is
+        # reported "not run" rather than passed. Only `tracked` ids are judged so: the generic ids,
+        # those of `run_scenario`, and those declared with ``tracked=True``.
+        self.tracked: set = set()
+        self.evaluated: set = set()
+        self.skip_reasons: dict[str, str] = {}
+        self.returned = 0   # calls that returned
+        self.first_error: Call | None = None  # the first call that raised (a backend probe reports it)
+        self.usable = 0     # outputs `output_array` accepted as arrays
 
     # -- ids and warnings ------------------------------------------------------
 
-    def declare(self, *check_ids: str) -> None:
+    def declare(self, *check_ids: str, tracked: bool = False) -> None:
+        """List check ids in the report. With `tracked`, an id that never reaches a verdict (see `ran`)
+        is reported as not run; an untracked one is listed as passed unless it failed."""
         for cid in check_ids:
             if cid not in self.checks:
                 self.checks.append(cid)
+            if tracked:
+                self.tracked.add(cid)
+
+    def ran(self, *check_ids: str) -> None:
+        """Note that these checks reached a verdict (pass or fail) on a case."""
+        self.evaluated.update(check_ids)
+
+    def not_run_because(self, check_id: str, reason: str) -> None:
+        """Why `check_id` may not run, shown if it indeed never does (the first reason given stays)."""
+        self.skip_reasons.setdefault(check_id, reason)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -310,10 +424,16 @@ class Session:
                 summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 self._timed(time.perf_counter() - t0)
                 self._note_warnings(caught)
-                return Call(None, _user_traceback(exc), summary, (), tuple(user))
+                self.ran(f"{self.kind}.raised")
+                failed = Call(None, _user_traceback(exc), summary, (), tuple(user))
+                if self.first_error is None:
+                    self.first_error = failed
+                return failed
             self._timed(time.perf_counter() - t0)
         self._note_warnings(caught)
         mutated = tuple(name for name, obj, snap in snaps if not self._same(obj, snap))
+        self.returned += 1
+        self.ran(f"{self.kind}.raised", f"{self.kind}.input_mutated")
         return Call(out, None, None, mutated, tuple(user))
 
     def _timed(self, seconds: float) -> None:
@@ -379,55 +499,75 @@ class Session:
         return out
 
     def output_array(self, raw, what: str, shape: tuple, inputs: dict, *,
-                     dtype_matters: bool = True) -> tuple[np.ndarray | None, list]:
+                     dtype_matters: bool = True, check_id: str | None = None) -> tuple[np.ndarray | None, list]:
         """The output as float64 of `shape`, or the outcomes that say why it is not one.
 
         With `dtype_matters` False (a count or a fraction), precision is neither checked nor warned about.
+        With `check_id`, every outcome is filed under that id instead of the generic
+        ``output_shape`` / ``output_dtype`` / ``output_finite`` (a secondary output such as a clip
+        fraction, whose failure must not read as one of the main output).
         """
         kind = self.kind
-        if isinstance(raw, (tuple, list)) and raw and any(hasattr(x, "shape") for x in raw):
-            return None, [Outcome(f"{kind}.output_shape",
-                                  f"{what} should be one array of shape {tuple(shape)}, actual a "
-                                  f"{type(raw).__name__} of {len(raw)} items (return {what} alone; extra "
-                                  f"diagnostics are not part of this signature)", inputs)]
+        ids = ({k: check_id for k in ("shape", "dtype", "finite")} if check_id is not None else
+               {k: f"{kind}.output_{k}" for k in ("shape", "dtype", "finite")})
+        self.ran(ids["dtype"])
         try:
             arr = self.backend.to_numpy(raw, what)
         except BadOutput as exc:
-            return None, [Outcome(f"{kind}.output_dtype", str(exc), inputs, actual=repr(raw)[:200])]
-        if arr.shape != tuple(shape):
-            if arr.size == int(np.prod(shape)) and arr.size > 1:
-                hint = " (same number of entries: transposed, flattened or a missing axis?)"
-            else:
-                hint = ""
-            return None, [Outcome(f"{kind}.output_shape",
-                                  f"{what} should have shape {tuple(shape)}, actual shape {arr.shape}{hint}",
-                                  inputs)]
+            if isinstance(raw, tuple) and len(raw) > 1:
+                # Several return values whose items do not form one array: (loss, extras) and the like.
+                self.ran(ids["shape"])
+                return None, [Outcome(ids["shape"],
+                                      f"{what} should be {_one(shape)}, actual a tuple of {len(raw)} items "
+                                      f"(return {what} alone; extra diagnostics are not part of this "
+                                      f"signature)", inputs)]
+            return None, [Outcome(ids["dtype"], str(exc), inputs, actual=repr(raw)[:200])]
         outcomes = []
         if not dtype_matters:
             pass
         elif arr.dtype.kind != "f" or arr.dtype.itemsize < self.backend.np_dtype.itemsize:
-            outcomes.append(Outcome(f"{kind}.output_dtype",
+            outcomes.append(Outcome(ids["dtype"],
                                     f"{what} should have dtype {self.backend.dtype} (the dtype of the "
                                     f"inputs), actual {dtype_label(raw, arr)}", inputs))
-            if arr.dtype.kind != "f":
-                return None, outcomes
         elif arr.dtype.itemsize > self.backend.np_dtype.itemsize and not self._dtype_warned:
             self._dtype_warned = True
             self.warn(f"{what} has dtype {arr.dtype} for {self.backend.dtype} inputs: legal, but it "
                       f"upcasts (a float64 output from float32 inputs doubles memory downstream)")
+        self.ran(ids["shape"])
+        if arr.shape != tuple(shape):
+            if isinstance(raw, tuple) and len(raw) > 1 and _shape_of(raw[0]) == tuple(shape):
+                # (result, extras) whose items happen to stack, e.g. GAE's (advantages, returns).
+                return None, outcomes + [Outcome(
+                    ids["shape"], f"{what} should be {_one(shape)}, actual a tuple of {len(raw)} items of "
+                                  f"shape {arr.shape[1:]} (return {what} alone; extra diagnostics are not part "
+                                  f"of this signature)", inputs)]
+            if tuple(shape) == () and arr.ndim >= 1:
+                hint = f" (a scalar {what} is expected: a missing .mean()?)"
+            elif arr.size == int(np.prod(shape)) and arr.size > 1:
+                hint = " (same number of entries: transposed, flattened or a missing axis?)"
+            else:
+                hint = ""
+            return None, outcomes + [Outcome(ids["shape"], f"{what} should have shape {tuple(shape)}, actual "
+                                                           f"shape {arr.shape}{hint}", inputs)]
+        if dtype_matters and arr.dtype.kind != "f":
+            return None, outcomes  # an integer output: no value to compare
+        self.ran(ids["finite"])
         arr64 = arr.astype(np.float64)
         if not np.all(np.isfinite(arr64)):
             idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr64))[0])
             value = arr64[idx] if idx else arr64.item()
-            outcomes.append(Outcome(f"{kind}.output_finite",
+            outcomes.append(Outcome(ids["finite"],
                                     f"{what}{list(idx) if idx else ''} should be finite for finite inputs, "
                                     f"actual {value}", inputs, actual=arr64, where=idx or None))
             return None, outcomes
+        if check_id is None:
+            self.usable += 1
         return arr64, outcomes
 
     def compare(self, check_id: str, what: str, actual: np.ndarray, expected: np.ndarray, inputs: dict,
                 *, scale: float = 0.0, why: str = "") -> Outcome | None:
         """An outcome if ``|actual - expected| > tol * (1 + scale)`` anywhere, naming the worst entry."""
+        self.ran(check_id)
         expected = np.asarray(expected, dtype=np.float64)
         actual = np.asarray(actual, dtype=np.float64)
         scale = max(float(scale), float(np.max(np.abs(expected), initial=0.0)))
@@ -456,12 +596,13 @@ class Session:
         from hypothesis import Phase, find, settings
         from hypothesis.errors import NoSuchExample, Unsatisfiable
 
-        self.declare(*check_ids)
+        self.declare(*check_ids, tracked=True)
         first: dict[str, Any] = {}
         first_outcome: dict[str, Outcome] = {}
 
         def explore(case):
             for o in evaluate(case):
+                self.ran(o.check_id)
                 if o.check_id not in self.failures and o.check_id not in first:
                     first[o.check_id], first_outcome[o.check_id] = case, o
             return False
@@ -541,6 +682,7 @@ class Session:
     def record(self, outcome: Outcome, *, shrunk: bool = True) -> None:
         """Record a failure found without Hypothesis (e.g. by a statistical test)."""
         self.declare(outcome.check_id)
+        self.ran(outcome.check_id)
         if outcome.check_id in self.failures:
             return
         ce = None
@@ -556,10 +698,29 @@ class Session:
         slow = self._slow_warning()
         if slow is not None:
             self.warn(slow)
+        tracked = self.tracked | set(self.generic_ids())  # the harness itself sees every generic verdict
+        not_run = tuple(NotRun(c, self.skip_reasons.get(c) or self._not_run_reason())
+                        for c in self.checks
+                        if c in tracked and c not in self.evaluated and c not in self.failures)
         return Report(kind=self.kind, function=label, convention=self.convention,
                       backend=self.backend.name, dtype=self.backend.dtype, checks=tuple(self.checks),
                       failures=ordered, warnings=tuple(self.warnings), examples=self.calls,
-                      seconds=time.perf_counter() - self.start, options=self.options)
+                      seconds=time.perf_counter() - self.start, options=self.options, not_run=not_run)
+
+    def _not_run_reason(self) -> str:
+        """Why a check reached no verdict, from what the calls did."""
+        failed = [c for c in self.checks if c in self.failures]
+        see = f" (see {', '.join(failed)})" if failed else ""
+        if self.calls == 0:
+            return "the function was never called"
+        if self.returned == 0:
+            return f"every call of the function raised{see}"
+        if self.usable == 0:
+            return f"no output of the function was usable: each failed an earlier output check{see}"
+        if failed:
+            return f"every case that would have reached it stopped at an earlier failure{see}"
+        return (f"no drawn case reached this comparison (max_examples={self.max_examples}; "
+                "a larger max_examples draws the cases it needs)")
 
 
 def _QUIET() -> dict:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from refpg._validation import check_choice, check_positive_int
+from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, BadOutput, Outcome, Session, check_callable,
+                                        resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 from refpg.stats import DEFAULT_ALPHA, mean_test
@@ -77,10 +78,12 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
     check_callable(fn)
     check_choice(convention, "convention", ("refpg", "sb3", "cleanrl", "torchrl", "rlax"))
     max_examples = check_positive_int(max_examples, "max_examples")
+    seed = check_positive_int(seed, "seed", minimum=0)
     for name, flag in (("unbiased", unbiased), ("non_negative", non_negative)):
         if not isinstance(flag, (bool, np.bool_)):
             raise InvalidInputError(f"{name} should be True or False, actual {flag!r}")
-    if not 0.0 < float(alpha) < 1.0:
+    alpha = check_real(alpha, "alpha")
+    if not 0.0 < alpha < 1.0:
         raise InvalidInputError(f"alpha should be in (0, 1), actual {alpha!r}")
     opts = dict(unbiased=bool(unbiased), non_negative=bool(non_negative), alpha=float(alpha))
 
@@ -102,15 +105,15 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
             return None, outcomes
         n = logp_new.size
         try:
-            shape = tuple(np.shape(be.to_numpy(call.output, "estimate")))
-        except Exception:
-            shape = None
+            shape = be.to_numpy(call.output, "estimate").shape
+        except BadOutput:
+            shape = None  # `output_array` below says why
         if shape is not None and shape not in ((n,), ()):
             return None, outcomes + [Outcome(
                 "kl_estimator.output_shape",
                 f"estimate should have shape ({n},) (one estimate per sample) or () (their mean), actual "
                 f"shape {shape}", inputs)]
-        target = (n,) if shape == (n,) else ()
+        target = () if shape == () or shape is None and mode["per_sample"] is False else (n,)
         if shape in ((n,), ()) and mode["per_sample"] is None and n > 1:
             mode["per_sample"] = shape == (n,)
         out, more = session.output_array(call.output, "estimate", target, inputs)
@@ -133,6 +136,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
         inputs = {"logp_new": new, "logp_old": old, "log ratio (derived)": new - old}
         est, outcomes = estimates(new, old, inputs)
         if est is not None:
+            session.ran("kl_estimator.non_negative")
             neg = est < -be.tol * (1.0 + np.abs(new - old))
             if np.any(neg):
                 i = int(np.flatnonzero(np.atleast_1d(neg))[0])
@@ -154,7 +158,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
                              ("kl_estimator.non_negative",),
                              moves=lambda c: _cases.sample_moves(c, ("logp_new", "logp_old")))
     if unbiased:
-        session.declare("kl_estimator.unbiased")
+        session.declare("kl_estimator.unbiased", tracked=True)
         _unbiased(session, be, estimates, mode, seed, float(alpha))
     return session.report()
 
@@ -175,8 +179,7 @@ def _unbiased(session, be, estimates, mode, seed, alpha) -> None:
                 mode["per_sample"] = False
                 est = None
             if outcomes:
-                for o in outcomes:
-                    session.record(o, shrunk=False)
+                _stopped(session, outcomes)
                 return
             draws = est
         if mode["per_sample"] is False:
@@ -185,12 +188,12 @@ def _unbiased(session, be, estimates, mode, seed, alpha) -> None:
                 est, outcomes = estimates(new[b:b + BATCH], old[b:b + BATCH],
                                           {**pair, "logp_new": new[b:b + BATCH], "logp_old": old[b:b + BATCH]})
                 if outcomes:
-                    for o in outcomes:
-                        session.record(o, shrunk=False)
+                    _stopped(session, outcomes)
                     return
                 means.append(float(est))
             draws = np.array(means)
         test = mean_test(draws[:, None], np.array([exact]), alpha=alpha / k)
+        session.ran("kl_estimator.unbiased")
         if test.rejected:
             unit = "per-sample estimates" if mode["per_sample"] else f"means of batches of {BATCH}"
             session.record(Outcome(
@@ -201,3 +204,12 @@ def _unbiased(session, be, estimates, mode, seed, alpha) -> None:
                 f"actions drawn from pi_old with seed {seed})",
                 {**pair, "samples": SAMPLES_PER_PAIR}, expected=exact, actual=float(test.mean[0])))
             return
+
+
+def _stopped(session, outcomes) -> None:
+    """Record the failures that stop the unbiasedness test (it needs a usable estimate from every call)."""
+    for o in outcomes:
+        session.record(o, shrunk=False)
+    session.not_run_because("kl_estimator.unbiased",
+                            f"the test needs a usable estimate from every call on its samples, and a call "
+                            f"failed {', '.join(dict.fromkeys(o.check_id for o in outcomes))}")

@@ -172,6 +172,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
     check_callable(fn)
     check_choice(convention, "convention", tuple(PPO_CONVENTIONS))
     max_examples = check_positive_int(max_examples, "max_examples")
+    seed = check_positive_int(seed, "seed", minimum=0)
     opts = _resolve(options, PPO_CONVENTIONS[convention][1], dict(normalize="none", ddof=1, eps=1e-8))
     check_choice(opts["normalize"], "normalize", ("none", "batch"))
     if isinstance(opts["ddof"], bool) or not isinstance(opts["ddof"], (int, np.integer)) or opts["ddof"] < 0:
@@ -228,12 +229,15 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
             loss_raw, fraction_raw, bad = _parse_loss(session, call.output, inputs, allow_fraction=True)
             if bad:
                 return outcomes + bad
+            if fraction_raw is not None:
+                fraction_seen["any"] = True
+                outcomes += _fraction_outcomes(session, fraction_raw, ratio, case["clip_eps"], inputs)
             loss, more = session.output_array(loss_raw, "loss", (), inputs)
             outcomes += more
             if loss is None:
                 return outcomes
             a = _normalized(adv, opts)
-            ref, d_ratio, clipped, fraction = _ppo_reference(ratio, a, case["clip_eps"])
+            ref, d_ratio, clipped, _ = _ppo_reference(ratio, a, case["clip_eps"])
             if not np.isfinite(ref):
                 return outcomes
             if opts["normalize"] == "batch":
@@ -248,16 +252,6 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
             if o is not None:
                 o.message += _normalization_hint(ratio, adv, case["clip_eps"], float(loss), opts, be)
                 outcomes.append(o)
-            if fraction_raw is not None:
-                fraction_seen["any"] = True
-                # A fraction in float32 (``.float().mean()``) is fine: only a wrong count is a bug.
-                f, _ = session.output_array(fraction_raw, "clip_fraction", (), inputs, dtype_matters=False)
-                if f is not None and abs(float(f) - fraction) > 0.5 / ratio.size:
-                    outcomes.append(Outcome(
-                        "ppo_loss.clip_fraction",
-                        f"clip_fraction should be {fraction:.6g} (the fraction of samples with |ratio - 1| "
-                        f"> eps, eps={case['clip_eps']}), actual {float(f):.6g}", inputs,
-                        expected=fraction, actual=float(f)))
             if torch_grad:
                 outcomes += _gradient_outcomes(session, call, grad_arg, loss_raw, d_ratio if rlax
                                                else d_ratio * ratio, clipped, inputs,
@@ -275,10 +269,30 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
                          evaluate_for("ppo_loss.outside_clip_range", False),
                          ("ppo_loss.outside_clip_range",), moves=moves)
     if fraction_seen["any"]:
-        session.declare("ppo_loss.clip_fraction")
+        session.declare("ppo_loss.clip_fraction", tracked=True)
     if torch_grad:
-        session.declare("ppo_loss.gradient")
+        session.declare("ppo_loss.gradient", tracked=True)
     return session.report()
+
+
+def _fraction_outcomes(session, raw, ratio, eps, inputs) -> list:
+    """The returned clip fraction against (1/n) #{i: |r_i - 1| > eps}; any other value, shape, type or a
+    NaN is a ``ppo_loss.clip_fraction`` failure (a fraction that is not checked must not read as passed)."""
+    expected = float(np.mean(np.abs(ratio - 1.0) > eps))
+    # A fraction in float32 (``.float().mean()``) is fine: only a wrong count is a bug.
+    f, outcomes = session.output_array(raw, "clip_fraction", (), inputs, dtype_matters=False,
+                                       check_id="ppo_loss.clip_fraction")
+    if f is None:
+        return outcomes
+    session.ran("ppo_loss.clip_fraction")
+    # Half a sample's share: the ratios are drawn at least 10% away from the clip bounds, so the count
+    # is unambiguous and any wrong count is off by at least 1/n.
+    if abs(float(f) - expected) > 0.5 / ratio.size:
+        outcomes.append(Outcome(
+            "ppo_loss.clip_fraction",
+            f"clip_fraction should be {expected:.6g} (the fraction of samples with |ratio - 1| > eps, "
+            f"eps={eps}), actual {float(f):.6g}", inputs, expected=expected, actual=float(f)))
+    return outcomes
 
 
 def _ppo_cases(u_strategy, n_min, *, any_u: bool = False):
@@ -292,10 +306,18 @@ def _ppo_moves(case):
     return _cases.sample_moves(case, ("logp_old", "u", "advantages"), {"clip_eps": CLIPS})
 
 
-def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inputs, check_id, why):
-    """Compare the torch gradient of the returned loss with `expected`; exactly 0 where `clipped`."""
+def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inputs, check_id, why,
+                       judged=None):
+    """Compare the torch gradient of the returned loss with `expected`; exactly 0 where `clipped`.
+
+    Only the entries in `judged` (all by default) are compared: an entry at a kink of the loss has no
+    single right derivative. With none judged, the check reaches no verdict on this case.
+    """
     import torch
 
+    judged = np.ones(expected.shape, bool) if judged is None else judged
+    if not judged.any():
+        return []
     names = [name for name, _ in inputs.items()]
     x = call.user_args[names.index(grad_arg)]
     if not isinstance(loss_raw, torch.Tensor) or loss_raw.grad_fn is None:
@@ -308,34 +330,61 @@ def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inp
         return [Outcome(check_id, f"the loss should be differentiable with respect to {grad_arg}, actual "
                                   f"{exc}".splitlines()[0], inputs)]
     got = np.zeros(expected.shape) if g is None else g.detach().cpu().numpy().astype(np.float64)
-    out = []
-    leak = clipped & (got != 0.0)
+    session.ran(check_id)
+    leak = clipped & judged & (got != 0.0)
     if leak.any():
         i = int(np.flatnonzero(leak)[0])
-        out.append(Outcome(check_id, f"d loss / d {grad_arg}[{i}] should be exactly 0 where the clipped "
-                                     f"term is taken, actual {got[i]:.6g}", inputs,
-                           expected=expected, actual=got, where=(i,)))
-        return out
-    o = session.compare(check_id, f"d loss / d {grad_arg}", got, expected, inputs,
+        return [Outcome(check_id, f"d loss / d {grad_arg}[{i}] should be exactly 0 where the clipped "
+                                  f"term is taken (it does not depend on {grad_arg} there), actual {got[i]:.6g}",
+                        inputs, expected=expected, actual=got, where=(i,))]
+    if not judged.all():
+        why += (f"; entries {np.flatnonzero(~judged).tolist()} sit at a kink of the loss (no single "
+                f"derivative) and are not judged")
+    o = session.compare(check_id, f"d loss / d {grad_arg}", np.where(judged, got, expected), expected, inputs,
                         why=why)
-    return out + ([o] if o is not None else [])
+    if o is None:
+        return []
+    o.actual = got  # what the function returned, the unjudged entries included
+    return [o]
 
 
 # -- value loss ---------------------------------------------------------------------------
 
-def _value_reference(v_new, v_old, ret, eps, style, coef):
-    """(loss, d loss / d v_new, ambiguous mask) of the three value-loss forms."""
+def _value_reference(v_new, v_old, ret, eps, style, coef, tol):
+    """(loss, d loss / d v_new, judged, clipped) of the three value-loss forms.
+
+    The loss is a mean of per-sample terms, so d loss / d v_new[i] depends on sample i alone and
+    each sample is judged on its own. With d = v_new - v_old and v_clip = v_old + clip(d, -eps, eps):
+
+    * strictly inside the clip range (|d| < eps), v_clip = v_new on a whole neighbourhood of v_new,
+      so the clipped and unclipped terms are the same function there and the derivative is the full
+      2 coef (v_new - R) / n, in every style, whatever branch a tie-break picks (torch.max splits a
+      tie evenly, and each half is that derivative only if v_clip is built from values_new itself:
+      a detached v_clip halves it);
+    * strictly outside (|d| > eps), v_clip is a constant: the clipped term has derivative exactly 0,
+      the unclipped one 2 coef (v_new - R) / n; "max" takes whichever term is larger;
+    * not judged (`judged` False): |d| = eps, the clip's own kink, where d v_clip / d v_new is 1 on one
+      side and 0 on the other, and for "max" outside the range a tie of the two terms, where the max
+      has a kink. "Equal" means within the tolerance `tol`, since the user's float32 arithmetic may
+      land on either side of a kink that the float64 reference puts on one.
+
+    `clipped` marks the samples whose derivative must be exactly 0 (the clipped term is taken).
+    """
     n = v_new.size
-    v_clip = v_old + np.clip(v_new - v_old, -eps, eps)
-    inside = np.abs(v_new - v_old) < eps
+    d = v_new - v_old
+    v_clip = v_old + np.clip(d, -eps, eps)
     un, cl = (v_new - ret) ** 2, (v_clip - ret) ** 2
+    full = 2 * coef * (v_new - ret) / n
+    kink = np.abs(np.abs(d) - eps) <= tol * (1 + np.abs(v_old) + eps)
+    outside = (np.abs(d) > eps) & ~kink
     if style == "unclipped":
-        return coef * un.mean(), 2 * coef * (v_new - ret) / n, np.zeros(n, bool)
+        return coef * un.mean(), full, np.ones(n, bool), np.zeros(n, bool)
     if style == "clip_prediction":
-        return coef * cl.mean(), np.where(inside, 2 * coef * (v_clip - ret) / n, 0.0), np.zeros(n, bool)
-    take_un = un >= cl
-    grad = np.where(take_un, 2 * coef * (v_new - ret) / n, np.where(inside, 2 * coef * (v_clip - ret) / n, 0.0))
-    return coef * np.maximum(un, cl).mean(), grad, np.isclose(un, cl, rtol=1e-6, atol=1e-9)
+        return coef * cl.mean(), np.where(outside, 0.0, full), ~kink, outside
+    tie = outside & (np.abs(np.abs(v_new - ret) - np.abs(v_clip - ret))
+                     <= tol * (1 + np.abs(v_new) + np.abs(ret) + np.abs(v_old) + eps))
+    clipped = outside & ~tie & (cl > un)
+    return coef * np.maximum(un, cl).mean(), np.where(clipped, 0.0, full), ~(kink | tie), clipped
 
 
 _VALUE_DELTA = st.one_of(st.sampled_from([0.0, 0.1, -0.1, 1.0, -1.0, 2.0]), st.floats(-3.0, 3.0))
@@ -373,6 +422,7 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
     check_callable(fn)
     check_choice(convention, "convention", tuple(VALUE_CONVENTIONS))
     max_examples = check_positive_int(max_examples, "max_examples")
+    seed = check_positive_int(seed, "seed", minimum=0)
     opts = _resolve(options, VALUE_CONVENTIONS[convention], dict(style="unclipped", coef=0.5))
     check_choice(opts["style"], "style", VALUE_STYLES)
     opts["coef"] = check_real(opts["coef"], "coef")
@@ -406,16 +456,16 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
         outcomes += more
         if loss is None:
             return outcomes
-        ref, grad, ambiguous = _value_reference(v_new, v_old, ret, eps, opts["style"], opts["coef"])
+        ref, grad, judged, clipped = _value_reference(v_new, v_old, ret, eps, opts["style"], opts["coef"], be.tol)
         o = session.compare("value_loss.value", "loss", loss, ref, inputs,
                             why=f"style={opts['style']!r}, coef={opts['coef']}: {_VALUE_FORMS[opts['style']]}")
         if o is not None:
             outcomes.append(o)
-        edge = np.abs(np.abs(v_new - v_old) - eps) < 1e-6 * (1 + eps)
-        if torch_grad and not (ambiguous | edge).any():
-            outcomes += _gradient_outcomes(session, call, "values_new", call.output, grad,
-                                           np.zeros(grad.shape, bool), inputs, "value_loss.gradient",
-                                           f"the gradient of {_VALUE_FORMS[opts['style']]}")
+        if torch_grad:
+            outcomes += _gradient_outcomes(session, call, "values_new", call.output, grad, clipped, inputs,
+                                           "value_loss.gradient", f"the gradient of "
+                                           f"{_VALUE_FORMS[opts['style']]}{_VALUE_GRADIENTS[opts['style']]}",
+                                           judged=judged)
         return outcomes
 
     session.declare(*session.generic_ids())
@@ -426,7 +476,7 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
                          moves=lambda c: _cases.sample_moves(c, ("values_old", "delta", "returns"),
                                                              {"clip_eps": VALUE_CLIPS}))
     if torch_grad:
-        session.declare("value_loss.gradient")
+        session.declare("value_loss.gradient", tracked=True)
     return session.report()
 
 
@@ -436,4 +486,12 @@ _VALUE_FORMS = {
            "v_clip = values_old + clip(values_new - values_old, -eps, eps)",
     "clip_prediction": "loss = coef * mean((v_clip - returns)^2), "
                        "v_clip = values_old + clip(values_new - values_old, -eps, eps)",
+}
+
+_VALUE_GRADIENTS = {
+    "unclipped": "",
+    "max": ": 2 * coef * (values_new - returns) / n inside the clip range (v_clip is values_new there, so "
+           "a v_clip built from a detached copy halves it) and where the unclipped term is the larger, "
+           "exactly 0 where the clipped term is",
+    "clip_prediction": ": 2 * coef * (values_new - returns) / n inside the clip range, exactly 0 outside",
 }

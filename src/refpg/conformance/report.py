@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from refpg.errors import ConformanceError
 
-__all__ = ["Counterexample", "Failure", "Report", "assert_conforms"]
+__all__ = ["Counterexample", "Failure", "NotRun", "Report", "assert_conforms"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,16 @@ class Failure:
         return "\n".join(lines)
 
 
+class NotRun(NamedTuple):
+    """A check that reached no verdict on any case, and why (e.g. every call of the function raised)."""
+
+    check_id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"NOT RUN {self.check_id}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class Report:
     """The outcome of one ``check_<kind>`` call.
@@ -100,9 +110,14 @@ class Report:
         The qualified name of the function checked.
     convention, backend, dtype : str
     checks : tuple of str
-        Every check id that was run, passed or not.
+        Every check id of the check: passed, failed or not run.
     failures : tuple of Failure
         At most one per check id, in the order the checks ran.
+    not_run : tuple of NotRun
+        The check ids for which no comparison ever ran (every call raised, say, or every output had
+        the wrong shape), with the reason. They are not counted as passed, and `passed` is False while
+        any is left (the status then reads INCOMPLETE if nothing failed); the failure that stopped them,
+        if any, is in `failures`.
     warnings : tuple of str
         Legal but suspicious findings, and what the convention cannot express
         (with what that costs).
@@ -124,10 +139,16 @@ class Report:
     examples: int = 0
     seconds: float = 0.0
     options: dict = field(default_factory=dict)
+    not_run: tuple = ()
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        """No failure and no check left unrun: a check that never ran cannot vouch for the code."""
+        return not self.failures and not self.not_run
+
+    @property
+    def not_run_ids(self) -> tuple:
+        return tuple(n.check_id for n in self.not_run)
 
     @property
     def failed_ids(self) -> tuple:
@@ -142,14 +163,18 @@ class Report:
         head = (f"refpg conformance: {self.kind} {self.function} "
                 f"(convention={self.convention}, backend={self.backend}, dtype={self.dtype}"
                 f"{', ' + opts if opts else ''})")
-        n_fail = len(self.failures)
-        status = "PASSED" if self.passed else "FAILED"
-        lines = [head, f"{status}: {len(self.checks) - n_fail} of {len(self.checks)} checks passed "
-                       f"({self.examples} calls, {self.seconds:.2f} s)"]
-        failed = set(self.failed_ids)
+        n_fail, n_skip = len(self.failures), len(self.not_run)
+        status = "PASSED" if self.passed else "FAILED" if self.failures else "INCOMPLETE"
+        lines = [head, f"{status}: {len(self.checks) - n_fail - n_skip} of {len(self.checks)} checks passed"
+                       f"{f', {n_skip} not run' if n_skip else ''} ({self.examples} calls, {self.seconds:.2f} s)"]
+        failed, skipped = set(self.failed_ids), set(self.not_run_ids)
         for cid in self.checks:
-            if cid not in failed:
+            if cid not in failed and cid not in skipped:
                 lines.append(f"ok   {cid}")
+        by_reason: dict = {}
+        for n in self.not_run:  # one line per reason: "every call raised" often stops most checks
+            by_reason.setdefault(n.reason, []).append(n.check_id)
+        lines += [f"NOT RUN {', '.join(ids)}: {reason}" for reason, ids in by_reason.items()]
         for f in self.failures:
             lines.append(str(f))
         for w in self.warnings:

@@ -121,14 +121,35 @@ def _step_size_outcome(theta_old, new, states, actions, adv, max_kl, d, g, F, st
     ratio = step_norm / full_norm
     gain = surrogate(theta_old, theta_old + full, states, actions, adv) - surrogate(theta_old, theta_old,
                                                                                    states, actions, adv)
-    clear = mean_kl(theta_old, theta_old + full, states) <= max_kl and gain >= 0.5 * float(np.sum(g * full))
-    if ratio > 1.05 or clear and ratio < 0.95:
-        return Outcome("trpo_step.step_size",
-                       f"the step's length should be {'that of' if clear else 'at most'} the full step "
-                       f"sqrt(2 max_kl / s^T F s) s, norm {full_norm:.6g} (which satisfies the KL constraint "
-                       f"and improves the surrogate by {gain:.4g}), actual norm {step_norm:.6g} (ratio "
-                       f"{ratio:.3f}; 0.707 means the 2 is missing, other ratios a missing square root "
-                       f"or an extra factor)", inputs, expected=theta_old + full, actual=new)
+    kl_full = mean_kl(theta_old, theta_old + full, states)
+    linear = float(np.sum(g * full))
+    clear = kl_full <= max_kl and gain >= 0.5 * linear
+    if not (ratio > 1.05 or clear and ratio < 0.95):
+        return None
+    head = (f"the step's length should be {'that of' if clear else 'at most'} the full step "
+            f"sqrt(2 max_kl / s^T F s) s, norm {full_norm:.6g}, actual norm {step_norm:.6g} (ratio {ratio:.3f})")
+    passes = (f"the full step passes: its mean KL over the batch's states is {kl_full:.4g} <= max_kl = "
+              f"{max_kl:g} and it improves the surrogate by {gain:.4g}, at least half its linear prediction "
+              f"{linear:.4g}")
+    backtracked = _backtracking_power(ratio) if clear and ratio < 0.95 else None
+    if abs(ratio - np.sqrt(0.5)) <= 0.005:
+        why = "0.707 means the 2 is missing from sqrt(2 max_kl / s^T F s)"
+    elif backtracked is not None:
+        why = (f"your line search backtracked although {passes}. The step is {backtracked} of the full step: a "
+               f"stricter acceptance test (the max KL over states rather than the mean, a larger required "
+               f"improvement) or a search that skips the full step shrinks it")
+    else:
+        why = "a missing square root or an extra factor" + (f"? ({passes})" if clear else "?")
+    return Outcome("trpo_step.step_size", f"{head}; {why}", inputs, expected=theta_old + full, actual=new)
+
+
+def _backtracking_power(ratio: float) -> str | None:
+    """"0.5^2" if `ratio` is, within 1%, a power of a common line-search factor (0.5; 0.8 in Spinning Up
+    and SB3-contrib), else None."""
+    for factor in (0.5, 0.8):
+        k = int(round(np.log(ratio) / np.log(factor)))
+        if 1 <= k <= 30 and abs(factor ** k - ratio) <= 0.01 * ratio:
+            return f"{factor:g}^{k}"
     return None
 
 
@@ -216,6 +237,7 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
     check_callable(fn)
     check_choice(convention, "convention", ("refpg",))
     max_examples = check_positive_int(max_examples, "max_examples")
+    seed = check_positive_int(seed, "seed", minimum=0)
     damping = check_real(damping, "damping")
     min_cosine = check_real(min_cosine, "min_cosine")
     if damping < 0:
@@ -255,6 +277,8 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         if new is None:
             return outcomes
         theta_old, states, actions, adv, max_kl = (a for _, a in args)
+        session.ran("trpo_step.kl_constraint", "trpo_step.surrogate_improvement",
+                    "trpo_step.unvisited_states_unchanged")
         kl = mean_kl(theta_old, new, states)
         tol = be.tol
         if kl > max_kl * (1 + tol) + tol:
@@ -290,6 +314,7 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         d = _centered(d_raw)
         nd, ns = np.linalg.norm(d), np.linalg.norm(step)
         if nd > 1e-12 and ns > scale:
+            session.ran("trpo_step.direction")
             cos = float(np.sum(step * d) / (nd * ns))
             if cos < min_cosine:
                 outcomes.append(Outcome("trpo_step.direction",
@@ -299,11 +324,13 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
                                         + _damping_hint(step, theta_old, states, actions, adv, damping, min_cosine),
                                         inputs, expected=theta_old + d * (ns / nd), actual=new))
             else:
+                session.ran("trpo_step.step_size")
                 o = _step_size_outcome(theta_old, new, states, actions, adv, max_kl, d_raw, g, F, ns, inputs,
                                        damping)
                 if o is not None:
                     outcomes.append(o)
         elif nd > 1e-12 and oracle_accepts(theta_old, states, actions, adv, max_kl, damping):
+            session.ran("trpo_step.direction")
             outcomes.append(Outcome("trpo_step.direction",
                                     "the step should move theta along the natural gradient (the reference "
                                     "line search accepts one of its first 10 halvings), actual theta_new = "
@@ -315,6 +342,7 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         if new is None:
             return outcomes
         theta_old, states, actions, adv, max_kl = (a for _, a in args)
+        session.ran("trpo_step.restores_theta_on_reject")
         kl = mean_kl(theta_old, new, states)
         gain = surrogate(theta_old, new, states, actions, adv) - surrogate(theta_old, theta_old, states,
                                                                             actions, adv)
@@ -328,9 +356,13 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
                                     f"constraint)", inputs, expected=theta_old, actual=new))
         return outcomes
 
-    session.declare(*session.generic_ids(), "trpo_step.kl_constraint", "trpo_step.surrogate_improvement",
-                    "trpo_step.direction", "trpo_step.step_size", "trpo_step.unvisited_states_unchanged")
+    session.declare(*session.generic_ids())
+    session.declare("trpo_step.kl_constraint", "trpo_step.surrogate_improvement", "trpo_step.direction",
+                    "trpo_step.step_size", "trpo_step.unvisited_states_unchanged", tracked=True)
     session.run_scenario(_batches(), evaluate, moves=_moves)
+    if "trpo_step.direction" in session.evaluated:
+        session.not_run_because("trpo_step.step_size", "the step's length is judged only on steps along the "
+                                                       "natural gradient, and no step was (see trpo_step.direction)")
     session.run_scenario(_hopeless(), evaluate_reject, ("trpo_step.restores_theta_on_reject",),
                          moves=lambda c: [{**c, "max_kl": v} for v in _cases.simpler_choices(c["max_kl"], MAX_KLS)])
     return session.report()
