@@ -122,3 +122,18 @@ def test_k2_matches_kl_to_second_order_when_close():
     exact_k2 = float(np.sum(p_old * np.log(p_new / p_old) ** 2) / 2)
     assert abs(exact_k2 - exact) < 0.02 * exact
     assert not mean_test(kl_k2(logp_new, logp_old)[:, None], [exact_k2]).rejected
+
+
+def test_mean_test_options_restrict_coordinates_use_student_t_and_gate_zero_spread():
+    from scipy import stats as st
+
+    from refpg.stats import mean_test
+
+    samples = np.zeros((30, 3))
+    samples[:, 0] = np.random.default_rng(0).normal(size=30)
+    expected = np.array([0.0, 1.0, 1.0])  # coordinates 1 and 2: identical samples, off target
+    assert np.isinf(mean_test(samples, expected).z[1:]).all()
+    test = mean_test(samples, expected, tested=[True, True, False], student=True,
+                     zero_spread_is_evidence=[True, False, True])
+    assert test.z[1] == 0.0 and test.z[2] == 0.0 and not test.rejected
+    assert test.threshold == st.t.isf(test.alpha / 4, 29)

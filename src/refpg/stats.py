@@ -57,7 +57,8 @@ class MeanTest(NamedTuple):
                 f"mean there {self.mean[i]:.6g} +- {self.stderr[i]:.2g}, expected {self.expected[i]:.6g}")
 
 
-def mean_test(samples, expected, *, alpha: float = DEFAULT_ALPHA, exact_atol: float = 1e-12) -> MeanTest:
+def mean_test(samples, expected, *, alpha: float = DEFAULT_ALPHA, exact_atol: float = 1e-12,
+              tested=None, student: bool = False, zero_spread_is_evidence=None) -> MeanTest:
     r"""Test :math:`H_0: \mathbb{E}[X] = \mu` from i.i.d. samples of X.
 
     .. math::
@@ -76,6 +77,16 @@ def mean_test(samples, expected, *, alpha: float = DEFAULT_ALPHA, exact_atol: fl
         A coordinate whose samples are all equal is a deterministic quantity:
         rejected iff it differs from mu by more than
         ``exact_atol * max(1, |mu|)``.
+    tested : array_like of bool, shape (...), optional
+        The coordinates to test (default all); the others get z = 0 and do
+        not count in the Bonferroni k.
+    student : bool
+        Use Student's t with n - 1 degrees of freedom for the threshold
+        instead of the normal (exact for normal samples, safer for small n).
+    zero_spread_is_evidence : array_like of bool, shape (...), optional
+        Where identical samples that differ from mu count as a rejection
+        (default everywhere, as above); elsewhere such a coordinate gets
+        z = 0, for samples that may repeat one value by chance.
 
     Returns
     -------
@@ -90,11 +101,15 @@ def mean_test(samples, expected, *, alpha: float = DEFAULT_ALPHA, exact_atol: fl
     mean = X.mean(axis=0)
     se = X.std(axis=0, ddof=1) / np.sqrt(n)
     diff = mean - mu
+    mask = np.ones(mu.shape, dtype=bool) if tested is None else np.asarray(tested, dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(se > 0, diff / se, 0.0)
-    exact_bad = (se == 0) & (np.abs(diff) > exact_atol * np.maximum(1.0, np.abs(mu)))
+        z = np.where(mask & (se > 0), diff / se, 0.0)
+    exact_bad = mask & (se == 0) & (np.abs(diff) > exact_atol * np.maximum(1.0, np.abs(mu)))
+    if zero_spread_is_evidence is not None:
+        exact_bad &= np.asarray(zero_spread_is_evidence, dtype=bool)
     z = np.where(exact_bad, np.copysign(np.inf, diff), z)
-    k = max(1, z.size)
-    threshold = float(_st.norm.isf(alpha / (2 * k)))
+    k = max(1, int(mask.sum()))
+    tail = alpha / (2 * k)
+    threshold = float(_st.t.isf(tail, n - 1) if student else _st.norm.isf(tail))
     return MeanTest(rejected=bool(np.any(np.abs(z) > threshold)), alpha=alpha, threshold=threshold,
                     z=np.asarray(z), mean=mean, expected=mu, stderr=se, n=n)

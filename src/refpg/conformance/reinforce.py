@@ -26,7 +26,6 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from scipy import stats as _st
 
 from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
@@ -37,7 +36,7 @@ from refpg.gradient import policy_gradient
 from refpg.mdp import TabularMDP
 from refpg.policies import TabularSoftmax
 from refpg.sampling import sample_episodes
-from refpg.stats import DEFAULT_ALPHA, MeanTest
+from refpg.stats import DEFAULT_ALPHA, MeanTest, mean_test
 
 __all__ = ["check_reinforce_estimator", "OBJECTIVES"]
 
@@ -358,17 +357,12 @@ def _never_visited_rows(estimates, target, visit, tol):
 def _mean_test(estimates, target, visit, size, alpha) -> MeanTest:
     r"""One-sample t-tests of the calls' mean estimate against `target`, Bonferroni at family-wise `alpha`.
 
-    Over the `_tested` entries only (others get t = 0); the critical value is the
+    Over the `_tested` entries only; the critical value is the
     :math:`1 - \alpha/(2k)` quantile of Student's t with n - 1 degrees of freedom.
     """
     n = estimates.shape[0]
     mask = _tested(visit, target.shape)
     k = max(1, int(mask.sum()))
-    mean = estimates.mean(axis=0)
-    se = estimates.std(axis=0, ddof=1) / np.sqrt(n)
-    diff = mean - target
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(mask & (se > 0), diff / se, 0.0)
     # Zero spread: all n estimates of an entry are identical, and t is undefined. That is not "exact":
     # it is a sample. It is evidence against the target only if a correct estimator would rarely
     # repeat one value n times. The value it repeats most is 0, on a batch that never visits the
@@ -381,15 +375,10 @@ def _mean_test(estimates, target, visit, size, alpha) -> MeanTest:
     # way and its t is left at 0. The minimums on calls and
     # episodes, and a test MDP whose states are visited by most episodes, make the first case the
     # only one in practice: (1 - 0.94)^2000 < 1e-2400.
-    flat = mask & (se == 0) & (np.abs(diff) > 1e-12 * np.maximum(1.0, np.abs(target)))
-    if flat.any():
-        with np.errstate(divide="ignore"):
-            log_miss = size * n * np.log1p(-np.minimum(visit, 1.0))
-        evidence = flat & (log_miss[:, None] < np.log(alpha / k))
-        z = np.where(evidence, np.copysign(np.inf, diff), z)
-    threshold = float(_st.t.isf(alpha / (2 * k), n - 1))
-    return MeanTest(rejected=bool(np.any(np.abs(z) > threshold)), alpha=alpha, threshold=threshold,
-                    z=np.asarray(z), mean=mean, expected=np.asarray(target), stderr=se, n=n)
+    with np.errstate(divide="ignore"):
+        log_miss = size * n * np.log1p(-np.minimum(visit, 1.0))
+    evidence = np.broadcast_to((log_miss < np.log(alpha / k))[:, None], target.shape)
+    return mean_test(estimates, target, alpha=alpha, tested=mask, student=True, zero_spread_is_evidence=evidence)
 
 
 def _factor_hint(estimates, target, visit, size, alpha, gamma, what) -> str:
