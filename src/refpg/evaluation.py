@@ -21,7 +21,7 @@ from scipy.linalg import lapack
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from refpg._validation import check_probability_rows
+from refpg._validation import check_probability_rows, entry
 from refpg.errors import EvaluationMismatchError, InvalidInputError, NonFiniteError, RefpgError, RefpgWarning
 from refpg.mdp import TabularMDP
 from refpg.policies import Parameterization
@@ -229,9 +229,8 @@ def _check_finite_result(x: np.ndarray, name: str, mdp: TabularMDP) -> None:
     bad = ~np.isfinite(x)
     if bad.any():
         idx = np.unravel_index(int(np.flatnonzero(bad)[0]), x.shape)
-        label = f"{name}[{', '.join(str(int(i)) for i in idx)}]"
         raise NonFiniteError(
-            f"{label} is {float(x[idx])!r}: the exact values overflow float64 (max |r| = "
+            f"{entry(name, idx)} is {float(x[idx])!r}: the exact values overflow float64 (max |r| = "
             f"{float(np.max(np.abs(mdp.r))):.3g}, gamma = {mdp.gamma}); rescale the rewards")
 
 

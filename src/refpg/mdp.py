@@ -105,15 +105,6 @@ class TabularMDP:
             check_shape(term, "terminal", shape=(S,))
         self._terminal = _readonly(term)
         self._check_terminal_states()
-        starts = np.flatnonzero(self._terminal & (self._rho > 0))
-        if starts.size:
-            # Entering a terminal state ends an episode, so no episode can start in one
-            # (Gymnasium's reset never returns one); a sampler would otherwise take a
-            # step the exact side does not count.
-            t = int(starts[0])
-            raise TerminalStateError(
-                f"rho[{t}] is {float(self._rho[t])!r} but state {t} is terminal; expected 0 "
-                "(an episode cannot start in a terminal state)")
 
         self._gamma = check_discount(gamma, allow_one=True)
         if self._gamma == 1.0:
@@ -173,6 +164,15 @@ class TabularMDP:
                     raise TerminalStateError(
                         f"r[{t}, {a}] is {float(self._r[t, a])!r} but state {t} is terminal; "
                         "expected 0 (terminal states give no reward)")
+        starts = np.flatnonzero(self._terminal & (self._rho > 0))
+        if starts.size:
+            # Entering a terminal state ends an episode, so no episode can start in one
+            # (Gymnasium's reset never returns one); a sampler would otherwise take a
+            # step the exact side does not count.
+            t = int(starts[0])
+            raise TerminalStateError(
+                f"rho[{t}] is {float(self._rho[t])!r} but state {t} is terminal; expected 0 "
+                "(an episode cannot start in a terminal state)")
 
     def _check_proper(self):
         # Every non-terminal state, reachable or not: V must be finite on all of

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refpg._validation import as_float_array, check_positive_int
+from refpg._validation import as_float_array, check_positive_int, entry
 from refpg.errors import NonFiniteError, ShapeError
 
 __all__ = ["Parameterization", "TabularSoftmax", "LogLinear", "log_softmax"]
@@ -77,7 +77,7 @@ class Parameterization:
             self.validate_theta(theta)  # a NaN or inf in theta itself is named there
             idx = tuple(int(i) for i in np.argwhere(~np.isfinite(z))[0])
             raise NonFiniteError(
-                f"logits[{idx[0]}, {idx[1]}] is {float(z[idx])!r} for a finite theta: the logits overflow "
+                f"{entry('logits', idx)} is {float(z[idx])!r} for a finite theta: the logits overflow "
                 "float64 (features @ theta); rescale the features or theta")
         return log_softmax(z)
 

@@ -39,8 +39,8 @@ from refpg._validation import as_float_array, check_choice, check_positive_int, 
 from refpg.algorithms.common import SampleConfig, SampledData, check_mode, collect
 from refpg.errors import InvalidInputError, ShapeError
 from refpg.evaluation import check_mdp, check_policy, policy_evaluation, prepare
-from refpg.kl_estimators import kl_k3
 from refpg.kl import weighted_kl_gradient
+from refpg.kl_estimators import kl_k3
 from refpg.policies import Parameterization
 
 __all__ = [
