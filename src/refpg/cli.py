@@ -4,9 +4,11 @@
 MDP (FrozenLake 4x4, slippery, by default): J, V, the occupancy d, the norm of
 the policy gradient, one natural-gradient step and the optimal J.
 
-``refpg golden check [--dir golden]`` recomputes every golden case from its
-stored inputs and compares with its stored outputs (non-zero exit on any
-mismatch); ``refpg golden regenerate [--dir golden]`` rewrites the files.
+``refpg golden check [--dir golden] [--round-trip]`` recomputes every golden
+case from its stored inputs (or, with ``--round-trip``, from inputs rebuilt as
+``regenerate`` would) and compares with its stored outputs within each
+field's stored tolerance (non-zero exit on any mismatch);
+``refpg golden regenerate [--dir golden]`` rewrites the files.
 
 ``refpg check MODULE:FUNCTION --kind KIND [--convention C] [--backend B]`` checks a
 user's implementation with the conformance kit; ``refpg check FILE.py`` checks
@@ -114,12 +116,12 @@ def cmd_golden(args) -> int:
         for path in golden.regenerate(args.dir):
             print(f"wrote {path}")
         return 0
-    report = golden.check(args.dir)
+    report = golden.check(args.dir, round_trip=args.round_trip)
     rows = [[f.case, f.field, f"{f.max_abs_error:.3e}", f"{f.max_rel_error:.3e}", f"{f.atol:g}", f"{f.rtol:g}",
-             "ok" if f.passed else f"FAIL {f.message}".rstrip()] for f in report.fields]
+             f"{f.used:.1e}", "ok" if f.passed else f"FAIL {f.message}".rstrip()] for f in report.fields]
     if rows:
-        print(_table(["case", "field", "max abs err", "max rel err", "atol", "rtol", "result"], rows,
-                     align="llrrrrl"))
+        print(_table(["case", "field", "max abs err", "max rel err", "atol", "rtol", "err/tol", "result"], rows,
+                     align="llrrrrrl"))
     n_cases = len({f.case for f in report.fields})
     if not report.fields:
         print(f"refpg golden check: no case files in {args.dir}", file=sys.stderr)
@@ -214,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                         ("regenerate", "rewrite every case file and schema.json")):
         gp = gsub.add_parser(name, help=help_)
         gp.add_argument("--dir", default="golden", help="directory of the golden files (default: golden)")
+        if name == "check":
+            gp.add_argument("--round-trip", action="store_true",
+                            help="rebuild the inputs too, as regenerate would, and require them unchanged")
         gp.set_defaults(func=cmd_golden)
     st = sub.add_parser("study", help="run an exact study that reproduces a published result (figures + report)")
     st.add_argument("name", nargs="?", default=None, help="study name (see --list)")

@@ -21,10 +21,10 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-__all__ = ["CASES", "Case", "FieldCheck", "CheckReport", "SCHEMA_VERSION", "generate_case",
+__all__ = ["CASES", "Case", "CaseOutputs", "FieldCheck", "CheckReport", "SCHEMA_VERSION", "generate_case",
            "regenerate", "check", "case_outputs", "schema"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GENERATED_BY = "refpg golden regenerate"
 DENSE_FISHER_MAX_PARAMS = 64
 
@@ -39,9 +39,14 @@ BATCH_STEPS = 16
 BATCH_MAX_EPISODE_STEPS = 8
 KL_STEP = 0.05   # theta_kl = theta + KL_STEP * nat / max(1, max|nat|)
 
-EXACT = {"atol": 1e-10, "rtol": 1e-10}
-# Pseudo-inverse, CG and line-search outputs amplify rounding by the condition number of F.
-ITERATIVE = {"atol": 1e-7, "rtol": 1e-7}
+# TRPO as the golden files record it: damped CG run to convergence. Damping (as in every TRPO
+# implementation) bounds CG's error by residual / damping; an undamped, truncated CG iterate on an
+# ill-conditioned Fisher matrix has digits that differ between BLAS kernels (see _golden_bounds).
+TRPO_DAMPING = 0.1
+TRPO_CG_RTOL = 1e-12
+TRPO_CG_MAX_ITERS = 100
+# theta_kl's step is rounded to this many decimals, so the input is the same bits on every machine.
+KL_STEP_DECIMALS = 8
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,13 @@ def _cases():
 
 #: Registry of golden cases by name.
 CASES: dict = _cases()
+
+
+TOLERANCE_RULE = (
+    "Each field's tolerance is atol = 2 B (rounded up to two digits), rtol = 0, where B ('bound') is a "
+    "first-order bound on the inf-norm forward error of a float64 computation of that field (basis says "
+    "which): two correct computations each lie within B of the exact value, so within 2 B of each other. "
+    "Compare |recomputed - stored| <= atol + rtol |stored| entry by entry; flags and sizes exactly.")
 
 
 # ---------------------------------------------------------------- helpers
@@ -160,7 +172,8 @@ def _make_inputs(case: Case) -> dict:
     batch = refpg.sample_steps(mdp, pi, BATCH_ENVS, BATCH_STEPS, rng=rng,
                                max_episode_steps=BATCH_MAX_EPISODE_STEPS)
     nat = refpg.natural_gradient(mdp, pol, theta)
-    theta_kl = theta + KL_STEP * nat / max(1.0, float(np.abs(nat).max()))
+    # Rounded: the unrounded step differs in its last bits between BLAS kernels, an input must not.
+    theta_kl = theta + np.round(KL_STEP * nat / max(1.0, float(np.abs(nat).max())), KL_STEP_DECIMALS)
     policy = {"kind": case.kind}
     if features is not None:
         policy["features"] = features
@@ -169,7 +182,8 @@ def _make_inputs(case: Case) -> dict:
         "P": mdp.dense_P(), "r": mdp.r, "rho": mdp.rho, "gamma": mdp.gamma, "terminal": mdp.terminal,
         "policy": policy, "theta": theta, "theta_kl": theta_kl,
         "settings": {"gae_lambda": GAE_LAMBDA, "clip_eps": CLIP_EPS, "trpo_max_kl": TRPO_MAX_KL,
-                     "trpo_cg_iters": 10, "trpo_shrink": 0.5, "trpo_max_backtracks": 10,
+                     "trpo_cg_iters": TRPO_CG_MAX_ITERS, "trpo_cg_rtol": TRPO_CG_RTOL,
+                     "trpo_damping": TRPO_DAMPING, "trpo_shrink": 0.5, "trpo_max_backtracks": 10,
                      "ppo_epochs": PPO_EPOCHS, "ppo_lr": PPO_LR, "ppo_optimizer": "sgd"},
         "batch": {"states": batch.states, "actions": batch.actions, "rewards": batch.rewards,
                   "next_states": batch.next_states, "terminated": batch.terminated,
@@ -182,50 +196,84 @@ def _make_inputs(case: Case) -> dict:
 
 # ---------------------------------------------------------------- outputs
 
-def case_outputs(inputs: dict) -> tuple[dict, dict, list]:
-    """Every output of a case from its inputs alone: (outputs, tolerances, notes)."""
+class CaseOutputs(NamedTuple):
+    """What `case_outputs` computes from a case's inputs."""
+
+    outputs: dict
+    tolerances: dict
+    notes: list
+    solvers: list
+    #: Tolerances of the inputs that are float computations themselves (the batch's log pi_old).
+    input_tolerances: dict
+
+
+def case_outputs(inputs: dict) -> CaseOutputs:
+    """Every output of a case from its inputs alone, with each field's tolerance and its basis.
+
+    Tolerances are twice a first-order forward-error bound (`refpg._golden_bounds`).
+    """
     import refpg
+    from refpg import _golden_bounds as gb
     from refpg.algorithms import clipped_surrogate_gradient, ppo_clip_loss, ppo_update, trpo_step
     from refpg.algorithms.ppo import PPOSamples
 
     mdp = _mdp_from_inputs(inputs)
     S, A = mdp.n_states, mdp.n_actions
-    pol = _policy(inputs["policy"]["kind"], S, A, inputs["policy"].get("features"))
+    features = inputs["policy"].get("features")
+    pol = _policy(inputs["policy"]["kind"], S, A, features)
+    tabular = inputs["policy"]["kind"] == "tabular_softmax"
     theta = np.asarray(inputs["theta"], dtype=np.float64)
     theta_kl = np.asarray(inputs["theta_kl"], dtype=np.float64)
     cfg = inputs["settings"]
     gamma = mdp.gamma
-    out, tol, notes = {}, {}, []
+    out, notes, solvers = {}, [], []
 
     pi = pol.probs(theta)
     ev = refpg.evaluate(mdp, pi)
     for k in ("V", "Q", "A", "d"):
-        out[k], tol[k] = getattr(ev, k), EXACT
-    out["J"], tol["J"] = ev.J, EXACT
-    out["pi"], tol["pi"] = pi, EXACT
-    out["policy_gradient"], tol["policy_gradient"] = refpg.policy_gradient(mdp, pol, theta, evaluation=ev), EXACT
+        out[k] = getattr(ev, k)
+    out["J"] = ev.J
+    out["pi"] = pi
+    out["policy_gradient"] = refpg.policy_gradient(mdp, pol, theta, evaluation=ev)
+    F = refpg.fisher_matrix(mdp, pol, theta, evaluation=ev)
     if pol.n_params <= DENSE_FISHER_MAX_PARAMS:
-        out["fisher"], tol["fisher"] = refpg.fisher_matrix(mdp, pol, theta, evaluation=ev), EXACT
+        out["fisher"] = F
     else:
         notes.append(f"fisher omitted: n_params = {pol.n_params} > {DENSE_FISHER_MAX_PARAMS}")
     out["natural_gradient"] = refpg.natural_gradient(mdp, pol, theta, evaluation=ev)
-    tol["natural_gradient"] = ITERATIVE
+    model = gb.ErrorModel.build(mdp, pol, theta, ev, None if tabular else np.asarray(features, dtype=np.float64))
+    tol = model.exact_tolerances(model.natural_gradient_bound(F, out["natural_gradient"], tabular))
+    if "fisher" not in out:
+        del tol["fisher"]
+    solvers.append({"field": "natural_gradient", "method": (
+        "closed form (A - mean_a A)/(1 - gamma) on states with d > 0, 0 elsewhere" if tabular else
+        "minimum-norm least squares F x = g (LAPACK gelsd via scipy.linalg.lstsq, cond = n_params * eps)")})
 
+    damping, cg_rtol = float(cfg["trpo_damping"]), float(cfg["trpo_cg_rtol"])
     tr = trpo_step(mdp, pol, theta, max_kl=cfg["trpo_max_kl"], mode="exact", cg_iters=cfg["trpo_cg_iters"],
-                   shrink=cfg["trpo_shrink"], max_backtracks=cfg["trpo_max_backtracks"])
+                   cg_rtol=cg_rtol, damping=damping, shrink=cfg["trpo_shrink"],
+                   max_backtracks=cfg["trpo_max_backtracks"])
     out["trpo"] = {
         "direction": tr.direction, "beta": tr.beta,
         "line_search": [{"fraction": t.fraction, "improvement": t.improvement, "kl": t.kl,
                          "accepted": t.accepted} for t in tr.line_search],
         "kl": tr.kl, "surrogate_improvement": tr.surrogate_improvement, "theta_new": tr.theta,
     }
-    for k in out["trpo"]:
-        tol[f"trpo.{k}"] = ITERATIVE
+    tol.update(gb.trpo_tolerances(model, mdp, pol, theta, F, tr, damping=damping, cg_rtol=cg_rtol,
+                                  max_kl=cfg["trpo_max_kl"]))
+    g_norm = float(np.linalg.norm(tr.gradient))
+    solvers.append({"field": "trpo.direction", "method": (
+        f"conjugate gradient from x = 0 on (F + {damping:g} I) x = g (F the exact Fisher matrix under d, "
+        f"g the exact policy gradient), stopped at the first iterate with ||g - (F + {damping:g} I) x||_2 "
+        f"<= {cg_rtol:g} ||g||_2 (residual recomputed from x at every step)"),
+        "iterations": int(tr.cg.iterations), "converged": bool(tr.cg.converged),
+        "relative_residual": float(tr.cg.residual_norms[-1]) / g_norm if g_norm > 0 else 0.0})
 
     pp = ppo_update(mdp, pol, theta, mode="exact", clip_eps=cfg["clip_eps"], epochs=cfg["ppo_epochs"],
                     optimizer=cfg["ppo_optimizer"], lr=cfg["ppo_lr"])
     out["ppo"] = {"theta": pp.theta, "objective": [e.objective for e in pp.history]}
-    tol["ppo.theta"] = tol["ppo.objective"] = {"atol": 1e-9, "rtol": 1e-9}
+    tol.update(gb.ppo_tolerances(model, pol, theta, ev, pp, clip_eps=cfg["clip_eps"], lr=cfg["ppo_lr"],
+                                 tabular=tabular))
 
     b = _batch_from_inputs(inputs["batch"])
     V = ev.V
@@ -249,9 +297,10 @@ def case_outputs(inputs: dict) -> tuple[dict, dict, list]:
     else:
         notes.append("reinforce_mean omitted: the batch holds no complete episode")
     out["batch"] = bo
-    for k in bo:
-        tol[f"batch.{k}"] = EXACT
-    return _jsonable(out), tol, notes
+    tol.update(gb.batch_tolerances(model, pol, theta_kl, b, float(np.abs(V).max()), gamma, bo, cfg["clip_eps"]))
+    in_tol = {"batch.logp": gb.tolerance(model.e_logpi, "log pi_old(a|s) as the collector records it: "
+                                                        "log-softmax of the logits, 2 e_logits + (A+4) u + u |log pi|")}
+    return CaseOutputs(_jsonable(out), tol, notes, solvers, in_tol)
 
 
 # ---------------------------------------------------------------- independent checks
@@ -318,7 +367,7 @@ def _independent_checks(name: str, inputs: dict, outputs: dict) -> list:
 
 # ---------------------------------------------------------------- public API
 
-def _metadata(case: Case, notes, checks) -> dict:
+def _metadata(case: Case, notes, checks, solvers) -> dict:
     import refpg
     return {
         "schema_version": SCHEMA_VERSION,
@@ -334,6 +383,8 @@ def _metadata(case: Case, notes, checks) -> dict:
                        "functions applied to the stored batch. independent_checks lists fields confirmed "
                        "by a route that shares no code with refpg."),
         "independent_checks": checks,
+        "solvers": solvers,
+        "tolerance_rule": TOLERANCE_RULE,
         "notes": notes,
     }
 
@@ -343,17 +394,18 @@ def generate_case(name: str) -> dict:
     if name not in CASES:
         raise KeyError(f"case should be one of {sorted(CASES)}, actual {name!r}")
     inputs = _jsonable(_make_inputs(CASES[name]))
-    outputs, tolerances, notes = case_outputs(inputs)
-    checks = _independent_checks(name, inputs, outputs)
-    return {"case": name, "metadata": _metadata(CASES[name], notes, checks), "inputs": inputs,
-            "outputs": outputs, "tolerances": tolerances}
+    res = case_outputs(inputs)
+    checks = _independent_checks(name, inputs, res.outputs)
+    return {"case": name, "metadata": _metadata(CASES[name], res.notes, checks, res.solvers), "inputs": inputs,
+            "outputs": res.outputs, "tolerances": res.tolerances}
 
 
 def schema() -> dict:
     """JSON Schema (draft 2020-12) of a golden case file."""
     num_array = {"type": "array"}
-    tol = {"type": "object", "required": ["atol", "rtol"], "additionalProperties": False,
-           "properties": {"atol": {"type": "number", "minimum": 0}, "rtol": {"type": "number", "minimum": 0}}}
+    tol = {"type": "object", "required": ["atol", "rtol", "bound", "basis"], "additionalProperties": False,
+           "properties": {"atol": {"type": "number", "minimum": 0}, "rtol": {"type": "number", "minimum": 0},
+                          "bound": {"type": "number", "minimum": 0}, "basis": {"type": "string", "minLength": 1}}}
     batch_keys = ["states", "actions", "rewards", "next_states", "terminated", "truncated", "logp", "step"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -367,7 +419,7 @@ def schema() -> dict:
             "metadata": {
                 "type": "object",
                 "required": ["schema_version", "refpg_version", "numpy_version", "generated_by",
-                             "provenance", "independent_checks", "notes"],
+                             "provenance", "independent_checks", "solvers", "tolerance_rule", "notes"],
                 "properties": {
                     "schema_version": {"const": SCHEMA_VERSION},
                     "refpg_version": {"type": "string"},
@@ -378,6 +430,13 @@ def schema() -> dict:
                         "type": "object", "required": ["field", "method", "max_abs_diff"],
                         "properties": {"field": {"type": "string"}, "method": {"type": "string"},
                                        "max_abs_diff": {"type": "number", "minimum": 0}}}},
+                    "solvers": {"type": "array", "items": {
+                        "type": "object", "required": ["field", "method"],
+                        "properties": {"field": {"type": "string"}, "method": {"type": "string"},
+                                       "iterations": {"type": "integer", "minimum": 0},
+                                       "converged": {"type": "boolean"},
+                                       "relative_residual": {"type": "number", "minimum": 0}}}},
+                    "tolerance_rule": {"type": "string", "minLength": 1},
                     "notes": {"type": "array", "items": {"type": "string"}},
                 },
             },
@@ -456,6 +515,8 @@ class FieldCheck(NamedTuple):
     rtol: float
     passed: bool
     message: str = ""
+    #: max over entries of |x - y| / (atol + rtol |y|): how much of the tolerance the field uses.
+    used: float = float("inf")
 
 
 class CheckReport(NamedTuple):
@@ -484,6 +545,12 @@ def _leaves(x, out):
     return out
 
 
+def _drop(inputs: dict, dotted_keys) -> dict:
+    """A copy of `inputs` without the ``batch.<key>`` entries named in `dotted_keys`."""
+    skip = {k.split(".", 1)[1] for k in dotted_keys}
+    return dict(inputs, batch={k: v for k, v in inputs["batch"].items() if k not in skip})
+
+
 def _get(d, dotted):
     for part in dotted.split("."):
         d = d[part]
@@ -503,17 +570,24 @@ def _compare(case, field, actual, desired, tolerance) -> FieldCheck:
                                   f"flag recomputed as {x!r}, stored {y!r}")
     num = [(float(x), float(y)) for x, y in zip(a, b) if not isinstance(x, bool)]
     if not num:
-        return FieldCheck(case, field, 0.0, 0.0, atol, rtol, True)
+        return FieldCheck(case, field, 0.0, 0.0, atol, rtol, True, used=0.0)
     x = np.array([p[0] for p in num])
     y = np.array([p[1] for p in num])
     err = np.abs(x - y)
     rel = np.where(y != 0, err / np.where(y != 0, np.abs(y), 1.0), np.where(err > 0, np.inf, 0.0))
-    ok = bool(np.all(err <= atol + rtol * np.abs(y)))
-    return FieldCheck(case, field, float(err.max()), float(rel.max()), atol, rtol, ok)
+    allowed = atol + rtol * np.abs(y)
+    ok = bool(np.all(err <= allowed))
+    used = np.where(allowed > 0, err / np.where(allowed > 0, allowed, 1.0), np.where(err > 0, np.inf, 0.0))
+    return FieldCheck(case, field, float(err.max()), float(rel.max()), atol, rtol, ok, used=float(used.max()))
 
 
-def check(directory) -> CheckReport:
-    """Recompute every case file in `directory` from its own inputs and compare with its outputs.
+def check(directory, *, round_trip: bool = False) -> CheckReport:
+    """Recompute every case file in `directory` and compare with its outputs.
+
+    By default each case is recomputed from the file's own inputs. With ``round_trip=True`` the
+    inputs are rebuilt from `CASES` as `regenerate` would (an extra ``<inputs>`` row requires them
+    to equal the stored ones exactly) and the outputs are computed from them: what a regeneration on
+    this machine would write, compared with the committed file.
 
     A value passes when ``|recomputed - stored| <= atol + rtol * |stored|`` (numpy.allclose's test)
     with the field's stored tolerance; flags (booleans) and array sizes must match exactly.
@@ -525,7 +599,24 @@ def check(directory) -> CheckReport:
         data = json.loads(path.read_text(encoding="utf-8"))
         name = data.get("case", path.stem)
         try:
-            outputs, _, _ = case_outputs(data["inputs"])
+            inputs = data["inputs"]
+            if round_trip:
+                if name not in CASES:
+                    raise KeyError(f"case should be one of {sorted(CASES)}, actual {name!r}")
+                # Through JSON, as regenerate writes it: lists, floats and bools compare exactly...
+                inputs = json.loads(_dumps(_make_inputs(CASES[name])))
+                res = case_outputs(inputs)
+                # ...except log pi_old, a float computation whose last bits follow the BLAS kernel,
+                # compared within its own bound below.
+                same = _drop(inputs, res.input_tolerances) == _drop(data["inputs"], res.input_tolerances)
+                rows.append(FieldCheck(name, "<inputs>", 0.0 if same else float("inf"), 0.0 if same else float("inf"),
+                                       0.0, 0.0, same, "" if same else "rebuilt inputs differ from the stored ones",
+                                       used=0.0 if same else float("inf")))
+                rows.extend(_compare(name, f"<inputs>.{k}", _get(inputs, k), _get(data["inputs"], k), tol)
+                            for k, tol in res.input_tolerances.items())
+                outputs = res.outputs
+            else:
+                outputs = case_outputs(inputs).outputs
         except Exception as exc:  # a case that cannot be rebuilt fails, it is not skipped
             rows.append(FieldCheck(name, "<rebuild>", float("inf"), float("inf"), 0.0, 0.0, False,
                                    f"{type(exc).__name__}: {exc}"))
