@@ -23,7 +23,7 @@ import scipy.sparse.linalg as spla
 
 from refpg._validation import check_probability_rows, entry
 from refpg.errors import EvaluationMismatchError, InvalidInputError, NonFiniteError, RefpgError, RefpgWarning
-from refpg.mdp import TabularMDP
+from refpg.mdp import TabularMDP, int32_indices
 from refpg.policies import Parameterization
 
 __all__ = ["Evaluation", "evaluate", "policy_evaluation"]
@@ -243,7 +243,8 @@ def solve_pair(P_pi, gamma, r_pi, rho, *, overwrite: bool = False):
     """
     n = P_pi.shape[0]
     if sp.issparse(P_pi):
-        M = (sp.identity(n, format="csc") - gamma * P_pi).tocsc()
+        # int32 indices: scipy 1.11's SuperLU refuses int64 ones (see int32_indices).
+        M = int32_indices((sp.identity(n, format="csc") - gamma * P_pi).tocsc())
         lu = spla.splu(M)
         return lu.solve(r_pi), lu.solve(rho, trans="T")
     M = P_pi if overwrite else P_pi.copy()

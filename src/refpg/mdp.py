@@ -372,10 +372,31 @@ def reachable_from(adj, sources: np.ndarray) -> np.ndarray:
                               np.concatenate([adj.indptr, [adj.indptr[-1] + src.size]])),
                              shape=(S + 1, S + 1))
         start = S
-    order = breadth_first_order(graph, start, directed=True, return_predecessors=False)
+    order = breadth_first_order(int32_indices(graph), start, directed=True, return_predecessors=False)
     mask = np.zeros(graph.shape[0], dtype=bool)
     mask[order] = True
     return mask[:S]
+
+
+def int32_indices(a):
+    """The CSR/CSC array `a` with int32 index arrays, when its sizes fit in int32.
+
+    `scipy.sparse.csgraph` (here `breadth_first_order`) and SuperLU (`splu`)
+    work on C-int (int32) indices only. A sparse array built from NumPy index
+    arrays (`np.arange`, `np.flatnonzero`, `np.concatenate` of them: int64)
+    keeps int64 indices, and scipy 1.11 hands them on unconverted, so it
+    refuses them ("Buffer dtype mismatch", "rowind and colptr must be of type
+    cint"); later releases cast them themselves. Casting here works on every
+    supported scipy. `a` itself is never modified; an array too large for
+    int32 is returned as it is (only a scipy that takes int64 can use it).
+    """
+    i32 = np.int32
+    if a.indices.dtype == i32 and a.indptr.dtype == i32:
+        return a
+    limit = np.iinfo(i32).max
+    if max(a.shape) > limit or a.indptr[-1] > limit:
+        return a
+    return type(a)((a.data, a.indices.astype(i32), a.indptr.astype(i32)), shape=a.shape)
 
 
 def _sparse_transitions(P):
