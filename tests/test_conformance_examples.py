@@ -1,14 +1,22 @@
 """The conformance kit on its bundled zoo (refpg.examples): every correct implementation passes, in its
 convention and backend and in float32 too; every broken one is caught by the check id it declares; the
 statistical checks raise no false alarm over a few seeds (the 200-seed run is bench/conformance.py); the
-`refpg check` demo behaves as declared."""
+`refpg check` demo behaves as declared.
+
+The demo checks its examples with the same call as `test_correct_example_passes` and
+`test_broken_example_is_caught_by_its_check_id` (`runner._run_example`, the default seed): the
+`example_report` fixture computes each of those reports once per test session, for the demo and the
+per-example test alike."""
 
 import importlib.util
+import os
+import pickle
 
 import pytest
 
 from refpg import examples
 from refpg.conformance import check
+from refpg.conformance.runner import _run_example
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -19,6 +27,30 @@ def _marks(ex):
 
 def _run(ex, **kwargs):
     return check(ex.kind, ex.fn, convention=ex.convention, backend=ex.backend, **{**dict(ex.options), **kwargs})
+
+
+@pytest.fixture(scope="session")
+def example_report(tmp_path_factory):
+    """``example_report(ex)``: the report of ``runner._run_example(ex)``, the demo's own call (the
+    same as ``_run(ex)``), computed once per session and shared by the xdist workers through a
+    directory of pickles. Its seed is fixed, so every worker would compute the same verdicts; two
+    workers that miss the same report at once both compute it, and either copy is kept."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above every worker's own
+    cache = root / "refpg-example-reports"
+    cache.mkdir(exist_ok=True)
+
+    def get(ex):
+        path = cache / f"{ex.name}.pickle"
+        if path.exists():
+            return pickle.loads(path.read_bytes())
+        report = _run_example(ex)
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_bytes(pickle.dumps(report))
+        os.replace(partial, path)  # atomic: a reader sees a whole pickle or none
+        return report
+    return get
 
 
 def test_the_zoo_is_large_and_covers_every_kind():
@@ -35,8 +67,8 @@ def test_the_zoo_is_large_and_covers_every_kind():
 
 
 @pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name, marks=_marks(ex)) for ex in examples.CORRECT])
-def test_correct_example_passes(ex):
-    report = _run(ex)
+def test_correct_example_passes(ex, example_report):
+    report = example_report(ex)
     assert report.passed, str(report)
 
 
@@ -48,8 +80,8 @@ def test_correct_example_passes_in_float32(ex):
 
 
 @pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name, marks=_marks(ex)) for ex in examples.BROKEN])
-def test_broken_example_is_caught_by_its_check_id(ex):
-    report = _run(ex)
+def test_broken_example_is_caught_by_its_check_id(ex, example_report):
+    report = example_report(ex)
     assert ex.expected in report.failed_ids, str(report)
     failure = report.failure(ex.expected)
     # Every failure explains itself: what, expected, actual, and a counterexample (or a traceback).
@@ -69,9 +101,12 @@ def test_statistical_checks_raise_no_false_alarm_on_other_seeds(ex, seed):
     assert report.passed, str(report)
 
 
-def test_refpg_check_demo_behaves_as_declared(capsys):
+def test_refpg_check_demo_behaves_as_declared(capsys, monkeypatch, example_report):
     from refpg.cli import main
+    from refpg.conformance import runner
 
+    # Every example of the demo also has its own test above: their reports are computed once.
+    monkeypatch.setattr(runner, "_run_example", example_report)
     assert main(["check"]) == 0
     out = capsys.readouterr().out
     assert "PASSED" in out and "FAILED" in out and "counterexample:" in out
