@@ -69,6 +69,24 @@ def _round_up(x: float) -> float:
     return float(f"{math.ceil(x / 10.0 ** e * (1 - 1e-12))}e{e}")
 
 
+def _softmax_errors(policy, theta, features, A) -> tuple:
+    """(relative error of pi, absolute error of log pi) at theta: 2 e_z + (A+4) u, plus u |log pi|.
+
+    e_z bounds the logits' error: subtracting the max (2 u |z|), after the k-term dot product
+    f . theta for log-linear (gamma_k sum |f theta|).
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    if features is None:
+        k, z_mag = 0, _inf(theta)
+    else:
+        k, z_mag = features.shape[-1], float(np.max(np.abs(features) @ np.abs(theta)))
+    logpi = policy.log_probs(theta)
+    A = logpi.shape[-1] if A is None else A
+    e_z = (k + 2) * U * z_mag
+    e_pi = 2.0 * e_z + (A + 4) * U
+    return e_pi, e_pi + U * _inf(np.where(np.isfinite(logpi), logpi, 0.0))
+
+
 def _norm2(x) -> float:
     return float(np.linalg.norm(np.ravel(x)))
 
@@ -81,18 +99,22 @@ def _inf(x) -> float:
 class ErrorModel:
     """The first-order error bounds of one case's exact quantities (see the module docstring).
 
-    Every ``e_*`` is an absolute bound on the inf-norm error of that quantity.
+    Every ``e_*`` is an absolute bound on the inf-norm error of that quantity, except ``e_d``
+    (1-norm) and ``e_pi`` (relative, entry by entry, which also bounds the absolute error as pi <= 1).
     """
 
+    policy: object
+    features: object      # (S, A, k) for log-linear, None for tabular softmax
     n_params: int
-    h: float            # 1 / (1 - gamma)
+    n_sum: int            # length of the longest sum in a Fisher-vector product: S + A + k + 2
+    h: float              # 1 / (1 - gamma)
     kappa_B: float
     c_B: float
     eta_B: float
-    R: float            # ||V||_inf
+    V_max: float
     A_max: float
-    G: float            # max inf-norm of grad log pi(a|s)
-    G2: float           # max 2-norm of grad log pi(a|s)
+    G: float              # max inf-norm of grad log pi(a|s)
+    G2: float             # max 2-norm of grad log pi(a|s)
     e_V: float
     e_d: float
     e_J: float
@@ -111,54 +133,55 @@ class ErrorModel:
         c_B = 6.0 * S + 2.0 * A + 4.0
         x = kappa_B * c_B * U
         eta_B = x / (1.0 - x)
-        r_max = _inf(mdp.r)
-        V_max = _inf(ev.V)
-        # ||dV|| <= ||M^-1|| (||dM|| ||V|| + ||d r_pi||) / (1 - kappa ||dM||/||M||), ||M^-1||_inf <= h:
-        # the LU and P_pi terms scale with ||V||, forming r_pi (A terms) with ||r||.
-        e_V = h * ((1.0 + gamma) * c_B * U * V_max + (A + 2) * U * r_max) / (1.0 - x)
+        if features is None:      # tabular softmax: logits = theta, grad log pi = e_a - pi_s
+            k, G, G2 = 0, 1.0, math.sqrt(2.0)
+        else:                     # log-linear: logits = f . theta, grad log pi = f_sa - E_pi f_s
+            k = features.shape[-1]
+            G = 2.0 * _inf(features)
+            G2 = 2.0 * float(np.max(np.linalg.norm(features, axis=-1)))
+        e_pi, e_logpi = _softmax_errors(policy, theta, features, A)
+        r_max, V_max = _inf(mdp.r), _inf(ev.V)
+        # V: ||dV|| <= ||M^-1|| (||dM|| ||V|| + ||d r_pi||) / (1 - x) with ||M^-1||_inf <= h; dM holds
+        # the LU's backward error and gamma dP_pi, whose rows sum to at most e_pi (pi's relative error).
+        e_V = h * (((1.0 + gamma) * c_B * U + gamma * e_pi) * V_max + ((A + 2) * U + e_pi) * r_max) / (1.0 - x)
+        # d: ||dd||_1 <= ||M^-T||_1 ||dM^T d||_1 <= h ((1+gamma) c_B u + gamma e_pi) ||d||_1, ||d||_1 = 1.
+        e_d = h * ((1.0 + gamma) * c_B * U + gamma * e_pi) / (1.0 - x)
         e_Q = gamma * e_V + (S + 2) * U * (r_max + gamma * V_max)
         e_A = e_Q + e_V + 2.0 * U * (r_max + 2.0 * V_max)
-        R = V_max
-        if features is None:      # tabular softmax: logits = theta, grad log pi = e_a - pi_s
-            z_mag, k, G, G2 = _inf(theta), 0, 1.0, math.sqrt(2.0)
-        else:                     # log-linear: logits = f . theta, grad log pi = f_sa - E_pi f_s
-            f = np.asarray(features)
-            z_mag = float(np.max(np.abs(f) @ np.abs(theta)))
-            k = f.shape[-1]
-            G = 2.0 * _inf(f)
-            G2 = 2.0 * float(np.max(np.linalg.norm(f, axis=-1)))
-        e_z = (k + 2) * U * z_mag
-        e_pi = 2.0 * e_z + (A + 4) * U
-        logpi = policy.log_probs(theta)
-        e_logpi = 2.0 * e_z + (A + 4) * U + U * _inf(np.where(np.isfinite(logpi), logpi, 0.0))
         A_max = _inf(ev.A)
-        # grad J = sum_sa w_sa grad log pi(a|s), w = h d pi A: sum |dw| <= h(eta_B + A e_pi + 4u) A_max + h e_A.
-        sum_dw = h * ((eta_B + A * e_pi + 4.0 * U) * A_max + e_A)
+        # grad J = sum_sa w_sa grad log pi(a|s), w = h d pi A: sum |dw| <= h (e_d + A e_pi + 4u) A_max + h e_A.
+        sum_dw = h * ((e_d + A * e_pi + 4.0 * U) * A_max + e_A)
         e_g = G * sum_dw + S * A * U * G * h * A_max
-        e_F = G * G * (eta_B + 3.0 * A * e_pi + (S * A + 4) * U)
-        return cls(n_params=policy.n_params, h=h, kappa_B=kappa_B, c_B=c_B, eta_B=eta_B, R=R, A_max=A_max,
-                   G=G, G2=G2, e_V=e_V, e_d=eta_B, e_J=e_V + S * U * R, e_Q=e_Q, e_A=e_A, e_pi=e_pi,
-                   e_logpi=e_logpi, e_g=e_g, e_F=e_F)
+        e_F = G * G * (e_d + 3.0 * A * e_pi + (S * A + 4) * U)
+        return cls(policy=policy, features=features, n_params=policy.n_params, n_sum=S + A + k + 2, h=h,
+                   kappa_B=kappa_B, c_B=c_B, eta_B=eta_B, V_max=V_max, A_max=A_max, G=G, G2=G2, e_V=e_V,
+                   e_d=e_d, e_J=e_V + S * U * V_max, e_Q=e_Q, e_A=e_A, e_pi=e_pi, e_logpi=e_logpi, e_g=e_g,
+                   e_F=e_F)
+
+    def logpi_error(self, theta) -> float:
+        """Bound on the absolute error of log pi_theta, at any theta (the line search's, PPO's, theta_kl)."""
+        return _softmax_errors(self.policy, theta, self.features, None)[1]
 
     # ------------------------------------------------------------ exact fields
 
     def bellman_basis(self) -> str:
         return (f"kappa_B = (1+gamma)/(1-gamma) = {self.kappa_B:.4g}, c_B = 6S+2A+4 = {self.c_B:g}, "
-                f"eta_B = kappa_B c_B u = {self.eta_B:.3g}")
+                f"eta_B = kappa_B c_B u = {self.eta_B:.3g}, e_pi = {self.e_pi:.3g} (pi's relative error)")
 
     def exact_tolerances(self, natural_gradient_bound: tuple) -> dict:
         b = self.bellman_basis()
         nb, nbasis = natural_gradient_bound
         return {
-            "V": tolerance(self.e_V, f"Bellman solve: h ((1+gamma) c_B u ||V|| + (A+2) u ||r||); {b}"),
-            "d": tolerance(self.e_d, f"occupancy solve: eta_B ||d||_1; {b}"),
+            "V": tolerance(self.e_V, f"Bellman solve: h (((1+gamma) c_B u + gamma e_pi) ||V|| + "
+                                     f"((A+2) u + e_pi) ||r||); {b}"),
+            "d": tolerance(self.e_d, f"occupancy solve: h ((1+gamma) c_B u + gamma e_pi) ||d||_1; {b}"),
             "J": tolerance(self.e_J, f"rho . V: error of V + S u ||V||; {b}"),
             "Q": tolerance(self.e_Q, f"r + gamma P V: gamma e_V + (S+2) u (|r| + gamma |V|); {b}"),
             "A": tolerance(self.e_A, f"Q - V: e_Q + e_V; {b}"),
             "pi": tolerance(self.e_pi, "softmax of the logits: 2 e_logits + (A+4) u"),
             "policy_gradient": tolerance(self.e_g, f"h sum_sa d pi A grad log pi: errors of d, A, pi "
                                                    f"through the sum (G = {self.G:.3g}); {b}"),
-            "fisher": tolerance(self.e_F, f"sum_s d sum_a pi grad log pi grad log pi^T: G^2 (eta_B + "
+            "fisher": tolerance(self.e_F, f"sum_s d sum_a pi grad log pi grad log pi^T: G^2 (e_d + "
                                           f"3 A e_pi + (SA+4) u); {b}"),
             "natural_gradient": tolerance(nb, nbasis),
         }
@@ -195,9 +218,12 @@ def trpo_tolerances(model: ErrorModel, mdp, policy, theta, F, tr, *, damping: fl
     x_flat = tr.direction.ravel()
     Fdx = F @ x_flat + damping * x_flat
     # ||x - x*||_2 <= ||(F + lambda I)^-1||_2 ||true residual||, and lambda_min(F + lambda I) >= lambda.
-    e_x = (cg_rtol * g2 + math.sqrt(n) * model.e_g + (n * model.e_F + 2.0 * n * U * Fd) * x2 + U * g2) / damping
+    # ||F_hat - F|| from the errors of d and pi (n e_F), plus the product's own rounding (sums of
+    # n_sum terms of size G2^2 |v|) and the residual's (n u ||F + lambda I||).
+    e_op = n * model.e_F + 4.0 * model.n_sum * U * model.G2 ** 2 + 2.0 * n * U * Fd
+    e_x = (cg_rtol * g2 + math.sqrt(n) * model.e_g + e_op * x2 + U * g2) / damping
     q = float(x_flat @ Fdx)
-    e_q = 2.0 * _norm2(Fdx) * e_x + Fd * e_x ** 2 + (n * model.e_F + 2.0 * n * U * Fd) * x2 ** 2
+    e_q = 2.0 * _norm2(Fdx) * e_x + Fd * e_x ** 2 + e_op * x2 ** 2
     if not e_q <= 0.5 * q:
         raise GoldenMarginError(f"TRPO's quadratic form {q!r} is not determined by its error bound {e_q!r}")
     beta = tr.beta
@@ -216,11 +242,14 @@ def trpo_tolerances(model: ErrorModel, mdp, policy, theta, F, tr, *, damping: fl
         gL = _norm2(surrogate_gradient(mdp, policy, th, theta))
         gK = _norm2(kl_gradient(mdp, policy, th, theta))
         kl_s = _inf(policy_kl(pi_old, policy.probs(th)))
-        ei = (2.0 * gL * t.fraction * e_s + model.h * (model.eta_B * model.A_max + model.e_A) * dpi
+        # The KL's terms pi_old |log pi_old - log pi| exceed the KL where they cancel: round-off scales with them.
+        terms = float(np.max(np.sum(pi_old * np.abs(policy.log_probs(theta) - policy.log_probs(th)), axis=1)))
+        e_logpi = max(model.e_logpi, model.logpi_error(th))
+        ei = (2.0 * gL * t.fraction * e_s + model.h * (model.e_d * model.A_max + model.e_A) * dpi
               + 2.0 * mdp.n_actions * model.e_pi * model.h * model.A_max
               + 2.0 * mdp.n_states * mdp.n_actions * U * model.h * model.A_max)
-        ek = (2.0 * gK * t.fraction * e_s + model.eta_B * kl_s + 2.0 * model.e_logpi
-              + (mdp.n_states + mdp.n_actions) * U * max(kl_s, model.e_logpi))
+        ek = (2.0 * gK * t.fraction * e_s + model.e_d * kl_s + 2.0 * e_logpi
+              + (mdp.n_states + mdp.n_actions) * U * terms)
         # The flag is improvement > 0 and kl <= max_kl: both must sit outside twice their bound.
         if abs(t.improvement) <= 2.0 * ei or abs(t.kl - max_kl) <= 2.0 * ek:
             raise GoldenMarginError(
@@ -229,7 +258,7 @@ def trpo_tolerances(model: ErrorModel, mdp, policy, theta, F, tr, *, damping: fl
         e_imp.append(ei)
         e_kl.append(ek)
     ls_basis = ("per trial fraction f: improvement 2 ||grad L(theta_f)|| f e_step + errors of d, A, pi; "
-                "kl 2 ||grad KL(theta_f)|| f e_step + eta_B KL + 2 e_logpi; flags checked outside 2x bound")
+                "kl 2 ||grad KL(theta_f)|| f e_step + e_d KL + 2 e_logpi; flags checked outside 2x bound")
     out["trpo.line_search"] = tolerance(max(e_imp + e_kl, default=0.0), ls_basis)
     acc = [i for i, t in enumerate(tr.line_search) if t.accepted]
     if acc:
@@ -258,7 +287,7 @@ def ppo_tolerances(model: ErrorModel, policy, theta, ev, pp, *, clip_eps: float,
     S, A = ev.A.shape
     pi_old = policy.probs(theta)
     d, adv = ev.d, ev.A
-    sum_dw = (model.eta_B + A * model.e_pi + 4.0 * U) * model.A_max + model.e_A
+    sum_dw = (model.e_d + A * model.e_pi + 4.0 * U) * model.A_max + model.e_A
     e = 0.0
     th = np.asarray(theta, dtype=np.float64)
     e_obj = []
@@ -268,7 +297,7 @@ def ppo_tolerances(model: ErrorModel, policy, theta, ev, pp, *, clip_eps: float,
         rho_max = float(np.max(ratio[ev.support]))
         e_grad = model.G * rho_max * sum_dw + S * A * U * model.G * model.A_max * rho_max
         # Active (unclipped) pairs: pi A with A > 0 and r < 1 + eps, or A < 0 and r > 1 - eps.
-        e_log_r = 2.0 * model.e_logpi + model.G2 * e
+        e_log_r = model.e_logpi + model.logpi_error(th) + model.G2 * e
         for edge in (1.0 - clip_eps, 1.0 + clip_eps):
             gap = np.abs(ratio - edge)[ev.support]
             need = 2.0 * ratio[ev.support] * 2.0 * e_log_r
@@ -311,7 +340,7 @@ def batch_tolerances(model: ErrorModel, policy, theta_kl, b, values_max: float, 
     e_gae = T * ((1.0 + gamma) * model.e_V) + 5.0 * T * U * mag_gae
     logpi_kl = policy.log_probs(theta_kl)
     x = logpi_kl[b.states, b.actions] - b.log_probs
-    e_x = model.e_logpi + U * _inf(logpi_kl) + U * _inf(x)
+    e_x = model.logpi_error(theta_kl) + U * _inf(x)
     ex = np.exp(x)
     adv = np.asarray(out["gae"])
     e_grad_logpi = logpi_kl.shape[1] * model.e_pi * model.G
