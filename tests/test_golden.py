@@ -227,3 +227,20 @@ def test_readme_reader_runs_without_refpg_and_matches_the_file(monkeypatch, caps
     case = json.loads((GOLDEN / "garnet_5_3_2_loglinear.json").read_text())
     np.testing.assert_allclose(ns["V"], case["outputs"]["V"], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ns["J"], case["outputs"]["J"], rtol=1e-12, atol=1e-12)
+
+
+def test_tolerances_still_tell_a_wrong_trpo_setting_apart():
+    # The old recording (undamped CG stopped at 10 iterations) and a damping of 0.01 instead of 0.1
+    # are real differences a user's TRPO could have: each must fall outside the direction's tolerance.
+    from refpg.algorithms import trpo_step
+
+    data = json.loads((GOLDEN / "cliff_walking_softmax.json").read_text())
+    inp, cfg = data["inputs"], data["inputs"]["settings"]
+    mdp = golden._mdp_from_inputs(inp)
+    pol = golden._policy("tabular_softmax", mdp.n_states, mdp.n_actions)
+    stored = np.ravel(data["outputs"]["trpo"]["direction"])
+    atol = data["tolerances"]["trpo.direction"]["atol"]
+    for kwargs in ({"cg_iters": 10, "damping": 0.0}, {"cg_iters": cfg["trpo_cg_iters"], "damping": 0.01}):
+        tr = trpo_step(mdp, pol, np.array(inp["theta"]), max_kl=cfg["trpo_max_kl"], cg_rtol=cfg["trpo_cg_rtol"],
+                       **kwargs)
+        assert np.abs(np.ravel(tr.direction) - stored).max() > 1e3 * atol, kwargs
