@@ -11,8 +11,16 @@
 
 import os
 
-import pytest
-from hypothesis import HealthCheck, settings
+# One OpenMP/BLAS thread per test process, as .ci/run sets: pytest-xdist already runs one worker per
+# core. Left to itself torch starts one intra-op thread per core in every worker, whose spinning
+# threads then fight over the cores: on 2 cores, two processes running the reinforce_torch check at
+# once take 23 s each with torch's default of 2 threads, 3.6 s with 1 thread. Set before any test
+# imports torch; a value the caller exported wins.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 pytest_plugins = ["pytester"]  # test_conformance runs the pytest plugin in a scratch project
 
