@@ -10,6 +10,7 @@
 """
 
 import os
+import pickle
 
 # One OpenMP/BLAS thread per test process, as .ci/run sets: pytest-xdist already runs one worker per
 # core. Left to itself torch starts one intra-op thread per core in every worker, whose spinning
@@ -39,15 +40,50 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
-def outputs(tmp_path_factory):
+def once_per_session(tmp_path_factory):
+    """``once_per_session(key, compute) -> (directory, value)``: ``value = compute(directory)`` run once
+    per test session, even across pytest-xdist workers.
+
+    The first worker to ask for `key` computes it (into `directory`, where it may write files) under
+    a file lock while any other worker asking for the same key waits, then pickles the value; the
+    others load that pickle. Each worker also keeps the value it got, as a session fixture would.
+    For computations that are deterministic (fixed seeds), such as a study's quick run or a
+    conformance report: sharing them changes what is computed only in how often. Without
+    ``fcntl`` (Windows) every worker computes its own copy, as before.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no file locks: one copy per worker
+        fcntl = None
+    root = tmp_path_factory.getbasetemp()
+    if fcntl is not None and os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's directory, shared by its workers
+    root = root / "once-per-session"
+    root.mkdir(exist_ok=True)
+    memo = {}
+
+    def get(key, compute):
+        if key not in memo:
+            directory, done = root / key, root / f"{key}.pickle"
+            with open(root / f"{key}.lock", "w") as lock:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                if done.exists():
+                    value = pickle.loads(done.read_bytes())
+                else:
+                    directory.mkdir(exist_ok=True)
+                    value = compute(directory)
+                    done.write_bytes(pickle.dumps(value))
+            memo[key] = (directory, value)
+        return memo[key]
+    return get
+
+
+@pytest.fixture(scope="session")
+def outputs(once_per_session):
     """``outputs(name) -> (out_dir, headline)``: each study run once in quick mode per session."""
     from refpg.studies import run_study
 
-    cache = {}
-
     def get(name):
-        if name not in cache:
-            out = tmp_path_factory.mktemp(name)
-            cache[name] = (out, run_study(name, quick=True, out_dir=out))
-        return cache[name]
+        return once_per_session(f"study-{name}", lambda out: run_study(name, quick=True, out_dir=out))
     return get

@@ -9,8 +9,6 @@ The demo checks its examples with the same call as `test_correct_example_passes`
 per-example test alike."""
 
 import importlib.util
-import os
-import pickle
 
 import pytest
 
@@ -30,27 +28,10 @@ def _run(ex, **kwargs):
 
 
 @pytest.fixture(scope="session")
-def example_report(tmp_path_factory):
-    """``example_report(ex)``: the report of ``runner._run_example(ex)``, the demo's own call (the
-    same as ``_run(ex)``), computed once per session and shared by the xdist workers through a
-    directory of pickles. Its seed is fixed, so every worker would compute the same verdicts; two
-    workers that miss the same report at once both compute it, and either copy is kept."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the session's directory, above every worker's own
-    cache = root / "refpg-example-reports"
-    cache.mkdir(exist_ok=True)
-
-    def get(ex):
-        path = cache / f"{ex.name}.pickle"
-        if path.exists():
-            return pickle.loads(path.read_bytes())
-        report = _run_example(ex)
-        partial = path.with_name(f"{path.name}.{os.getpid()}")
-        partial.write_bytes(pickle.dumps(report))
-        os.replace(partial, path)  # atomic: a reader sees a whole pickle or none
-        return report
-    return get
+def example_report(once_per_session):
+    """``example_report(ex)``: the report of ``runner._run_example(ex)``, the demo's own call (the same
+    as ``_run(ex)``), computed once per session (conftest.py's `once_per_session`)."""
+    return lambda ex: once_per_session(f"example-{ex.name}", lambda _: _run_example(ex))[1]
 
 
 def test_the_zoo_is_large_and_covers_every_kind():
