@@ -155,18 +155,21 @@ def _backtracking_power(ratio: float) -> str | None:
 
 # -- cases ----------------------------------------------------------------------------------
 
+_LOGITS = st.one_of(st.integers(-2, 2).map(float), st.floats(-2.0, 2.0))
+_MAX_KL_CHOICES = st.sampled_from(MAX_KLS)  # built once, not per case (see _cases)
+
+
 @st.composite
 def _batches(draw):
     S = draw(st.integers(1, 3))
     A = draw(st.integers(2, 3))
     n = draw(st.integers(1, 8))
-    logits = st.one_of(st.integers(-2, 2).map(float), st.floats(-2.0, 2.0))
-    theta = np.array(draw(st.lists(logits, min_size=S * A, max_size=S * A))).reshape(S, A)
+    theta = np.array(draw(st.lists(_LOGITS, min_size=S * A, max_size=S * A))).reshape(S, A)
     states = np.array(draw(st.lists(st.integers(0, S - 1), min_size=n, max_size=n)), dtype=float)
     actions = np.array(draw(st.lists(st.integers(0, A - 1), min_size=n, max_size=n)), dtype=float)
     adv = np.array(draw(st.lists(_cases.numbers(), min_size=n, max_size=n)))
     return {"theta_old": theta, "states": states, "actions": actions, "advantages": adv,
-            "max_kl": draw(st.sampled_from(MAX_KLS))}
+            "max_kl": draw(_MAX_KL_CHOICES)}
 
 
 @st.composite
@@ -182,7 +185,7 @@ def _hopeless(draw):
     adv = np.array([1.0, *draw(st.lists(st.sampled_from([0.0, -1.0]), min_size=len(extra),
                                         max_size=len(extra)))])
     return {"theta_old": theta, "states": np.zeros(actions.size), "actions": actions, "advantages": adv,
-            "max_kl": draw(st.sampled_from(MAX_KLS))}
+            "max_kl": draw(_MAX_KL_CHOICES)}
 
 
 def _moves(case):
