@@ -255,7 +255,10 @@ def test_pytest_plugin(pytester):
         def test_bad(refpg_check):
             refpg_check("kl_estimator", lambda n, o: -(n - o), non_negative=True)
     """))
-    result = pytester.runpytest_subprocess("-p", "no:xdist", "--refpg-max-examples", "20", "-q")
+    # In process: a fresh pytest Config that finds the plugin through its pytest11 entry point (it
+    # fails with PYTEST_DISABLE_PLUGIN_AUTOLOAD=1), without a second interpreter importing pytest,
+    # NumPy and refpg (~2 s). Each check seeds its own search, so the outer profile does not matter.
+    result = pytester.runpytest_inprocess("-p", "no:xdist", "--refpg-max-examples", "20", "-q")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*FAIL kl_estimator.non_negative*"])
 
