@@ -18,10 +18,11 @@ roundoff, in three layers:
   condition number of both systems (inf-norm for V, 1-norm for d) without
   computing anything. LU with partial pivoting has growth factor <= 2 on it,
   so forming P_pi and r_pi and solving has normwise backward error at most
-  ``c_B u`` with ``c_B = 6 S + 2 A + 4`` (Higham Thm 9.4, 9.9), and
-  ``eta_B = kappa_B c_B u / (1 - kappa_B c_B u)`` bounds the relative forward
-  error of V and d (Higham Thm 7.2). Q, A, J, the policy gradient and the
-  Fisher matrix inherit it through the explicit formulas that build them.
+  ``c_B u`` with ``c_B = 6 S + 2 A + 4`` (Higham Thm 9.4, 9.9); pi's own
+  relative error e_pi (from the logits) perturbs P_pi and r_pi further. So
+  about ``eta_B = kappa_B c_B u`` (plus e_pi's share) bounds the relative
+  forward error of V and d (Higham Thm 7.2). Q, A, J, the policy gradient and
+  the Fisher matrix inherit it through the explicit formulas that build them.
 * **The solvers.** The log-linear natural gradient solves ``F x = g`` with
   n <= 64 parameters: its bound is ``||F^+|| (||dF|| ||x|| + ||dg||)`` plus the
   solve's own ``3 n u kappa(F)``. TRPO's direction is conjugate gradient on
