@@ -235,7 +235,7 @@ def trpo_tolerances(model: ErrorModel, mdp, policy, theta, F, tr, *, damping: fl
     out = {"trpo.direction": tolerance(e_x, cg),
            "trpo.beta": tolerance(e_beta, f"sqrt(2 max_kl / x^T (F + lambda I) x): beta e_q / q; {cg}")}
 
-    pi_old = policy.probs(theta)
+    pi_old, logpi_old = policy.probs(theta), policy.log_probs(theta)
     e_imp, e_kl = [], []
     for t in tr.line_search:
         th = theta + t.fraction * tr.full_step
@@ -244,7 +244,7 @@ def trpo_tolerances(model: ErrorModel, mdp, policy, theta, F, tr, *, damping: fl
         gK = _norm2(kl_gradient(mdp, policy, th, theta))
         kl_s = _inf(policy_kl(pi_old, policy.probs(th)))
         # The KL's terms pi_old |log pi_old - log pi| exceed the KL where they cancel: round-off scales with them.
-        terms = float(np.max(np.sum(pi_old * np.abs(policy.log_probs(theta) - policy.log_probs(th)), axis=1)))
+        terms = float(np.max(np.sum(pi_old * np.abs(logpi_old - policy.log_probs(th)), axis=1)))
         e_logpi = max(model.e_logpi, model.logpi_error(th))
         ei = (2.0 * gL * t.fraction * e_s + model.h * (model.e_d * model.A_max + model.e_A) * dpi
               + 2.0 * mdp.n_actions * model.e_pi * model.h * model.A_max
@@ -277,43 +277,46 @@ def trpo_tolerances(model: ErrorModel, mdp, policy, theta, F, tr, *, damping: fl
     return out
 
 
-def ppo_tolerances(model: ErrorModel, policy, theta, ev, pp, *, clip_eps: float, lr: float,
+def ppo_tolerances(model: ErrorModel, mdp, policy, theta, ev, pp, *, clip_eps: float, lr: float,
                    tabular: bool) -> dict:
     """Tolerances of ``ppo.theta`` and ``ppo.objective`` (exact mode, full-batch SGD ascent).
 
     e_{k+1} = (1 + lr H_k) e_k + lr sqrt(n) e_grad with H_k a bound on the Hessian of the clipped
     surrogate at theta_k; the clipping pattern at every theta_k must sit outside twice its bound.
     """
+    from refpg.algorithms.ppo import exact_clipped_surrogate_gradient
+
     n = model.n_params
     S, A = ev.A.shape
     pi_old = policy.probs(theta)
-    d, adv = ev.d, ev.A
     sum_dw = (model.e_d + A * model.e_pi + 4.0 * U) * model.A_max + model.e_A
+
+    def gradient(th):
+        return exact_clipped_surrogate_gradient(mdp, policy, th, theta, clip_eps, evaluation_old=ev)
+
+    def ratio(th):
+        return np.where(pi_old > 0, policy.probs(th) / np.where(pi_old > 0, pi_old, 1.0), 1.0)
+
     e = 0.0
     th = np.asarray(theta, dtype=np.float64)
+    g, r = gradient(th), ratio(th)
     e_obj = []
     for epoch in pp.history:
-        pi = policy.probs(th)
-        ratio = np.where(pi_old > 0, pi / np.where(pi_old > 0, pi_old, 1.0), 1.0)
-        rho_max = float(np.max(ratio[ev.support]))
-        e_grad = model.G * rho_max * sum_dw + S * A * U * model.G * model.A_max * rho_max
+        e_grad = model.G * float(np.max(r[ev.support])) * (sum_dw + S * A * U * model.A_max)
         # Active (unclipped) pairs: pi A with A > 0 and r < 1 + eps, or A < 0 and r > 1 - eps.
         e_log_r = model.e_logpi + model.logpi_error(th) + model.G2 * e
         for edge in (1.0 - clip_eps, 1.0 + clip_eps):
-            gap = np.abs(ratio - edge)[ev.support]
-            need = 2.0 * ratio[ev.support] * 2.0 * e_log_r
-            if np.any(gap <= need):
+            gap = np.abs(r - edge)[ev.support]
+            if np.any(gap <= 2.0 * r[ev.support] * 2.0 * e_log_r):
                 raise GoldenMarginError(f"PPO ratio within {float(np.min(gap)):.3g} of the clip edge {edge} "
                                         f"at epoch {epoch.epoch}: the clip pattern is not determined")
-        weights = 2.0 * model.G2 ** 2 * np.einsum("s,sa,sa->s", d, pi, np.abs(adv))
+        weights = 2.0 * model.G2 ** 2 * np.einsum("s,sa,sa->s", ev.d, policy.probs(th), np.abs(ev.A))
         H = float(weights.max() if tabular else weights.sum())
-        g = _ppo_gradient(policy, th, pi_old, d, adv, clip_eps)
         e = (1.0 + lr * H) * e + lr * math.sqrt(n) * e_grad
         th = th + lr * g
-        pi = policy.probs(th)
-        rho_max = float(np.max((pi / np.where(pi_old > 0, pi_old, 1.0))[ev.support]))
-        e_obj.append(2.0 * _norm2(_ppo_gradient(policy, th, pi_old, d, adv, clip_eps)) * e
-                     + rho_max * sum_dw + S * A * U * model.A_max * rho_max)
+        g, r = gradient(th), ratio(th)
+        rho_max = float(np.max(r[ev.support]))
+        e_obj.append(2.0 * _norm2(g) * e + rho_max * (sum_dw + S * A * U * model.A_max))
     if not np.allclose(th, pp.theta, rtol=0.0, atol=e + 1e-12):
         raise AssertionError("the bound's replay of PPO's SGD iterates should reproduce ppo_update's theta")
     basis = (f"SGD lr {lr:g}: e_(k+1) = (1 + lr H_k) e_k + lr sqrt(n) e_grad, H_k = 2 G2^2 sum d pi |A| "
@@ -322,13 +325,7 @@ def ppo_tolerances(model: ErrorModel, policy, theta, ev, pp, *, clip_eps: float,
             "ppo.objective": tolerance(max(e_obj, default=0.0), f"||grad|| e_k + errors of d, A; {basis}")}
 
 
-def _ppo_gradient(policy, theta, pi_old, d, adv, eps):
-    from refpg.algorithms.ppo import _exact_pieces
-    return _exact_pieces(policy, theta, np.log(pi_old), d, adv, eps, grad=True)[3]
-
-
-def batch_tolerances(model: ErrorModel, policy, theta_kl, b, values_max: float, gamma: float, out: dict,
-                     clip_eps: float) -> dict:
+def batch_tolerances(model: ErrorModel, policy, theta_kl, b, gamma: float, out: dict, clip_eps: float) -> dict:
     """Tolerances of the ``batch.*`` fields (sums and recursions of length T over the stored batch)."""
     from refpg.returns import discounted_returns
 
@@ -337,7 +334,7 @@ def batch_tolerances(model: ErrorModel, policy, theta_kl, b, values_max: float, 
     r_max = _inf(b.rewards)
     mag_ret = _inf(discounted_returns(np.abs(b.rewards), b.terminated, b.truncated, gamma))
     e_ret = 2.0 * T * U * mag_ret
-    mag_gae = T * (r_max + 2.0 * values_max)
+    mag_gae = T * (r_max + 2.0 * model.V_max)
     e_gae = T * ((1.0 + gamma) * model.e_V) + 5.0 * T * U * mag_gae
     logpi_kl = policy.log_probs(theta_kl)
     x = logpi_kl[b.states, b.actions] - b.log_probs

@@ -272,7 +272,7 @@ def case_outputs(inputs: dict) -> CaseOutputs:
     pp = ppo_update(mdp, pol, theta, mode="exact", clip_eps=cfg["clip_eps"], epochs=cfg["ppo_epochs"],
                     optimizer=cfg["ppo_optimizer"], lr=cfg["ppo_lr"])
     out["ppo"] = {"theta": pp.theta, "objective": [e.objective for e in pp.history]}
-    tol.update(gb.ppo_tolerances(model, pol, theta, ev, pp, clip_eps=cfg["clip_eps"], lr=cfg["ppo_lr"],
+    tol.update(gb.ppo_tolerances(model, mdp, pol, theta, ev, pp, clip_eps=cfg["clip_eps"], lr=cfg["ppo_lr"],
                                  tabular=tabular))
 
     b = _batch_from_inputs(inputs["batch"])
@@ -297,7 +297,7 @@ def case_outputs(inputs: dict) -> CaseOutputs:
     else:
         notes.append("reinforce_mean omitted: the batch holds no complete episode")
     out["batch"] = bo
-    tol.update(gb.batch_tolerances(model, pol, theta_kl, b, float(np.abs(V).max()), gamma, bo, cfg["clip_eps"]))
+    tol.update(gb.batch_tolerances(model, pol, theta_kl, b, gamma, bo, cfg["clip_eps"]))
     in_tol = {"batch.logp": gb.tolerance(model.e_logpi, "log pi_old(a|s) as the collector records it: "
                                                         "log-softmax of the logits, 2 e_logits + (A+4) u + u |log pi|")}
     return CaseOutputs(_jsonable(out), tol, notes, solvers, in_tol)
