@@ -1,4 +1,4 @@
-"""Test helpers: tolerances of CONVENTIONS.md and finite differences."""
+"""Test helpers: tolerances of docs/conventions.md and finite differences."""
 
 import numpy as np
 
@@ -23,7 +23,7 @@ def central_difference(f, x, *, h=1e-3):
 
     The five-point stencil (f(x-2h) - 8 f(x-h) + 8 f(x+h) - f(x+2h)) / (12 h)
     has truncation error O(h^4), so a comparatively large h keeps round-off
-    (about eps * |f| / h) far below the rtol 1e-6 of CONVENTIONS.md.
+    (about eps * |f| / h) far below the rtol 1e-6 of docs/conventions.md.
     """
     x = np.asarray(x, dtype=float)
     grad = np.zeros_like(x)

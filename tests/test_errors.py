@@ -1,4 +1,4 @@
-"""Every bad input of CONVENTIONS.md gets a refpg error naming the argument and entry.
+"""Every bad input of docs/conventions.md gets a refpg error naming the argument and entry.
 
 One test per case; each asserts the exception class and the message.
 """

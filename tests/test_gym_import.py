@@ -61,7 +61,7 @@ CONFIGS = {
     "Taxi-rainy": Config("Taxi-v4", {"is_rainy": True}, 1500, 80, 0, 300),
 }
 
-#: Declared false-alarm rate of the whole import proof (CONVENTIONS.md: at most 1e-6).
+#: Declared false-alarm rate of the whole import proof (docs/conventions.md: at most 1e-6).
 ALPHA_FAMILY = 1e-6
 #: Bonferroni: the family holds at most this many tests (each config asserts its share).
 FAMILY_SIZE = sum(c.budget for c in CONFIGS.values())

@@ -1,4 +1,4 @@
-"""REINFORCE estimators against the exact gradient, statistically (CONVENTIONS.md).
+"""REINFORCE estimators against the exact gradient, statistically (docs/conventions.md).
 
 Each test declares its family-wise false-alarm rate (refpg.stats.DEFAULT_ALPHA
 = 1e-6, Bonferroni over coordinates), runs on fixed seeds, and shows power by

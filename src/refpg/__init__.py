@@ -2,7 +2,7 @@
 
 Exact (infinite-sample) values, occupancies, policy gradients, Fisher
 matrices, natural gradients, surrogates and KL divergences on finite MDPs,
-following the contract of CONVENTIONS.md.
+following the contract of docs/conventions.md.
 """
 
 from refpg import envs, errors

@@ -32,7 +32,7 @@ class RefpgError(Exception):
 
 
 class InvalidInputError(RefpgError, ValueError):
-    """An argument violates the contract of CONVENTIONS.md."""
+    """An argument violates the contract of docs/conventions.md."""
 
 
 class ShapeError(InvalidInputError):

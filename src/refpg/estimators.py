@@ -53,7 +53,7 @@ def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: s
                         discount_weighting: bool = True, baseline=None) -> np.ndarray:
     r"""Per-episode REINFORCE gradient estimates, one row per complete episode.
 
-    With ``variant="reward_to_go"`` (CONVENTIONS.md):
+    With ``variant="reward_to_go"`` (docs/conventions.md):
 
     .. math::
         \hat g = \sum_t \gamma^t\, \nabla_\theta\log\pi_\theta(a_t|s_t)\,\big(G_t - b(s_t)\big),
@@ -135,7 +135,7 @@ def reinforce_gradient_estimate(policy, theta, batch: Batch, gamma: float, **kwa
 
     References
     ----------
-    [Williams1992]; CONVENTIONS.md "REINFORCE".
+    [Williams1992]; docs/conventions.md "REINFORCE".
     """
     est = reinforce_estimates(policy, theta, batch, gamma, **kwargs)
     if est.shape[0] == 0:

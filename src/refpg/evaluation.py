@@ -1,7 +1,7 @@
 r"""Exact policy evaluation: V, Q, A, the occupancy d and J in one call.
 
 One LU factorization of :math:`M = I - \gamma P_\pi` serves both solves
-(CONVENTIONS.md, "Exact quantities"):
+(docs/conventions.md, "Exact quantities"):
 
 * :math:`V = M^{-1} r_\pi`;
 * :math:`d = (1-\gamma) M^{-\top} \rho` (the normalised discounted occupancy
@@ -133,7 +133,7 @@ def evaluate(mdp: TabularMDP, pi) -> Evaluation:
     over non-terminal states, :math:`d = \mu / H` with
     :math:`\mu = \rho_N (I - P_{NN})^{-1}` and :math:`H = \sum_s \mu(s)` the
     expected episode length; terminal states get d = 0 and V = 0. Every
-    identity of CONVENTIONS.md then holds with :math:`1/(1-\gamma)` replaced
+    identity of docs/conventions.md then holds with :math:`1/(1-\gamma)` replaced
     by H. `support` then excludes the terminal states, so "d(s) > 0" and
     `support` agree for every gamma.
 

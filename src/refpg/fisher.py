@@ -1,7 +1,7 @@
 r"""The exact Fisher information matrix and the natural gradient.
 
 :math:`F(\theta) = \mathbb{E}_{s\sim d^\pi_\rho,\, a\sim\pi}[\nabla\log\pi\,\nabla\log\pi^\top]`
-with the normalised occupancy d (CONVENTIONS.md), both matrix-free and dense.
+with the normalised occupancy d (docs/conventions.md), both matrix-free and dense.
 """
 
 from __future__ import annotations

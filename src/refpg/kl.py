@@ -1,7 +1,7 @@
 r"""Exact KL divergences between two policies, per state, mean and max.
 
 Direction: :math:`D_{KL}(\pi_{old}(\cdot|s) \,\|\, \pi(\cdot|s))` everywhere
-([Schulman2015]; CONVENTIONS.md). Mean under :math:`d^{\pi_{old}}`; max over
+([Schulman2015]; docs/conventions.md). Mean under :math:`d^{\pi_{old}}`; max over
 states with :math:`d^{\pi_{old}}(s) > 0`.
 """
 

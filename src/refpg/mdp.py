@@ -1,6 +1,6 @@
 """Finite Markov decision processes with validated, immutable arrays.
 
-See CONVENTIONS.md, "Shapes and names". Transitions are stored either densely,
+See docs/conventions.md, "Shapes and names". Transitions are stored either densely,
 ``P[s, a, s2]`` of shape (S, A, S), or as a `scipy.sparse` matrix of shape
 (S*A, S) whose row ``s*A + a`` is ``P[s, a, :]``; the sparse form lets
 gridworlds with 10^5 states fit in memory.

@@ -244,7 +244,7 @@ def discounted_returns(rewards, terminated, truncated, gamma, *, next_values=Non
             B_t & \text{otherwise (truncated, or } t = T - 1)
         \end{cases}
 
-    This is the return of CONVENTIONS.md ("within one episode").
+    This is the return of docs/conventions.md ("within one episode").
 
     Parameters
     ----------
@@ -271,7 +271,7 @@ def discounted_returns(rewards, terminated, truncated, gamma, *, next_values=Non
 
     References
     ----------
-    CONVENTIONS.md, "Sample-based quantities"; [Williams1992] weighs
+    docs/conventions.md, "Sample-based quantities"; [Williams1992] weighs
     :math:`\nabla \log\pi(a_t|s_t)` by this :math:`G_t`.
 
     Examples

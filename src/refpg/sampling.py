@@ -60,7 +60,7 @@ class Batch:
         ``log_probs[t, n] = log pi(actions[t, n] | states[t, n])`` under the
         sampling policy.
     terminated, truncated : bool arrays
-        Per transition, as in CONVENTIONS.md: ``terminated`` when
+        Per transition, as in docs/conventions.md: ``terminated`` when
         ``next_states`` is terminal, ``truncated`` when the time limit cut
         the episode there (never both).
     step : int64 array

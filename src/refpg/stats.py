@@ -1,4 +1,4 @@
-r"""Statistical tests with a declared false-alarm rate (CONVENTIONS.md).
+r"""Statistical tests with a declared false-alarm rate (docs/conventions.md).
 
 `mean_test` asks whether i.i.d. vector samples have a given mean: one
 two-sided z-test per coordinate, Bonferroni-corrected so the family-wise

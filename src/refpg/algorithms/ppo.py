@@ -632,7 +632,7 @@ def exact_clipped_surrogate(mdp, policy, theta, theta_old, clip_eps, *, evaluati
         \qquad r = \frac{\pi_\theta(a|s)}{\pi_{old}(a|s)}
 
     with :math:`d_{old}` the normalised occupancy and :math:`A_{old}` the
-    exact advantages of :math:`\pi_{old}` (CONVENTIONS.md: "Exact mode takes
+    exact advantages of :math:`\pi_{old}` (docs/conventions.md: "Exact mode takes
     the expectation under d_old, pi_old").
 
     Parameters

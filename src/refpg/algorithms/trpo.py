@@ -575,7 +575,7 @@ def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", 
     :math:`g = \frac1M\sum_i \hat A_i \nabla\log\pi_{old}(a_i|s_i)`, and the
     mean KL over the batch's states,
     :math:`\frac1M\sum_i D_{KL}(\pi_{old}(\cdot|s_i)\|\pi(\cdot|s_i))`
-    (CONVENTIONS.md). These lack the 1/(1-gamma) of the exact surrogate, as
+    (docs/conventions.md). These lack the 1/(1-gamma) of the exact surrogate, as
     every implementation's do; the step is normalised by beta, so only
     `gradient` and `surrogate_improvement` are on another scale.
 

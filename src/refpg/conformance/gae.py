@@ -1,6 +1,6 @@
 r"""`check_gae`: a user's generalised advantage estimator against `refpg.returns.gae`.
 
-The canonical form (convention ``"refpg"``, CONVENTIONS.md), per transition t
+The canonical form (convention ``"refpg"``, docs/conventions.md), per transition t
 of a time-major (T, N) rollout:
 
 .. math::
@@ -175,7 +175,7 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
                    \hat A_{t+1}, \quad
         \delta_t = r_t + \gamma (1 - \mathrm{terminated}_t) V(s_{t+1}) - V(s_t)
 
-    [Schulman2016], with the flags of CONVENTIONS.md.
+    [Schulman2016], with the flags of docs/conventions.md.
 
     Parameters
     ----------

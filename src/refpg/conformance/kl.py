@@ -4,7 +4,7 @@ With :math:`r = \pi_{new}(a)/\pi_{old}(a)`, the estimators of [Schulman2020] are
 :math:`k_1 = -\log r` (unbiased), :math:`k_2 = \tfrac12(\log r)^2` (biased,
 >= 0) and :math:`k_3 = (r - 1) - \log r` (unbiased, >= 0). The check tests
 what the user declares: unbiasedness statistically on categorical pairs whose
-KL is known exactly (CONVENTIONS.md: declared false-alarm rate, fixed seed),
+KL is known exactly (docs/conventions.md: declared false-alarm rate, fixed seed),
 non-negativity and the zero at equal policies on Hypothesis-drawn inputs.
 """
 

@@ -1,6 +1,6 @@
 r"""`check_reinforce_estimator`: a REINFORCE gradient estimate against the exact gradient.
 
-For the tabular softmax policy, the estimator of CONVENTIONS.md is
+For the tabular softmax policy, the estimator of docs/conventions.md is
 
 .. math::
     \hat g = \frac1M \sum_{m=1}^{M} \sum_t \gamma^t \nabla_\theta \log\pi(a_t|s_t)\,(G_t - b(s_t)),

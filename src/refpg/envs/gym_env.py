@@ -1,6 +1,6 @@
 r"""A real Gymnasium environment backed by a `TabularMDP`, whose exact answer it carries.
 
-`TabularEnv` samples the MDP of CONVENTIONS.md with the env's own
+`TabularEnv` samples the MDP of docs/conventions.md with the env's own
 ``np_random`` (seeded by ``reset(seed=...)``):
 
 .. math::
@@ -22,7 +22,7 @@ Two ways to limit the episode length, which differ in one detail:
   ``max_episode_steps`` (override with ``gymnasium.make(id,
   max_episode_steps=N)``). ``TimeLimit`` sets ``truncated=True`` at the N-th
   step even when that step terminates, so both flags can be True at once.
-  Either way GAE (CONVENTIONS.md) does not bootstrap a terminated step, so
+  Either way GAE (docs/conventions.md) does not bootstrap a terminated step, so
   the learning signal is the same.
 
 Importing this module registers the ids in `REGISTERED` and the generic

@@ -3,7 +3,7 @@
 These environments carry their full dynamics in ``env.unwrapped.P``:
 ``P[s][a]`` is a list of ``(prob, next_state, reward, terminated)`` tuples, and
 ``step`` draws one of them. `from_gymnasium` turns that table into a validated
-`refpg.TabularMDP` following CONVENTIONS.md. gymnasium is an optional
+`refpg.TabularMDP` following docs/conventions.md. gymnasium is an optional
 dependency (``pip install refpg[gym]``), imported only when called.
 """
 
@@ -93,7 +93,7 @@ def from_gymnasium(env_or_id, *, gamma: float = 0.99, **kwargs) -> TabularMDP:
 
     Notes
     -----
-    **Terminal states are absorbing with zero reward** (CONVENTIONS.md):
+    **Terminal states are absorbing with zero reward** (docs/conventions.md):
     ``P[t, a, :] = e_t`` and ``r[t, a, :] = 0`` for every action, whatever
     gymnasium lists for them; the episode has ended there, so ``step`` never
     uses those rows (CliffWalking's, for instance, walk on from the goal at

@@ -598,7 +598,7 @@ def reinforce_numpy(theta, episodes, gamma):
 
     References
     ----------
-    [Williams1992]; [Sutton2000]; CONVENTIONS.md "REINFORCE".
+    [Williams1992]; [Sutton2000]; docs/conventions.md "REINFORCE".
     """
     return _reinforce_numpy(theta, episodes, gamma)
 

@@ -11,7 +11,7 @@ Two small episodic MDPs on which every policy terminates (so no estimate is ever
 Tabular softmax at a fixed seeded theta ~ N(0, 1); gamma = 0.9 unless stated.
 
 1. **Cosine to the exact gradient against batch size.** Per-episode estimates
-   (`refpg.reinforce_estimates`, CONVENTIONS.md):
+   (`refpg.reinforce_estimates`, docs/conventions.md):
    :math:`\hat g = \sum_t \gamma^t \nabla\log\pi(a_t|s_t)(G_t - b(s_t))` with b = 0 and with the
    exact b = V^pi, and [Williams1992]'s total-return form; a batch estimate is the mean over N
    episodes, N = 1 .. 1024, and its cosine similarity to `refpg.policy_gradient` is summarised

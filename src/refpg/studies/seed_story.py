@@ -1,7 +1,7 @@
 r"""The seed article's story on FrozenLake 4x4: REINFORCE's cliff against NPG, TRPO and PPO.
 
 "The Art of Safe Policy Updates: From REINFORCE to TRPO and PPO" (the seed
-article, /work/shared/seed) tells that REINFORCE measures its step in
+article the project grew from) tells that REINFORCE measures its step in
 parameter space, so a large step can fall off a cliff in behaviour space,
 while TRPO bounds each step by a KL trust region and PPO approximates it by
 clipping. Here the story is computed exactly (infinite samples), so every drop
