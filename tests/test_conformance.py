@@ -641,3 +641,42 @@ def test_too_few_examples_is_incomplete_not_passed():
     assert str(report).splitlines()[1].startswith("INCOMPLETE")
     assert "max_examples=1; a larger max_examples" in str(report)
     assert check_trpo_step(correct.trpo_step_numpy).passed
+
+
+def test_report_to_dict_is_json_with_every_check_status_and_counterexample():
+    import json
+
+    def nan_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
+        if rewards.shape[0] > 1:
+            raise RuntimeError("boom")
+        return np.full(rewards.shape, np.nan)
+
+    failing = check_gae(gae_truncation_as_termination, **FAST)
+    data = json.loads(json.dumps(failing.to_dict(), allow_nan=False))
+    assert (data["kind"], data["convention"], data["backend"], data["verdict"]) == ("gae", "refpg", "numpy", "failed")
+    assert [c["id"] for c in data["checks"]] == list(failing.checks)
+    status = {c["id"]: c for c in data["checks"]}
+    assert status["gae.recursion"] == {"id": "gae.recursion", "status": "passed", "reason": None}
+    assert status["gae.truncation_bootstrapped"]["status"] == "failed"
+    assert status["gae.truncation_bootstrapped"]["reason"] == failing.failure("gae.truncation_bootstrapped").message
+    (fail,) = data["failures"]
+    ce = failing.failure("gae.truncation_bootstrapped").counterexample
+    assert set(fail["counterexample"]["inputs"]) == set(ce.inputs)
+    assert fail["counterexample"]["inputs"]["truncated"] == ce.inputs["truncated"].tolist()
+    np.testing.assert_allclose(fail["counterexample"]["expected"], ce.expected, rtol=0)
+    np.testing.assert_allclose(fail["counterexample"]["actual"], ce.actual, rtol=0)
+    assert data["timings"]["calls"] == failing.examples and data["timings"]["seconds"] > 0
+    assert 0 < data["timings"]["function_seconds"] <= data["timings"]["seconds"]
+    assert data["options"] == json.loads(json.dumps(failing.to_dict()["options"]))
+
+    broken = check_gae(nan_gae, **FAST)
+    data = json.loads(json.dumps(broken.to_dict(), allow_nan=False))
+    assert data["verdict"] == "failed"
+    statuses = {c["status"] for c in data["checks"]}
+    assert statuses == {"passed", "failed", "not_run"} or statuses == {"failed", "not_run"}
+    for c in data["checks"]:
+        if c["status"] == "not_run":
+            assert c["reason"] == dict(broken.not_run)[c["id"]]
+    finite = next(f for f in data["failures"] if f["check_id"] == "gae.output_finite")
+    assert "nan" in json.dumps(finite["counterexample"]["actual"])  # NaN as the string "nan"
+    assert data["warnings"] == list(broken.warnings)

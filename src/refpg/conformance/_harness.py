@@ -710,7 +710,8 @@ class Session:
         return Report(kind=self.kind, function=label, convention=self.convention,
                       backend=self.backend.name, dtype=self.backend.dtype, checks=tuple(self.checks),
                       failures=ordered, warnings=tuple(self.warnings), examples=self.calls,
-                      seconds=time.perf_counter() - self.start, options=self.options, not_run=not_run)
+                      seconds=time.perf_counter() - self.start, options=self.options, not_run=not_run,
+                      function_seconds=self.user_seconds)
 
     def _not_run_reason(self) -> str:
         """Why a check reached no verdict, from what the calls did."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -56,6 +57,12 @@ class Counterexample:
                        "deterministic?)")
         return out
 
+    def to_dict(self) -> dict:
+        """The counterexample as plain JSON data: arrays become (nested) lists, see `Report.to_dict`."""
+        return {"inputs": {name: _plain(v) for name, v in self.inputs.items()},
+                "expected": _plain(self.expected), "actual": _plain(self.actual),
+                "where": None if self.where is None else list(self.where), "shrunk": bool(self.shrunk)}
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -77,6 +84,12 @@ class Failure:
     message: str
     counterexample: Counterexample | None = None
     traceback: str | None = None
+
+    def to_dict(self) -> dict:
+        """``{"check_id", "message", "counterexample", "traceback"}`` as plain JSON data."""
+        return {"check_id": self.check_id, "message": self.message,
+                "counterexample": None if self.counterexample is None else self.counterexample.to_dict(),
+                "traceback": self.traceback}
 
     def __str__(self) -> str:
         lines = [f"FAIL {self.check_id}", f"  {self.message}"]
@@ -124,8 +137,11 @@ class Report:
     examples : int
         Number of calls of the function under test.
     seconds : float
+        Wall-clock time of the whole check.
     options : dict
         The resolved options the check ran with.
+    function_seconds : float
+        The part of `seconds` spent inside the function under test.
     """
 
     kind: str
@@ -140,6 +156,7 @@ class Report:
     seconds: float = 0.0
     options: dict = field(default_factory=dict)
     not_run: tuple = ()
+    function_seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -157,6 +174,42 @@ class Report:
     def failure(self, check_id: str) -> Failure | None:
         """The failure with this check id, or None."""
         return next((f for f in self.failures if f.check_id == check_id), None)
+
+    def status(self, check_id: str) -> str:
+        """``"failed"``, ``"not_run"`` or ``"passed"``."""
+        if check_id in self.failed_ids:
+            return "failed"
+        return "not_run" if check_id in self.not_run_ids else "passed"
+
+    def to_dict(self) -> dict:
+        """The whole report as JSON-serialisable data (``json.dumps(report.to_dict(), allow_nan=False)`` works).
+
+        Keys: ``kind``, ``function``, ``convention``, ``backend``, ``dtype``, ``options``, ``verdict``
+        (``"passed"``, ``"failed"`` or ``"incomplete"``, as `__str__` reads), ``checks`` (one
+        ``{"id", "status", "reason"}`` per check id in order; `status` is ``"passed"``,
+        ``"failed"`` or ``"not_run"``, `reason` is the failure's message or why the check did not
+        run, None for a pass), ``failures`` (`Failure.to_dict` each: ``check_id``, ``message``,
+        ``counterexample`` with ``inputs``, ``expected``, ``actual``, ``where``, ``shrunk``, and
+        ``traceback``), ``warnings`` and ``timings`` (``seconds``, ``function_seconds``, ``calls``).
+
+        Arrays become nested lists of Python numbers (booleans stay booleans); a list of episodes
+        becomes a list of lists of arrays-as-lists. JSON has no NaN or infinity, so a non-finite
+        float becomes the string ``"nan"``, ``"inf"`` or ``"-inf"``.
+        """
+        reasons = {f.check_id: f.message for f in self.failures}
+        reasons.update((n.check_id, n.reason) for n in self.not_run)
+        return {
+            "kind": self.kind, "function": self.function, "convention": self.convention,
+            "backend": self.backend, "dtype": self.dtype,
+            "options": {str(k): _plain(v) for k, v in self.options.items()},
+            "verdict": "passed" if self.passed else "failed" if self.failures else "incomplete",
+            "checks": [{"id": c, "status": self.status(c), "reason": reasons.get(c)} for c in self.checks],
+            "failures": [f.to_dict() for f in self.failures],
+            "warnings": list(self.warnings),
+            "timings": {"seconds": _plain(float(self.seconds)),
+                        "function_seconds": _plain(float(self.function_seconds)),
+                        "calls": int(self.examples)},
+        }
 
     def __str__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -194,6 +247,28 @@ def assert_conforms(report: Report) -> None:
 
 
 # -- display ------------------------------------------------------------------
+
+def _plain(value):
+    """`value` as JSON data: arrays and tuples as lists, NumPy scalars as Python numbers,
+    non-finite floats as "nan" / "inf" / "-inf", anything else unknown as its repr."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "detach"):  # a torch tensor
+        return _plain(value.detach().cpu().numpy())
+    return repr(value)
+
 
 def _show(value, indent: int = 0) -> str:
     """A compact, exact-enough rendering: arrays with 6 significant digits, no summarisation."""
