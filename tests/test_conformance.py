@@ -680,3 +680,27 @@ def test_report_to_dict_is_json_with_every_check_status_and_counterexample():
     finite = next(f for f in data["failures"] if f["check_id"] == "gae.output_finite")
     assert "nan" in json.dumps(finite["counterexample"]["actual"])  # NaN as the string "nan"
     assert data["warnings"] == list(broken.warnings)
+
+
+def test_a_check_leaves_no_hypothesis_folder_in_the_working_directory(tmp_path):
+    # A fresh interpreter in an empty project with a module of its own: Hypothesis caches the
+    # constants of "local" modules under ./.hypothesis/constants unless the kit redirects it.
+    (tmp_path / "mygae.py").write_text(textwrap.dedent("""
+        from refpg.returns import gae as reference
+
+        def my_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
+            return reference(rewards, values, next_values, terminated, truncated, gamma, lam * 1.0)
+    """))
+    script = ("import hypothesis.configuration as hc\n"
+              "from refpg.conformance import check_gae, check_ppo_loss\n"
+              "from refpg.examples.correct import ppo_loss_refpg_numpy\n"
+              "from mygae import my_gae\n"
+              "before = vars(hc).get('__hypothesis_home_directory')\n"
+              "assert check_gae(my_gae, max_examples=10).passed\n"
+              "assert check_ppo_loss(ppo_loss_refpg_numpy, max_examples=10).passed\n"
+              "assert vars(hc).get('__hypothesis_home_directory') == before\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / ".hypothesis").exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {"mygae.py", "__pycache__"}

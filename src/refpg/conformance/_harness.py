@@ -11,9 +11,13 @@ seed, same sequence: the first failure recurs and Hypothesis shrinks it).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import random
 import re
+import shutil
+import tempfile
 import time
 import traceback
 import warnings
@@ -263,17 +267,48 @@ _USER_ERRSTATE: dict = {"settings": None}
 def numerics_of_their_own(check):
     """Decorator of every ``check_<kind>``: the checker's own arithmetic ignores NumPy's global
     ``np.seterr`` (the reference must not die of an underflow), while the user's function runs
-    under the settings the caller had."""
+    under the settings the caller had; and Hypothesis writes nothing in the caller's directory
+    (`_private_hypothesis_storage`)."""
     @functools.wraps(check)
     def wrapper(*args, **kwargs):
         previous = _USER_ERRSTATE["settings"]
         _USER_ERRSTATE["settings"] = np.geterr()
         try:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), _private_hypothesis_storage():
                 return check(*args, **kwargs)
         finally:
             _USER_ERRSTATE["settings"] = previous
     return wrapper
+
+
+_STORAGE: dict = {"dir": None}
+
+
+@contextlib.contextmanager
+def _private_hypothesis_storage():
+    """Point Hypothesis's storage directory at a private temporary one for the duration of a check.
+
+    Every search runs with ``database=None``, but Hypothesis also caches the numeric constants it
+    finds in the source of "local" modules (the user's own code) under ``.hypothesis/constants`` of
+    the working directory: a check would leave a ``.hypothesis/`` folder in the user's project. The
+    temporary directory lives as long as the process; the previous setting comes back afterwards,
+    so a user's own Hypothesis tests keep their example database where it was.
+    """
+    try:
+        from hypothesis import configuration
+        configuration.set_hypothesis_home_dir  # noqa: B018 - present in every supported version
+    except (ImportError, AttributeError):  # pragma: no cover
+        yield
+        return
+    if _STORAGE["dir"] is None:
+        _STORAGE["dir"] = tempfile.mkdtemp(prefix="refpg-hypothesis-")
+        atexit.register(shutil.rmtree, _STORAGE["dir"], ignore_errors=True)
+    previous = vars(configuration).get("__hypothesis_home_directory")
+    configuration.set_hypothesis_home_dir(_STORAGE["dir"])
+    try:
+        yield
+    finally:
+        configuration.set_hypothesis_home_dir(previous)
 
 #: Progress notices for long checks: the CLI sets "stream" to stderr; the Python API stays silent.
 PROGRESS: dict = {"stream": None, "every": 30.0}
