@@ -704,3 +704,86 @@ def test_a_check_leaves_no_hypothesis_folder_in_the_working_directory(tmp_path):
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / ".hypothesis").exists()
     assert {p.name for p in tmp_path.iterdir()} <= {"mygae.py", "__pycache__"}
+
+
+# -- the signature is read before any call ------------------------------------------------------
+
+def test_a_function_of_another_convention_is_refused_before_any_call():
+    import time
+
+    calls = []
+
+    def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda=0.95):  # CleanRL's names
+        calls.append(1)
+        raise AssertionError("must not be called")
+
+    start = time.perf_counter()
+    with pytest.raises(InvalidInputError) as info:
+        check_gae(compute_gae)
+    assert time.perf_counter() - start < 1.0 and calls == []
+    message = str(info.value)
+    assert "cleanrl convention" in message and 'convention="cleanrl"' in message
+    assert "--convention cleanrl" in message and "rewards, values, dones, next_value, next_done" in message
+    # A bound method and a torch module's forward are read the same way.
+
+    class Agent:
+        def gae(self, rewards, values, episode_starts, last_values, dones, gamma, gae_lambda):
+            calls.append(1)
+
+    with pytest.raises(InvalidInputError, match='convention="sb3"'):
+        check_gae(Agent().gae, convention="cleanrl")
+    torch = pytest.importorskip("torch")
+
+    class Module(torch.nn.Module):
+        def forward(self, gamma, lmbda, state_value, next_state_value, reward, done, terminated):
+            calls.append(1)
+
+    with pytest.raises(InvalidInputError, match='convention="torchrl"'):
+        check_gae(Module())
+    assert calls == []
+
+
+def test_a_function_no_convention_can_call_is_refused_before_any_call():
+    calls = []
+
+    def four(r_t, discount_t, lambda_, values):
+        calls.append(1)
+
+    with pytest.raises(InvalidInputError) as info:
+        check_gae(four)
+    assert "4 positional parameters, and the convention passes 7" in str(info.value)
+    assert 'convention="rlax"' in str(info.value)
+    with pytest.raises(InvalidInputError, match="No convention of gae fits"):
+        check_gae(lambda rewards, values, gamma: calls.append(1))
+    with pytest.raises(InvalidInputError, match="8 required positional parameters"):
+        check_gae(lambda r, v, nv, te, tr, g, lam, device: calls.append(1))
+    with pytest.raises(InvalidInputError, match="keyword-only parameter lam without a default"):
+        check_gae(lambda r, v, nv, te, tr, g, *, lam: calls.append(1))
+    with pytest.raises(InvalidInputError, match="3 positional parameters"):
+        check_value_loss(lambda values, returns, clip: calls.append(1))
+    with pytest.raises(InvalidInputError, match="1 positional parameters"):
+        check_kl_estimator(lambda log_ratio: calls.append(1))
+    assert calls == []
+
+
+def test_renamed_parameters_defaults_partials_and_star_args_still_run():
+    import functools
+
+    def renamed(r, v, v_next, term, trunc, g, lam_=0.95, extra=None):
+        return gae(r, v, v_next, term, trunc, g, lam_)
+
+    def with_config(config, rewards, values, next_values, terminated, truncated, gamma, lam):
+        return gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+
+    assert check_gae(renamed, **FAST).passed
+    assert check_gae(functools.partial(with_config, {"device": "cpu"}), **FAST).passed
+    assert check_gae(lambda *args: gae(*args), **FAST).passed
+
+
+def test_parameters_of_the_declared_convention_in_another_order_are_warned_about():
+    def swapped(rewards, values, next_values, truncated, terminated, gamma, lam):
+        return gae(rewards, values, next_values, truncated, terminated, gamma, lam)
+
+    report = check_gae(swapped, **FAST)
+    assert any("in another order" in w and "'terminated' is its parameter 5 but argument 4" in w
+               for w in report.warnings)

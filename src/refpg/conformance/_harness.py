@@ -345,6 +345,145 @@ def _arrays_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b))
 
 
+# -- the function's signature against the conventions -------------------------------
+
+#: Parameter names that denote the same quantity in different conventions (a match on them says
+#: nothing about which convention a function follows).
+_SAME_QUANTITY = {"reward": "rewards", "r_t": "rewards", "state_value": "values",
+                  "lam": "lambda", "lmbda": "lambda", "lambda_": "lambda", "gae_lambda": "lambda",
+                  "clip_eps": "epsilon", "clip_range": "epsilon", "adv_t": "advantages"}
+
+
+def convention_parameters(conventions: dict) -> dict:
+    """Convention -> tuple of parameter names, from signatures written ``"fn(a, b, c) -> ..."``."""
+    out = {}
+    for name, sig in conventions.items():
+        text = sig[0] if isinstance(sig, tuple) else sig
+        match = re.match(r"\s*fn\(([^)]*)\)", text)
+        out[name] = tuple(p.strip() for p in match.group(1).split(",") if p.strip())
+    return out
+
+
+class _Signature(NamedTuple):
+    positional: tuple      # names of the parameters that can be passed by position, in order
+    required: int          # how many of them have no default
+    var_positional: bool   # *args
+    required_keyword: tuple  # keyword-only parameters without a default
+
+
+def _signature_of(fn) -> _Signature | None:
+    """The positional parameters of `fn` (a function, bound method, functools.partial, callable
+    object, or torch.nn.Module, whose ``forward`` is what it calls); None if Python cannot tell."""
+    import inspect
+
+    target = fn
+    torch = __import__("sys").modules.get("torch")
+    if torch is not None and isinstance(fn, torch.nn.Module):
+        target = fn.forward
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    kinds = inspect.Parameter
+    positional = [p for p in sig.parameters.values() if p.kind in (kinds.POSITIONAL_ONLY,
+                                                                  kinds.POSITIONAL_OR_KEYWORD)]
+    return _Signature(tuple(p.name for p in positional),
+                      sum(p.default is kinds.empty for p in positional),
+                      any(p.kind is kinds.VAR_POSITIONAL for p in sig.parameters.values()),
+                      tuple(p.name for p in sig.parameters.values()
+                            if p.kind is kinds.KEYWORD_ONLY and p.default is kinds.empty))
+
+
+def _takes(sig: _Signature, n: int) -> bool:
+    """Whether a call with `n` positional arguments binds."""
+    return (not sig.required_keyword and sig.required <= n
+            and (sig.var_positional or len(sig.positional) >= n))
+
+
+def _quantity(name: str) -> str:
+    name = name.lower()
+    return _SAME_QUANTITY.get(name, name)
+
+
+def _evidence(names: tuple, mine: tuple, other: tuple) -> int:
+    """How many of `names` sit where `mine` passes a quantity that `other` does not pass there."""
+    return sum(1 for i, n in enumerate(names[:len(mine)])
+               if i < len(other) and _quantity(mine[i]) != _quantity(other[i])
+               and _quantity(n) == _quantity(mine[i]))
+
+
+def _fmt(params: tuple) -> str:
+    return ", ".join(params)
+
+
+def check_signature(fn, kind: str, convention: str, conventions: dict) -> list:
+    """Refuse, before any call, a function that cannot be called as `convention` passes arguments,
+    or whose parameter names clearly follow another convention; return warnings for the rest.
+
+    `conventions` maps each convention of `kind` to its parameter names. Arguments are passed by
+    position, so names that match no convention are fine (users rename parameters). Stops
+    (`InvalidInputError`) when the number of positional arguments cannot bind, or when at least two
+    parameters carry another convention's names at positions where the declared convention passes
+    something else, and more of them than carry the declared convention's names there.
+    """
+    sig = _signature_of(fn)
+    if sig is None:  # a builtin or an extension function: nothing to read
+        return []
+    declared = conventions[convention]
+    names = sig.positional
+    shown = f"({_fmt(names)}{', *args' if sig.var_positional else ''})"
+    flag = f'convention="{{c}}" (refpg check: --convention {{c}})'
+    if _takes(sig, len(declared)):
+        best, best_score = None, 0
+        for other, params in conventions.items():
+            if other == convention or len(params) != len(declared) or not _takes(sig, len(params)):
+                continue
+            score = _evidence(names, params, declared)
+            if score >= 2 and score > _evidence(names, declared, params) and score > best_score:
+                best, best_score = other, score
+        if best is not None:
+            raise InvalidInputError(
+                f"the function's parameters {shown} look like the {best} convention of {kind} "
+                f"({_fmt(conventions[best])}), not the declared {convention!r} ({_fmt(declared)}); "
+                f"arguments are passed by position, so it would receive the wrong arrays: pass "
+                f"{flag.format(c=best)}. If the names are a coincidence, rename the parameters")
+        moved = [(n, names.index(n), i) for i, n in enumerate(declared)
+                 if n in names[:len(declared)] and names.index(n) != i]
+        if not moved:
+            return []
+        where = ", ".join(f"{n!r} is its parameter {j + 1} but argument {i + 1}" for n, j, i in moved)
+        return [f"the function's parameters {shown} name the {convention} convention's arguments, "
+                f"fn({_fmt(declared)}), in another order ({where}); arguments are passed by position, so each parameter receives the "
+                f"argument at its position"]
+    # The declared convention's call cannot bind.
+    if sig.required_keyword:
+        why = (f"keyword-only parameter{'s' if len(sig.required_keyword) > 1 else ''} "
+               f"{', '.join(sig.required_keyword)} without a default, and the kit passes every argument "
+               f"by position")
+    elif sig.required > len(declared):
+        why = f"{sig.required} required positional parameters, and the convention passes {len(declared)}"
+    else:
+        why = f"{len(names)} positional parameters, and the convention passes {len(declared)}"
+    msg = (f"the function {shown} cannot be called the way the {convention} convention of {kind} calls it, "
+           f"fn({_fmt(declared)}): it has {why}")
+    fits = {c: p for c, p in conventions.items() if c != convention and _takes(sig, len(p))
+            and p != declared}
+    if fits and not sig.required_keyword:
+        best = max(fits, key=lambda c: sum(_quantity(a) == _quantity(b) for a, b in zip(names, fits[c])))
+        others = [c for c in fits if c != best and fits[c] != fits[best]]
+        msg += (f". It takes as many arguments as the {best} convention ({_fmt(fits[best])}): if that "
+                f"is what it implements, pass {flag.format(c=best)}")
+        if others:
+            msg += f" (or {', '.join(repr(c) for c in others)})"
+    else:
+        arities = sorted({len(p) for p in conventions.values()})
+        if len(arities) > 1 and not sig.required_keyword:
+            msg += (f". No convention of {kind} fits: they pass "
+                    + "; ".join(f"{c}: fn({_fmt(p)})" for c, p in conventions.items()))
+        msg += ". The function was not called"
+    raise InvalidInputError(msg)
+
+
 # -- outcomes and sessions ---------------------------------------------------------
 
 @dataclass

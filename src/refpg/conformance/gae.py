@@ -17,7 +17,8 @@ import numpy as np
 
 from refpg._validation import check_choice, check_positive_int
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Session, check_callable, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Session, check_callable, check_signature,
+                                        convention_parameters, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.returns import gae as reference_gae
 
@@ -226,6 +227,8 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
 
+    named = check_signature(fn, "gae", convention, convention_parameters(GAE_CONVENTIONS))
+
     def probe(be):
         probe_session = Session("gae", fn, convention, be, max_examples=1, seed=seed, options={})
         case = _round({"rewards": np.array([[1.0], [0.0]]), "values": np.array([[0.5], [0.25]]),
@@ -238,7 +241,7 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
 
     be, warnings = resolve_backend(fn, backend, dtype, probe)
     session = Session("gae", fn, convention, be, max_examples=max_examples, seed=seed,
-                      options={}, warnings=warnings)
+                      options={}, warnings=named + warnings)
     cost = {"max": 0.0, "n": 0}
 
     def value_scenario(check_id):

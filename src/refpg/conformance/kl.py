@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.conformance import _cases
 from refpg.conformance._harness import (numerics_of_their_own, BadOutput, Outcome, Session, check_callable,
-                                        resolve_backend)
+                                        check_signature, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 from refpg.stats import DEFAULT_ALPHA, mean_test
@@ -33,6 +33,8 @@ KL_PAIRS = (
     (np.array([0.25, 0.25, 0.25, 0.25]), np.array([0.1, 0.2, 0.3, 0.4])),
 )
 SAMPLES_PER_PAIR = 20_000
+#: Every convention passes (logp_new, logp_old); the names are accepted for uniformity.
+KL_CONVENTIONS = ("refpg", "sb3", "cleanrl", "torchrl", "rlax")
 BATCH = 10  # batch size when the function returns a batch mean
 
 
@@ -76,7 +78,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
         per pair, 20,000 samples each), plus the generic ids.
     """
     check_callable(fn)
-    check_choice(convention, "convention", ("refpg", "sb3", "cleanrl", "torchrl", "rlax"))
+    check_choice(convention, "convention", KL_CONVENTIONS)
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
     for name, flag in (("unbiased", unbiased), ("non_negative", non_negative)):
@@ -85,6 +87,8 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
     alpha = check_real(alpha, "alpha")
     if not 0.0 < alpha < 1.0:
         raise InvalidInputError(f"alpha should be in (0, 1), actual {alpha!r}")
+    named = check_signature(fn, "kl_estimator", convention,
+                            {c: ("logp_new", "logp_old") for c in KL_CONVENTIONS})
     opts = dict(unbiased=bool(unbiased), non_negative=bool(non_negative), alpha=float(alpha))
 
     def probe(be):
@@ -93,7 +97,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("kl_estimator", fn, convention, be, max_examples=max_examples, seed=seed,
-                      options=opts, warnings=warn0)
+                      options=opts, warnings=named + warn0)
     mode = {"per_sample": None}
 
     def estimates(logp_new, logp_old, inputs):

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_signature,
+                                        convention_parameters, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 
@@ -42,6 +43,8 @@ VALUE_CONVENTIONS = {
     "sb3": dict(style="clip_prediction", coef=1.0),
 }
 VALUE_STYLES = ("unclipped", "max", "clip_prediction")
+#: The value loss's parameters, the same in every convention.
+VALUE_PARAMETERS = ("values_new", "values_old", "returns", "clip_eps")
 
 CLIPS = (0.2, 0.1, 0.3)
 # Ratios are drawn through u (see `_log_ratio`): |u| < 1 is inside the clip range, |u| > 1 outside.
@@ -188,6 +191,8 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
         warnings.append("convention 'cleanrl' normalises with the ddof=1 std, which is NaN for a "
                         "minibatch of one; minibatches of one were not drawn")
 
+    named = check_signature(fn, "ppo_loss", convention, convention_parameters(PPO_CONVENTIONS))
+
     def args_of(case, be):
         logp_old = be.round(case["logp_old"])
         logp_new = be.round(case["logp_old"] + _log_ratio(case["u"], case["clip_eps"]))
@@ -209,7 +214,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("ppo_loss", fn, convention, be, max_examples=max_examples, seed=seed, options=opts,
-                      warnings=warnings + warn0)
+                      warnings=named + warnings + warn0)
     torch_grad = be.name == "torch"
     grad_arg = "prob_ratios_t" if rlax else "logp_new"
     fraction_seen = {"any": False}
@@ -427,6 +432,8 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
     check_choice(opts["style"], "style", VALUE_STYLES)
     opts["coef"] = check_real(opts["coef"], "coef")
 
+    named = check_signature(fn, "value_loss", convention, {c: VALUE_PARAMETERS for c in VALUE_CONVENTIONS})
+
     def args_of(case, be):
         v_old = be.round(case["values_old"])
         v_new = be.round(case["values_old"] + case["delta"])
@@ -441,7 +448,7 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("value_loss", fn, convention, be, max_examples=max_examples, seed=seed,
-                      options=opts, warnings=warn0)
+                      options=opts, warnings=named + warn0)
     torch_grad = be.name == "torch"
 
     def evaluate(case):

@@ -28,7 +28,8 @@ import numbers
 import numpy as np
 
 from refpg._validation import check_choice, check_positive_int, check_real
-from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_signature,
+                                        resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 from refpg.estimators import gamma_free_gradient
@@ -218,6 +219,8 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
             f"calls * episodes_per_call should be >= {MIN_EPISODES}, actual {calls} * {per_call} = "
             f"{calls * per_call}: with fewer episodes the skewness of the estimates makes the mean test "
             f"raise false alarms more often than alpha")
+    signature_notes = check_signature(fn, "reinforce_estimator", convention,
+                                      {"refpg": ("theta", "episodes", "gamma")})
     mdp, theta = _test_case()
     policy = TabularSoftmax(mdp.n_states, mdp.n_actions)
     pi = policy.probs(theta)
@@ -236,7 +239,7 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("reinforce_estimator", fn, convention, be, max_examples=calls, seed=seed,
-                      options=opts, warnings=warn0)
+                      options=opts, warnings=signature_notes + warn0)
     session.declare(*session.generic_ids(), "reinforce_estimator.row_sums_zero")
 
     def run(episodes):

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, check_callable, check_signature,
+                                        resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 
@@ -247,6 +248,8 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         raise InvalidInputError(f"damping should be >= 0, actual {damping!r}")
     if not 0 < min_cosine <= 1:
         raise InvalidInputError(f"min_cosine should be in (0, 1], actual {min_cosine!r}")
+    named = check_signature(fn, "trpo_step", convention,
+                            {"refpg": ("theta_old", "states", "actions", "advantages", "max_kl")})
     opts = dict(damping=damping, min_cosine=min_cosine)
 
     def args_of(case, be):
@@ -261,7 +264,7 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("trpo_step", fn, convention, be, max_examples=max_examples, seed=seed, options=opts,
-                      warnings=warn0)
+                      warnings=named + warn0)
 
     def run(case):
         args = args_of(case, be)
