@@ -85,7 +85,7 @@ def test_driver_history_records_exact_diagnostics():
     theta = theta0
     for rec, res in zip(history.records, history.results):
         assert rec.J_before == pytest.approx(refpg.objective(mdp, pol, theta), rel=1e-12)
-        assert rec.mean_kl == pytest.approx(refpg.kl_divergence(mdp, pol, res.theta, theta), rel=1e-10, abs=1e-15)
+        assert rec.mean_kl == pytest.approx(refpg.kl_divergence(mdp, pol, res.theta, theta_old=theta), rel=1e-10, abs=1e-15)
         ratio = pol.probs(res.theta) / pol.probs(theta)
         assert rec.ratio_min == pytest.approx(ratio.min(), rel=1e-10)
         assert rec.ratio_max == pytest.approx(ratio.max(), rel=1e-10)

@@ -151,32 +151,32 @@ def test_log_linear_natural_gradient_is_minimum_norm_solution(case):
 def test_surrogate_matches_J_and_its_gradient_at_theta_old(case, data):
     mdp, pol, theta_old = case
     J = refpg.objective(mdp, pol, theta_old)
-    assert_identity(refpg.surrogate(mdp, pol, theta_old, theta_old), J)
-    assert_identity(refpg.surrogate_gradient(mdp, pol, theta_old, theta_old),
+    assert_identity(refpg.surrogate(mdp, pol, theta_old, theta_old=theta_old), J)
+    assert_identity(refpg.surrogate_gradient(mdp, pol, theta_old, theta_old=theta_old),
                     refpg.policy_gradient(mdp, pol, theta_old))
     theta = data.draw(rst.thetas(pol, max_abs=2.0))
-    fd = central_difference(lambda t: refpg.surrogate(mdp, pol, t, theta_old), theta)
-    np.testing.assert_allclose(refpg.surrogate_gradient(mdp, pol, theta, theta_old), fd,
+    fd = central_difference(lambda t: refpg.surrogate(mdp, pol, t, theta_old=theta_old), theta)
+    np.testing.assert_allclose(refpg.surrogate_gradient(mdp, pol, theta, theta_old=theta_old), fd,
                                rtol=1e-6, atol=1e-8 * max(1.0, np.abs(fd).max()))
 
 
 @given(setting(), st.data())
 def test_kl_is_zero_at_theta_old_and_its_gradient_matches_differences(case, data):
     mdp, pol, theta_old = case
-    assert refpg.kl_divergence(mdp, pol, theta_old, theta_old) == 0.0
-    assert refpg.kl_divergence(mdp, pol, theta_old, theta_old, reduction="max") == 0.0
+    assert refpg.kl_divergence(mdp, pol, theta_old, theta_old=theta_old) == 0.0
+    assert refpg.kl_divergence(mdp, pol, theta_old, theta_old=theta_old, reduction="max") == 0.0
     theta = data.draw(rst.thetas(pol, max_abs=2.0))
-    assert refpg.kl_divergence(mdp, pol, theta, theta_old) >= 0.0
+    assert refpg.kl_divergence(mdp, pol, theta, theta_old=theta_old) >= 0.0
     # The max KL is not differentiable where two visited states tie for the
     # maximum (kl_gradient then returns one subgradient): check it only where
     # the maximiser is unique by a margin the finite difference cannot cross.
-    per_state = refpg.kl_divergence(mdp, pol, theta, theta_old, reduction="none")
+    per_state = refpg.kl_divergence(mdp, pol, theta, theta_old=theta_old, reduction="none")
     visited = np.sort(per_state[refpg.evaluate(mdp, pol.probs(theta_old)).support])[::-1]
     unique_max = visited.size == 1 or visited[0] - visited[1] > 1e-6 * max(1.0, visited[0])
     for reduction in ("mean", "max") if unique_max else ("mean",):
-        fd = central_difference(lambda t: refpg.kl_divergence(mdp, pol, t, theta_old, reduction=reduction),
+        fd = central_difference(lambda t: refpg.kl_divergence(mdp, pol, t, theta_old=theta_old, reduction=reduction),
                                 theta, h=1e-4)
-        g = refpg.kl_gradient(mdp, pol, theta, theta_old, reduction=reduction)
+        g = refpg.kl_gradient(mdp, pol, theta, theta_old=theta_old, reduction=reduction)
         np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8 * max(1.0, np.abs(fd).max()),
                                    err_msg=reduction)
 
@@ -215,7 +215,7 @@ def test_kl_gradient_is_exactly_zero_at_theta_old(mpt):
     # parameters by O(lr) in exact-mode PPO with a KL penalty.
     mdp, policy, theta = mpt
     for reduction in ("mean", "max"):
-        g = refpg.kl_gradient(mdp, policy, theta, theta, reduction=reduction)
+        g = refpg.kl_gradient(mdp, policy, theta, theta_old=theta, reduction=reduction)
         assert (g == 0.0).all(), (reduction, g)
 
 
@@ -226,6 +226,6 @@ def test_max_kl_at_gamma_one_ignores_terminal_states():
     mdp = refpg.TabularMDP(P, np.zeros((2, 2)), [1.0, 0.0], 1.0, [False, True])
     pol = refpg.TabularSoftmax(2, 2)
     theta_old, theta = np.zeros((2, 2)), np.array([[0.0, 0.0], [3.0, -3.0]])
-    assert refpg.kl_divergence(mdp, pol, theta, theta_old, reduction="max") == 0.0
-    assert (refpg.kl_gradient(mdp, pol, theta, theta_old, reduction="max") == 0.0).all()
-    assert refpg.trpo_bound(mdp, pol, theta, theta_old).max_kl == 0.0
+    assert refpg.kl_divergence(mdp, pol, theta, theta_old=theta_old, reduction="max") == 0.0
+    assert (refpg.kl_gradient(mdp, pol, theta, theta_old=theta_old, reduction="max") == 0.0).all()
+    assert refpg.trpo_bound(mdp, pol, theta, theta_old=theta_old).max_kl == 0.0

@@ -240,7 +240,7 @@ def test_theta_old_wrong_shape_is_named_theta_old():
     mdp = refpg.envs.two_state()
     pol = refpg.TabularSoftmax.for_mdp(mdp)
     with raises(errors.ShapeError, "theta_old should have shape (2, 2)"):
-        refpg.kl_divergence(mdp, pol, np.zeros((2, 2)), np.zeros(4))
+        refpg.kl_divergence(mdp, pol, np.zeros((2, 2)), theta_old=np.zeros(4))
 
 
 def test_log_linear_theta_wrong_shape():
@@ -305,7 +305,7 @@ def test_kl_reduction_unknown():
     mdp = refpg.envs.two_state()
     pol = refpg.TabularSoftmax.for_mdp(mdp)
     with raises(errors.InvalidInputError, "reduction should be one of ('mean', 'max', 'none'), actual 'sum'"):
-        refpg.kl_divergence(mdp, pol, np.zeros((2, 2)), np.zeros((2, 2)), reduction="sum")
+        refpg.kl_divergence(mdp, pol, np.zeros((2, 2)), theta_old=np.zeros((2, 2)), reduction="sum")
 
 
 def test_an_array_where_a_choice_belongs_is_a_clear_error_not_an_ambiguous_truth_value():
@@ -318,7 +318,7 @@ def test_an_array_where_a_choice_belongs_is_a_clear_error_not_an_ambiguous_truth
     mdp = refpg.envs.two_state()
     pol = refpg.TabularSoftmax.for_mdp(mdp)
     with raises(errors.InvalidInputError, "reduction should be one of ('mean', 'max', 'none'), actual array("):
-        refpg.kl_divergence(mdp, pol, np.zeros((2, 2)), np.zeros((2, 2)), reduction=np.array(["mean", "max"]))
+        refpg.kl_divergence(mdp, pol, np.zeros((2, 2)), theta_old=np.zeros((2, 2)), reduction=np.array(["mean", "max"]))
     with raises(errors.InvalidInputError, "convention should be one of"):
         check_gae(gae, convention=np.array(["sb3", "refpg"]))
     with raises(errors.InvalidInputError, "algorithm should be one of"):

@@ -123,7 +123,7 @@ P_NEW = np.array([0.2, 0.5, 0.3])
 def test_k1_and_k3_are_unbiased_on_a_categorical_pair():
     logp_old, logp_new = np.log(P_OLD), np.log(P_NEW)
     kl = exact_categorical_kl(P_OLD, P_NEW)
-    np.testing.assert_allclose(kl, refpg.policy_kl(P_OLD[None], P_NEW[None])[0], rtol=IDENTITY_RTOL)
+    np.testing.assert_allclose(kl, refpg.policy_kl(pi_old=P_OLD[None], pi_new=P_NEW[None])[0], rtol=IDENTITY_RTOL)
     np.testing.assert_allclose(expectation(kl_k1, logp_new, logp_old), kl, rtol=IDENTITY_RTOL)
     np.testing.assert_allclose(expectation(kl_k3, logp_new, logp_old), kl, rtol=IDENTITY_RTOL)
 

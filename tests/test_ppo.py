@@ -253,17 +253,17 @@ def test_at_theta_old_the_sample_gradient_is_the_unclipped_score_function_mean(c
 @given(batches())
 def test_batch_kl_gradient_matches_central_differences(case):
     policy, theta_old, theta, samples = case
-    g = batch_kl_gradient(policy, theta, theta_old, samples.states)
-    fd = central_difference(lambda t: batch_kl(policy, t, theta_old, samples.states), theta)
+    g = batch_kl_gradient(policy, theta, theta_old=theta_old, states=samples.states)
+    fd = central_difference(lambda t: batch_kl(policy, t, theta_old=theta_old, states=samples.states), theta)
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8 * max(1.0, np.abs(fd).max()))
 
 
 def test_batch_kl_averages_the_exact_state_kl_over_batch_states():
     pol = refpg.TabularSoftmax(3, 2)
     theta_old, theta = np.zeros((3, 2)), np.array([[1.0, 0.0], [0.0, 0.0], [0.0, -2.0]])
-    per_state = refpg.policy_kl(pol.probs(theta_old), pol.probs(theta))
+    per_state = refpg.policy_kl(pi_old=pol.probs(theta_old), pi_new=pol.probs(theta))
     states = np.array([0, 0, 2, 1])
-    np.testing.assert_allclose(batch_kl(pol, theta, theta_old, states),
+    np.testing.assert_allclose(batch_kl(pol, theta, theta_old=theta_old, states=states),
                                (2 * per_state[0] + per_state[2] + per_state[1]) / 4, rtol=1e-14)
 
 
@@ -280,9 +280,9 @@ def test_exact_gradient_matches_central_differences_away_from_kinks(case, data):
     ev_old = refpg.evaluate(mdp, policy.probs(theta_old))
     log_r = (policy.log_probs(theta) - policy.log_probs(theta_old))[ev_old.support]
     eps = eps_away_from_kinks(log_r.ravel())
-    g = exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old, eps, evaluation_old=ev_old)
+    g = exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old=theta_old, clip_eps=eps, evaluation_old=ev_old)
     fd = central_difference(
-        lambda t: exact_clipped_surrogate(mdp, policy, t, theta_old, eps, evaluation_old=ev_old), theta)
+        lambda t: exact_clipped_surrogate(mdp, policy, t, theta_old=theta_old, clip_eps=eps, evaluation_old=ev_old), theta)
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8 * max(1.0, np.abs(fd).max()))
 
 
@@ -301,9 +301,9 @@ def test_exact_surrogate_and_gradient_match_torch_autograd(case, data):
     obj = (w * torch.min(r * A, torch.clamp(r, 1 - eps, 1 + eps) * A)).sum()
     obj.backward()
     scale = max(1.0, float(np.abs(ev.A).max()))
-    np.testing.assert_allclose(exact_clipped_surrogate(mdp, policy, theta, theta_old, eps), obj.item(),
+    np.testing.assert_allclose(exact_clipped_surrogate(mdp, policy, theta, theta_old=theta_old, clip_eps=eps), obj.item(),
                                rtol=1e-10, atol=1e-12 * scale)
-    np.testing.assert_allclose(exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old, eps),
+    np.testing.assert_allclose(exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old=theta_old, clip_eps=eps),
                                t.grad.numpy(), rtol=1e-10, atol=1e-12 * scale)
 
 
@@ -311,18 +311,18 @@ def test_exact_surrogate_and_gradient_match_torch_autograd(case, data):
 def test_at_theta_old_exact_value_is_zero_and_gradient_is_policy_gradient_over_horizon(case):
     mdp, policy, theta = case
     ev = refpg.evaluate(mdp, policy.probs(theta))
-    g = exact_clipped_surrogate_gradient(mdp, policy, theta, theta, 0.2, evaluation_old=ev)
+    g = exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old=theta, clip_eps=0.2, evaluation_old=ev)
     assert_identity(g, refpg.policy_gradient(mdp, policy, theta, evaluation=ev) / ev.horizon)
-    assert_identity(g, exact_clipped_surrogate_gradient(mdp, policy, theta, theta, None))
+    assert_identity(g, exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old=theta, clip_eps=None))
     scale = max(1.0, float(np.abs(ev.A).max()))
-    assert_identity(exact_clipped_surrogate(mdp, policy, theta, theta, 0.2), 0.0, scale=scale)
+    assert_identity(exact_clipped_surrogate(mdp, policy, theta, theta_old=theta, clip_eps=0.2), 0.0, scale=scale)
 
 
 @given(exact_setting(episodic=True, min_states=2, min_gamma=1.0, max_gamma=1.0))
 def test_at_theta_old_exact_gradient_uses_the_episode_length_for_gamma_one(case):
     mdp, policy, theta = case
     ev = refpg.evaluate(mdp, policy.probs(theta))
-    assert_identity(exact_clipped_surrogate_gradient(mdp, policy, theta, theta, 0.2),
+    assert_identity(exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old=theta, clip_eps=0.2),
                     refpg.policy_gradient(mdp, policy, theta) / ev.horizon)
 
 
@@ -335,10 +335,10 @@ def test_exact_surrogate_is_the_d_old_pi_old_expectation_of_the_sample_terms(cas
     terms = ppo_clip_terms(policy.log_probs(theta), policy.log_probs(theta_old), ev.A, eps)
     expected = float(np.sum(ev.d[:, None] * ev.pi * terms.objective))
     scale = max(1.0, float(np.abs(ev.A).max()))
-    assert_identity(exact_clipped_surrogate(mdp, policy, theta, theta_old, eps), expected, scale=scale)
+    assert_identity(exact_clipped_surrogate(mdp, policy, theta, theta_old=theta_old, clip_eps=eps), expected, scale=scale)
     # Without clipping it is the TRPO surrogate minus J_old, per sample.
-    L = refpg.surrogate(mdp, policy, theta, theta_old)
-    assert_identity(exact_clipped_surrogate(mdp, policy, theta, theta_old, None), (L - ev.J) / ev.horizon,
+    L = refpg.surrogate(mdp, policy, theta, theta_old=theta_old)
+    assert_identity(exact_clipped_surrogate(mdp, policy, theta, theta_old=theta_old, clip_eps=None), (L - ev.J) / ev.horizon,
                     scale=scale)
 
 
@@ -357,7 +357,7 @@ def garnet_case(kind, seed=1):
 @pytest.mark.parametrize("kind", both)
 def test_first_adam_step_is_lr_times_bias_corrected_sign_and_sgd_step_is_lr_times_g(kind):
     mdp, pol, theta = garnet_case(kind)
-    g = exact_clipped_surrogate_gradient(mdp, pol, theta, theta, 0.2)
+    g = exact_clipped_surrogate_gradient(mdp, pol, theta, theta_old=theta, clip_eps=0.2)
     lr, eps = 0.01, 1e-8
     res = ppo_update(mdp, pol, theta, epochs=1, optimizer="adam", lr=lr, adam_eps=eps)
     # m_hat = g and v_hat = g^2 after one step: the step is lr g / (|g| + eps) ~ lr sign(g).
@@ -457,7 +457,7 @@ def test_exact_batch_normalisation_divides_by_the_d_old_pi_old_std():
     mdp, pol, theta = garnet_case("log_linear")
     ev = refpg.evaluate(mdp, pol.probs(theta))
     sigma = np.sqrt(np.sum(ev.d[:, None] * ev.pi * ev.A ** 2))
-    g = exact_clipped_surrogate_gradient(mdp, pol, theta, theta, 0.2)
+    g = exact_clipped_surrogate_gradient(mdp, pol, theta, theta_old=theta, clip_eps=0.2)
     for norm_eps in (1e-8, 0.5):
         res = ppo_update(mdp, pol, theta, epochs=1, optimizer="sgd", lr=0.1, normalize_advantages="batch",
                          norm_eps=norm_eps)
@@ -493,10 +493,10 @@ def test_history_records_and_exact_summary_agree_with_the_theta_level_functions(
     mdp, pol, theta = garnet_case("tabular")
     res = ppo_update(mdp, pol, theta, epochs=4, lr=0.1)
     last = res.history[-1]
-    np.testing.assert_allclose(last.surrogate, exact_clipped_surrogate(mdp, pol, res.theta, theta, 0.2), rtol=1e-12)
-    np.testing.assert_allclose(last.mean_kl, refpg.kl_divergence(mdp, pol, res.theta, theta), rtol=1e-12)
+    np.testing.assert_allclose(last.surrogate, exact_clipped_surrogate(mdp, pol, res.theta, theta_old=theta, clip_eps=0.2), rtol=1e-12)
+    np.testing.assert_allclose(last.mean_kl, refpg.kl_divergence(mdp, pol, res.theta, theta_old=theta), rtol=1e-12)
     np.testing.assert_allclose(res.mean_kl, last.mean_kl, rtol=1e-12)
-    np.testing.assert_allclose(res.max_kl, refpg.kl_divergence(mdp, pol, res.theta, theta, reduction="max"),
+    np.testing.assert_allclose(res.max_kl, refpg.kl_divergence(mdp, pol, res.theta, theta_old=theta, reduction="max"),
                                rtol=1e-12)
     assert (res.ratio_min, res.ratio_max) == (last.ratio_min, last.ratio_max)
     np.testing.assert_allclose(res.J_after, refpg.objective(mdp, pol, res.theta), rtol=1e-12)
@@ -509,7 +509,7 @@ def test_history_records_and_exact_summary_agree_with_the_theta_level_functions(
     assert last.clip_fraction == clip_fraction(logp_new, data.logp_old, data.advantages, 0.2)
     np.testing.assert_allclose(last.approx_kl, approx_kl(logp_new, data.logp_old), rtol=1e-13)
     np.testing.assert_allclose(last.approx_kl_k1, np.mean(data.logp_old - logp_new), rtol=1e-12)
-    np.testing.assert_allclose(last.mean_kl, batch_kl(pol, res.theta, theta, data.states), rtol=1e-12)
+    np.testing.assert_allclose(last.mean_kl, batch_kl(pol, res.theta, theta_old=theta, states=data.states), rtol=1e-12)
 
 
 # -- early stopping --------------------------------------------------------------------
@@ -572,9 +572,9 @@ def test_kl_penalty_update_adapts_beta_from_the_measured_kl(mode):
     for res in (big, small):
         assert res.beta_old == 1.0 and res.beta == adapt_kl_coefficient(1.0, res.kl, 0.01)
         if mode == "exact":
-            np.testing.assert_allclose(res.kl, refpg.kl_divergence(mdp, pol, res.theta, theta), rtol=1e-12)
+            np.testing.assert_allclose(res.kl, refpg.kl_divergence(mdp, pol, res.theta, theta_old=theta), rtol=1e-12)
         else:
-            np.testing.assert_allclose(res.kl, batch_kl(pol, res.theta, theta, kw["data"].states), rtol=1e-12)
+            np.testing.assert_allclose(res.kl, batch_kl(pol, res.theta, theta_old=theta, states=kw["data"].states), rtol=1e-12)
 
 
 def test_kl_penalty_sgd_steps_use_the_penalised_gradient():
@@ -582,15 +582,15 @@ def test_kl_penalty_sgd_steps_use_the_penalised_gradient():
     mdp, pol, theta = garnet_case("log_linear")
     beta, lr = 3.0, 0.5
     res = ppo_kl_penalty_update(mdp, pol, theta, beta=beta, d_targ=0.01, epochs=2, optimizer="sgd", lr=lr)
-    t1 = theta + lr * exact_clipped_surrogate_gradient(mdp, pol, theta, theta, None)
-    g1 = (exact_clipped_surrogate_gradient(mdp, pol, t1, theta, None)
-          - beta * refpg.kl_gradient(mdp, pol, t1, theta))
+    t1 = theta + lr * exact_clipped_surrogate_gradient(mdp, pol, theta, theta_old=theta, clip_eps=None)
+    g1 = (exact_clipped_surrogate_gradient(mdp, pol, t1, theta_old=theta, clip_eps=None)
+          - beta * refpg.kl_gradient(mdp, pol, t1, theta_old=theta))
     assert_identity(res.theta, t1 + lr * g1)
     data = small_batch(mdp, pol, theta)
     res = ppo_kl_penalty_update(mdp, pol, theta, beta=beta, d_targ=0.01, epochs=2, optimizer="sgd", lr=lr,
                                 mode="sampled", data=data)
     t1 = theta + lr * clipped_surrogate_gradient(pol, theta, data, None)
-    g1 = clipped_surrogate_gradient(pol, t1, data, None) - beta * batch_kl_gradient(pol, t1, theta, data.states)
+    g1 = clipped_surrogate_gradient(pol, t1, data, None) - beta * batch_kl_gradient(pol, t1, theta_old=theta, states=data.states)
     assert_identity(res.theta, t1 + lr * g1)
 
 
@@ -622,7 +622,7 @@ def test_ppo_does_not_keep_ratios_inside_the_clip_interval(mode):
     assert last.ratio_max > 1.35 and res.ratio_max > 1.35
     assert last.clip_fraction == 1.0  # at rest: every term clipped, the gradient is zero
     np.testing.assert_array_equal(
-        exact_clipped_surrogate_gradient(mdp, pol, res.theta, theta, 0.2), np.zeros((1, 3)))
+        exact_clipped_surrogate_gradient(mdp, pol, res.theta, theta_old=theta, clip_eps=0.2), np.zeros((1, 3)))
     # The steps were small: the ratio drifted, it did not jump.
     assert max(abs(b.ratio_max - a.ratio_max) for a, b in zip(res.history, res.history[1:])) < 0.01
 

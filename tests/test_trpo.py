@@ -237,10 +237,10 @@ def test_trpo_accepted_steps_respect_the_exact_mean_kl_and_improve_the_surrogate
     note(f"accepted={res.accepted} kl={res.kl} trace={res.line_search}")
     scale = value_scale(mdp, pol, theta_old)
     if res.accepted:
-        kl = refpg.kl_divergence(mdp, pol, res.theta, theta_old)
+        kl = refpg.kl_divergence(mdp, pol, res.theta, theta_old=theta_old)
         assert_identity(res.kl, kl)
         assert kl <= max_kl
-        improvement = refpg.surrogate(mdp, pol, res.theta, theta_old) - refpg.surrogate(mdp, pol, theta_old, theta_old)
+        improvement = refpg.surrogate(mdp, pol, res.theta, theta_old=theta_old) - refpg.surrogate(mdp, pol, theta_old, theta_old=theta_old)
         assert improvement >= -1e-12 * scale and res.surrogate_improvement > 0
         np.testing.assert_array_equal(res.theta, theta_old + res.step_fraction * res.full_step)
         assert_identity(res.J_after, refpg.objective(mdp, pol, res.theta), scale=scale)
@@ -310,7 +310,7 @@ def test_trpo_J_never_drops_below_theorem_1_bound_over_50_iterations(case, max_k
     mdp, pol, theta = case
     for it in range(50):
         res = trpo_step(mdp, pol, theta, max_kl=max_kl)
-        b = refpg.trpo_bound(mdp, pol, res.theta, theta)
+        b = refpg.trpo_bound(mdp, pol, res.theta, theta_old=theta)
         tol = 1e-10 * value_scale(mdp, pol, theta)
         note(f"iteration {it}: {res.J_before} -> {res.J_after}, {b}")
         assert_identity(res.J_after, b.J, scale=value_scale(mdp, pol, theta))
@@ -370,7 +370,7 @@ def test_trpo_sampled_mode_uses_the_batch_gradient_fisher_surrogate_and_kl(kind,
                                atol=1e-8 * np.abs(res.gradient).max())
     assert res.accepted
     pi_old, pi_new = pol.probs(theta), pol.probs(res.theta)
-    assert_identity(res.kl, np.mean(refpg.policy_kl(pi_old[data.states], pi_new[data.states])))
+    assert_identity(res.kl, np.mean(refpg.policy_kl(pi_old=pi_old[data.states], pi_new=pi_new[data.states])))
     assert res.kl <= 0.05
     ratio = pi_new[data.states, data.actions] / pi_old[data.states, data.actions]
     assert_identity(res.surrogate_improvement, np.mean((ratio - 1) * data.advantages),

@@ -240,9 +240,9 @@ def trpo_tolerances(model: ErrorModel, mdp, policy, theta, F, tr, *, damping: fl
     for t in tr.line_search:
         th = theta + t.fraction * tr.full_step
         dpi = float(np.max(np.abs(policy.probs(th) - pi_old).sum(axis=1)))
-        gL = _norm2(surrogate_gradient(mdp, policy, th, theta))
-        gK = _norm2(kl_gradient(mdp, policy, th, theta))
-        kl_s = _inf(policy_kl(pi_old, policy.probs(th)))
+        gL = _norm2(surrogate_gradient(mdp, policy, th, theta_old=theta))
+        gK = _norm2(kl_gradient(mdp, policy, th, theta_old=theta))
+        kl_s = _inf(policy_kl(pi_old=pi_old, pi_new=policy.probs(th)))
         # The KL's terms pi_old |log pi_old - log pi| exceed the KL where they cancel: round-off scales with them.
         terms = float(np.max(np.sum(pi_old * np.abs(logpi_old - policy.log_probs(th)), axis=1)))
         e_logpi = max(model.e_logpi, model.logpi_error(th))
@@ -292,7 +292,7 @@ def ppo_tolerances(model: ErrorModel, mdp, policy, theta, ev, pp, *, clip_eps: f
     sum_dw = (model.e_d + A * model.e_pi + 4.0 * U) * model.A_max + model.e_A
 
     def gradient(th):
-        return exact_clipped_surrogate_gradient(mdp, policy, th, theta, clip_eps, evaluation_old=ev)
+        return exact_clipped_surrogate_gradient(mdp, policy, th, theta_old=theta, clip_eps=clip_eps, evaluation_old=ev)
 
     def ratio(th):
         return np.where(pi_old > 0, policy.probs(th) / np.where(pi_old > 0, pi_old, 1.0), 1.0)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refpg._deprecation import keyword_only_since
 from refpg._validation import check_discount, check_probability_rows, check_real
 from refpg.evaluation import check_mdp, policy_evaluation, prepare
 from refpg.kl import kl_divergence
@@ -15,7 +16,8 @@ from refpg.surrogate import surrogate
 __all__ = ["performance_difference", "TRPOBound", "trpo_bound", "trpo_constant"]
 
 
-def performance_difference(mdp, pi_new, pi_old) -> float:
+@keyword_only_since("pi_new", "pi_old", call="performance_difference(mdp, pi_new=pi_new, pi_old=pi_old)")
+def performance_difference(mdp, *, pi_new, pi_old) -> float:
     r"""Right-hand side of the performance-difference lemma.
 
     .. math::
@@ -25,13 +27,27 @@ def performance_difference(mdp, pi_new, pi_old) -> float:
     Parameters
     ----------
     mdp : TabularMDP
-    pi_new, pi_old : array_like, shape (S, A)
-        :math:`\pi'` and :math:`\pi`, row-stochastic.
+    pi_new : array_like, shape (S, A), keyword-only
+        :math:`\pi'`, whose occupancy and actions the expectation is under;
+        row-stochastic.
+    pi_old : array_like, shape (S, A), keyword-only
+        :math:`\pi`, whose advantages are averaged; row-stochastic.
+
+    Both are keyword-only, as in every refpg function of two policies
+    (docs/conventions.md, "Argument order"). The positional form
+    ``performance_difference(mdp, pi_new, pi_old)`` means the same and
+    still works, with a `refpg.errors.RefpgDeprecationWarning`.
 
     Returns
     -------
     float
         Equal to ``evaluate(mdp, pi_new).J - evaluate(mdp, pi_old).J``.
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        A table that is not row-stochastic or not of shape (S, A), naming
+        `pi_new` or `pi_old`.
 
     References
     ----------
@@ -83,7 +99,8 @@ class TRPOBound(NamedTuple):
         return self.J - self.lower_bound
 
 
-def trpo_bound(mdp, policy, theta, theta_old, *, evaluation_old=None) -> TRPOBound:
+@keyword_only_since("theta_old", call="trpo_bound(mdp, policy, theta, theta_old=theta_old)")
+def trpo_bound(mdp, policy, theta, *, theta_old, evaluation_old=None) -> TRPOBound:
     r"""TRPO's Theorem 1 lower bound, term by term.
 
     .. math::
@@ -94,12 +111,22 @@ def trpo_bound(mdp, policy, theta, theta_old, *, evaluation_old=None) -> TRPOBou
     ----------
     mdp : TabularMDP
     policy : TabularSoftmax or LogLinear
-    theta, theta_old : ndarray of shape ``policy.theta_shape``
+    theta : ndarray of shape ``policy.theta_shape``
+        The new policy :math:`\pi`.
+    theta_old : ndarray of shape ``policy.theta_shape``, keyword-only
+        :math:`\pi_{old}`; the KL is :math:`D_{KL}(\pi_{old}\|\pi)`. Passed
+        by position (the earlier form) it means the same, with a
+        `refpg.errors.RefpgDeprecationWarning`.
     evaluation_old : Evaluation, optional
 
     Returns
     -------
     TRPOBound
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        A bad argument, named in the message.
 
     Notes
     -----
@@ -115,8 +142,8 @@ def trpo_bound(mdp, policy, theta, theta_old, *, evaluation_old=None) -> TRPOBou
     theta = policy.validate_theta(theta, "theta")
     pi = policy.probs(theta)
     J = policy_evaluation(mdp, pi).J
-    L = surrogate(mdp, policy, theta, theta_old, evaluation_old=ev_old)
-    max_kl = kl_divergence(mdp, policy, theta, theta_old, reduction="max", evaluation_old=ev_old)
+    L = surrogate(mdp, policy, theta, theta_old=theta_old, evaluation_old=ev_old)
+    max_kl = kl_divergence(mdp, policy, theta, theta_old=theta_old, reduction="max", evaluation_old=ev_old)
     eps = float(np.abs(ev_old.A).max())
     C = trpo_constant(eps, mdp.gamma)
     lower = L - C * max_kl if max_kl > 0 else L

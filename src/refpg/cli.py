@@ -78,8 +78,8 @@ def cmd_exact(args) -> int:
     opt = refpg.optimal_policy(mdp)
     theta_new = theta + args.eta * nat
     J_new = refpg.objective(mdp, pol, theta_new)
-    kl_mean = refpg.kl_divergence(mdp, pol, theta_new, theta, evaluation_old=ev)
-    kl_max = refpg.kl_divergence(mdp, pol, theta_new, theta, reduction="max", evaluation_old=ev)
+    kl_mean = refpg.kl_divergence(mdp, pol, theta_new, theta_old=theta, evaluation_old=ev)
+    kl_max = refpg.kl_divergence(mdp, pol, theta_new, theta_old=theta, reduction="max", evaluation_old=ev)
 
     print(f"refpg exact: {mdp!r}")
     print(f"policy: tabular softmax, {policy_desc}\n")

@@ -24,6 +24,7 @@ __all__ = [
     "NonPositiveCurvatureError",
     "ConformanceError",
     "RefpgWarning",
+    "RefpgDeprecationWarning",
 ]
 
 
@@ -81,3 +82,11 @@ class ConformanceError(RefpgError, AssertionError):
 
 class RefpgWarning(UserWarning):
     """Something legal but suspicious."""
+
+
+class RefpgDeprecationWarning(DeprecationWarning):
+    """A call in a form that still works but will be removed; the message shows the new form.
+
+    A subclass of `DeprecationWarning`, so ``-W error::DeprecationWarning``
+    and pytest's warning filters catch it.
+    """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from refpg._deprecation import keyword_only_since
 from refpg._validation import check_choice, check_probability_rows
 from refpg.evaluation import check_mdp, check_policy, prepare
 
@@ -17,19 +18,34 @@ __all__ = ["kl_divergence", "kl_gradient", "policy_kl"]
 _REDUCTIONS = ("mean", "max", "none")
 
 
-def policy_kl(pi_old, pi_new) -> np.ndarray:
-    r"""Per-state :math:`\sum_a \pi_{old}(a|s)\,(\log\pi_{old}(a|s) - \log\pi_{new}(a|s))`.
+@keyword_only_since("pi_old", "pi_new", call="policy_kl(pi_old=pi_old, pi_new=pi_new)")
+def policy_kl(*, pi_old, pi_new) -> np.ndarray:
+    r"""Per-state :math:`D_{KL}(\pi_{old}(\cdot|s)\,\|\,\pi_{new}(\cdot|s)) = \sum_a \pi_{old}(a|s)\,(\log\pi_{old}(a|s) - \log\pi_{new}(a|s))`.
 
     Parameters
     ----------
-    pi_old, pi_new : array_like, shape (S, A)
-        Row-stochastic matrices.
+    pi_old : array_like, shape (S, A)
+        The policy the expectation is under (first argument of the KL);
+        row-stochastic.
+    pi_new : array_like, shape (S, A)
+        The second argument of the KL; row-stochastic.
+
+    Both are keyword-only, as in every refpg function of two policies
+    (docs/conventions.md, "Argument order"). The positional form
+    ``policy_kl(pi_old, pi_new)`` means the same and still works, with a
+    `refpg.errors.RefpgDeprecationWarning`.
 
     Returns
     -------
     ndarray (S,)
         Non-negative; ``inf`` where pi_new puts 0 on an action pi_old plays
         (the true value, not an error).
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        A table that is not row-stochastic, or shapes that differ, naming
+        `pi_old` or `pi_new`.
 
     References
     ----------
@@ -59,9 +75,9 @@ def _check_reduction(reduction):
     check_choice(reduction, "reduction", _REDUCTIONS)
 
 
-def kl_divergence(mdp, policy, theta, theta_old, *, reduction: str = "mean",
-                  evaluation_old=None):
-    r"""Exact KL between :math:`\pi_{\theta_{old}}` and :math:`\pi_\theta`.
+@keyword_only_since("theta_old", call="kl_divergence(mdp, policy, theta, theta_old=theta_old)")
+def kl_divergence(mdp, policy, theta, *, theta_old, reduction: str = "mean", evaluation_old=None):
+    r"""Exact :math:`D_{KL}(\pi_{\theta_{old}} \,\|\, \pi_\theta)`, mean or max over states.
 
     .. math::
         \overline{D}_{KL} = \sum_s d^{\pi_{old}}(s)\, D_{KL}(\pi_{old}(\cdot|s)\|\pi(\cdot|s)),
@@ -72,7 +88,11 @@ def kl_divergence(mdp, policy, theta, theta_old, *, reduction: str = "mean",
     ----------
     mdp : TabularMDP
     policy : TabularSoftmax or LogLinear
-    theta, theta_old : ndarray of shape ``policy.theta_shape``
+    theta : ndarray of shape ``policy.theta_shape``
+        The new policy :math:`\pi_\theta`: the second argument of the KL.
+    theta_old : ndarray of shape ``policy.theta_shape``, keyword-only
+        The old policy :math:`\pi_{old}`: the first argument of the KL,
+        whose occupancy weighs the states.
     reduction : {"mean", "max", "none"}
         "none" returns the per-state vector (S,).
     evaluation_old : Evaluation, optional
@@ -81,6 +101,18 @@ def kl_divergence(mdp, policy, theta, theta_old, *, reduction: str = "mean",
     Returns
     -------
     float, or ndarray (S,) for ``reduction="none"``
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        A bad argument, named in the message (`theta`, `theta_old`,
+        `reduction`, `evaluation_old`).
+
+    Notes
+    -----
+    ``kl_divergence(mdp, policy, theta, theta_old)`` (theta_old by position)
+    is the earlier form: it computes the same thing and emits a
+    `refpg.errors.RefpgDeprecationWarning`.
 
     References
     ----------
@@ -97,9 +129,9 @@ def kl_divergence(mdp, policy, theta, theta_old, *, reduction: str = "mean",
     return float(per_state[ev_old.support].max())
 
 
-def kl_gradient(mdp, policy, theta, theta_old, *, reduction: str = "mean",
-                evaluation_old=None) -> np.ndarray:
-    r"""Gradient in theta (the new policy) of the mean or max KL.
+@keyword_only_since("theta_old", call="kl_gradient(mdp, policy, theta, theta_old=theta_old)")
+def kl_gradient(mdp, policy, theta, *, theta_old, reduction: str = "mean", evaluation_old=None) -> np.ndarray:
+    r"""Gradient in theta (the new policy) of the mean or max :math:`D_{KL}(\pi_{old}\|\pi_\theta)`.
 
     .. math::
         \nabla_\theta \overline{D}_{KL} = -\sum_s d^{\pi_{old}}(s) \sum_a
@@ -112,7 +144,9 @@ def kl_gradient(mdp, policy, theta, theta_old, *, reduction: str = "mean",
     Parameters
     ----------
     mdp, policy, theta, theta_old, evaluation_old
-        As in `kl_divergence`.
+        As in `kl_divergence`: theta is the new policy (differentiated),
+        theta_old (keyword-only) the old one; the positional form still
+        works with a `refpg.errors.RefpgDeprecationWarning`.
     reduction : {"mean", "max"}
 
     Returns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from refpg._deprecation import keyword_only_since
 from refpg.evaluation import prepare
 
 __all__ = ["surrogate", "surrogate_gradient"]
@@ -15,7 +16,8 @@ def _pieces(mdp, policy, theta, theta_old, evaluation_old):
     return theta, policy.probs(theta), ev_old
 
 
-def surrogate(mdp, policy, theta, theta_old, *, evaluation_old=None) -> float:
+@keyword_only_since("theta_old", call="surrogate(mdp, policy, theta, theta_old=theta_old)")
+def surrogate(mdp, policy, theta, *, theta_old, evaluation_old=None) -> float:
     r"""Exact surrogate ([Schulman2015] Eq. 3, normalised form).
 
     .. math::
@@ -27,7 +29,11 @@ def surrogate(mdp, policy, theta, theta_old, *, evaluation_old=None) -> float:
     ----------
     mdp : TabularMDP
     policy : TabularSoftmax or LogLinear
-    theta, theta_old : ndarray of shape ``policy.theta_shape``
+    theta : ndarray of shape ``policy.theta_shape``
+        The point :math:`\pi = \pi_\theta` where the surrogate is evaluated.
+    theta_old : ndarray of shape ``policy.theta_shape``, keyword-only
+        :math:`\pi_{old}`, where it is measured from: its occupancy,
+        advantages and J.
     evaluation_old : Evaluation, optional
         Exact evaluation of theta_old, reused if given.
 
@@ -37,6 +43,17 @@ def surrogate(mdp, policy, theta, theta_old, *, evaluation_old=None) -> float:
         Equals J(theta_old) at theta = theta_old, and its gradient there
         equals the policy gradient.
 
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        A bad argument, named in the message.
+
+    Notes
+    -----
+    ``surrogate(mdp, policy, theta, theta_old)`` (theta_old by position) is
+    the earlier form: the same value, with a
+    `refpg.errors.RefpgDeprecationWarning`.
+
     References
     ----------
     [Schulman2015] Eq. (3); [Kakade2002].
@@ -45,8 +62,9 @@ def surrogate(mdp, policy, theta, theta_old, *, evaluation_old=None) -> float:
     return float(ev_old.J + ev_old.horizon * np.einsum("s,sa,sa->", ev_old.d, pi, ev_old.A))
 
 
-def surrogate_gradient(mdp, policy, theta, theta_old, *, evaluation_old=None) -> np.ndarray:
-    r"""Gradient in theta of `surrogate`.
+@keyword_only_since("theta_old", call="surrogate_gradient(mdp, policy, theta, theta_old=theta_old)")
+def surrogate_gradient(mdp, policy, theta, *, theta_old, evaluation_old=None) -> np.ndarray:
+    r"""Gradient in theta of `surrogate` (theta_old keyword-only, as there).
 
     .. math::
         \nabla_\theta L_{old} = \frac{1}{1-\gamma}\sum_s d_{old}(s)\sum_a

@@ -151,7 +151,7 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
         pi_new = policy.probs(new)
         ev_new = policy_evaluation(mdp, pi_new)
         logp_old, logp_new = policy.log_probs(theta), policy.log_probs(new)
-        kl = kl_divergence(mdp, policy, new, theta, reduction="none", evaluation_old=ev)
+        kl = kl_divergence(mdp, policy, new, theta_old=theta, reduction="none", evaluation_old=ev)
         visited = ev.support
         # From log-probabilities: finite even where pi_old has underflowed to 0.
         ratio = np.exp(logp_new[visited] - logp_old[visited])

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refpg._deprecation import keyword_only_since
 from refpg._validation import as_float_array, check_choice, check_positive_int, check_real, entry
 from refpg.algorithms.common import SampleConfig, SampledData, check_mode, collect
 from refpg.errors import InvalidInputError, ShapeError
@@ -539,7 +540,8 @@ def _state_kl(logp_old, logp, pi_old) -> np.ndarray:
     return np.maximum(np.sum(pi_old * (logp_old - logp), axis=-1), 0.0)
 
 
-def batch_kl(policy, theta, theta_old, states) -> float:
+@keyword_only_since("theta_old", "states", call="batch_kl(policy, theta, theta_old=theta_old, states=states)")
+def batch_kl(policy, theta, *, theta_old, states) -> float:
     r"""Exact per-state KL averaged over a batch's states.
 
     .. math::
@@ -552,12 +554,23 @@ def batch_kl(policy, theta, theta_old, states) -> float:
     Parameters
     ----------
     policy : TabularSoftmax or LogLinear
-    theta, theta_old : ndarray of shape ``policy.theta_shape``
-    states : int array (M,)
+    theta : ndarray of shape ``policy.theta_shape``
+        The new policy: the second argument of the KL.
+    theta_old : ndarray of shape ``policy.theta_shape``, keyword-only
+        The old policy: the first argument of the KL.
+    states : int array (M,), keyword-only
+
+    The earlier positional form ``batch_kl(policy, theta, theta_old, states)``
+    means the same, with a `refpg.errors.RefpgDeprecationWarning`.
 
     Returns
     -------
     float >= 0
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        A bad argument, named in the message.
 
     References
     ----------
@@ -571,8 +584,10 @@ def batch_kl(policy, theta, theta_old, states) -> float:
     return float(np.mean(_state_kl(logp_old, policy.log_probs(theta), np.exp(logp_old))[s]))
 
 
-def batch_kl_gradient(policy, theta, theta_old, states) -> np.ndarray:
-    r"""Gradient in theta of `batch_kl`.
+@keyword_only_since("theta_old", "states",
+                    call="batch_kl_gradient(policy, theta, theta_old=theta_old, states=states)")
+def batch_kl_gradient(policy, theta, *, theta_old, states) -> np.ndarray:
+    r"""Gradient in theta of `batch_kl` (same arguments: theta_old and states keyword-only).
 
     .. math::
         \nabla_\theta \overline{D}_{batch} = -\sum_s \frac{n(s)}{M}\sum_a
@@ -623,7 +638,9 @@ def _exact_old(mdp, policy, theta, theta_old, clip_eps, evaluation_old):
     return theta, policy.log_probs(theta_old), ev_old, eps
 
 
-def exact_clipped_surrogate(mdp, policy, theta, theta_old, clip_eps, *, evaluation_old=None) -> float:
+@keyword_only_since("theta_old", "clip_eps",
+                    call="exact_clipped_surrogate(mdp, policy, theta, theta_old=theta_old, clip_eps=clip_eps)")
+def exact_clipped_surrogate(mdp, policy, theta, *, theta_old, clip_eps, evaluation_old=None) -> float:
     r"""Exact clipped surrogate: the infinite-sample limit of `clipped_surrogate`.
 
     .. math::
@@ -639,15 +656,27 @@ def exact_clipped_surrogate(mdp, policy, theta, theta_old, clip_eps, *, evaluati
     ----------
     mdp : TabularMDP
     policy : TabularSoftmax or LogLinear
-    theta, theta_old : ndarray of shape ``policy.theta_shape``
-    clip_eps : float > 0 or None
+    theta : ndarray of shape ``policy.theta_shape``
+        The point where the surrogate is evaluated (:math:`\pi_\theta`).
+    theta_old : ndarray of shape ``policy.theta_shape``, keyword-only
+        :math:`\pi_{old}`, where it is measured from.
+    clip_eps : float > 0 or None, keyword-only
         None: no clipping.
     evaluation_old : Evaluation, optional
         ``refpg.evaluate(mdp, policy.probs(theta_old))``, reused if given.
 
+    The earlier positional form ``exact_clipped_surrogate(mdp, policy, theta,
+    theta_old, clip_eps)`` means the same, with a
+    `refpg.errors.RefpgDeprecationWarning`.
+
     Returns
     -------
     float
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        A bad argument, named in the message.
 
     Notes
     -----
@@ -671,7 +700,10 @@ def exact_clipped_surrogate(mdp, policy, theta, theta_old, clip_eps, *, evaluati
     return _exact_pieces(policy, theta, logp_old, ev_old.d, ev_old.A, eps, grad=False)[0]
 
 
-def exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old, clip_eps, *,
+@keyword_only_since(
+    "theta_old", "clip_eps",
+    call="exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old=theta_old, clip_eps=clip_eps)")
+def exact_clipped_surrogate_gradient(mdp, policy, theta, *, theta_old, clip_eps,
                                      evaluation_old=None) -> np.ndarray:
     r"""Gradient in theta of `exact_clipped_surrogate`.
 
@@ -685,7 +717,7 @@ def exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old, clip_eps, *,
     Parameters
     ----------
     mdp, policy, theta, theta_old, clip_eps, evaluation_old
-        As in `exact_clipped_surrogate`.
+        As in `exact_clipped_surrogate` (theta_old and clip_eps keyword-only).
 
     Returns
     -------

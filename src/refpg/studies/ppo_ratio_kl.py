@@ -80,7 +80,7 @@ def ratio_stats(mdp, policy, theta_old, theta, eps: float) -> dict:
         r = np.exp(log_r)
     pairs = ev.support[:, None] & (pi_old > 0)
     outside = (r > 1 + eps) | (r < 1 - eps)
-    kl = refpg.kl_divergence(mdp, policy, theta, theta_old, reduction="none", evaluation_old=ev)
+    kl = refpg.kl_divergence(mdp, policy, theta, theta_old=theta_old, reduction="none", evaluation_old=ev)
     return {"max_dev": float(np.abs(r - 1)[pairs].max()),
             "mass_out": float(np.sum(ev.d[:, None] * pi_old * (outside & pairs))),
             "mean_kl": float(ev.d @ kl), "max_kl": float(kl[ev.support].max())}

@@ -116,7 +116,7 @@ def gradient_ray(mdp, policy, theta, alphas):
     g = refpg.policy_gradient(mdp, policy, theta)
     ev = refpg.evaluate(mdp, policy.probs(theta))
     J = np.array([refpg.evaluate(mdp, policy.probs(theta + a * g)).J for a in alphas])
-    kl = np.array([refpg.kl_divergence(mdp, policy, theta + a * g, theta, evaluation_old=ev) for a in alphas])
+    kl = np.array([refpg.kl_divergence(mdp, policy, theta + a * g, theta_old=theta, evaluation_old=ev) for a in alphas])
     return J, kl
 
 
