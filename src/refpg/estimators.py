@@ -83,7 +83,7 @@ def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: s
 
     Returns
     -------
-    ndarray of shape (n_episodes, *policy.theta_shape)
+    ndarray of shape ``(n_episodes, *policy.theta_shape)``
 
     Notes
     -----

@@ -210,7 +210,7 @@ class CaseOutputs(NamedTuple):
 def case_outputs(inputs: dict) -> CaseOutputs:
     """Every output of a case from its inputs alone, with each field's tolerance and its basis.
 
-    Tolerances are twice a first-order forward-error bound (`refpg._golden_bounds`).
+    Tolerances are twice a first-order forward-error bound (``refpg._golden_bounds``).
     """
     import refpg
     from refpg import _golden_bounds as gb

@@ -27,11 +27,11 @@ class MeanTest(NamedTuple):
     """Outcome of `mean_test`; ``str()`` explains it in one paragraph."""
 
     rejected: bool
-    """True when some coordinate's |z| exceeds the threshold."""
+    """True when some coordinate's :math:`|z|` exceeds the threshold."""
     alpha: float
     """Family-wise false-alarm rate."""
     threshold: float
-    """Bonferroni critical value of |z|: Phi^{-1}(1 - alpha / (2k))."""
+    r"""Bonferroni critical value of :math:`|z|`: :math:`\Phi^{-1}(1 - \alpha / (2k))`."""
     z: np.ndarray
     """Per-coordinate z-statistics (shape of the mean)."""
     mean: np.ndarray
@@ -45,7 +45,7 @@ class MeanTest(NamedTuple):
 
     @property
     def worst(self) -> tuple:
-        """Index of the coordinate with the largest |z|."""
+        """Index of the coordinate with the largest :math:`|z|`."""
         return tuple(int(i) for i in np.unravel_index(int(np.argmax(np.abs(self.z))), self.z.shape))
 
     def __str__(self) -> str:

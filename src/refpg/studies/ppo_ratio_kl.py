@@ -64,9 +64,9 @@ def matched_delta(eps: float) -> float:
 
 
 def ratio_stats(mdp, policy, theta_old, theta, eps: float) -> dict:
-    """Exact ratio and KL statistics of one update theta_old -> theta.
+    r"""Exact ratio and KL statistics of one update theta_old -> theta.
 
-    Returns max |r - 1| over (s, a) with d_old(s) > 0, the d_old x pi_old mass of
+    Returns :math:`\max |r - 1|` over (s, a) with d_old(s) > 0, the d_old x pi_old mass of
     pairs with r outside [1 - eps, 1 + eps], the mean KL under d_old and the max
     KL over visited states.
     """
