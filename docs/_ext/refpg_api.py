@@ -1,0 +1,212 @@
+"""Sphinx glue for refpg's API reference.
+
+* ``.. refpg-module:: refpg.kl`` documents one public module: its docstring, a
+  table of every name in its ``__all__`` (linked to where each is documented),
+  and then, in ``__all__`` order, each name whose home is this module. A name
+  re-exported from another module (``refpg.evaluate`` from
+  ``refpg.evaluation``) is documented once, at home, and linked from the
+  table, so the reference has no duplicate entries.
+* A reference to a re-exported name (```refpg.evaluate```, or ```run``` inside
+  ``refpg.algorithms``) resolves to that single entry.
+* The default role links a name that imports and renders any other as
+  emphasis, as numpydoc projects do; a name spelled ``refpg.…`` must resolve,
+  so a misspelt one fails a nitpicky build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+
+from docutils import nodes
+from sphinx import addnodes
+from docutils.statemachine import StringList
+from sphinx.pycode import ModuleAnalyzer
+from sphinx.errors import PycodeError
+from sphinx.ext.autosummary import AutoLink, import_by_name
+
+try:
+    from sphinx.ext.autosummary import ImportExceptionGroup
+except ImportError:  # Sphinx < 7.2 raises a plain ImportError
+    ImportExceptionGroup = ImportError
+from sphinx.util.docutils import SphinxDirective
+
+
+def _python_domain(env):
+    domains = getattr(env, "domains", None)  # Sphinx >= 8.1
+    return domains.python_domain if hasattr(domains, "python_domain") else env.get_domain("py")
+
+
+def _is_public(modname: str) -> bool:
+    return not any(part.startswith("_") for part in modname.split("."))
+
+
+def _defines(module, name: str) -> bool:
+    """Whether `module`'s own source assigns `name` at top level (for data, which has no ``__module__``)."""
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):
+        return False
+    return re.search(rf"^{re.escape(name)}\s*(:[^=]*)?=", source, re.MULTILINE) is not None
+
+
+def home(module, name: str) -> str:
+    """The module under which ``module.name`` is documented."""
+    obj = getattr(module, name)
+    if inspect.ismodule(obj):
+        return obj.__name__
+    owner = getattr(obj, "__module__", None) if (inspect.isclass(obj) or inspect.isroutine(obj)) else None
+    if owner and owner != module.__name__ and _is_public(owner):
+        owner_module = importlib.import_module(owner)
+        if getattr(owner_module, name, None) is obj and name in getattr(owner_module, "__all__", ()):
+            return owner
+    if owner is None and not _defines(module, name):
+        # Data imported from a sibling: its home is the module whose source assigns it.
+        for other in _public_modules_importing(module):
+            if getattr(other, name, None) is obj and _defines(other, name) and name in getattr(other, "__all__", ()):
+                return other.__name__
+    return module.__name__
+
+
+def _public_modules_importing(module):
+    source = inspect.getsource(module)
+    for modname in re.findall(r"^\s*from (refpg[\w.]*) import", source, re.MULTILINE):
+        if _is_public(modname):
+            yield importlib.import_module(modname)
+
+
+def _summary(module, name: str) -> str:
+    """The first paragraph of the documentation of ``module.name`` (a ``#:`` comment for data)."""
+    obj = getattr(module, name)
+    if inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj):
+        doc = inspect.getdoc(obj) or ""
+    else:
+        owner = importlib.import_module(home(module, name))
+        try:
+            analyzer = ModuleAnalyzer.for_module(owner.__name__)
+            doc = "\n".join(analyzer.find_attr_docs().get(("", name), []))
+        except PycodeError:
+            doc = ""
+    return doc.strip().split("\n\n")[0]
+
+
+def _directive_for(obj) -> str:
+    if inspect.isclass(obj):
+        return "autoexception" if issubclass(obj, BaseException) else "autoclass"
+    if inspect.isroutine(obj):
+        return "autofunction"
+    return "autodata"
+
+
+class RefpgModule(SphinxDirective):
+    """``.. refpg-module:: NAME``: the module's docstring, a table of its ``__all__``, its own names."""
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self):
+        modname = self.arguments[0]
+        module = importlib.import_module(modname)
+        public = list(getattr(module, "__all__", []))
+        lines = [f".. automodule:: {modname}", ""]
+        if public:
+            lines += [".. rubric:: Public names", "", ".. list-table::", "   :widths: 30 70", ""]
+            for name in public:
+                obj = getattr(module, name)
+                target = obj.__name__ if inspect.ismodule(obj) else f"{home(module, name)}.{name}"
+                summary = _summary(module, name).splitlines() or [""]
+                lines += [f"   * - :py:obj:`{name} <{target}>`", f"     - {summary[0]}"]
+                lines += [f"       {line}" for line in summary[1:]]
+            lines.append("")
+        for name in public:
+            obj = getattr(module, name)
+            if inspect.ismodule(obj) or home(module, name) != modname:
+                continue
+            lines += [f".. {_directive_for(obj)}:: {modname}.{name}", ""]
+            if inspect.isclass(obj):
+                lines[-1:-1] = ["   :members:", "   :show-inheritance:"]
+        self.env.note_dependency(inspect.getsourcefile(module))
+        node = nodes.section()
+        node.document = self.state.document
+        self.state.nested_parse(StringList(lines, source=f"<refpg-module {self.arguments[0]}>"), 0, node)
+        return node.children
+
+
+class RefpgAutoLink(AutoLink):
+    """`AutoLink`, except that a name starting ``refpg.`` stays a reference even when it does not import."""
+
+    def run(self):
+        if self.text.lstrip("~!").startswith("refpg."):
+            pyobj_role = _python_domain(self.env).role("obj")
+            return pyobj_role("obj", self.rawtext, self.text, self.lineno, self.inliner, self.options, self.content)
+        objects, errors = super().run()
+        for node in objects:
+            if isinstance(node, addnodes.pending_xref):
+                node["refpg_autolink"] = True  # see resolve_reexport
+        return objects, errors
+
+
+def _documented_objects(app):
+    """id(python object) -> documented full name, for every object the Python domain holds."""
+    cache = getattr(app.env, "_refpg_documented", None)
+    domain = _python_domain(app.env)
+    if cache is None or cache[0] != len(domain.objects):
+        by_id = {}
+        for fullname, entry in domain.objects.items():
+            if entry.objtype == "module" or not fullname.startswith("refpg"):
+                continue
+            try:
+                _, obj, _, _ = import_by_name(fullname)
+            except ImportExceptionGroup:
+                continue
+            if not isinstance(obj, (int, float, complex, str, bytes, type(None))):  # ids of values are shared
+                by_id.setdefault(id(obj), fullname)
+        cache = (len(domain.objects), by_id)
+        app.env._refpg_documented = cache
+    return cache[1]
+
+
+def resolve_reexport(app, env, node, contnode):
+    """``missing-reference``: resolve a name re-exported elsewhere to the entry at its home."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"]
+    module, klass = node.get("py:module"), node.get("py:class")
+    prefixes = [p for p in (f"{module}.{klass}" if module and klass else None, module) if p] + [None]
+    try:
+        _, obj, _, _ = import_by_name(target, prefixes)
+    except ImportExceptionGroup:
+        return None
+    resolved = _resolve_to_home(app, env, node, contnode, target, obj)
+    if resolved is None and node.get("refpg_autolink"):
+        # `name` imports but has no entry of its own (a NamedTuple field, a private helper): plain emphasis,
+        # as for a name that does not import.
+        return nodes.emphasis(contnode.astext(), contnode.astext())
+    return resolved
+
+
+def _resolve_to_home(app, env, node, contnode, target, obj):
+    domain = _python_domain(env)
+    if inspect.ismodule(obj):
+        canonical = obj.__name__ if obj.__name__ in domain.objects else None
+    else:
+        canonical = _documented_objects(app).get(id(obj))
+    if canonical is None or canonical == target:
+        return None
+    return domain.resolve_xref(env, node["refdoc"], app.builder, "obj", canonical, node, contnode)
+
+
+def skip_namedtuple_fields(app, what, name, obj, skip, options):
+    """A NamedTuple's fields are documented in its Attributes section, not as 'Alias for field number N'."""
+    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return True
+    return None
+
+
+def setup(app):
+    app.add_directive("refpg-module", RefpgModule)
+    app.add_role("refpg-autolink", RefpgAutoLink())
+    app.connect("missing-reference", resolve_reexport)
+    app.connect("autodoc-skip-member", skip_namedtuple_fields)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
