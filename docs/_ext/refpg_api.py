@@ -8,9 +8,11 @@
   table, so the reference has no duplicate entries.
 * A reference to a re-exported name (```refpg.evaluate```, or ```run``` inside
   ``refpg.algorithms``) resolves to that single entry.
-* The default role links a name that imports and renders any other as
-  emphasis, as numpydoc projects do; a name spelled ``refpg.…`` must resolve,
-  so a misspelt one fails a nitpicky build.
+* The default role links a name to its entry, renders a name that imports but
+  has no entry (a parameter, a NamedTuple field, a private helper) as
+  emphasis, as numpydoc projects do, and leaves a name spelled ``refpg.…``
+  that does not import a broken reference, so a misspelt one fails a
+  nitpicky build.
 """
 
 from __future__ import annotations
@@ -138,9 +140,10 @@ class RefpgAutoLink(AutoLink):
 
     def run(self):
         if self.text.lstrip("~!").startswith("refpg."):
-            pyobj_role = _python_domain(self.env).role("obj")
-            return pyobj_role("obj", self.rawtext, self.text, self.lineno, self.inliner, self.options, self.content)
-        objects, errors = super().run()
+            objects, errors = _python_domain(self.env).role("obj")(
+                "obj", self.rawtext, self.text, self.lineno, self.inliner, self.options, self.content)
+        else:
+            objects, errors = super().run()
         for node in objects:
             if isinstance(node, addnodes.pending_xref):
                 node["refpg_autolink"] = True  # see resolve_reexport
