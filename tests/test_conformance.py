@@ -787,3 +787,47 @@ def test_parameters_of_the_declared_convention_in_another_order_are_warned_about
     report = check_gae(swapped, **FAST)
     assert any("in another order" in w and "'terminated' is its parameter 5 but argument 4" in w
                for w in report.warnings)
+
+
+# -- counterexamples a reader can trust ----------------------------------------------------------
+
+def test_no_flow_counterexample_keeps_a_boundary_and_shows_the_calls_expected_came_from():
+    from refpg.examples import by_name
+
+    example = by_name("gae_sb3_starts_not_shifted")
+    report = check_gae(example.fn, convention="sb3", backend="numpy", max_examples=50)
+    ce = report.failure("gae.no_flow_across_episodes").counterexample
+    # The scenario draws rollouts with an episode boundary before the last row; shrinking keeps one.
+    assert ce.inputs["episode_starts"][1:].any()
+    assert len(ce.parts) >= 2
+    T = ce.inputs["rewards"].shape[0]
+    rows = []
+    for label, inputs, output in ce.parts:
+        assert {"rewards", "values", "episode_starts", "last_values", "dones", "gamma", "gae_lambda"} <= set(inputs)
+        assert output.shape == inputs["rewards"].shape
+        rows.append(output[:, 0])
+    # Each episode's own output, stacked, is the expected column.
+    np.testing.assert_allclose(np.concatenate(rows), ce.expected[:, 0], rtol=0, atol=0)
+    assert sum(len(r) for r in rows) == T
+    text = str(report)
+    assert "expected is made of 2 further calls of the function, one per episode:" in text
+    assert "episode of column 0, rows 0..0 alone:" in text and "output" in text
+    (as_data,) = [f for f in report.to_dict()["failures"] if f["check_id"] == "gae.no_flow_across_episodes"]
+    assert len(as_data["counterexample"]["parts"]) == len(ce.parts)
+
+
+def test_shrinking_never_goes_below_the_smallest_minibatch_drawn():
+    torch = pytest.importorskip("torch")
+    from refpg.examples.correct import ppo_loss_cleanrl_torch
+
+    def normalizes_in_place(logp_new, logp_old, advantages, clip_eps):
+        out = ppo_loss_cleanrl_torch(logp_new, logp_old, advantages, clip_eps)
+        advantages.mul_(2.0)
+        return out
+
+    report = check_ppo_loss(normalizes_in_place, convention="cleanrl", backend="torch", **FAST)
+    assert "minibatches of one were not drawn" in str(report)
+    (failure,) = report.failures
+    assert failure.check_id == "ppo_loss.input_mutated"
+    assert failure.counterexample.inputs["logp_new"].shape == (2,)
+    assert torch is not None

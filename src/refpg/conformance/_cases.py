@@ -147,13 +147,34 @@ def simpler_numbers(x: float) -> list:
     return out
 
 
-def rollout_moves(case: dict) -> list:
-    """Smaller valid rollouts than `case`, structural moves first.
+def rollout_fits(case: dict, flags: str) -> bool:
+    """Whether `case` has the episode structure `rollouts(flags=flags)` promises (see there)."""
+    term, trunc = case["terminated"], case["truncated"]
+    if flags == "none":
+        return not (term.any() or trunc.any())
+    if flags == "terminal":
+        return bool(term.any()) and not trunc.any()
+    if flags == "truncation_end":
+        return not term.any() and not trunc[:-1].any() and bool(trunc[-1].any())
+    if flags == "truncation_mid":
+        return not term.any() and bool(trunc[:-1].any()) and case["lam"] == 0.0
+    if flags == "boundaries":
+        return not (term & trunc).any() and bool((term[:-1] | trunc[:-1]).any())
+    return True
+
+
+def rollout_moves(case: dict, flags: str = "any") -> list:
+    """Smaller valid rollouts than `case`, structural moves first, each with the episode structure
+    `flags` promises (`rollout_fits`): shrinking never goes below what the scenario draws.
 
     One column; the first or last row dropped; a flag cleared; then each free
     number made simpler (`simpler_numbers`); then gamma and lambda made
     simpler. Every move keeps the rollout consistent (`link`).
     """
+    return [c for c in _rollout_moves(case) if rollout_fits(c, flags)]
+
+
+def _rollout_moves(case: dict) -> list:
     T, N = case["rewards"].shape
     arrays = ("rewards", "values", "next_values", "terminated", "truncated")
     out = []
@@ -194,12 +215,13 @@ def simpler_choices(value, order) -> tuple:
     return tuple(order[:order.index(value)] if value in order else order)
 
 
-def sample_moves(case: dict, keys: tuple, choices: dict | None = None) -> list:
-    """Smaller variants of a case of per-sample arrays `keys` (all of one length): drop a sample,
-    then make one number simpler, then move a scalar towards the front of its `choices` order."""
+def sample_moves(case: dict, keys: tuple, choices: dict | None = None, *, n_min: int = 1) -> list:
+    """Smaller variants of a case of per-sample arrays `keys` (all of one length): drop a sample
+    (never below `n_min`, the fewest the strategy draws), then make one number simpler, then move a
+    scalar towards the front of its `choices` order."""
     n = len(case[keys[0]])
     out = []
-    if n > 1:
+    if n > max(1, n_min):
         out += [{**case, **{k: np.delete(case[k], i) for k in keys}} for i in range(n)]
     for key in keys:
         for i, x in enumerate(case[key]):

@@ -497,6 +497,7 @@ class Outcome:
     actual: Any = None
     where: tuple | None = None
     traceback: str | None = None
+    parts: tuple = ()  # (label, inputs, output) of the further calls `expected` was made of
 
 
 class Session:
@@ -805,7 +806,8 @@ class Session:
             if outcome is None:  # a function whose output varies between calls: report it as first seen
                 shrunk = False
                 outcome = first_outcome[cid]
-            ce = Counterexample(outcome.inputs, outcome.expected, outcome.actual, outcome.where, shrunk)
+            ce = Counterexample(outcome.inputs, outcome.expected, outcome.actual, outcome.where, shrunk,
+                                outcome.parts)
             self.failures[cid] = Failure(cid, outcome.message, ce, outcome.traceback)
 
     def _order(self, cid: str) -> int:
@@ -866,7 +868,8 @@ class Session:
             return
         ce = None
         if outcome.inputs or outcome.expected is not None:
-            ce = Counterexample(outcome.inputs, outcome.expected, outcome.actual, outcome.where, shrunk)
+            ce = Counterexample(outcome.inputs, outcome.expected, outcome.actual, outcome.where, shrunk,
+                                outcome.parts)
         self.failures[outcome.check_id] = Failure(outcome.check_id, outcome.message, ce, outcome.traceback)
 
     def report(self) -> Report:

@@ -266,12 +266,14 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
         if whole is None:
             return outcomes
         pieces = np.empty_like(whole)
+        parts = []
         for n in range(whole.shape[1]):
             for a, b in _segments(case, n):
-                part, more, _ = _run(session, _sub_case(case, n, a, b), convention)
+                part, more, part_inputs = _run(session, _sub_case(case, n, a, b), convention)
                 if part is None:
                     return outcomes + more
                 pieces[a:b, n] = part[:, 0]
+                parts.append((f"episode of column {n}, rows {a}..{b - 1} alone", part_inputs, part))
         bad = session.compare("gae.no_flow_across_episodes", "advantages", whole, pieces, inputs,
                               why="expected is the function's own output for each episode alone: rows "
                                   "before an episode boundary must not depend on the rows after it. Either "
@@ -279,21 +281,23 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
                                   "terminated OR truncated), or the boundary's delta reads values[t + 1] "
                                   "(the next episode's first state) instead of next_values[t]")
         if bad is not None:
+            bad.parts = tuple(parts)
             outcomes.append(bad)
         return outcomes
 
     session.declare(*session.generic_ids())
-    scenarios = [("gae.recursion", _cases.rollouts(flags="none"), value_scenario("gae.recursion")),
-                 ("gae.terminal_not_bootstrapped", _cases.rollouts(flags="terminal"),
-                  value_scenario("gae.terminal_not_bootstrapped"))]
+    # (check id, episode structure, evaluate): shrinking keeps a case within its structure (a
+    # counterexample of no_flow_across_episodes keeps an episode boundary, say).
+    scenarios = [("gae.recursion", "none", value_scenario("gae.recursion")),
+                 ("gae.terminal_not_bootstrapped", "terminal", value_scenario("gae.terminal_not_bootstrapped"))]
     if convention != "cleanrl":
         truncation = value_scenario("gae.truncation_bootstrapped")
-        scenarios.append(("gae.truncation_bootstrapped", _cases.rollouts(flags="truncation_end"), truncation))
-        scenarios.append(("gae.truncation_bootstrapped", _cases.rollouts(flags="truncation_mid"),
-                          lambda case: truncation(case) if case["lam"] == 0.0 else []))
-    scenarios.append(("gae.no_flow_across_episodes", _cases.rollouts(flags="boundaries"), evaluate_split))
-    for check_id, strategy, evaluate in scenarios:
-        session.run_scenario(strategy, evaluate, (check_id,), moves=_cases.rollout_moves)
+        scenarios.append(("gae.truncation_bootstrapped", "truncation_end", truncation))
+        scenarios.append(("gae.truncation_bootstrapped", "truncation_mid", truncation))
+    scenarios.append(("gae.no_flow_across_episodes", "boundaries", evaluate_split))
+    for check_id, flags, evaluate in scenarios:
+        session.run_scenario(_cases.rollouts(flags=flags), evaluate, (check_id,),
+                             moves=lambda case, flags=flags: _cases.rollout_moves(case, flags=flags))
     value_ids = {"gae.recursion", "gae.terminal_not_bootstrapped", "gae.truncation_bootstrapped",
                  "gae.no_flow_across_episodes"}
     if not value_ids & set(session.failures):  # a catch-all adds nothing to a specific failure

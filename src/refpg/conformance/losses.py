@@ -267,7 +267,8 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
         return evaluate
 
     session.declare(*session.generic_ids())
-    moves = _ppo_moves
+    def moves(case):
+        return _ppo_moves(case, n_min)
     session.run_scenario(_ppo_cases(_INSIDE_U, n_min), evaluate_for("ppo_loss.inside_clip_range", True),
                          ("ppo_loss.inside_clip_range",), moves=moves)
     session.run_scenario(_ppo_cases(_OUTSIDE_U, n_min, any_u=True),
@@ -307,8 +308,8 @@ def _ppo_cases(u_strategy, n_min, *, any_u: bool = False):
     return st.tuples(base, st.sampled_from(CLIPS)).map(lambda bc: {**bc[0], "clip_eps": bc[1]})
 
 
-def _ppo_moves(case):
-    return _cases.sample_moves(case, ("logp_old", "u", "advantages"), {"clip_eps": CLIPS})
+def _ppo_moves(case, n_min: int = 1):
+    return _cases.sample_moves(case, ("logp_old", "u", "advantages"), {"clip_eps": CLIPS}, n_min=n_min)
 
 
 def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inputs, check_id, why,

@@ -31,6 +31,10 @@ class Counterexample:
         False when the failure could not be reproduced while shrinking (a
         non-deterministic function); the inputs are then the first failing
         example, as drawn.
+    parts : tuple of (str, dict, object)
+        When `expected` was assembled from other calls of the function (the
+        episodes of a rollout, each alone), one ``(label, inputs, output)``
+        per call, so that every input `expected` came from is shown.
     """
 
     inputs: dict
@@ -38,6 +42,7 @@ class Counterexample:
     actual: Any = None
     where: tuple | None = None
     shrunk: bool = True
+    parts: tuple = ()
 
     def lines(self, indent: int = 0) -> list[str]:
         """One ``name = value`` line per input, then expected and actual; arrays continue aligned."""
@@ -52,6 +57,14 @@ class Counterexample:
             out.append(f"{name.ljust(width)} = {_show(value, indent=indent + width + 3)}")
         if self.where is not None:
             out.append(f"largest error at index {self.where}")
+        if self.parts:
+            out.append(f"expected is made of {len(self.parts)} further call{'s' if len(self.parts) > 1 else ''} "
+                       f"of the function, one per episode:")
+            for label, inputs, output in self.parts:
+                out.append(f"  {label}:")
+                sub = [*inputs.items(), ("output", output)]
+                w = max(len(k) for k, _ in sub)
+                out += [f"    {k.ljust(w)} = {_show(v, indent=indent + w + 7)}" for k, v in sub]
         if not self.shrunk:
             out.append("(not shrunk: the failure did not reproduce on the same input; is the function "
                        "deterministic?)")
@@ -61,7 +74,9 @@ class Counterexample:
         """The counterexample as plain JSON data: arrays become (nested) lists, see `Report.to_dict`."""
         return {"inputs": {name: _plain(v) for name, v in self.inputs.items()},
                 "expected": _plain(self.expected), "actual": _plain(self.actual),
-                "where": None if self.where is None else list(self.where), "shrunk": bool(self.shrunk)}
+                "where": None if self.where is None else list(self.where), "shrunk": bool(self.shrunk),
+                "parts": [{"label": label, "inputs": {k: _plain(v) for k, v in inputs.items()},
+                           "output": _plain(output)} for label, inputs, output in self.parts]}
 
 
 @dataclass(frozen=True)
