@@ -15,7 +15,6 @@ not installed.
 
 import importlib
 import inspect
-import os
 import pkgutil
 import re
 import subprocess
@@ -40,7 +39,7 @@ def sphinx_build(srcdir: Path, outdir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
          "-d", str(outdir / ".doctrees"), str(srcdir), str(outdir)],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": ""}, timeout=600)
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 @pytest.fixture(scope="module")

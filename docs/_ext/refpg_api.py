@@ -128,6 +128,8 @@ class RefpgModule(SphinxDirective):
             lines += [f".. {_directive_for(obj)}:: {modname}.{name}", ""]
             if inspect.isclass(obj):
                 lines[-1:-1] = ["   :members:", "   :show-inheritance:"]
+            elif _directive_for(obj) == "autodata" and len(repr(obj)) > 100:
+                lines[-1:-1] = ["   :no-value:"]  # a table of examples or modules, not a value to read
         self.env.note_dependency(inspect.getsourcefile(module))
         node = nodes.section()
         node.document = self.state.document

@@ -24,6 +24,7 @@ import numpy as np
 __all__ = ["CASES", "Case", "CaseOutputs", "FieldCheck", "CheckReport", "SCHEMA_VERSION", "generate_case",
            "regenerate", "check", "case_outputs", "schema"]
 
+#: Version of the golden files' JSON layout: written into each file, and the only one golden/schema.json admits.
 SCHEMA_VERSION = 2
 GENERATED_BY = "refpg golden regenerate"
 DENSE_FISHER_MAX_PARAMS = 64

@@ -104,6 +104,7 @@ def _broken(name, kind, expected, description, *, convention="refpg", backend="n
     return Example(name, kind, fn, convention, backend, options, f"{kind}.{expected}", description)
 
 
+#: Every correct example, in each library's convention: each must pass its check.
 CORRECT: tuple[Example, ...] = (
     # gae
     _correct("gae_refpg_numpy", "gae", "refpg", "numpy",
@@ -156,6 +157,7 @@ CORRECT: tuple[Example, ...] = (
              "the same with autograd gradients and Hessian-vector products of the mean KL"),
 )
 
+#: Every deliberately broken example: each must fail its check with its ``expected`` check id.
 BROKEN: tuple[Example, ...] = (
     # gae
     _broken("gae_torchrl_done_as_terminated", "gae", "truncation_bootstrapped",

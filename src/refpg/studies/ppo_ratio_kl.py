@@ -126,6 +126,12 @@ def _first(mask) -> int | None:
 
 
 def run(*, quick: bool = False, out_dir="analysis/ppo_ratio_kl") -> dict:
+    """Run the study (module docstring), writing its figures and ``report.md`` to `out_dir`.
+
+    `quick` runs fewer epochs and updates (for the tests). Returns the headline numbers: at the
+    headline epoch count, each run's mass of pairs outside the clip range and largest ratio
+    deviation, the first epoch that leaves the range, and the mean KL over delta(eps).
+    """
     from refpg.algorithms import run as run_algorithm
     from refpg.algorithms import trpo_step
     from refpg.studies.seed_story import lake_and_policies

@@ -132,6 +132,11 @@ def locked_states(mdp, pi, *, tol: float = 1e-3) -> list:
 
 
 def run(*, quick: bool = False, out_dir="analysis/seed_story") -> dict:
+    """Run the study (module docstring), writing its figures and ``report.md`` to `out_dir`.
+
+    `quick` runs fewer iterations (for the tests). Returns the headline numbers of every run: final
+    and best J, the worst one-step drop and where it happened, and the largest KLs.
+    """
     import refpg
 
     out = prepare_out_dir(out_dir)
