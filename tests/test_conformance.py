@@ -831,3 +831,35 @@ def test_shrinking_never_goes_below_the_smallest_minibatch_drawn():
     assert failure.check_id == "ppo_loss.input_mutated"
     assert failure.counterexample.inputs["logp_new"].shape == (2,)
     assert torch is not None
+
+
+def test_warnings_and_errors_in_warnings_are_shown_whole():
+    import warnings
+
+    long = " ".join(f"word{i}" for i in range(80)) + "\nand a second line that ends here"
+
+    def warns(rewards, values, next_values, terminated, truncated, gamma, lam):
+        warnings.warn(long, RuntimeWarning)
+        return gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+
+    report = check_gae(warns, backend="numpy", **FAST)
+    assert f"the function emitted RuntimeWarning: {long}" in report.warnings
+    assert "WARNING the function emitted RuntimeWarning: word0" in str(report)
+    assert "        and a second line that ends here" in str(report)
+
+    def raises_long(rewards, values, next_values, terminated, truncated, gamma, lam):
+        raise ValueError(" ".join(f"reason{i}" for i in range(60)))
+
+    report = check_gae(raises_long, **FAST)
+    (auto,) = [w for w in report.warnings if w.startswith("backend='auto' could not run")]
+    assert auto.count("reason59") == 2  # the whole error of both backends
+
+
+def test_a_torch_warning_is_shown_whole():
+    pytest.importorskip("torch")
+    from refpg.examples.correct import ppo_loss_cleanrl_torch
+
+    # CleanRL's ddof=1 normalisation on SB3's minibatches of one: torch warns from std().
+    report = check_ppo_loss(ppo_loss_cleanrl_torch, convention="sb3", backend="torch", **FAST)
+    (std,) = [w for w in report.warnings if "std(): degrees of freedom is <= 0" in w]
+    assert "(input numel divided by output numel)" in std and std.endswith(".)")

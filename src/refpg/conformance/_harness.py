@@ -105,7 +105,7 @@ class Backend:
         try:
             arr = np.asarray(y)
         except Exception as exc:  # a ragged list, or an object whose __array__ fails
-            detail = str(exc).splitlines()[0][:150] if str(exc) else ""
+            detail = str(exc).splitlines()[0] if str(exc) else ""
             raise BadOutput(f"{what} should be an array of floats, actual "
                             + (f"a ragged {kind} (items of different shapes)" if sequence else
                                f"a {kind} that NumPy cannot convert ({type(exc).__name__}: {detail})")) from None
@@ -145,7 +145,7 @@ def _torch_to_numpy(y, what: str) -> np.ndarray:
             y = y.to(torch.float16)
         return y.cpu().numpy()
     except Exception as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        detail = str(exc).splitlines()[0] if str(exc) else ""
         raise BadOutput(f"{what} should be a torch tensor NumPy can read (dense, with data on a device), actual one "
                         f"(dtype {str(y.dtype).removeprefix('torch.')}, layout "
                         f"{str(y.layout).removeprefix('torch.')}, device {y.device}) that .numpy() refuses: "
@@ -215,7 +215,7 @@ def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], Any
            if chosen == "torch" else "the NumPy run's error is reported")
     return Backend(chosen, dtype), [
         f"backend='auto' could not run the function on either backend: on NumPy arrays it raised "
-        f"{_brief(numpy_error)}; on torch tensors {_brief(torch_error)}. Checked on {chosen} ({why}); pass "
+        f"{numpy_error}; on torch tensors {torch_error}. Checked on {chosen} ({why}); pass "
         f"backend='numpy' or backend='torch' to choose"]
 
 
@@ -242,8 +242,10 @@ def _wants_tensors(summary: str) -> bool:
     return False
 
 
-def _brief(summary: str, limit: int = 160) -> str:
-    return summary if len(summary) <= limit else summary[:limit - 3] + "..."
+def _short_repr(obj, limit: int = 300) -> str:
+    """``repr(obj)``, or its start and how much was left out when it is long (a dict of big arrays)."""
+    text = repr(obj)
+    return text if len(text) <= limit else f"{text[:limit]} ... ({len(text) - limit} more characters)"
 
 
 def _holds_torch(out) -> bool:
@@ -601,7 +603,8 @@ class Session:
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # the user's bug (even sys.exit) is a finding, never a crash
-                summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                # The headline, whole: the failure shows the full traceback besides.
+                summary = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 self._timed(time.perf_counter() - t0)
                 self._note_warnings(caught)
                 self.ran(f"{self.kind}.raised")
@@ -642,7 +645,7 @@ class Session:
 
     def _note_warnings(self, caught) -> None:
         for w in caught:
-            key = (w.category.__name__, str(w.message).splitlines()[0][:200])
+            key = (w.category.__name__, str(w.message).strip())  # whole: a cut message misleads
             if key not in self._seen_warnings and len(self._seen_warnings) < 5:
                 self._seen_warnings.add(key)
                 self.warn(f"the function emitted {key[0]}: {key[1]}")
@@ -701,7 +704,7 @@ class Session:
                                       f"{what} should be {_one(shape)}, actual a tuple of {len(raw)} items "
                                       f"(return {what} alone; extra diagnostics are not part of this "
                                       f"signature)", inputs)]
-            return None, [Outcome(ids["dtype"], str(exc), inputs, actual=repr(raw)[:200])]
+            return None, [Outcome(ids["dtype"], str(exc), inputs, actual=_short_repr(raw))]
         outcomes = []
         if not dtype_matters:
             pass

@@ -245,8 +245,8 @@ class Report:
         lines += [f"NOT RUN {', '.join(ids)}: {reason}" for reason, ids in by_reason.items()]
         for f in self.failures:
             lines.append(str(f))
-        for w in self.warnings:
-            lines.append(f"WARNING {w}")
+        for w in self.warnings:  # a multi-line warning (torch's, say) keeps its lines, indented
+            lines.append("WARNING " + w.replace("\n", "\n        "))
         return "\n".join(lines)
 
 
