@@ -863,3 +863,29 @@ def test_a_torch_warning_is_shown_whole():
     report = check_ppo_loss(ppo_loss_cleanrl_torch, convention="sb3", backend="torch", **FAST)
     (std,) = [w for w in report.warnings if "std(): degrees of freedom is <= 0" in w]
     assert "(input numel divided by output numel)" in std and std.endswith(".)")
+
+
+def test_pytest_failure_shows_the_report_not_the_kit_frames(pytester):
+    pytester.makepyfile(textwrap.dedent("""
+        from refpg.conformance import assert_conforms, check_kl_estimator
+
+        def k1_declared_non_negative(logp_new, logp_old):
+            return logp_old - logp_new
+
+        def test_fixture(refpg_check):
+            refpg_check("kl_estimator", k1_declared_non_negative, non_negative=True, unbiased=False)
+
+        def test_direct():
+            assert_conforms(check_kl_estimator(k1_declared_non_negative, non_negative=True, unbiased=False,
+                                               max_examples=10))
+    """))
+    result = pytester.runpytest_inprocess("-p", "no:xdist", "--refpg-max-examples", "10", "-q")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert out.count("FAIL kl_estimator.non_negative") == 2 and out.count("expected            = >= 0") == 2
+    for hidden in ("def assert_conforms", "raise ConformanceError", "pytest_plugin.py", "def run(",
+                   "report.py:"):
+        assert hidden not in out
+    # What is left: the test's own line, then the report.
+    result.stdout.fnmatch_lines(['>       refpg_check("kl_estimator", k1_declared_non_negative, *',
+                                 "E       refpg.errors.ConformanceError: refpg conformance: kl_estimator *"])

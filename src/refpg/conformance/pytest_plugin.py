@@ -9,7 +9,9 @@ A project adds conformance tests in a few lines::
 ``refpg_check(kind, fn, **kwargs)`` runs ``refpg.conformance.check_<kind>``
 and raises `refpg.errors.ConformanceError` (an ``AssertionError``, so pytest
 reports a failed test) whose message is the whole report, counterexamples
-included. It returns the `Report` when the function conforms.
+included; the plugin's own frames are hidden from the traceback, so the
+failure shows the test's line and the report. It returns the `Report` when
+the function conforms.
 
 Options: ``--refpg-seed N`` (default 0) and ``--refpg-max-examples N``
 (default: the check's own) apply to every check that does not set them.
@@ -38,6 +40,7 @@ def refpg_check(request):
     max_examples = request.config.getoption("--refpg-max-examples")
 
     def run(kind, fn, **kwargs):
+        __tracebackhide__ = True  # noqa: F841 - read by pytest: the failure shows the report, not this frame
         kwargs.setdefault("seed", seed)
         if max_examples is not None and kind != "reinforce_estimator":
             kwargs.setdefault("max_examples", max_examples)

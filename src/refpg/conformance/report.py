@@ -253,8 +253,10 @@ class Report:
 def assert_conforms(report: Report) -> None:
     """Raise `refpg.errors.ConformanceError` (an ``AssertionError``) if `report` has failures.
 
-    The exception's message is the whole readable report.
+    The exception's message is the whole readable report. Under pytest the frame of this function
+    is hidden (``__tracebackhide__``): a failing test shows its own line and the report.
     """
+    __tracebackhide__ = True  # noqa: F841 - read by pytest
     if not isinstance(report, Report):
         raise TypeError(f"report should be a refpg.conformance.Report, actual {type(report).__name__}")
     if not report.passed:
@@ -300,6 +302,8 @@ def _show(value, indent: int = 0) -> str:
         return body.replace("\n", "\n" + " " * indent)
     if isinstance(value, float):
         return f"{value:.10g}"
+    if isinstance(value, str):  # a description (">= 0", "column 0, rows 0..2"), not a Python string input
+        return value
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
         return "[" + (",\n" + " " * (indent + 1)).join(_show(v, indent + 1) for v in value) + "]"
     return repr(value)
