@@ -13,6 +13,8 @@
   emphasis, as numpydoc projects do, and leaves a name spelled ``refpg.…``
   that does not import a broken reference, so a misspelt one fails a
   nitpicky build.
+* A reference key such as ``[Schulman2015]`` in a docstring links to the
+  References section of the conventions, when that section lists it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from pathlib import Path
 
 from docutils import nodes
 from sphinx import addnodes
@@ -202,6 +205,40 @@ def _resolve_to_home(app, env, node, contnode, target, obj):
     return domain.resolve_xref(env, node["refdoc"], app.builder, "obj", canonical, node, contnode)
 
 
+CITATION = re.compile(r"\[([A-Z][A-Za-z]+\d{4}[a-z]?)\]")
+
+
+def _contract_keys(app) -> set[str]:
+    """The reference keys that the References section of conventions.md lists."""
+    path = Path(app.srcdir) / "conventions.md"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    section = re.split(r"^## References\s*$", text, maxsplit=1, flags=re.MULTILINE)
+    return set(CITATION.findall(section[1])) if len(section) == 2 else set()
+
+
+def link_citations(app, doctree, docname):
+    """``doctree-resolved``: in the API pages, each ``[Key]`` listed in the conventions links to that list."""
+    keys = _contract_keys(app)
+    if not keys or not docname.startswith("api/") or app.builder.format != "html":
+        return
+    uri = app.builder.get_relative_uri(docname, "conventions") + "#references"
+    skip = (nodes.literal, nodes.literal_block, nodes.math, nodes.math_block, nodes.reference, nodes.raw)
+    for text in list(doctree.findall(nodes.Text)):
+        if isinstance(text.parent, skip) or not CITATION.search(text):
+            continue
+        pieces, last = [], 0
+        for match in CITATION.finditer(text):
+            if match.group(1) not in keys:
+                continue
+            pieces.append(nodes.Text(text[last:match.start()]))
+            pieces.append(nodes.reference(match.group(0), match.group(0), refuri=uri, internal=True,
+                                          reftitle=f"{match.group(1)} in the conventions' references"))
+            last = match.end()
+        if pieces:
+            pieces.append(nodes.Text(text[last:]))
+            text.parent.replace(text, pieces)
+
+
 def skip_namedtuple_fields(app, what, name, obj, skip, options):
     """A NamedTuple's fields are documented in its Attributes section, not as 'Alias for field number N'."""
     if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
@@ -214,4 +251,5 @@ def setup(app):
     app.add_role("refpg-autolink", RefpgAutoLink())
     app.connect("missing-reference", resolve_reexport)
     app.connect("autodoc-skip-member", skip_namedtuple_fields)
+    app.connect("doctree-resolved", link_citations)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
