@@ -357,8 +357,9 @@ def test_trpo_sampled_mode_uses_the_batch_gradient_fisher_surrogate_and_kl(kind,
     res = trpo_step(mdp, pol, theta, mode="sampled", data=data, max_kl=0.05, fisher=fisher,
                     cg_iters=pol.n_params)
     M = data.states.size
+    H = 1 / (1 - mdp.gamma)  # the policy gradient theorem's factor: res.gradient estimates grad J
     scores = batch_scores(pol, theta, data)
-    np.testing.assert_allclose(res.gradient.ravel(), scores.T @ data.advantages / M, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(res.gradient.ravel(), H * scores.T @ data.advantages / M, rtol=1e-10, atol=1e-12)
     if fisher == "empirical":
         F = refpg.empirical_fisher_estimate(pol, theta, data.batch)
     else:
@@ -373,8 +374,8 @@ def test_trpo_sampled_mode_uses_the_batch_gradient_fisher_surrogate_and_kl(kind,
     assert_identity(res.kl, np.mean(refpg.policy_kl(pi_old=pi_old[data.states], pi_new=pi_new[data.states])))
     assert res.kl <= 0.05
     ratio = pi_new[data.states, data.actions] / pi_old[data.states, data.actions]
-    assert_identity(res.surrogate_improvement, np.mean((ratio - 1) * data.advantages),
-                    scale=np.abs(data.advantages).max())
+    assert_identity(res.surrogate_improvement, H * np.mean((ratio - 1) * data.advantages),
+                    scale=H * np.abs(data.advantages).max())
     assert res.J_before == refpg.objective(mdp, pol, theta) and res.J_after == refpg.objective(mdp, pol, res.theta)
     assert res.data is data and res.mode == "sampled"
 

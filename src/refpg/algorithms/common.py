@@ -196,6 +196,22 @@ def sampled_data(mdp, policy, theta, log_pi, rng, sample_config, data) -> Sample
     return data
 
 
+def horizon_estimate(gamma: float, data: SampledData) -> float:
+    r"""The factor :math:`H` that turns a batch mean into an estimate of an exact-mode quantity.
+
+    :math:`H = 1/(1-\gamma)` for gamma < 1, the factor of the policy gradient
+    theorem ([Sutton2000]; docs/conventions.md). For gamma = 1 it is the
+    expected episode length, estimated from the batch as M transitions over
+    the number of episodes begun in it (transitions with ``step == 0``); the
+    ratio is consistent as the batch grows.
+    """
+    if gamma < 1.0:
+        return 1.0 / (1.0 - gamma)
+    batch = data.batch
+    starts = int(np.count_nonzero((batch.step == 0) & batch.valid))
+    return data.states.size / max(starts, 1)
+
+
 class BatchPieces(NamedTuple):
     """Sampled-mode surrogate, gradient, KL and Fisher on one batch."""
 
@@ -205,20 +221,24 @@ class BatchPieces(NamedTuple):
     fvp: Callable
 
 
-def batch_pieces(policy, theta_old, pi_old, log_pi_old, data: SampledData, fisher: str) -> BatchPieces:
+def batch_pieces(policy, theta_old, pi_old, log_pi_old, data: SampledData, fisher: str,
+                 horizon: float = 1.0) -> BatchPieces:
     r"""The batch estimates of sampled mode.
 
-    With M transitions :math:`(s_i, a_i, \hat A_i)` and
-    :math:`r_i(\theta) = \pi_\theta(a_i|s_i) / \pi_{old}(a_i|s_i)`:
-    surrogate :math:`\frac1M\sum_i r_i \hat A_i`, its gradient at theta_old
-    :math:`\frac1M\sum_i \hat A_i\nabla\log\pi(a_i|s_i)`, mean KL
+    With M transitions :math:`(s_i, a_i, \hat A_i)`,
+    :math:`r_i(\theta) = \pi_\theta(a_i|s_i) / \pi_{old}(a_i|s_i)` and H =
+    `horizon` (`horizon_estimate`): surrogate
+    :math:`\frac HM\sum_i r_i \hat A_i` and its gradient at theta_old
+    :math:`\frac HM\sum_i \hat A_i\nabla\log\pi(a_i|s_i)` (with H =
+    1/(1-gamma), differences of the first estimate those of `refpg.surrogate`
+    and the second estimates :math:`\nabla J`), mean KL
     :math:`\frac1M\sum_i D_{KL}(\pi_{old}(\cdot|s_i)\|\pi(\cdot|s_i))`, and
     the Fisher matrix :math:`J^\top \mathrm{diag}(w) J` with weights w over (s, a).
     """
     S, A = pi_old.shape
     M = data.states.size
     W = np.zeros((S, A))
-    np.add.at(W, (data.states, data.actions), data.advantages / M)
+    np.add.at(W, (data.states, data.actions), data.advantages * (horizon / M))
     gradient = policy.log_prob_vjp(theta_old, W, pi_old)
     state_weight = np.bincount(data.states, minlength=S) / M
     if fisher == "kl_hessian":
@@ -233,7 +253,7 @@ def batch_pieces(policy, theta_old, pi_old, log_pi_old, data: SampledData, fishe
 
     def surrogate(theta):
         ratio = np.exp(policy.log_probs(theta)[data.states, data.actions] - base)
-        return float(np.mean(ratio * data.advantages))
+        return float(horizon * np.mean(ratio * data.advantages))
 
     def kl(theta):
         return float(state_weight @ _categorical_kl(log_pi_old, policy.log_probs(theta), pi_old))

@@ -24,11 +24,12 @@ from refpg.algorithms.common import (
     check_mode,
     check_sample_config,
     check_sampled_arguments,
+    horizon_estimate,
     sampled_data,
 )
 from refpg.algorithms.trpo import CGResult, conjugate_gradient
 from refpg.evaluation import check_mdp, policy_evaluation, prepare
-from refpg.fisher import natural_gradient
+from refpg.fisher import _fvp, natural_gradient
 from refpg.gradient import gradient_from_evaluation
 
 __all__ = ["NPGResult", "npg_step", "npg_bound"]
@@ -45,15 +46,18 @@ class NPGResult:
     theta_old : ndarray
     eta : float
     gradient : ndarray
-        The exact policy gradient (exact mode) or the batch gradient
-        :math:`\frac1M\sum_i \hat A_i\nabla\log\pi(a_i|s_i)` (sampled mode).
+        The exact policy gradient (exact mode) or its batch estimate
+        :math:`\hat g = \frac HM\sum_i \hat A_i\nabla\log\pi(a_i|s_i)`,
+        H = 1/(1-gamma) (sampled mode; `npg_step` Notes).
     direction : ndarray
-        The natural gradient: `refpg.natural_gradient` (exact mode; the
-        minimum-norm :math:`F^+\nabla J`) or the CG solution of
-        :math:`(\hat F + \lambda I)x = \hat g` (sampled mode).
+        The natural gradient: `refpg.natural_gradient` (exact mode with
+        ``cg_iters=None`` and ``damping=0``; the minimum-norm
+        :math:`F^+\nabla J`) or the CG solution of
+        :math:`(F + \lambda I)x = g` (exact F and g otherwise in exact mode;
+        their batch estimates in sampled mode).
     cg : CGResult or None
-        The CG run of sampled mode; None in exact mode, which solves in
-        closed form (tabular softmax) or by least squares (log-linear).
+        The CG run; None when exact mode solved in closed form (tabular
+        softmax) or by least squares (log-linear).
     J_before, J_after : float
         Exact J(theta_old) and J(theta), in both modes (refpg knows the MDP).
     mode : str
@@ -73,7 +77,7 @@ class NPGResult:
     data: SampledData | None
 
 
-def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: int = 10,
+def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: int | None = None,
              cg_rtol: float = 1e-10, damping: float = 0.0, fisher: str = "empirical", rng=None,
              sample_config: SampleConfig | None = None, data: SampledData | None = None) -> NPGResult:
     r"""One natural policy gradient step.
@@ -91,16 +95,26 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
     mode : {"exact", "sampled"}
         Exact: the natural gradient of `refpg.natural_gradient` (closed form
         :math:`(A - \bar A)/(1-\gamma)` on visited states for tabular softmax,
-        minimum-norm least squares for log-linear). Sampled: conjugate
-        gradient on a batch Fisher with the batch gradient (Notes).
-    cg_iters, cg_rtol : int, float
-        Sampled mode: `conjugate_gradient`'s max_iter and rtol.
+        minimum-norm least squares for log-linear), or conjugate gradient on
+        the exact Fisher matrix when `cg_iters` or `damping` is given.
+        Sampled: conjugate gradient on a batch Fisher with the batch estimate
+        of the policy gradient (Notes). Both are the same step: the sampled
+        one estimates the exact one.
+    cg_iters : int >= 1 or None, default None
+        `conjugate_gradient`'s max_iter, in both modes. None: run CG until
+        its residual test passes, at most ``policy.n_params`` iterations (in
+        exact mode with ``damping=0``: the closed form, which is where that
+        CG converges).
+    cg_rtol : float, default 1e-10
+        `conjugate_gradient`'s rtol, in both modes.
     damping : float, default 0
-        Sampled mode: :math:`\lambda \ge 0`, solving :math:`(\hat F + \lambda I)x = \hat g`.
+        :math:`\lambda \ge 0`, solving :math:`(F + \lambda I)x = \nabla J`
+        (exact mode) or :math:`(\hat F + \lambda I)x = \hat g` (sampled).
     fisher : {"empirical", "kl_hessian"}, default "empirical"
         Sampled mode's Fisher estimate, as in `trpo_step` (there the default
         is the KL Hessian, the TRPO paper's choice; here the empirical Fisher
-        of [Kakade2001]).
+        of [Kakade2001]). Both estimate the exact Fisher matrix, which exact
+        mode uses whatever this says.
     rng, sample_config, data
         Sampled mode only, as in `trpo_step`.
 
@@ -121,12 +135,17 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
     agrees on the visited ones. V still rises everywhere (Lemma 5.2): the
     unvisited states keep their policy and lead only to states whose values rose.
 
-    In sampled mode the batch gradient :math:`\frac1M\sum_i \hat A_i\nabla\log\pi(a_i|s_i)`
-    lacks the 1/(1-gamma) of the policy gradient theorem, as in practice.
-    For tabular softmax, whose natural gradient is per state (so the batch's
-    state distribution does not matter), the sampled direction estimates
-    :math:`(1-\gamma) F^+\nabla J`: eta in sampled mode acts as
-    eta * (1 - gamma) does in exact mode.
+    Sampled mode multiplies the batch mean
+    :math:`\frac1M\sum_i \hat A_i\nabla\log\pi(a_i|s_i)` by the
+    :math:`H = 1/(1-\gamma)` of the policy gradient theorem (for gamma = 1,
+    by the batch's mean episode length; `refpg.algorithms.common.horizon_estimate`),
+    so that :math:`\hat g` estimates :math:`\nabla J` and eta means the same
+    step in both modes. Libraries that omit H take, for the same eta, a step
+    :math:`(1-\gamma)` times as long: pass ``eta * (1 - gamma)`` to mimic one.
+    For tabular softmax the natural gradient is per state, so the batch's
+    state distribution (the rollouts' visitation rather than
+    :math:`d^{\pi}_\rho`) does not change the limit; for log-linear
+    policies it does ([Nota2020]).
 
     References
     ----------
@@ -135,23 +154,31 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
     mode = check_mode(mode)
     eta = check_real(eta, "eta", low=0.0, low_open=True)
     fisher = check_fisher(fisher)
-    cg_iters = check_positive_int(cg_iters, "cg_iters")
+    if cg_iters is not None:
+        cg_iters = check_positive_int(cg_iters, "cg_iters")
     cg_rtol = check_real(cg_rtol, "cg_rtol", low=0.0)
     damping = check_real(damping, "damping", low=0.0)
     check_sampled_arguments(mode, rng, data, sample_config=sample_config)
     check_sample_config(sample_config, data)
     theta_old, pi_old, ev_old = prepare(mdp, policy, theta)
     theta_old = theta_old.copy()
+    max_iter = policy.n_params if cg_iters is None else cg_iters
     if mode == "exact":
-        direction = natural_gradient(mdp, policy, theta_old, evaluation=ev_old)
         gradient = gradient_from_evaluation(policy, theta_old, pi_old, ev_old)
-        cg = None
+        if cg_iters is None and damping == 0.0:
+            direction = natural_gradient(mdp, policy, theta_old, evaluation=ev_old)
+            cg = None
+        else:
+            cg = conjugate_gradient(lambda v: _fvp(policy, theta_old, pi_old, ev_old.d, v) + damping * v,
+                                    gradient, max_iter=max_iter, rtol=cg_rtol)
+            direction = cg.x
     else:
         log_pi_old = policy.log_probs(theta_old)
         data = sampled_data(mdp, policy, theta_old, log_pi_old, rng, sample_config, data)
-        pieces = batch_pieces(policy, theta_old, pi_old, log_pi_old, data, fisher)
+        pieces = batch_pieces(policy, theta_old, pi_old, log_pi_old, data, fisher,
+                              horizon_estimate(mdp.gamma, data))
         gradient = pieces.gradient
-        cg = conjugate_gradient(lambda v: pieces.fvp(v) + damping * v, gradient, max_iter=cg_iters,
+        cg = conjugate_gradient(lambda v: pieces.fvp(v) + damping * v, gradient, max_iter=max_iter,
                                 rtol=cg_rtol)
         direction = cg.x
     theta_new = theta_old + eta * direction

@@ -30,6 +30,7 @@ from refpg.algorithms.common import (
     check_fisher,
     check_sample_config,
     check_sampled_arguments,
+    horizon_estimate,
     sampled_data,
     SampleConfig,
     SampledData,
@@ -441,8 +442,9 @@ class TRPOResult:
     theta_old : ndarray
         The parameters the step started from (float64).
     gradient : ndarray
-        g: the exact policy gradient (exact mode) or the batch surrogate
-        gradient :math:`\frac1M\sum_i \hat A_i \nabla\log\pi(a_i|s_i)` (sampled).
+        g: the exact policy gradient (exact mode) or its batch estimate, the
+        batch surrogate's gradient
+        :math:`\frac HM\sum_i \hat A_i \nabla\log\pi(a_i|s_i)`, H = 1/(1-gamma) (sampled).
     direction : ndarray
         s = the CG solution of :math:`(F + \lambda I) s = g`.
     cg : CGResult
@@ -570,14 +572,20 @@ def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", 
     Notes
     -----
     Sampled mode, with the batch's M transitions :math:`(s_i, a_i, \hat A_i)`
-    (GAE advantages from `refpg.algorithms.collect`):
-    :math:`\hat L(\theta) = \frac1M\sum_i r_i(\theta)\hat A_i`,
-    :math:`g = \frac1M\sum_i \hat A_i \nabla\log\pi_{old}(a_i|s_i)`, and the
+    (GAE advantages from `refpg.algorithms.collect`) and
+    :math:`H = 1/(1-\gamma)` (`refpg.algorithms.common.horizon_estimate`):
+    :math:`\hat L(\theta) = \frac HM\sum_i r_i(\theta)\hat A_i`,
+    :math:`g = \frac HM\sum_i \hat A_i \nabla\log\pi_{old}(a_i|s_i)`, and the
     mean KL over the batch's states,
     :math:`\frac1M\sum_i D_{KL}(\pi_{old}(\cdot|s_i)\|\pi(\cdot|s_i))`
-    (docs/conventions.md). These lack the 1/(1-gamma) of the exact surrogate, as
-    every implementation's do; the step is normalised by beta, so only
-    `gradient` and `surrogate_improvement` are on another scale.
+    (docs/conventions.md). With H, `gradient` and `surrogate_improvement`
+    estimate their exact-mode values; libraries omit it, which changes no
+    step (the step is normalised by beta and the line search only tests the
+    sign of the improvement). The batch's states follow the rollouts'
+    visitation, not :math:`d^{\pi_{old}}_\rho`, and never include a
+    terminal state, whose mass the exact mean KL counts (docs/conventions.md,
+    "MDPs and terminal states"): where the two distributions differ, so do
+    the KL constraint and the step.
 
     If :math:`s^\top (F+\lambda I) s \le 0` (g = 0 at a stationary point, or
     CG stopped on non-positive curvature before its first update), or is so
@@ -618,7 +626,8 @@ def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", 
             return float(ev_old.d @ _categorical_kl(log_pi_old, policy.log_probs(th), pi_old))
     else:
         data = sampled_data(mdp, policy, theta_old, log_pi_old, rng, sample_config, data)
-        pieces = batch_pieces(policy, theta_old, pi_old, log_pi_old, data, fisher)
+        pieces = batch_pieces(policy, theta_old, pi_old, log_pi_old, data, fisher,
+                              horizon_estimate(mdp.gamma, data))
         gradient, fvp, surrogate_fn, kl_fn = pieces.gradient, pieces.fvp, pieces.surrogate, pieces.kl
 
     def damped(v):
