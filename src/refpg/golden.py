@@ -533,10 +533,12 @@ class CheckReport(NamedTuple):
 
     @property
     def passed(self) -> bool:
+        """True when there is at least one field and every field is within its tolerance."""
         return bool(self.fields) and all(f.passed for f in self.fields)
 
     @property
     def failures(self) -> tuple:
+        """The FieldChecks that did not pass, in order."""
         return tuple(f for f in self.fields if not f.passed)
 
 

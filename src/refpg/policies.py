@@ -127,6 +127,7 @@ class TabularSoftmax(Parameterization):
 
     @property
     def theta_shape(self) -> tuple:
+        """``(S, A)``: one logit per state and action."""
         return (self.n_states, self.n_actions)
 
     def __repr__(self) -> str:
@@ -190,6 +191,7 @@ class LogLinear(Parameterization):
 
     @property
     def theta_shape(self) -> tuple:
+        """``(n_features,)``: one weight per feature."""
         return (self.n_features,)
 
     def __repr__(self) -> str:
