@@ -26,15 +26,25 @@ __all__ = ["ALGORITHMS", "IterationRecord", "History", "run"]
 
 def _step_functions():
     from refpg.algorithms.npg import npg_step
-    from refpg.algorithms.ppo import ppo_update
+    from refpg.algorithms.ppo import ppo_kl_penalty_update, ppo_update
     from refpg.algorithms.reinforce import reinforce_step
     from refpg.algorithms.trpo import trpo_step
 
-    return {"reinforce": reinforce_step, "npg": npg_step, "trpo": trpo_step, "ppo": ppo_update}
+    return {"reinforce": reinforce_step, "npg": npg_step, "trpo": trpo_step, "ppo": ppo_update,
+            "ppo_kl_penalty": ppo_kl_penalty_update}
 
 
-#: Algorithm names accepted by `run`.
-ALGORITHMS = ("reinforce", "npg", "trpo", "ppo")
+#: Algorithm names accepted by `run`, one per step function of `refpg.algorithms`.
+ALGORITHMS = ("reinforce", "npg", "trpo", "ppo", "ppo_kl_penalty")
+
+#: Step-function arguments that `run` refuses: each holds state that belongs
+#: to one iteration (a batch collected under one theta, an optimiser state),
+#: while `run` makes a new one every iteration.
+_PER_ITERATION = {
+    "data": "a batch collected under one theta; run collects a new batch every iteration (pass sample_config)",
+    "batch": "a batch sampled under one theta; run samples new episodes every iteration (pass n_episodes)",
+    "optimizer_state": "Adam's state of one update; run starts every update from zero moments",
+}
 
 
 class IterationRecord(NamedTuple):
@@ -94,6 +104,8 @@ def _check_options(algorithm: str, step, options: dict) -> None:
     own = {"mdp", "policy", "theta", "mode", "rng"}
     known = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in own]
     for name in options:
+        if name in _PER_ITERATION and name in known:
+            raise InvalidInputError(f"{name!r} cannot be passed to run: it is {_PER_ITERATION[name]}")
         if name not in known:
             near = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -106,33 +118,145 @@ def _check_options(algorithm: str, step, options: dict) -> None:
 
 def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact", seed: int = 0,
         **options) -> History:
-    """Run `algorithm` for `n_iters` iterations from `theta0`.
+    r"""Run `algorithm` for `n_iters` iterations from `theta0`, measuring every iteration exactly.
+
+    Each iteration is one call of the algorithm's step function from the
+    current theta: `reinforce_step`, `npg_step`, `trpo_step`, `ppo_update`,
+    or `ppo_kl_penalty_update`, whose adapted coefficient ``beta`` is carried
+    to the next iteration (``beta`` in `options` is the first one).
 
     Parameters
     ----------
-    algorithm : {"reinforce", "npg", "trpo", "ppo"}
+    algorithm : {"reinforce", "npg", "trpo", "ppo", "ppo_kl_penalty"}
     mdp : TabularMDP
     policy : TabularSoftmax or LogLinear
     theta0 : ndarray of shape ``policy.theta_shape``
     n_iters : int >= 1
     mode : {"exact", "sampled"}
-    seed : int
+    seed : int >= 0
         Seeds the one `numpy.random.Generator` that every sampled iteration
-        draws from, so the same seed gives the same history.
+        draws from, so the same seed gives the same history. Exact mode
+        draws nothing and ignores it.
     **options
-        Passed to the algorithm's step function (`reinforce_step` needs
-        ``lr``, `npg_step` ``eta``, `trpo_step` ``max_kl``, `ppo_update`
-        its optimizer settings).
+        Keyword arguments of the step function (tables below). ``lr``
+        (reinforce), ``eta`` (npg) and ``beta``, ``d_targ``
+        (ppo_kl_penalty) are required. ``rng`` is run's own; ``data``,
+        ``batch`` and ``optimizer_state`` belong to a single iteration and
+        are refused.
 
     Returns
     -------
     History
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        Naming the argument: an unknown algorithm or option (with the closest
+        option's name), a missing required option, an option the mode refuses
+        (below), a bad value of any option (refused by the step function), a
+        bad `n_iters`, `seed` or `theta0`.
+
+    Notes
+    -----
+    **One step, two modes.** An option means the same step in both modes: the
+    sampled step is computed from a batch by the estimators of the exact
+    quantities, so with a large batch it approaches the exact step (the
+    test suite measures this for every algorithm). Where an option cannot mean the
+    same, one mode refuses it with an explanation. In the tables, g is the
+    gradient, F the Fisher matrix, :math:`H = 1/(1-\gamma)`, and a hat marks
+    a batch estimate.
+
+    ``reinforce`` (`reinforce_step`):
+
+    ============================== ======================================== ==========================================
+    option                         exact                                    sampled
+    ============================== ======================================== ==========================================
+    lr                             theta += lr * grad J                     theta += lr * g-hat, the REINFORCE mean
+                                                                            over episodes of sum_t gamma^t grad log pi
+                                                                            (G_t - b): unbiased for grad J
+    n_episodes, max_episode_steps  refused (nothing is sampled)             the episodes (100 by default); a time
+                                                                            limit T costs O(gamma^T) bias
+    baseline, variant              refused                                  estimator choices, every one unbiased
+    ============================== ======================================== ==========================================
+
+    ``npg`` (`npg_step`):
+
+    ============================== ======================================== ==========================================
+    option                         exact                                    sampled
+    ============================== ======================================== ==========================================
+    eta                            theta += eta * F^+ grad J                theta += eta * x-hat, (F-hat + damping I)
+                                                                            x-hat = g-hat, g-hat = H/M sum_i A_i grad
+                                                                            log pi_i
+    cg_iters, cg_rtol              CG on the exact F (cg_iters=None with    CG on F-hat (cg_iters=None: until
+                                   damping=0: the closed form, CG's limit)  converged, at most n_params iterations)
+    damping                        solves (F + damping I) x = grad J        solves (F-hat + damping I) x = g-hat
+    fisher                         F itself, the limit of both estimates    "empirical" or "kl_hessian" F-hat
+    sample_config                  refused                                  batch shape, GAE lambda, critic
+    ============================== ======================================== ==========================================
+
+    ``trpo`` (`trpo_step`):
+
+    ============================== ======================================== ==========================================
+    option                         exact                                    sampled
+    ============================== ======================================== ==========================================
+    max_kl                         delta on the mean KL(pi_old || pi) under delta on the mean KL(pi_old || pi) over
+                                   d_old                                    the batch's states
+    cg_iters, cg_rtol, damping     CG on F + damping I, the exact F         CG on F-hat + damping I
+    shrink, max_backtracks         line search on the exact surrogate       line search on the batch surrogate (H/M
+                                                                            sum_i r_i A_i)
+    line_search_objective          "surrogate" or "true_J"                  "surrogate"; "true_J" refused (J is not
+                                                                            known from samples)
+    fisher                         F itself                                 "kl_hessian" or "empirical" F-hat
+    sample_config                  refused                                  as for npg
+    ============================== ======================================== ==========================================
+
+    ``ppo`` (`ppo_update`) and ``ppo_kl_penalty`` (`ppo_kl_penalty_update`):
+
+    ============================== ======================================== ==========================================
+    option                         exact                                    sampled
+    ============================== ======================================== ==========================================
+    lr, optimizer, adam_*, epochs  Adam or SGD ascent on                    the same on the batch mean of min(r A,
+                                   exact_clipped_surrogate (under d_old x   clip(r) A), one step per minibatch: both
+                                   pi_old, no H), one full-batch step per   per-sample objectives, without H
+                                   epoch
+    clip_eps                       the clip range                           the clip range
+    minibatch_size                 refused (no samples)                     minibatches, reshuffled every epoch
+    normalize_advantages           None or "batch" (moments under d_old x   None, "batch" or "minibatch"
+                                   pi_old); "minibatch" refused
+    norm_ddof                      ignored: every ddof has the same limit   ddof of the std
+    norm_eps                       added to the std                         added to the std
+    target_kl (ppo)                stop when the exact mean KL exceeds 1.5  stop when the minibatch's mean k3
+                                   target_kl                                (unbiased for the KL) exceeds 1.5
+                                                                            target_kl
+    penalty (ppo), beta            beta * mean KL under d_old               beta * mean KL over the batch's states
+    d_targ (ppo_kl_penalty)        adapts beta from the exact mean KL       adapts beta from the batch's mean KL
+    sample_config                  refused                                  as for npg
+    ============================== ======================================== ==========================================
+
+    **Where the limits still differ.** The batch's advantages are GAE
+    estimates: unbiased only with ``SampleConfig(critic="exact")``; the
+    default ``critic="batch"`` fits a Monte Carlo critic on the batch itself,
+    which is biased. The batch's states follow the rollouts' visitation and
+    never include a terminal state, while exact mode weighs states by
+    :math:`d^{\pi_{old}}_\rho`, terminal states included for gamma < 1
+    (docs/conventions.md, "MDPs and terminal states"). For REINFORCE and
+    tabular NPG this changes nothing in the limit (REINFORCE discounts by
+    :math:`\gamma^t`; tabular NPG is per state); for the KL of TRPO and PPO,
+    PPO's gradient, and log-linear NPG it does, as in every library
+    ([Nota2020]). The two modes then agree where the visitation is
+    :math:`d^{\pi_{old}}_\rho`, e.g. when the next state does not depend
+    on the state and action.
+
+    References
+    ----------
+    [Williams1992]; [Kakade2001]; [Schulman2015]; [Schulman2017]; [Nota2020].
     """
     check_choice(algorithm, "algorithm", ALGORITHMS)
     check_mdp(mdp)
     check_policy(policy, mdp)
     check_mode(mode)
     n_iters = check_positive_int(n_iters, "n_iters")
+    seed = check_positive_int(seed, "seed", minimum=0)
     step = _step_functions()[algorithm]
     _check_options(algorithm, step, options)
     theta = policy.validate_theta(theta0, "theta0").copy()
@@ -140,13 +264,15 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     ev = policy_evaluation(mdp, policy.probs(theta))
     J0 = ev.J
     records, results = [], []
+    kwargs = dict(options)
+    if mode == "sampled":
+        kwargs["rng"] = rng
     for it in range(1, n_iters + 1):
         start = time.perf_counter()
-        kwargs = dict(options)
-        if mode == "sampled":
-            kwargs["rng"] = rng
         res = step(mdp, policy, theta, mode=mode, **kwargs)
         seconds = time.perf_counter() - start
+        if algorithm == "ppo_kl_penalty":
+            kwargs["beta"] = res.beta  # the adaptive coefficient, for the next update
         new = np.asarray(res.theta)
         pi_new = policy.probs(new)
         ev_new = policy_evaluation(mdp, pi_new)
@@ -155,7 +281,8 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
         visited = ev.support
         # From log-probabilities: finite even where pi_old has underflowed to 0.
         ratio = np.exp(logp_new[visited] - logp_old[visited])
-        data, batch = getattr(res, "data", None), getattr(res, "batch", None)
+        inner = getattr(res, "update", res)  # ppo_kl_penalty wraps a PPOResult
+        data, batch = getattr(inner, "data", None), getattr(inner, "batch", None)
         samples = (int(data.states.size) if data is not None
                    else int(batch.valid.sum()) if batch is not None else 0)
         records.append(IterationRecord(
