@@ -13,6 +13,8 @@
   emphasis, as numpydoc projects do, and leaves a name spelled ``refpg.…``
   that does not import a broken reference, so a misspelt one fails a
   nitpicky build.
+* The README, included as a page, keeps its links into docs/ and to URLs;
+  a link to another file of the repository keeps only its text.
 * A reference key such as ``[Schulman2015]`` in a docstring links to the
   References section of the conventions, when that section lists it.
 """
@@ -205,6 +207,29 @@ def _resolve_to_home(app, env, node, contnode, target, obj):
     return domain.resolve_xref(env, node["refdoc"], app.builder, "obj", canonical, node, contnode)
 
 
+MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def readme_links(app, relative_path, parent_docname, content):
+    """``include-read``: in the README, a link to a repository file outside docs/ keeps only its text.
+
+    Such a link (``[golden/README.md](golden/README.md)``) works on the repository's page but has no
+    target in the built docs, where it would be a broken reference; links into docs/, to anchors and
+    to URLs are kept.
+    """
+    srcdir = Path(app.srcdir)
+    if (srcdir / relative_path).resolve() != (srcdir.parent / "README.md").resolve():
+        return
+
+    def unlink(match):
+        text, target = match.groups()
+        if target.startswith(("docs/", "#")) or re.match(r"^[a-z][a-z0-9+.-]*:", target):
+            return match.group(0)
+        return text
+
+    content[0] = MARKDOWN_LINK.sub(unlink, content[0])
+
+
 CITATION = re.compile(r"\[([A-Z][A-Za-z]+\d{4}[a-z]?)\]")
 
 
@@ -252,4 +277,5 @@ def setup(app):
     app.connect("missing-reference", resolve_reexport)
     app.connect("autodoc-skip-member", skip_namedtuple_fields)
     app.connect("doctree-resolved", link_citations)
+    app.connect("include-read", readme_links)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
