@@ -201,15 +201,17 @@ def horizon_estimate(gamma: float, data: SampledData) -> float:
 
     :math:`H = 1/(1-\gamma)` for gamma < 1, the factor of the policy gradient
     theorem ([Sutton2000]; docs/conventions.md). For gamma = 1 it is the
-    expected episode length, estimated from the batch as M transitions over
-    the number of episodes begun in it (transitions with ``step == 0``); the
-    ratio is consistent as the batch grows.
+    expected episode length, estimated from the batch as its M transitions
+    over the number of episodes that ended in it (terminated or cut by the
+    time limit): the renewal-reward ratio, consistent as the rollouts grow
+    (counting episodes begun instead would count every environment's
+    unfinished last episode and bias H low). With no episode ended it is M.
     """
     if gamma < 1.0:
         return 1.0 / (1.0 - gamma)
     batch = data.batch
-    starts = int(np.count_nonzero((batch.step == 0) & batch.valid))
-    return data.states.size / max(starts, 1)
+    ends = int(np.count_nonzero(batch.dones & batch.valid))
+    return data.states.size / max(ends, 1)
 
 
 class BatchPieces(NamedTuple):

@@ -245,7 +245,13 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     PPO's gradient, and log-linear NPG it does, as in every library
     ([Nota2020]). The two modes then agree where the visitation is
     :math:`d^{\pi_{old}}_\rho`, e.g. when the next state does not depend
-    on the state and action.
+    on the state and action. Last, PPO's clipping acts on each sample's
+    advantage estimate: :math:`\min(r\hat A, \mathrm{clip}(r)\hat A)` is
+    linear in :math:`\hat A` on each side of 0 only, so once ratios leave
+    :math:`[1-\epsilon, 1+\epsilon]` its mean differs from the exact mode's
+    :math:`\min(rA, \mathrm{clip}(r)A)` wherever :math:`\hat A` can take
+    both signs for one (s, a): the larger the advantage noise, the larger the
+    gap (none with ``clip_eps=None``, nor while no ratio is clipped).
 
     References
     ----------

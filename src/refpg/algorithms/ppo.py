@@ -1186,6 +1186,13 @@ def ppo_update(mdp, policy, theta, *, mode: str = "exact", clip_eps=0.2, epochs:
     other samples' unclipped terms still move the shared parameters
     ([Wang2019]). `PPOResult.ratio_min`/``ratio_max`` show by how much.
 
+    Every option means the same update in both modes (the table in
+    `refpg.algorithms.run`), with one limit that differs by nature: sampled
+    mode clips each sample's advantage estimate, exact mode the exact
+    advantage, and the mean of :math:`\min(r\hat A, \mathrm{clip}(r)\hat A)`
+    is not :math:`\min(rA, \mathrm{clip}(r)A)` once a ratio is clipped at an
+    (s, a) whose estimates take both signs.
+
     References
     ----------
     [Schulman2017] Algorithm 1 and Section 3; [Wang2019].
