@@ -216,3 +216,17 @@ def test_ppo_clipping_of_noisy_advantage_estimates_is_the_documented_gap(kind):
     assert abs(gaps(mdp, pol, theta0, exact, noisy)[0]) > 3 * GAIN_RTOL
     gain, tv = gaps(mdp, pol, theta0, exact, quiet)
     assert abs(gain) <= GAIN_RTOL and tv <= TV_RATIO
+
+
+def test_the_readme_names_exactly_the_algorithms_run_drives():
+    from pathlib import Path
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(r"^## Algorithms\n(.*?)(?=^## )", text, re.S | re.M).group(1)
+    rows = dict(re.findall(r'^\| `"(\w+)"` \| `(\w+)` \|', section, re.M))
+    assert rows == {name: fn.__name__ for name, fn in _step_functions().items()}
+    # Every step function the package table lists is one of them.
+    listed = re.search(r"^\| `refpg.algorithms` \|(.*)$", text, re.M).group(1)
+    named = set(re.findall(r"`(\w+_(?:step|update))`", listed))
+    assert named == set(rows.values())
