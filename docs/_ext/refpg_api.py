@@ -16,7 +16,8 @@
 * The README, included as a page, keeps its links into docs/ and to URLs;
   a link to another file of the repository keeps only its text.
 * A reference key such as ``[Schulman2015]`` in a docstring links to the
-  References section of the conventions, when that section lists it.
+  References section of the conventions, when that section lists it, and
+  ``docs/conventions.md, "Exact quantities"`` to the page and that section.
 """
 
 from __future__ import annotations
@@ -231,6 +232,12 @@ def readme_links(app, relative_path, parent_docname, content):
 
 
 CITATION = re.compile(r"\[([A-Z][A-Za-z]+\d{4}[a-z]?)\]")
+# A reference key, or the conventions named by path, perhaps with a quoted section title after it
+# (docutils has made the quotes typographic by the time the doctree is resolved).
+CONTRACT = re.compile(r"""(?x)
+    \[(?P<key>[A-Z][A-Za-z]+\d{4}[a-z]?)\]
+  | (?P<doc>docs/conventions\.md) (?: (?P<sep>,?\s*\(?) (?P<title>["\u201c][^"\u201d]+["\u201d]) )?
+""")
 
 
 def _contract_keys(app) -> set[str]:
@@ -241,23 +248,45 @@ def _contract_keys(app) -> set[str]:
     return set(CITATION.findall(section[1])) if len(section) == 2 else set()
 
 
-def link_citations(app, doctree, docname):
-    """``doctree-resolved``: in the API pages, each ``[Key]`` listed in the conventions links to that list."""
-    keys = _contract_keys(app)
-    if not keys or not docname.startswith("api/") or app.builder.format != "html":
+def _contract_sections(app) -> dict[str, str]:
+    """Lower-cased section title -> its anchor, for every section of the conventions."""
+    doctree = app.env.get_doctree("conventions")
+    return {section[0].astext().strip().lower(): section["ids"][0]
+            for section in doctree.findall(nodes.section) if section["ids"]}
+
+
+def link_contract(app, doctree, docname):
+    """``doctree-resolved``: in the API pages, link to the conventions.
+
+    Each ``[Key]`` that the conventions' References list links to that list; each mention of
+    ``docs/conventions.md`` links to the page, and a quoted section title right after it
+    (``docs/conventions.md, "Exact quantities"``) to that section.
+    """
+    if "conventions" not in app.env.all_docs or not docname.startswith("api/") or app.builder.format != "html":
         return
-    uri = app.builder.get_relative_uri(docname, "conventions") + "#references"
+    keys, sections = _contract_keys(app), _contract_sections(app)
+    page = app.builder.get_relative_uri(docname, "conventions")
     skip = (nodes.literal, nodes.literal_block, nodes.math, nodes.math_block, nodes.reference, nodes.raw)
+
+    def link(text, anchor="", title=None):
+        return nodes.reference(text, text, refuri=page + anchor, internal=True, reftitle=title or "conventions")
+
     for text in list(doctree.findall(nodes.Text)):
-        if isinstance(text.parent, skip) or not CITATION.search(text):
+        if isinstance(text.parent, skip) or not CONTRACT.search(text):
             continue
         pieces, last = [], 0
-        for match in CITATION.finditer(text):
-            if match.group(1) not in keys:
+        for match in CONTRACT.finditer(text):
+            if match["key"] and match["key"] not in keys:
                 continue
             pieces.append(nodes.Text(text[last:match.start()]))
-            pieces.append(nodes.reference(match.group(0), match.group(0), refuri=uri, internal=True,
-                                          reftitle=f"{match.group(1)} in the conventions' references"))
+            if match["key"]:
+                pieces.append(link(match[0], "#references", f"{match['key']} in the conventions' references"))
+            else:
+                pieces.append(link(match["doc"]))
+                if match["title"]:
+                    anchor = sections.get(match["title"][1:-1].strip().lower())
+                    pieces.append(nodes.Text(match["sep"]))
+                    pieces.append(link(match["title"], f"#{anchor}") if anchor else nodes.Text(match["title"]))
             last = match.end()
         if pieces:
             pieces.append(nodes.Text(text[last:]))
@@ -276,6 +305,6 @@ def setup(app):
     app.add_role("refpg-autolink", RefpgAutoLink())
     app.connect("missing-reference", resolve_reexport)
     app.connect("autodoc-skip-member", skip_namedtuple_fields)
-    app.connect("doctree-resolved", link_citations)
+    app.connect("doctree-resolved", link_contract)
     app.connect("include-read", readme_links)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
