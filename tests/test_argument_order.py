@@ -146,3 +146,14 @@ def test_bad_inputs_name_the_argument():
         exact_clipped_surrogate(mdp, pol, theta, theta_old=theta_old, clip_eps=-0.1)
     with pytest.raises(refpg.errors.InvalidInputError, match="states"):
         batch_kl(pol, theta, theta_old=theta_old, states=np.array([0, 7]))
+
+
+def test_a_mismatched_evaluation_old_is_named_evaluation_old():
+    mdp, pol, theta, theta_old = case()
+    wrong = refpg.evaluate(mdp, pol.probs(theta))
+    for fn in (refpg.kl_divergence, refpg.kl_gradient, refpg.surrogate, refpg.surrogate_gradient, refpg.trpo_bound):
+        with pytest.raises(refpg.errors.EvaluationMismatchError,
+                           match=r"evaluation_old was computed for another policy: evaluation_old.pi\["):
+            fn(mdp, pol, theta, theta_old=theta_old, evaluation_old=wrong)
+    with pytest.raises(refpg.errors.InvalidInputError, match="evaluation_old should be a refpg.Evaluation"):
+        exact_clipped_surrogate(mdp, pol, theta, theta_old=theta_old, clip_eps=0.2, evaluation_old={})

@@ -155,6 +155,9 @@ def test_run_ppo_kl_penalty_carries_the_adapted_coefficient():
     ("ppo_kl_penalty", dict(beta=1.0, d_targ=0.0), "d_targ should be > 0"),
     ("ppo_kl_penalty", dict(beta=-1.0, d_targ=0.01), "beta should be >= 0"),
     ("ppo_kl_penalty", dict(beta=1.0, d_targ=0.01, penalty=1.0), "'penalty' is not an option of 'ppo_kl_penalty'"),
+    ("npg", dict(eta=1.0, rng=np.random.default_rng(0)), r"'rng' cannot be passed to run: .*pass seed"),
+    ("npg", dict(eta=1.0, etta=2.0), r"'etta' is not an option of 'npg'; did you mean 'eta'\? \(its options: "
+                                     r"cg_iters, cg_rtol, damping, eta, fisher, sample_config\)"),
     ("npg", dict(eta=1.0, cg_iters=0), "cg_iters should be >= 1"),
     ("npg", dict(eta=1.0, damping=-1.0), "damping should be >= 0"),
     ("npg", dict(eta=1.0, sample_config=BIG), "sample_config is only used in mode='sampled'"),

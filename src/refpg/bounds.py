@@ -138,7 +138,8 @@ def trpo_bound(mdp, policy, theta, *, theta_old, evaluation_old=None) -> TRPOBou
     ----------
     [Schulman2015] Theorem 1, Eq. (9).
     """
-    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old")
+    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old",
+                                        evaluation_name="evaluation_old")
     theta = policy.validate_theta(theta, "theta")
     pi = policy.probs(theta)
     J = policy_evaluation(mdp, pi).J

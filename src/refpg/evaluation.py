@@ -267,13 +267,16 @@ def solve_pair(P_pi, gamma, r_pi, rho, *, overwrite: bool = False):
     return V, mu
 
 
-def prepare(mdp, policy, theta, evaluation=None, *, name: str = "theta"):
+def prepare(mdp, policy, theta, evaluation=None, *, name: str = "theta", evaluation_name: str | None = None):
     """Validate (mdp, policy, theta) and return (theta, pi, evaluation).
 
     A precomputed `evaluation` is reused after checking it belongs to this MDP
     and this exact policy, so a caller can share one factorization across the
-    gradient, the Fisher matrix and the natural gradient.
+    gradient, the Fisher matrix and the natural gradient. `name` and
+    `evaluation_name` are the caller's names for theta and the evaluation,
+    used in error messages (default "theta" and "evaluation").
     """
+    ev_name = "evaluation" if evaluation_name is None else evaluation_name
     check_mdp(mdp)
     check_policy(policy, mdp)
     theta = policy.validate_theta(theta, name)
@@ -282,12 +285,12 @@ def prepare(mdp, policy, theta, evaluation=None, *, name: str = "theta"):
         return theta, pi, policy_evaluation(mdp, pi)
     if not isinstance(evaluation, Evaluation):
         raise InvalidInputError(
-            f"evaluation should be a refpg.Evaluation, actual {type(evaluation).__name__}")
+            f"{ev_name} should be a refpg.Evaluation, actual {type(evaluation).__name__}")
     if evaluation.mdp is not mdp:
-        raise EvaluationMismatchError("evaluation was computed on a different mdp")
+        raise EvaluationMismatchError(f"{ev_name} was computed on a different mdp")
     if not np.array_equal(evaluation.pi, pi):
         k = np.unravel_index(int(np.argmax(np.abs(evaluation.pi - pi))), pi.shape)
         raise EvaluationMismatchError(
-            f"evaluation was computed for another policy: evaluation.pi[{k[0]}, {k[1]}] is "
+            f"{ev_name} was computed for another policy: {ev_name}.pi[{k[0]}, {k[1]}] is "
             f"{evaluation.pi[k]!r} but the policy of {name} gives {pi[k]!r}")
     return theta, pi, evaluation

@@ -64,7 +64,8 @@ def _categorical_kl(logp_old, logp_new, p_old):
 
 
 def _kl_pieces(mdp, policy, theta, theta_old, evaluation_old):
-    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old")
+    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old",
+                                        evaluation_name="evaluation_old")
     theta = policy.validate_theta(theta, "theta")
     logp_new = policy.log_probs(theta)
     per_state = _categorical_kl(policy.log_probs(theta_old), logp_new, pi_old)

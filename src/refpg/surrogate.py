@@ -11,7 +11,8 @@ __all__ = ["surrogate", "surrogate_gradient"]
 
 
 def _pieces(mdp, policy, theta, theta_old, evaluation_old):
-    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old")
+    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old",
+                                        evaluation_name="evaluation_old")
     theta = policy.validate_theta(theta, "theta")
     return theta, policy.probs(theta), ev_old
 

@@ -104,8 +104,13 @@ def _check_options(algorithm: str, step, options: dict) -> None:
     own = {"mdp", "policy", "theta", "mode", "rng"}
     known = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in own]
     for name in options:
+        if name == "rng":
+            raise InvalidInputError("'rng' cannot be passed to run: run draws every sampled iteration from "
+                                    "np.random.default_rng(seed); pass seed")
         if name in _PER_ITERATION and name in known:
             raise InvalidInputError(f"{name!r} cannot be passed to run: it is {_PER_ITERATION[name]}")
+    known = [n for n in known if n not in _PER_ITERATION]
+    for name in options:
         if name not in known:
             near = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""

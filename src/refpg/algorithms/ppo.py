@@ -632,7 +632,8 @@ def _exact_pieces(policy, theta, logp_old, d, adv, eps, *, grad: bool):
 def _exact_old(mdp, policy, theta, theta_old, clip_eps, evaluation_old):
     check_mdp(mdp)
     check_policy(policy, mdp)
-    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old")
+    theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old",
+                                        evaluation_name="evaluation_old")
     theta = policy.validate_theta(theta)
     eps = _check_clip_eps(clip_eps, allow_none=True)
     return theta, policy.log_probs(theta_old), ev_old, eps
