@@ -28,21 +28,17 @@ import re
 from pathlib import Path
 
 from docutils import nodes
-from sphinx import addnodes
 from docutils.statemachine import StringList
-from sphinx.pycode import ModuleAnalyzer
+from sphinx import addnodes
 from sphinx.errors import PycodeError
-from sphinx.ext.autosummary import AutoLink, import_by_name
-
-try:
-    from sphinx.ext.autosummary import ImportExceptionGroup
-except ImportError:  # Sphinx < 7.2 raises a plain ImportError
-    ImportExceptionGroup = ImportError
+from sphinx.ext.autosummary import AutoLink, ImportExceptionGroup, import_by_name
+from sphinx.pycode import ModuleAnalyzer
 from sphinx.util.docutils import SphinxDirective
 
 
 def _python_domain(env):
-    domains = getattr(env, "domains", None)  # Sphinx >= 8.1
+    domains = getattr(env, "domains", None)
+    # Sphinx >= 8.1 names it; 7.4 (the floor) has a plain dict of domains.
     return domains.python_domain if hasattr(domains, "python_domain") else env.get_domain("py")
 
 
