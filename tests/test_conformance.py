@@ -889,3 +889,62 @@ def test_pytest_failure_shows_the_report_not_the_kit_frames(pytester):
     # What is left: the test's own line, then the report.
     result.stdout.fnmatch_lines(['>       refpg_check("kl_estimator", k1_declared_non_negative, *',
                                  "E       refpg.errors.ConformanceError: refpg conformance: kl_estimator *"])
+
+
+# -- hints for common scaling bugs, each on a planted bug -------------------------------------------
+
+def _clipped_objective(logp_new, logp_old, advantages, clip_eps):
+    ratio = np.exp(logp_new - logp_old)
+    return np.minimum(ratio * advantages, np.clip(ratio, 1 - clip_eps, 1 + clip_eps) * advantages)
+
+
+def test_hint_sum_instead_of_mean_names_n():
+    def ppo_sum(logp_new, logp_old, advantages, clip_eps):
+        return -np.sum(_clipped_objective(logp_new, logp_old, advantages, clip_eps))
+
+    def value_sum(values_new, values_old, returns, clip_eps):
+        return 0.5 * np.sum((values_new - returns) ** 2)
+
+    for report, check_id, size in ((check_ppo_loss(ppo_sum, **FAST), "ppo_loss.inside_clip_range", "logp_new"),
+                                    (check_value_loss(value_sum, **FAST), "value_loss.value", "values_new")):
+        failure = report.failure(check_id)
+        n = failure.counterexample.inputs[size].size
+        assert n >= 2 and f"actual = n x expected with n = {n}, the minibatch size: a sum where the mean belongs" \
+            in failure.message
+        np.testing.assert_allclose(failure.counterexample.actual, n * failure.counterexample.expected, rtol=1e-12)
+
+
+def test_hint_sign_flipped():
+    def ppo_objective_not_loss(logp_new, logp_old, advantages, clip_eps):
+        return np.mean(_clipped_objective(logp_new, logp_old, advantages, clip_eps))
+
+    def negated_gae(*args):
+        return -gae(*args)
+
+    for report, check_id in ((check_ppo_loss(ppo_objective_not_loss, **FAST), "ppo_loss.inside_clip_range"),
+                             (check_gae(negated_gae, **FAST), "gae.recursion")):
+        assert "actual = -expected: the sign is flipped" in report.failure(check_id).message
+    # No hint when neither fits.
+    assert "actual = " not in check_gae(gae_truncation_as_termination, **FAST).failures[0].message
+
+
+def test_kl_hints_direction_swapped_sign_flipped_and_batch_sum():
+    def reverse_k3(logp_new, logp_old):  # an unbiased estimate of KL(new || old), not KL(old || new)
+        log_r = logp_new - logp_old
+        return np.exp(log_r) * log_r - np.expm1(log_r)
+
+    def k1_sign_flipped(logp_new, logp_old):
+        return logp_new - logp_old
+
+    def k3_batch_sum(logp_new, logp_old):
+        log_r = logp_new - logp_old
+        return np.sum(np.expm1(log_r) - log_r)
+
+    swapped = check_kl_estimator(reverse_k3, non_negative=True, **FAST).failure("kl_estimator.unbiased")
+    assert "actual equals KL(pi_new || pi_old) = " in swapped.message and "the direction is swapped" in swapped.message
+    flipped = check_kl_estimator(k1_sign_flipped, **FAST).failure("kl_estimator.unbiased")
+    assert "actual = -expected: the sign is flipped" in flipped.message
+    summed = check_kl_estimator(k3_batch_sum, **FAST).failure("kl_estimator.unbiased")
+    assert "actual = n x expected with n = 10, the batch size" in summed.message
+    for failure in (flipped, summed):
+        assert "KL(pi_new || pi_old) =" not in failure.message

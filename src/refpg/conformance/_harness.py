@@ -502,6 +502,37 @@ class Outcome:
     parts: tuple = ()  # (label, inputs, output) of the further calls `expected` was made of
 
 
+def scale_hint(actual, expected, tol: float, scale: float = 0.0, *, n: int | None = None,
+               n_is: str = "the number of samples") -> str:
+    """Name the scaling bug that turns `expected` into `actual`, if one does, else "".
+
+    Tried in order: ``actual = -expected`` (a flipped sign), and with a count `n` > 1,
+    ``actual = n x expected`` (a sum where the mean belongs), ``-n x expected``, ``expected / n``
+    (a mean where the sum belongs). A candidate ``c`` fits when
+    ``|actual - c * expected| <= tol * (1 + |c| * scale)`` everywhere, with `scale` at least the
+    largest ``|expected|``; an expected of zero everywhere fits every candidate and is no evidence.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = max(float(scale), float(np.max(np.abs(expected), initial=0.0)))
+    if not np.any(np.abs(expected) > tol * (1.0 + scale)):
+        return ""
+
+    def fits(c: float) -> bool:
+        return bool(np.all(np.abs(actual - c * expected) <= tol * (1.0 + abs(c) * scale)))
+
+    if fits(-1.0):
+        return "actual = -expected: the sign is flipped"
+    if n is not None and n > 1:
+        if fits(float(n)):
+            return f"actual = n x expected with n = {n}, {n_is}: a sum where the mean belongs"
+        if fits(-float(n)):
+            return f"actual = -n x expected with n = {n}, {n_is}: a sum where the mean belongs, and the sign flipped"
+        if fits(1.0 / n):
+            return f"actual = expected / n with n = {n}, {n_is}: a mean where the sum belongs"
+    return ""
+
+
 class Session:
     """Runs the scenarios of one check and collects a `Report`.
 
@@ -748,8 +779,13 @@ class Session:
         return arr64, outcomes
 
     def compare(self, check_id: str, what: str, actual: np.ndarray, expected: np.ndarray, inputs: dict,
-                *, scale: float = 0.0, why: str = "") -> Outcome | None:
-        """An outcome if ``|actual - expected| > tol * (1 + scale)`` anywhere, naming the worst entry."""
+                *, scale: float = 0.0, why: str = "", n: int | None = None,
+                n_is: str = "the number of samples") -> Outcome | None:
+        """An outcome if ``|actual - expected| > tol * (1 + scale)`` anywhere, naming the worst entry.
+
+        The message names a common scaling bug when `actual` is one (`scale_hint`): ``-expected``
+        and, given the count `n` a mean divides by (`n_is` says what it counts), ``n x expected``.
+        """
         self.ran(check_id)
         expected = np.asarray(expected, dtype=np.float64)
         actual = np.asarray(actual, dtype=np.float64)
@@ -762,6 +798,9 @@ class Session:
         label = f"{what}[{', '.join(map(str, idx))}]" if idx else what
         msg = (f"{label} should be {expected[idx]:.10g}, actual {actual[idx]:.10g} "
                f"(error {err[idx]:.3g} > tolerance {allowed:.3g})")
+        hint = scale_hint(actual, expected, self.backend.tol, scale, n=n, n_is=n_is)
+        if hint:
+            msg += f"; {hint}"
         if why:
             msg += f"; {why}"
         return Outcome(check_id, msg, inputs, expected=expected, actual=actual, where=idx or None)

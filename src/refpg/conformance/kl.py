@@ -205,9 +205,30 @@ def _unbiased(session, be, estimates, mode, seed, alpha) -> None:
                 f"the mean estimate should be KL(pi_old || pi_new) = {exact:.6g} (declared unbiased), actual "
                 f"{test.mean[0]:.6g} +- {test.stderr[0]:.2g} (z = {test.z[0]:.1f}, |z| threshold "
                 f"{test.threshold:.2f} at family-wise alpha = {alpha:g} over {k} pairs; {test.n} {unit} of "
-                f"actions drawn from pi_old with seed {seed})",
+                f"actions drawn from pi_old with seed {seed})"
+                + _direction_hint(test, p_old, p_new, None if mode["per_sample"] else BATCH),
                 {**pair, "samples": SAMPLES_PER_PAIR}, expected=exact, actual=float(test.mean[0])))
             return
+
+
+def _direction_hint(test, p_old, p_new, batch) -> str:
+    """Name the common bug whose exact mean the rejected estimates are consistent with, if one is:
+    the reverse direction KL(pi_new || pi_old), a flipped sign, or (for batch means) a sum of the batch.
+    Consistent means within the test's own threshold of standard errors."""
+    exact, reverse = _kl(p_old, p_new), _kl(p_new, p_old)
+    candidates = [(reverse, f"actual equals KL(pi_new || pi_old) = {reverse:.6g}: the direction is swapped. "
+                            f"This check, like PPO's approx_kl, estimates KL(pi_old || pi_new) = "
+                            f"E_old[(r - 1) - log r] with r = pi_new / pi_old; E_old[r log r - (r - 1)] "
+                            f"is KL(pi_new || pi_old)"),
+                  (-exact, "actual = -expected: the sign is flipped (k1 is -log r = logp_old - logp_new)")]
+    if batch is not None:
+        candidates.append((batch * exact, f"actual = n x expected with n = {batch}, the batch size: the "
+                                          f"function sums the estimates where their mean belongs"))
+    mean, stderr = float(test.mean[0]), float(test.stderr[0])
+    for value, hint in candidates:
+        if abs(mean - value) <= test.threshold * stderr:
+            return f"; {hint}"
+    return ""
 
 
 def _stopped(session, outcomes) -> None:

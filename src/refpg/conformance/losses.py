@@ -253,7 +253,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
             if _normalization_ill_conditioned(adv, opts, be):
                 return outcomes  # A - mean(A) is rounding noise, amplified by 1/(std + eps): no verdict
             o = session.compare(check_id, "loss", loss, ref, inputs, scale=float(np.max(np.abs(ratio * a))),
-                                why=why)
+                                why=why, n=ratio.size, n_is="the minibatch size")
             if o is not None:
                 o.message += _normalization_hint(ratio, adv, case["clip_eps"], float(loss), opts, be)
                 outcomes.append(o)
@@ -347,7 +347,7 @@ def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inp
         why += (f"; entries {np.flatnonzero(~judged).tolist()} sit at a kink of the loss (no single "
                 f"derivative) and are not judged")
     o = session.compare(check_id, f"d loss / d {grad_arg}", np.where(judged, got, expected), expected, inputs,
-                        why=why)
+                        why=why, n=expected.size, n_is="the minibatch size")
     if o is None:
         return []
     o.actual = got  # what the function returned, the unjudged entries included
@@ -466,7 +466,8 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
             return outcomes
         ref, grad, judged, clipped = _value_reference(v_new, v_old, ret, eps, opts["style"], opts["coef"], be.tol)
         o = session.compare("value_loss.value", "loss", loss, ref, inputs,
-                            why=f"style={opts['style']!r}, coef={opts['coef']}: {_VALUE_FORMS[opts['style']]}")
+                            why=f"style={opts['style']!r}, coef={opts['coef']}: {_VALUE_FORMS[opts['style']]}",
+                            n=v_new.size, n_is="the minibatch size")
         if o is not None:
             outcomes.append(o)
         if torch_grad:
