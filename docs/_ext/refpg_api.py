@@ -86,13 +86,26 @@ def _summary(module, name: str) -> str:
     if inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj):
         doc = inspect.getdoc(obj) or ""
     else:
-        owner = importlib.import_module(home(module, name))
-        try:
-            analyzer = ModuleAnalyzer.for_module(owner.__name__)
-            doc = "\n".join(analyzer.find_attr_docs().get(("", name), []))
-        except PycodeError:
-            doc = ""
+        doc = _data_doc(importlib.import_module(home(module, name)), name)
     return doc.strip().split("\n\n")[0]
+
+
+def _attr_doc(modname: str, name: str) -> str:
+    try:
+        return "\n".join(ModuleAnalyzer.for_module(modname).find_attr_docs().get(("", name), []))
+    except PycodeError:
+        return ""
+
+
+def _data_doc(module, name: str) -> str:
+    """The ``#:`` comment of data ``module.name``, or of the module it was imported from."""
+    doc = _attr_doc(module.__name__, name)
+    if not doc.strip():
+        for modname in re.findall(r"^\s*from (refpg[\w.]*) import", inspect.getsource(module), re.MULTILINE):
+            other = importlib.import_module(modname)
+            if getattr(other, name, None) is getattr(module, name) and _attr_doc(modname, name).strip():
+                return _attr_doc(modname, name)
+    return doc
 
 
 def _directive_for(obj) -> str:
@@ -127,10 +140,18 @@ class RefpgModule(SphinxDirective):
             obj = getattr(module, name)
             if inspect.ismodule(obj) or home(module, name) != modname:
                 continue
-            lines += [f".. {_directive_for(obj)}:: {modname}.{name}", ""]
+            directive = _directive_for(obj)
+            if directive == "autodata" and not _attr_doc(modname, name).strip():
+                # No comment here (autodoc would show the docstring of the value's type, tuple's say):
+                # the comment where the value is defined, if it was imported, else nothing.
+                lines += [f".. py:data:: {name}", f"   :module: {modname}"]
+                lines += [f"   :value: {obj!r}"] if len(repr(obj)) <= 100 else []
+                lines += [""] + [f"   {line}" for line in _data_doc(module, name).splitlines()] + [""]
+                continue
+            lines += [f".. {directive}:: {modname}.{name}", ""]
             if inspect.isclass(obj):
                 lines[-1:-1] = ["   :members:", "   :show-inheritance:"]
-            elif _directive_for(obj) == "autodata" and len(repr(obj)) > 100:
+            elif directive == "autodata" and len(repr(obj)) > 100:
                 lines[-1:-1] = ["   :no-value:"]  # a table of examples or modules, not a value to read
         self.env.note_dependency(inspect.getsourcefile(module))
         node = nodes.section()
