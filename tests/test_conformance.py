@@ -537,8 +537,10 @@ def test_outputs_numpy_reads_as_the_right_array_are_accepted():
     assert check_kl_estimator(k3_list, non_negative=True, **FAST).passed
     assert check_gae(gae_rows, **FAST).passed
     assert check_gae(rlax_array_like, convention="rlax", **FAST).passed
-    # A tuple of several results still says what to return.
+    # A tuple of several results still says what to return: (advantages, returns) what to pass.
     report = check_gae(lambda *a: (gae(*a), gae(*a) + a[1]), backend="numpy", **FAST)
+    assert "pass returns=True" in report.failure("gae.output_shape").message
+    report = check_gae(lambda *a: (gae(*a), gae(*a) + a[1], gae(*a)), backend="numpy", **FAST)
     assert "(return advantages alone" in report.failure("gae.output_shape").message
 
 
@@ -948,3 +950,61 @@ def test_kl_hints_direction_swapped_sign_flipped_and_batch_sum():
     assert "actual = n x expected with n = 10, the batch size" in summed.message
     for failure in (flipped, summed):
         assert "KL(pi_new || pi_old) =" not in failure.message
+
+
+# -- GAE that returns (advantages, returns) --------------------------------------------------------
+
+def gae_and_returns(rewards, values, next_values, terminated, truncated, gamma, lam):
+    advantages = gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+    return advantages, advantages + values
+
+
+def test_gae_with_returns_checks_the_returns_too():
+    report = check_gae(gae_and_returns, returns=True, **FAST)
+    assert report.passed and "gae.returns" in report.checks and report.options == {"returns": True}
+    assert "returns=True" in str(report).splitlines()[0]
+
+    def returns_from_next_values(rewards, values, next_values, terminated, truncated, gamma, lam):
+        advantages = gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+        return advantages, advantages + next_values
+
+    report = check_gae(returns_from_next_values, returns=True, **FAST)
+    assert report.failed_ids == ("gae.returns",)
+    failure = report.failure("gae.returns")
+    assert failure.message.startswith("returns[0, 0] should be ") and "returns = advantages + values" in failure.message
+    ce = failure.counterexample
+    np.testing.assert_allclose(ce.expected, gae(*(ce.inputs[k] for k in ("rewards", "values", "next_values",
+                                                                        "terminated", "truncated", "gamma",
+                                                                        "lam"))) + ce.inputs["values"], rtol=1e-12)
+
+    def wrong_advantages(rewards, values, next_values, terminated, truncated, gamma, lam):
+        advantages = gae(rewards, values, next_values, terminated, truncated, gamma, lam) + 1.0
+        return advantages, advantages + values
+
+    report = check_gae(wrong_advantages, returns=True, **FAST)
+    assert "only the advantages are wrong" in report.failure("gae.returns").message
+
+
+def test_a_pair_where_advantages_are_expected_suggests_returns_true():
+    report = check_gae(gae_and_returns, **FAST)
+    message = report.failure("gae.output_shape").message
+    assert "actual a pair of arrays of that shape" in message
+    assert "pass returns=True (refpg check: --option returns=True)" in message
+    report = check_gae(gae, returns=True, **FAST)
+    assert report.failure("gae.output_shape").message == ("the function should return a pair (advantages, "
+                                                          "returns) (returns=True), actual one ndarray")
+    with pytest.raises(InvalidInputError, match="returns should be False"):
+        check_gae(lambda r_t, discount_t, lambda_, values: None, convention="rlax", returns=True)
+    with pytest.raises(InvalidInputError, match="returns should be True or False"):
+        check_gae(gae_and_returns, returns="yes")
+
+
+def test_torchrl_value_target_is_checked_with_returns_true():
+    pytest.importorskip("torch")
+    from refpg.examples.correct import gae_torchrl_torch
+
+    unchecked = check_gae(gae_torchrl_torch, convention="torchrl", **FAST)
+    assert unchecked.passed and any("value_target was not checked" in w for w in unchecked.warnings)
+    checked = check_gae(gae_torchrl_torch, convention="torchrl", returns=True, **FAST)
+    assert checked.passed and "gae.returns" in checked.checks
+    assert not any("value_target" in w for w in checked.warnings)

@@ -17,10 +17,11 @@ import numpy as np
 
 from refpg._validation import check_choice, check_positive_int
 from refpg.conformance import _cases
-from refpg.conformance._harness import (numerics_of_their_own, Session, check_callable, check_signature,
-                                        convention_parameters, resolve_backend)
+from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session, _shape_of, check_callable,
+                                        check_signature, convention_parameters, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.returns import gae as reference_gae
+from refpg.errors import InvalidInputError
 
 __all__ = ["check_gae", "GAE_CONVENTIONS"]
 
@@ -113,26 +114,61 @@ def _sub_case(case, n: int, a: int, b: int) -> dict:
     return sub
 
 
-def _run(session: Session, case: dict, convention: str):
-    """Call the user's function on `case`: (advantages (T, N) float64 or None, outcomes, inputs)."""
+def _run(session: Session, case: dict, convention: str, returns: bool = False):
+    """Call the user's function on `case`: (advantages (T, N) float64 or None, outcomes, inputs,
+    returns (T, N) float64 or None). With `returns`, the function returns (advantages, returns)."""
     T, N = case["rewards"].shape
     if convention == "rlax":
-        return _run_rlax(session, case)
+        return (*_run_rlax(session, case), None)
     args = _args(case, convention)
     inputs = {name: value for name, value in args}
     call = session.call(args)
     outcomes = session.generic_outcomes(call, inputs)
     if call.error is not None:
-        return None, outcomes, inputs
+        return None, outcomes, inputs, None
     raw = call.output
-    if convention == "torchrl":
-        if isinstance(raw, (tuple, list)) and len(raw) == 2:
-            raw = raw[0]  # TorchRL returns (advantage, value_target)
-        adv, more = session.output_array(raw, "advantage", (N, T, 1), inputs)
+    pair = isinstance(raw, (tuple, list)) and len(raw) == 2
+    torchrl = convention == "torchrl"
+    shape, what = ((N, T, 1), "advantage") if torchrl else ((T, N), "advantages")
+    ret = None
+    if returns:
+        if not pair:
+            kind = f"a {type(raw).__name__} of {len(raw)} items" if isinstance(raw, (tuple, list)) else \
+                f"one {type(raw).__name__}"
+            return None, outcomes + [Outcome(
+                "gae.output_shape", f"the function should return a pair (advantages, returns) (returns=True), "
+                                    f"actual {kind}", inputs)], inputs, None
+        raw, ret_raw = raw
+        ret, more = session.output_array(ret_raw, "value_target" if torchrl else "returns", shape, inputs,
+                                         check_id="gae.returns")
+        outcomes += more
+    elif pair and torchrl:
+        raw = raw[0]  # TorchRL returns (advantage, value_target)
+        session.warn("the function returns (advantage, value_target); value_target was not checked: pass "
+                     "returns=True (refpg check: --option returns=True) to check it too")
+    elif pair and all(_shape_of(x) == (T, N) for x in raw):
+        return None, outcomes + [Outcome(
+            "gae.output_shape", f"advantages should be one array of shape {(T, N)}, actual a pair of arrays of "
+                                f"that shape: if the function returns (advantages, returns), as SB3 and "
+                                f"CleanRL compute both, pass returns=True (refpg check: --option "
+                                f"returns=True) to check the returns too", inputs)], inputs, None
+    adv, more = session.output_array(raw, what, shape, inputs)
+    if torchrl:
         adv = None if adv is None else adv[:, :, 0].T
-    else:
-        adv, more = session.output_array(raw, "advantages", (T, N), inputs)
-    return adv, outcomes + more, inputs
+        ret = None if ret is None else ret[:, :, 0].T
+    return adv, outcomes + more, inputs, ret
+
+
+def _returns_outcomes(session: Session, ret, expected_adv, adv, values, inputs) -> list:
+    """``gae.returns``: the returns against the exact advantages + values."""
+    bad = session.compare("gae.returns", "returns", ret, expected_adv + values, inputs,
+                          why="returns = advantages + values (the targets the value function is fitted to, "
+                              "as SB3 and CleanRL compute them)")
+    if bad is None:
+        return []
+    if np.all(np.abs(ret - (adv + values)) <= session.backend.tol * (1.0 + np.abs(adv) + np.abs(values))):
+        bad.message += "; they are the function's own advantages + values: only the advantages are wrong"
+    return [bad]
 
 
 def _run_rlax(session: Session, case: dict):
@@ -168,7 +204,7 @@ def _run_rlax(session: Session, case: dict):
 
 @numerics_of_their_own
 def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
-              max_examples: int = 100, seed: int = 0) -> Report:
+              max_examples: int = 100, seed: int = 0, returns: bool = False) -> Report:
     r"""Check a GAE implementation against the exact recursion, on rollouts drawn by Hypothesis.
 
     .. math::
@@ -195,6 +231,12 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
         fifth as many of up to 64 x 8).
     seed : int
         Seed of the search; the same seed gives the same report.
+    returns : bool
+        The function returns the pair ``(advantages, returns)``, as SB3's
+        ``compute_returns_and_advantage`` and CleanRL compute both (TorchRL:
+        ``(advantage, value_target)``); the returns are checked too,
+        :math:`R_t = \hat A_t + V(s_t)` with ``values`` as passed. Not for
+        ``"rlax"``. CLI: ``--option returns=True``.
 
     Returns
     -------
@@ -206,7 +248,8 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
         result for a rollout equals the results for its episodes computed
         separately), ``gae.general`` (all flags mixed), plus ``gae.raised``,
         ``gae.output_shape``, ``gae.output_dtype``, ``gae.output_finite`` and
-        ``gae.input_mutated``.
+        ``gae.input_mutated``; with `returns`, ``gae.returns`` (the returns on
+        every case of the value checks, against the exact advantages + values).
 
     Notes
     -----
@@ -227,6 +270,12 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
 
+    if not isinstance(returns, (bool, np.bool_)):
+        raise InvalidInputError(f"returns should be True or False, actual {returns!r}")
+    returns = bool(returns)
+    if returns and convention == "rlax":
+        raise InvalidInputError("convention 'rlax' returns advantages only (rlax's truncated_generalized_"
+                                "advantage_estimation); returns should be False")
     named = check_signature(fn, "gae", convention, convention_parameters(GAE_CONVENTIONS))
 
     def probe(be):
@@ -235,19 +284,19 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
                        "next_values": np.array([[0.25], [1.0]]), "terminated": np.zeros((2, 1), bool),
                        "truncated": np.zeros((2, 1), bool), "gamma": 0.9, "lam": 0.95,
                        "start": np.zeros(1, bool)}, be)
-        _run(probe_session, case, convention)
+        _run(probe_session, case, convention, returns)
         # The first call that raised, whose error `resolve_backend` may show; True if none did.
         return probe_session.first_error or True
 
     be, warnings = resolve_backend(fn, backend, dtype, probe)
     session = Session("gae", fn, convention, be, max_examples=max_examples, seed=seed,
-                      options={}, warnings=named + warnings)
+                      options={"returns": True} if returns else {}, warnings=named + warnings)
     cost = {"max": 0.0, "n": 0}
 
     def value_scenario(check_id):
         def evaluate(case):
             case = _round(case, be)
-            adv, outcomes, inputs = _run(session, case, convention)
+            adv, outcomes, inputs, ret = _run(session, case, convention, returns)
             if adv is not None:
                 expected = _expected(case, convention)
                 if convention == "cleanrl" and case["truncated"].any():
@@ -257,19 +306,21 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
                 bad = session.compare(check_id, "advantages", adv, expected, inputs, why=_HINTS[check_id])
                 if bad is not None:
                     outcomes.append(bad)
+                if ret is not None:
+                    outcomes += _returns_outcomes(session, ret, expected, adv, case["values"], inputs)
             return outcomes
         return evaluate
 
     def evaluate_split(case):
         case = _round(case, be)
-        whole, outcomes, inputs = _run(session, case, convention)
+        whole, outcomes, inputs, _ = _run(session, case, convention, returns)
         if whole is None:
             return outcomes
         pieces = np.empty_like(whole)
         parts = []
         for n in range(whole.shape[1]):
             for a, b in _segments(case, n):
-                part, more, part_inputs = _run(session, _sub_case(case, n, a, b), convention)
+                part, more, part_inputs, _ = _run(session, _sub_case(case, n, a, b), convention, returns)
                 if part is None:
                     return outcomes + more
                 pieces[a:b, n] = part[:, 0]
@@ -286,6 +337,8 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
         return outcomes
 
     session.declare(*session.generic_ids())
+    if returns:
+        session.declare("gae.returns", tracked=True)
     # (check id, episode structure, evaluate): shrinking keeps a case within its structure (a
     # counterexample of no_flow_across_episodes keeps an episode boundary, say).
     scenarios = [("gae.recursion", "none", value_scenario("gae.recursion")),
