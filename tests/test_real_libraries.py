@@ -388,3 +388,16 @@ def test_checker_torchrl_vec_finds_the_zero_discount_crash():
     assert "IndexError" in report.failure("gae.raised").message
     assert not {"gae.recursion", "gae.terminal_not_bootstrapped", "gae.truncation_bootstrapped",
                 "gae.no_flow_across_episodes", "gae.general"} & set(report.failed_ids)
+
+
+def test_checker_sb3_returns_float32():
+    """SB3's buffer.returns, the value function's targets, are its advantages + values."""
+    pytest.importorskip("stable_baselines3", reason="Stable-Baselines3 not installed")
+    _checker()
+    from refpg.conformance import assert_conforms, check_gae
+    from refpg.examples.real_libraries import sb3_gae_and_returns
+
+    report = check_gae(sb3_gae_and_returns, convention="sb3", returns=True, backend="numpy", dtype="float32",
+                       max_examples=30)
+    assert_conforms(report)
+    assert "gae.returns" in report.checks and "gae.returns" not in report.not_run_ids

@@ -11,6 +11,8 @@ of the library:
   TorchRL's ``GAE`` module runs by default (``vectorized=True``).
 * `sb3_gae`: a real ``stable_baselines3.common.buffers.RolloutBuffer`` and its
   ``compute_returns_and_advantage`` (convention ``"sb3"``).
+* `sb3_gae_and_returns`: the same, returning ``(buffer.advantages,
+  buffer.returns)`` (``check_gae(..., returns=True)``).
 
 The libraries are imported inside the functions: refpg imports without them,
 and a test that needs one skips when it is missing. Pins that install beside
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sb3_gae", "torchrl_gae", "torchrl_vec_gae"]
+__all__ = ["sb3_gae", "sb3_gae_and_returns", "torchrl_gae", "torchrl_vec_gae"]
 
 
 def _is_torch(x) -> bool:
@@ -226,6 +228,25 @@ def sb3_gae(rewards, values, episode_starts, last_values, dones, gamma, gae_lamb
     episode, it assumes ``next_values[t] == values[t + 1]`` there (true in a
     real rollout, and in the conformance kit's cases).
     """
+    return _sb3_buffer(rewards, values, episode_starts, last_values, dones, gamma,
+                       gae_lambda).advantages.astype(np.float64)  # astype copies
+
+
+def sb3_gae_and_returns(rewards, values, episode_starts, last_values, dones, gamma, gae_lambda):
+    r"""`sb3_gae`, returning ``(buffer.advantages, buffer.returns)`` as float64 copies.
+
+    SB3 fits its value function to ``buffer.returns``, which
+    ``compute_returns_and_advantage`` sets to ``advantages + values``
+    (:math:`\hat A_t + V(s_t)`, the TD(lambda) return), in float32. Check it
+    with ``check_gae(sb3_gae_and_returns, convention="sb3", returns=True,
+    dtype="float32")``.
+    """
+    buffer = _sb3_buffer(rewards, values, episode_starts, last_values, dones, gamma, gae_lambda)
+    return buffer.advantages.astype(np.float64), buffer.returns.astype(np.float64)
+
+
+def _sb3_buffer(rewards, values, episode_starts, last_values, dones, gamma, gae_lambda):
+    """A full SB3 ``RolloutBuffer`` after ``compute_returns_and_advantage`` (see `sb3_gae`)."""
     import torch
     from gymnasium import spaces
     from stable_baselines3.common.buffers import RolloutBuffer
@@ -252,4 +273,4 @@ def sb3_gae(rewards, values, episode_starts, last_values, dones, gamma, gae_lamb
         last_values=torch.as_tensor(_as_numpy(last_values, np.float32)),
         dones=_as_numpy(dones),
     )
-    return buffer.advantages.astype(np.float64)  # astype copies
+    return buffer
