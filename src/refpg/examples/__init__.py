@@ -115,7 +115,8 @@ CORRECT: tuple[Example, ...] = (
     _correct("gae_cleanrl_torch", "gae", "cleanrl", "torch",
              "CleanRL ppo.py's GAE loop (done = terminated or truncated, by that convention)"),
     _correct("gae_torchrl_torch", "gae", "torchrl", "torch",
-             "TorchRL's functional GAE, time dim -2, returning (advantage, value_target)"),
+             "TorchRL's functional GAE, time dim -2, returning (advantage, value_target), both checked",
+             returns=True),
     _correct("gae_rlax_numpy", "gae", "rlax", "numpy",
              "rlax's truncated_generalized_advantage_estimation for one trajectory"),
     # ppo_loss
