@@ -1008,3 +1008,18 @@ def test_torchrl_value_target_is_checked_with_returns_true():
     checked = check_gae(gae_torchrl_torch, convention="torchrl", returns=True, **FAST)
     assert checked.passed and "gae.returns" in checked.checks
     assert not any("value_target" in w for w in checked.warnings)
+
+
+def test_shrinking_never_puts_a_ratio_on_a_clip_bound():
+    from refpg.examples.correct import ppo_loss_refpg_numpy
+
+    def wrong_from_the_bound_on(logp_new, logp_old, advantages, clip_eps):
+        ratio = np.exp(logp_new - logp_old)
+        loss = ppo_loss_refpg_numpy(logp_new, logp_old, advantages, clip_eps)
+        return loss + float(ratio.size >= 2 and np.sum(ratio >= (1 + clip_eps) * (1 - 1e-9)) == 1)
+
+    ce = check_ppo_loss(wrong_from_the_bound_on, **FAST).failure("ppo_loss.outside_clip_range").counterexample
+    ratio, eps = ce.inputs["ratio (derived)"], ce.inputs["clip_eps"]
+    # The check draws ratios at least 10% (in log) away from the clip bounds; so does shrinking.
+    u = np.where(ratio >= 1, np.log(ratio) / np.log1p(eps), -np.log(ratio) / np.log1p(-eps))
+    assert np.all((np.abs(u) <= 0.9 + 1e-9) | (np.abs(u) >= 1.1 - 1e-9)), u

@@ -224,6 +224,8 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
             outside = np.abs(case["u"]) >= 1.1
             if inside and outside.any() or not inside and not outside.any():
                 return []  # a shrink move left the scenario
+            if np.any((np.abs(case["u"]) > 0.9) & ~outside):
+                return []  # a shrink move put a ratio within 10% of a clip bound, where no case is drawn
             args, ratio, adv = args_of(case, be)
             inputs = dict(args)
             inputs["ratio (derived)"] = ratio
