@@ -13,18 +13,26 @@ Importing the file records each registration; the CLI then checks them all.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import inspect
+import math
+import numbers
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
+
+import numpy as np
 
 from refpg._validation import check_choice
 from refpg.errors import InvalidInputError
 
-__all__ = ["CHECKS", "KINDS", "check", "register", "Registration", "load_function",
-           "load_file", "demo"]
+__all__ = ["CHECKS", "KINDS", "CONVENTIONS", "Option", "options_of", "parse_option", "check_options",
+           "check", "register", "Registration", "load_function", "load_file", "demo"]
 
 
 def _checks() -> dict:
@@ -43,6 +51,133 @@ CHECKS = _checks()
 KINDS = tuple(CHECKS)
 
 
+#: The conventions each kind's check accepts.
+CONVENTIONS = {
+    "gae": ("refpg", "sb3", "cleanrl", "torchrl", "rlax"),
+    "ppo_loss": ("refpg", "sb3", "cleanrl", "torchrl", "rlax"),
+    "value_loss": ("refpg", "cleanrl", "sb3"),
+    "kl_estimator": ("refpg", "sb3", "cleanrl", "torchrl", "rlax"),
+    "reinforce_estimator": ("refpg",),
+    "trpo_step": ("refpg",),
+}
+
+# Options that ppo_loss and value_loss take through **options (not in their signatures), with
+# their types and the defaults that do not depend on the convention.
+_VAR_OPTIONS = {
+    "ppo_loss": (("normalize", "str", "set by the convention"), ("ddof", "int", 1), ("eps", "float", 1e-8)),
+    "value_loss": (("style", "str", "set by the convention"), ("coef", "float", "set by the convention")),
+}
+
+
+class Option(NamedTuple):
+    """One keyword option of a check: its name, type (``"bool"``, ``"int"``, ``"float"`` or
+    ``"str"``), the values a string may take (empty: any) and its default."""
+
+    name: str
+    type: str
+    choices: tuple
+    default: Any
+
+
+def _choices(kind: str, name: str) -> tuple:
+    from refpg.conformance._harness import BACKENDS, DTYPES
+    from refpg.conformance.losses import VALUE_STYLES
+    from refpg.conformance.reinforce import OBJECTIVES
+
+    return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
+            "normalize": ("none", "batch"), "style": VALUE_STYLES}.get(name, ())
+
+
+def options_of(kind: str) -> dict:
+    """Name -> `Option` for every keyword `check_<kind>` accepts (convention, backend, ... included).
+
+    Read from the check function's signature, plus the options ``check_ppo_loss`` and
+    ``check_value_loss`` take through ``**options``.
+    """
+    check_choice(kind, "kind", KINDS)
+    out = {}
+    for p in inspect.signature(CHECKS[kind]).parameters.values():
+        if p.kind is p.KEYWORD_ONLY:
+            type_ = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "str")
+            out[p.name] = Option(p.name, type_, _choices(kind, p.name), p.default)
+        elif p.kind is p.VAR_KEYWORD:
+            for name, type_, default in _VAR_OPTIONS.get(kind, ()):
+                out[name] = Option(name, type_, _choices(kind, name), default)
+    return out
+
+
+def _suggest(word: str, choices) -> str:
+    """``"; did you mean 'x'?"`` for the closest of `choices`, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_options(kind: str, options: dict, *, where: str) -> dict:
+    """Return `options` after checking every key is an option of `kind` and every value has its type
+    and, for a string, is one of its choices; `where` opens the message (e.g. ``"register('gae')"``)."""
+    accepted = options_of(kind)
+    for key, value in options.items():
+        if key not in accepted:
+            raise InvalidInputError(
+                f"{where}: unknown option {key!r}{_suggest(key, accepted)} "
+                f"(the options of kind {kind!r}: {', '.join(accepted)})")
+        opt = accepted[key]
+        if opt.type == "bool":
+            ok = isinstance(value, (bool, np.bool_))
+        elif opt.type == "int":
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+        elif opt.type == "float":
+            ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+                  and math.isfinite(value))
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise InvalidInputError(f"{where}: {key} should be {_a(opt)}, actual {value!r}")
+        if opt.choices and value not in opt.choices:
+            raise InvalidInputError(f"{where}: {key} should be one of {', '.join(opt.choices)}"
+                                    f"{' for kind ' + repr(kind) if key == 'convention' else ''}, "
+                                    f"actual {value!r}{_suggest(value, opt.choices)}")
+    return options
+
+
+def _a(opt: Option) -> str:
+    return {"bool": "True or False", "int": "an integer", "float": "a finite number"}.get(opt.type, "a string")
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def parse_option(kind: str, key: str, text: str):
+    """The value of ``KEY=TEXT`` for `kind` (as ``refpg check --option`` gives it), parsed by the option's
+    type: a bool from true/false (yes/no, on/off, 1/0, any case), an int, a finite float, or a string
+    (quotes optional). Raises `refpg.errors.InvalidInputError` naming the key, the valid keys or values
+    and the closest one."""
+    accepted = options_of(kind)
+    if key not in accepted:
+        raise InvalidInputError(f"--option {key}: unknown option for --kind {kind}{_suggest(key, accepted)} "
+                                f"(its options: {', '.join(accepted)})")
+    opt = accepted[key]
+    raw = text.strip()
+    if opt.type == "bool":
+        if raw.lower() in _TRUE or raw.lower() in _FALSE:
+            value = raw.lower() in _TRUE
+        else:
+            raise InvalidInputError(f"--option {key} should be true or false, actual {text!r}")
+    elif opt.type in ("int", "float"):
+        try:
+            value = int(raw) if opt.type == "int" else float(raw)
+        except ValueError:
+            value = None
+        if value is None or (opt.type == "float" and not math.isfinite(value)):
+            raise InvalidInputError(f"--option {key} should be {_a(opt)}, actual {text!r}")
+    else:
+        value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
+        if opt.choices and value not in opt.choices:
+            raise InvalidInputError(f"--option {key} should be one of {', '.join(opt.choices)}, actual {text!r}"
+                                    f"{_suggest(value, opt.choices)}")
+    return value
+
+
 def check(kind: str, fn: Callable, **kwargs):
     """Run ``check_<kind>(fn, **kwargs)``; `kind` is one of `KINDS`."""
     check_choice(kind, "kind", KINDS)
@@ -50,9 +185,13 @@ def check(kind: str, fn: Callable, **kwargs):
 
 
 class Registration(NamedTuple):
+    """One ``@register``: the function, its kind, its options, and the label a report shows
+    (``FILE.py:name`` for a function of a file `load_file` imported, else None: the function's own)."""
+
     fn: Callable
     kind: str
     kwargs: dict
+    label: str | None = None
 
 
 _REGISTRY: list[Registration] = []
@@ -61,9 +200,15 @@ _REGISTRY: list[Registration] = []
 def register(kind: str, **kwargs) -> Callable:
     """Decorator: record `fn` to be checked as `kind` with `kwargs` by ``refpg check FILE.py``.
 
-    The function itself is returned unchanged.
+    `kwargs` are options of ``check_<kind>`` (see `options_of`); an unknown key, a value of the wrong
+    type or a string outside its choices raises `refpg.errors.InvalidInputError` here, when the file
+    is imported, rather than when the check runs. The function itself is returned unchanged.
     """
-    check_choice(kind, "kind", KINDS)
+    if kind not in KINDS:
+        raise InvalidInputError(f"register: kind should be one of {', '.join(KINDS)}, actual {kind!r}"
+                                f"{_suggest(kind, KINDS)}")
+    shown = ", ".join([repr(kind)] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    check_options(kind, kwargs, where=f"register({shown})")
 
     def deco(fn):
         _REGISTRY.append(Registration(fn, kind, dict(kwargs)))
@@ -72,31 +217,110 @@ def register(kind: str, **kwargs) -> Callable:
 
 
 def load_function(spec: str) -> Callable:
-    """``"package.module:function"`` (or ``module:Class.method``) -> the callable."""
+    """``"package.module:function"``, ``"module:Class.method"`` or ``"path/to/file.py:function"`` -> the callable.
+
+    Every way this can fail (no such module, an exception or a SyntaxError while importing it, no such
+    attribute, not callable) raises `refpg.errors.InvalidInputError` with one line that says where:
+    the file and line, the exception's type, the file or directory a module resolved to, similar names.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise InvalidInputError(f"target should be MODULE:FUNCTION or FILE.py, actual {spec!r}")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: the working directory's modules are importable
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidInputError(f"could not import module {module_name!r} of {spec!r}: {exc}") from None
-    for part in attr.split("."):
+        raise InvalidInputError(f"target should be MODULE:FUNCTION, FILE.py:FUNCTION or FILE.py, actual {spec!r}")
+    if module_name.endswith(".py"):
+        obj: Any = _import_file(module_name)
+        where = module_name
+    else:
+        if "" not in sys.path and "." not in sys.path:
+            sys.path.insert(0, "")  # like `python -m`: the working directory's modules are importable
+        obj = _import_module(module_name)
+        where = f"module {module_name!r} ({_location(obj)})"
+    for k, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
-            raise InvalidInputError(f"module {module_name!r} has no attribute {attr!r} (from {spec!r})")
+            owner = where if k == 0 else f"{module_name}:{'.'.join(attr.split('.')[:k])}"
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=5, cutoff=0.6)
+            if close:
+                hint = f"; similar names: {', '.join(close)}"
+            elif names:
+                hint = f"; its names: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
+            else:
+                hint = "; it defines no public names"
+            raise InvalidInputError(f"{owner} has no attribute {part!r}{hint}{_shadowing(obj) if k == 0 else ''}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise InvalidInputError(f"{spec!r} should name a callable, actual {type(obj).__name__}")
+        raise InvalidInputError(f"{spec} should name a function (a callable), actual {type(obj).__name__} "
+                                f"{_short_repr(obj)}")
     return obj
 
 
-def load_file(path: str) -> tuple:
-    """Import the Python file at `path` and return the registrations it made."""
+def _short_repr(obj) -> str:
+    text = repr(obj)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _rel(path) -> str:
+    """`path` relative to the working directory when it is inside it, else as is."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(p)
+
+
+def _location(module) -> str:
+    """Where a module was found: its file, its package directory, or the namespace directory."""
+    file = getattr(module, "__file__", None)
+    if file:
+        p = Path(file)
+        return f"the package directory {_rel(p.parent)}/" if p.name == "__init__.py" else _rel(p)
+    paths = list(getattr(module, "__path__", []) or [])
+    if paths:
+        return f"the directory {_rel(paths[0])}/, a namespace package without __init__.py"
+    return "built in"
+
+
+def _shadowing(module) -> str:
+    """A hint when a module resolved to a directory that sits next to a file of the same name."""
+    file = getattr(module, "__file__", None)
+    directory = (Path(file).parent if file and Path(file).name == "__init__.py"
+                 else Path(list(module.__path__)[0]) if not file and getattr(module, "__path__", None) else None)
+    if directory is None:
+        return ""
+    twin = directory.with_suffix(".py")
+    if twin.is_file():
+        return (f"; the directory {_rel(directory)}/ shadows {_rel(twin)}: rename one, or give the file "
+                f"as {_rel(twin)}:FUNCTION")
+    return ""
+
+
+def _import_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise InvalidInputError(
+                f"cannot import {name}: no module named {exc.name!r} in the working directory or on "
+                f"sys.path (for a file, give FILE.py:FUNCTION)") from None
+        raise InvalidInputError(_import_failure(name, exc, _origin(name))) from None
+    except (Exception, SystemExit) as exc:
+        raise InvalidInputError(_import_failure(name, exc, _origin(name))) from None
+
+
+def _origin(name: str):
+    """The file module `name` would be loaded from (None if unknown), without importing it again."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (Exception, SystemExit):
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
+def _import_file(path: str):
+    """Import the Python file at `path` as a fresh module (its directory first on sys.path while it runs)."""
     p = Path(path)
     if not p.is_file():
-        raise InvalidInputError(f"target file {path!r} does not exist")
-    before = len(_REGISTRY)
+        what = "is a directory" if p.is_dir() else "does not exist"
+        raise InvalidInputError(f"target file {path} {what}")
     name = f"refpg_user_{abs(hash(str(p.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, p)
     module = importlib.util.module_from_spec(spec)
@@ -104,12 +328,88 @@ def load_file(path: str) -> tuple:
     sys.path.insert(0, str(p.resolve().parent))  # its sibling modules import as in the project
     try:
         spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        sys.modules.pop(name, None)
+        if isinstance(exc, InvalidInputError) and _raised_by_register(exc):
+            raise InvalidInputError(f"{path}: {_user_line(exc, p)}{exc}") from None
+        raise InvalidInputError(_import_failure(path, exc, str(p))) from None
     finally:
         sys.path.pop(0)
-    found = tuple(_REGISTRY[before:])
+    return module
+
+
+def _raised_by_register(exc) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(f.name == "register" and Path(f.filename) == Path(__file__) for f in frames)
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return a is not None and b is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _user_line(exc, file) -> str:
+    """``"line N: "`` of the deepest frame of the traceback in `file`, or ``""``."""
+    if isinstance(exc, SyntaxError) and _same_file(exc.filename, file) and exc.lineno:
+        return f"line {exc.lineno}: "
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if _same_file(f.filename, file)]
+    return f"line {lines[-1]}: " if lines else ""
+
+
+def _import_failure(shown: str, exc: BaseException, file) -> str:
+    """``cannot import NAME (FILE): line N: Type: message`` in one line; where the exception came
+    from another of the user's files (a SyntaxError in a module it imports, say), that file and line too."""
+    head = f"cannot import {shown}" + (f" ({_rel(file)})" if file and not shown.endswith(".py") else "")
+    if isinstance(exc, SystemExit):
+        return (f"{head}: {_user_line(exc, file)}SystemExit({exc.code!r}): the module exits when imported "
+                f"(guard that code with if __name__ == '__main__':)")
+    return f"{head}: {_user_line(exc, file) if file else ''}{_describe_exception(exc, file)}"
+
+
+def _describe_exception(exc: BaseException, file=None) -> str:
+    """``Type: first line of the message (raised in FILE, line N)``: the place is the deepest frame in
+    the user's own code outside `file` (a SyntaxError's own file and line), omitted when there is none."""
+    text = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    lines = [ln for ln in str(text).splitlines() if ln.strip()]
+    message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if len(lines) > 1:
+        message += " ..."
+    origin = None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        if not _same_file(exc.filename, file):
+            origin = (exc.filename, exc.lineno)
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not f.filename.startswith("<") and not _is_library(f.filename)]
+        if frames and not _same_file(frames[-1].filename, file):
+            origin = (frames[-1].filename, frames[-1].lineno)
+    return message + (f" (raised in {_rel(origin[0])}, line {origin[1]})" if origin else "")
+
+
+def _is_library(filename: str) -> bool:
+    """A file of Python itself, an installed package or refpg: not the user's own code."""
+    p = str(Path(filename).resolve())
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parents[1])}
+    return "site-packages" in p or any(p.startswith(str(Path(r).resolve()) + os.sep) for r in roots)
+
+
+def load_file(path: str) -> tuple:
+    """Import the Python file at `path` and return the registrations it made, each labelled ``path:name``."""
+    before = len(_REGISTRY)
+    try:
+        module = _import_file(path)
+    except InvalidInputError:
+        del _REGISTRY[before:]
+        raise
+    found = tuple(reg._replace(label=f"{path}:{getattr(reg.fn, '__qualname__', reg.fn)}")
+                  if getattr(reg.fn, "__module__", None) == module.__name__ else reg
+                  for reg in _REGISTRY[before:])
     if not found:
         raise InvalidInputError(f"{path} registered no function: decorate them with "
-                                f"@refpg.conformance.register(KIND, ...)")
+                                f"@refpg.conformance.register(KIND, ...), or give one as {path}:FUNCTION "
+                                f"with --kind")
     return found
 
 
