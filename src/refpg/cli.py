@@ -1,33 +1,55 @@
 """The ``refpg`` command line.
 
-``refpg exact [ENV]`` prints the exact quantities of a policy on a built-in
-MDP (FrozenLake 4x4, slippery, by default): J, V, the occupancy d, the norm of
-the policy gradient, one natural-gradient step and the optimal J.
+``refpg exact [ENV | MODULE:FUNCTION] [--json]`` prints the exact quantities of a policy on a built-in
+MDP (FrozenLake 4x4, slippery, by default) or on the MDP a function of yours builds: J, V, the
+occupancy d, the norm of the policy gradient, one natural-gradient step and the optimal J.
 
-``refpg golden check [--dir golden] [--round-trip]`` recomputes every golden
-case from its stored inputs (or, with ``--round-trip``, from inputs rebuilt as
-``regenerate`` would) and compares with its stored outputs within each
-field's stored tolerance (non-zero exit on any mismatch);
-``refpg golden regenerate [--dir golden]`` rewrites the files.
+``refpg golden check [--dir DIR] [--round-trip]`` recomputes every golden case from its stored inputs
+(or, with ``--round-trip``, from inputs rebuilt as ``regenerate`` would) and compares with its stored
+outputs within each field's stored tolerance (non-zero exit on any mismatch);
+``refpg golden regenerate [--dir DIR]`` rewrites the files.
 
-``refpg check MODULE:FUNCTION --kind KIND [--convention C] [--backend B]`` checks a
-user's implementation with the conformance kit; ``refpg check FILE.py`` checks
-every function the file registers; ``refpg check`` alone runs the demo on the
-bundled examples.
+``refpg check MODULE:FUNCTION --kind KIND [--convention C] [--option KEY=VALUE] [--json]`` checks a
+user's implementation with the conformance kit; ``refpg check FILE.py`` checks every function the
+file registers; ``refpg check`` alone runs the demo on the bundled examples.
 
-``refpg study NAME [--quick] [--out DIR]`` runs one study of `refpg.studies`
-(figures and report.md in DIR, default analysis/NAME); ``refpg study --list``
-lists them.
+``refpg study NAME [--quick] [--out DIR]`` runs one study of `refpg.studies` (figures and report.md
+in DIR; default analysis/NAME, or a fresh temporary directory with ``--quick``); ``refpg study
+--list`` lists them.
+
+A mistake in the command line or in the user's code it loads (an unknown option, a bad value, a
+module that does not import) prints one line ``refpg: error: ...`` and exits with status 2, never a
+traceback; a failed check exits with 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+import json
+import math
+import re
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+#: Options of ``refpg check`` that have a flag of their own (not ``--option``).
+_FLAG_OPTIONS = {"convention": "--convention", "backend": "--backend", "dtype": "--dtype", "seed": "--seed",
+                 "max_examples": "--max-examples"}
+
+
+class UsageError(Exception):
+    """A mistake on the command line: printed as one line, exit status 2."""
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _table(header: list[str], rows: list[list], *, align: str | None = None) -> str:
@@ -42,35 +64,135 @@ def _table(header: list[str], rows: list[list], *, align: str | None = None) -> 
     return "\n".join(lines)
 
 
+# -- argument types: each refuses a bad value with one line ---------------------------------------
+
+def _number(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"should be a number, actual {text!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"should be a finite number, actual {text!r}")
+    return x
+
+
+def _discount(text: str) -> float:
+    x = _number(text)
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"should be in [0, 1] (1 only for an MDP where every policy "
+                                         f"terminates), actual {text}")
+    return x
+
+
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"should be an integer, actual {text!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"should be >= {minimum}, actual {n}")
+        return n
+    return parse
+
+
+def _option(text: str):
+    """``key=value`` of ``--option``; the value is parsed by the option's type once --kind is known."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"should be KEY=VALUE, actual {text!r}")
+    return key, value
+
+
+# -- exact ----------------------------------------------------------------------------------------
+
+def _env_names() -> list:
+    from refpg import envs
+
+    return list(envs.BUILTIN)
+
+
+def _with_gamma(mdp, gamma: float | None):
+    if gamma is None:
+        return mdp
+    from refpg.mdp import TabularMDP
+
+    return TabularMDP(mdp.P, mdp.transition_rewards if mdp.transition_rewards is not None else mdp.r,
+                      mdp.rho, gamma, mdp.terminal, name=mdp.name)
+
+
 def _load_env(name: str, gamma: float | None):
     from refpg import envs
-    from refpg.errors import InvalidInputError
 
     if name in envs.BUILTIN:
         mdp = envs.BUILTIN[name]()
     elif "-v" in name:
         mdp = envs.from_gymnasium(name)
     else:
-        raise InvalidInputError(
-            f"ENV should be one of {sorted(envs.BUILTIN)} or a Gymnasium toy-text id, actual {name!r}")
-    if gamma is not None:
-        from refpg.mdp import TabularMDP
-        mdp = TabularMDP(mdp.P, mdp.transition_rewards if mdp.transition_rewards is not None else mdp.r,
-                         mdp.rho, gamma, mdp.terminal, name=mdp.name)
-    return mdp
+        raise UsageError(f"ENV should be one of {', '.join(envs.BUILTIN)}, a Gymnasium toy-text id or "
+                         f"MODULE:FUNCTION, actual {name!r}{_suggest(name, envs.BUILTIN)}")
+    return _with_gamma(mdp, gamma)
+
+
+def _user_problem(target: str, gamma: float | None):
+    """Call the user's builder ``MODULE:FUNCTION``: a TabularMDP, or (mdp, policy, theta)."""
+    import inspect
+
+    import refpg
+    from refpg.conformance import runner
+    from refpg.policies import Parameterization
+
+    fn = runner.load_function(target)
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        raise UsageError(f"{target} should take no arguments (refpg exact calls it as {target.split(':')[-1]}())") from None
+    except ValueError:
+        pass  # no signature to inspect (a builtin): just call it
+    try:
+        out = fn()
+    except Exception as exc:  # the user's code failed: say where, in one line
+        raise UsageError(f"{target} raised {runner._describe_exception(exc)}") from None
+    if isinstance(out, refpg.TabularMDP):
+        return _with_gamma(out, gamma), None
+    if isinstance(out, tuple) and len(out) == 3:
+        mdp, policy, theta = out
+        if not isinstance(mdp, refpg.TabularMDP):
+            raise UsageError(f"{target} returned a tuple whose first entry should be a refpg.TabularMDP, "
+                             f"actual {type(mdp).__name__}")
+        if not isinstance(policy, Parameterization):
+            raise UsageError(f"{target} returned a tuple whose second entry should be a refpg policy "
+                             f"(TabularSoftmax, LogLinear, ...), actual {type(policy).__name__}")
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != tuple(policy.theta_shape):
+            raise UsageError(f"{target}: theta should have shape {tuple(policy.theta_shape)} (the policy's "
+                             f"theta_shape), actual {theta.shape}")
+        return _with_gamma(mdp, gamma), (policy, theta)
+    raise UsageError(f"{target} should return a refpg.TabularMDP or a tuple (mdp, policy, theta), "
+                     f"actual {type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, tuple) else ""))
 
 
 def cmd_exact(args) -> int:
     import refpg
 
-    mdp = _load_env(args.env, args.gamma)
-    pol = refpg.TabularSoftmax.for_mdp(mdp)
-    if args.theta == "uniform":
-        theta = np.zeros(pol.theta_shape)
-        policy_desc = "uniform (theta = 0)"
+    if ":" in args.env:
+        mdp, given = _user_problem(args.env, args.gamma)
     else:
-        theta = np.random.default_rng(args.seed).normal(size=pol.theta_shape)
-        policy_desc = f"random softmax, theta ~ N(0, 1), seed {args.seed}"
+        mdp, given = _load_env(args.env, args.gamma), None
+    if given is not None:
+        if args.theta is not None:
+            raise UsageError(f"--theta does not apply: {args.env} returned its own policy and theta")
+        pol, theta = given
+        policy_desc = f"{type(pol).__name__}, theta as {args.env} returned it"
+    else:
+        pol = refpg.TabularSoftmax.for_mdp(mdp)
+        if args.theta in (None, "uniform"):
+            theta = np.zeros(pol.theta_shape)
+            policy_desc = "tabular softmax, uniform (theta = 0)"
+        else:
+            theta = np.random.default_rng(args.seed).normal(size=pol.theta_shape)
+            policy_desc = f"tabular softmax, random, theta ~ N(0, 1), seed {args.seed}"
     pi = pol.probs(theta)
     ev = refpg.evaluate(mdp, pi)
     grad = refpg.policy_gradient(mdp, pol, theta, evaluation=ev)
@@ -81,16 +203,33 @@ def cmd_exact(args) -> int:
     kl_mean = refpg.kl_divergence(mdp, pol, theta_new, theta_old=theta, evaluation_old=ev)
     kl_max = refpg.kl_divergence(mdp, pol, theta_new, theta_old=theta, reduction="max", evaluation_old=ev)
 
+    if args.json:
+        data = {
+            "mdp": repr(mdp), "name": mdp.name, "n_states": int(mdp.n_states), "n_actions": int(mdp.n_actions),
+            "gamma": float(mdp.gamma), "policy": policy_desc, "theta": theta.tolist(),
+            "J": float(ev.J), "J_star": float(opt.J),
+            "policy_gradient": np.asarray(grad).tolist(), "policy_gradient_norm": float(np.linalg.norm(grad)),
+            "natural_gradient": np.asarray(nat).tolist(), "natural_gradient_norm": float(np.linalg.norm(nat)),
+            "npg_step": {"eta": args.eta, "J_after": float(J_new), "improvement": float(J_new - ev.J),
+                         "kl_mean": float(kl_mean), "kl_max": float(kl_max)},
+            "horizon": float(ev.horizon),
+            "states": {"terminal": np.asarray(mdp.terminal).astype(bool).tolist(), "rho": mdp.rho.tolist(),
+                       "d": ev.d.tolist(), "V": ev.V.tolist(), "V_star": opt.V.tolist(),
+                       "a_star": opt.pi.argmax(axis=1).tolist()},
+        }
+        print(json.dumps(data, indent=2, allow_nan=False))
+        return 0
+
     print(f"refpg exact: {mdp!r}")
-    print(f"policy: tabular softmax, {policy_desc}\n")
-    S = mdp.n_states
-    shown = range(S) if S <= args.max_rows else list(range(args.max_rows // 2)) + list(range(S - args.max_rows // 2, S))
+    print(f"policy: {policy_desc}\n")
+    S, m = mdp.n_states, args.max_rows
+    shown = range(S) if S <= m else list(range((m + 1) // 2)) + list(range(S - m // 2, S))
     rows = []
     for s in shown:
         rows.append([s, "yes" if mdp.terminal[s] else "", f"{mdp.rho[s]:.3g}", f"{ev.d[s]:.6f}",
                      f"{ev.V[s]:+.6f}", f"{opt.V[s]:+.6f}", int(opt.pi[s].argmax())])
     print(_table(["state", "terminal", "rho", "d(s)", "V(s)", "V*(s)", "a*(s)"], rows))
-    if S > args.max_rows:
+    if S > m:
         print(f"... ({S - len(rows)} of {S} states not shown; --max-rows to change)")
     print()
     summary = [
@@ -109,23 +248,41 @@ def cmd_exact(args) -> int:
     return 0
 
 
+# -- golden ---------------------------------------------------------------------------------------
+
+def _golden_dir(given: str | None) -> Path:
+    """--dir, else ./golden, else the golden/ of the checkout refpg is installed from (editable install)."""
+    if given is not None:
+        return Path(given)
+    import refpg
+
+    for candidate in (Path("golden"), Path(refpg.__file__).resolve().parents[2] / "golden"):
+        if (candidate / "schema.json").is_file():
+            return candidate
+    raise UsageError("no golden directory found (neither ./golden nor one next to the installed refpg): "
+                     "point at a checkout's golden files with --dir PATH/TO/refpg/golden")
+
+
 def cmd_golden(args) -> int:
     from refpg import golden
 
+    directory = _golden_dir(args.dir)
+    if args.dir is None:
+        print(f"golden files: {directory}")
     if args.golden_command == "regenerate":
-        for path in golden.regenerate(args.dir):
+        for path in golden.regenerate(directory):
             print(f"wrote {path}")
         return 0
-    report = golden.check(args.dir, round_trip=args.round_trip)
+    if not directory.is_dir() or not any(p.name != "schema.json" for p in directory.glob("*.json")):
+        what = "is not a directory" if not directory.is_dir() else "holds no case files (*.json)"
+        raise UsageError(f"--dir {directory} {what}: point --dir at the golden/ directory of a refpg checkout")
+    report = golden.check(directory, round_trip=args.round_trip)
     rows = [[f.case, f.field, f"{f.max_abs_error:.3e}", f"{f.max_rel_error:.3e}", f"{f.atol:g}", f"{f.rtol:g}",
              f"{f.used:.1e}", "ok" if f.passed else f"FAIL {f.message}".rstrip()] for f in report.fields]
     if rows:
         print(_table(["case", "field", "max abs err", "max rel err", "atol", "rtol", "err/tol", "result"], rows,
                      align="llrrrrrl"))
     n_cases = len({f.case for f in report.fields})
-    if not report.fields:
-        print(f"refpg golden check: no case files in {args.dir}", file=sys.stderr)
-        return 1
     if report.passed:
         print(f"\n{n_cases} cases, {len(report.fields)} fields: all within tolerance")
         return 0
@@ -133,19 +290,32 @@ def cmd_golden(args) -> int:
     return 1
 
 
+# -- study ----------------------------------------------------------------------------------------
+
 def cmd_study(args) -> int:
     from refpg import studies
 
     if args.list:
+        if args.name is not None:
+            raise UsageError("give either a study NAME or --list, not both")
         rows = [[name, (mod.__doc__ or "").strip().splitlines()[0]] for name, mod in studies.STUDIES.items()]
         print(_table(["study", "description"], rows, align="ll"))
         return 0
     if args.name is None:
-        print("refpg study: give a study NAME or --list", file=sys.stderr)
-        return 2
-    out = args.out if args.out is not None else f"analysis/{args.name}"
+        raise UsageError(f"give a study NAME ({', '.join(studies.STUDIES)}) or --list")
+    if args.name not in studies.STUDIES:
+        raise UsageError(f"study should be one of {', '.join(studies.STUDIES)}, actual {args.name!r}"
+                         f"{_suggest(args.name, studies.STUDIES)}")
+    if args.out is not None:
+        out = args.out
+    elif args.quick:  # never over the committed full-mode results in analysis/NAME
+        import tempfile
+
+        out = tempfile.mkdtemp(prefix=f"refpg-study-{args.name}-")
+    else:
+        out = f"analysis/{args.name}"
     headline = studies.run_study(args.name, quick=args.quick, out_dir=out)
-    print(f"refpg study {args.name}: figures and report.md in {out}")
+    print(f"refpg study {args.name}{' --quick' if args.quick else ''}: figures and report.md in {out}")
     for key, value in headline.items():
         if isinstance(value, dict):
             continue
@@ -153,109 +323,280 @@ def cmd_study(args) -> int:
     return 0
 
 
-def _option(text: str):
-    """``key=value`` of ``--option``; the value is a Python literal if it parses as one."""
-    import ast
+# -- check ----------------------------------------------------------------------------------------
 
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"--option should be KEY=VALUE, actual {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
+def _options_listing() -> str:
+    """The ``--option`` keys of every kind, with type and default, for ``refpg check --help``."""
+    from refpg.conformance import runner
+
+    lines = ["options of each kind (--option KEY=VALUE; bool: true/false):"]
+    width = max(map(len, runner.KINDS))
+    for kind in runner.KINDS:
+        items = []
+        for opt in runner.options_of(kind).values():
+            if opt.name in _FLAG_OPTIONS:
+                continue
+            type_ = "|".join(opt.choices) if opt.choices else opt.type
+            default = opt.default if isinstance(opt.default, str) and " " in opt.default else repr(opt.default)
+            items.append(f"{opt.name} ({type_}, default {default})")
+        lines.append(textwrap.fill("; ".join(items) or "none", 100, initial_indent=f"  {kind.ljust(width)}  ",
+                                   subsequent_indent=" " * (width + 4)))
+    lines.append("conventions of each kind (--convention):")
+    lines += [f"  {kind.ljust(width)}  {', '.join(runner.CONVENTIONS[kind])}" for kind in runner.KINDS]
+    return "\n".join(lines)
+
+
+def _check_jobs(args) -> list:
+    """(fn, kind, kwargs, label) per function to check, every option validated before anything runs."""
+    from refpg.conformance import runner
+
+    target = args.target
+    common = dict(backend=args.backend, dtype=args.dtype, seed=args.seed)
+    if target.endswith(".py") and ":" not in target:
+        given = [flag for flag, value in (("--kind", args.kind), ("--convention", args.convention),
+                                          ("--option", args.option)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to MODULE:FUNCTION or FILE.py:FUNCTION; the functions of "
+                             f"{target} carry theirs in @register(KIND, ...)")
+        jobs = []
+        for reg in runner.load_file(target):
+            kwargs = {**common, **reg.kwargs}
+            if args.max_examples is not None and "max_examples" in runner.options_of(reg.kind):
+                kwargs["max_examples"] = args.max_examples
+            jobs.append((reg.fn, reg.kind, kwargs, reg.label))
+        return jobs
+    if ":" not in target:
+        hint = f"; did you mean {target}.py (a file) or {target}:FUNCTION?" if Path(target + ".py").is_file() else ""
+        raise UsageError(f"TARGET should be MODULE:FUNCTION, FILE.py:FUNCTION or FILE.py, actual {target!r}{hint}")
+    if args.kind is None:
+        raise UsageError(f"{target} needs --kind, one of {', '.join(runner.KINDS)}")
+    kind = args.kind
+    convention = args.convention or "refpg"
+    if convention not in runner.CONVENTIONS[kind]:
+        raise UsageError(f"--convention should be one of {', '.join(runner.CONVENTIONS[kind])} for --kind {kind}, "
+                         f"actual {convention!r}{_suggest(convention, runner.CONVENTIONS[kind])}")
+    accepted = runner.options_of(kind)
+    kwargs = {**common, "convention": convention}
+    if args.max_examples is not None:
+        if "max_examples" not in accepted:
+            raise UsageError(f"--max-examples does not apply to --kind {kind} (its budget is --option calls=N)")
+        kwargs["max_examples"] = args.max_examples
+    options = {}
+    for key, text in args.option:
+        if key in _FLAG_OPTIONS:
+            raise UsageError(f"--option {key}: give it as {_FLAG_OPTIONS[key]}")
+        if key in options:
+            raise UsageError(f"--option {key} is given twice")
+        choices = [k for k in accepted if k not in _FLAG_OPTIONS]
+        if key not in accepted:
+            raise UsageError(f"--option {key}: unknown option for --kind {kind}{_suggest(key, choices)} (its options: "
+                             f"{', '.join(choices) or 'none'}; refpg check --help lists every kind's)")
+        options[key] = runner.parse_option(kind, key, text)
+    fn = runner.load_function(target)
+    label = target if target.split(":")[0].endswith(".py") else None
+    return [(fn, kind, {**kwargs, **options}, label)]
 
 
 def cmd_check(args) -> int:
-    from refpg.conformance import runner
+    from refpg.conformance import _harness, runner
 
     if args.target is None:
+        given = [flag for flag, value in (("--kind", args.kind), ("--convention", args.convention),
+                                          ("--option", args.option), ("--json", args.json)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} a TARGET (MODULE:FUNCTION, FILE.py:FUNCTION or FILE.py); "
+                             f"without one, refpg check runs the demo")
         return runner.demo(everything=args.all_examples)
-    common = dict(backend=args.backend, dtype=args.dtype, seed=args.seed)
-    if args.target.endswith(".py"):
-        jobs = [(reg.fn, reg.kind, {**common, **reg.kwargs}) for reg in runner.load_file(args.target)]
-    else:
-        if args.kind is None:
-            print("refpg check: MODULE:FUNCTION needs --kind " + "|".join(runner.KINDS), file=sys.stderr)
-            return 2
-        fn = runner.load_function(args.target)
-        jobs = [(fn, args.kind, {**common, "convention": args.convention, **dict(args.option)})]
-    failed = 0
-    from refpg.conformance import _harness
-
-    for fn, kind, kwargs in jobs:
-        if args.max_examples is not None and kind not in ("reinforce_estimator",):
-            kwargs["max_examples"] = args.max_examples
+    if args.all_examples:
+        raise UsageError("--all-examples is for the demo (refpg check with no TARGET)")
+    jobs = _check_jobs(args)
+    failed, reports = 0, []
+    for fn, kind, kwargs, label in jobs:
         # A slow function can make a check take minutes: say so on stderr while it runs.
         _harness.PROGRESS["stream"] = sys.stderr
         try:
             report = runner.check(kind, fn, **kwargs)
         finally:
             _harness.PROGRESS["stream"] = None
-        print(report, end="\n\n")
+        if label is not None:
+            report = dataclasses.replace(report, function=label)
+        reports.append(report)
+        if not args.json:
+            print(report, end="\n\n")
         failed += not report.passed
-    print(f"refpg check: {len(jobs) - failed} of {len(jobs)} passed")
+    if args.json:
+        print(json.dumps({"passed": len(jobs) - failed, "total": len(jobs),
+                          "reports": [r.to_dict() for r in reports]}, indent=2, allow_nan=False))
+    else:
+        print(f"refpg check: {len(jobs) - failed} of {len(jobs)} passed")
     return 1 if failed else 0
 
 
+# -- the parser -----------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, with the closest valid choice when there is one."""
+
+    def error(self, message):
+        m = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+        if m:
+            message += _suggest(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def exit(self, status=0, message=None):
+        if message:
+            print(message, end="" if message.endswith("\n") else "\n", file=sys.stderr)
+        raise _Exit(status)
+
+
+class _Exit(Exception):
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=100)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("refpg")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refpg", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("exact", help="exact quantities of a policy on a built-in MDP")
-    p.add_argument("env", nargs="?", default="frozen_lake",
-                   help="built-in MDP name or Gymnasium toy-text id (default: frozen_lake, 4x4 slippery)")
-    p.add_argument("--gamma", type=float, default=None, help="override the discount")
-    p.add_argument("--theta", choices=("uniform", "random"), default="uniform")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eta", type=float, default=1.0, help="natural-gradient step size")
-    p.add_argument("--max-rows", type=int, default=64)
-    p.set_defaults(func=cmd_exact)
-    g = sub.add_parser("golden", help="check or regenerate the golden reference files")
-    gsub = g.add_subparsers(dest="golden_command", required=True)
+    """The ``refpg`` parser; every option has help text."""
+    parser = _Parser(prog="refpg", formatter_class=_Formatter,
+                     description="refpg: a reference oracle for policy-gradient RL. "
+                                 "With no command, runs 'refpg check' (the conformance demo).")
+    parser.add_argument("--version", action="version", version=f"refpg {_version()}",
+                        help="print refpg's version and exit")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
+                                help="run 'refpg COMMAND --help' for its options")
+
+    names = ", ".join(_env_names())
+    p = sub.add_parser(
+        "exact", help="exact quantities of a policy on a built-in MDP or on your own", formatter_class=_Formatter,
+        description="Print J, V, the occupancy d, the policy gradient, one natural-gradient step and J* "
+                    "of a tabular softmax policy, computed exactly.",
+        epilog=textwrap.fill(f"environments (ENV): {names}, or any Gymnasium toy-text id (with gymnasium "
+                             f"installed).", 100, subsequent_indent="  ") + "\n"
+               "your own MDP (MODULE:FUNCTION or FILE.py:FUNCTION): a function called with no arguments that\n"
+               "  returns either a refpg.TabularMDP (the policy is then a tabular softmax, see --theta) or a\n"
+               "  tuple (mdp, policy, theta) with a refpg policy (TabularSoftmax, LogLinear, ...) and its theta.")
+    p.add_argument("env", nargs="?", default="frozen_lake", metavar="ENV",
+                   help="a built-in MDP (listed below; default: frozen_lake, 4x4 slippery), a Gymnasium "
+                        "toy-text id, or MODULE:FUNCTION / FILE.py:FUNCTION building your own")
+    p.add_argument("--gamma", type=_discount, default=None, help="override the MDP's discount, in [0, 1]")
+    p.add_argument("--theta", choices=("uniform", "random"), default=None,
+                   help="the softmax policy's parameters: uniform (theta = 0, the default) or random "
+                        "(theta ~ N(0, 1), drawn with --seed)")
+    p.add_argument("--seed", type=_integer(0), default=0,
+                   help="seeds the random theta of --theta random (nothing else is random; default 0)")
+    p.add_argument("--eta", type=_number, default=1.0, help="natural-gradient step size (default 1)")
+    p.add_argument("--max-rows", type=_integer(1), default=64,
+                   help="show at most this many states in the table (default 64)")
+    p.add_argument("--json", action="store_true",
+                   help="print every quantity as JSON instead (all states, gradients in full)")
+    p.set_defaults(func=cmd_exact, _parser=p)
+
+    g = sub.add_parser("golden", help="check or regenerate the golden reference files", formatter_class=_Formatter,
+                       description="Check or regenerate the golden reference files (golden/ of a refpg checkout).")
+    gsub = g.add_subparsers(dest="golden_command", required=True, metavar="ACTION",
+                            help="check: compare with the stored files; regenerate: rewrite them")
     for name, help_ in (("check", "recompute every case from its inputs and compare with its outputs"),
                         ("regenerate", "rewrite every case file and schema.json")):
-        gp = gsub.add_parser(name, help=help_)
-        gp.add_argument("--dir", default="golden", help="directory of the golden files (default: golden)")
+        gp = gsub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+                             formatter_class=_Formatter)
+        gp.add_argument("--dir", default=None,
+                        help="directory of the golden files (default: ./golden, else the golden/ of the "
+                             "checkout refpg is installed from)")
         if name == "check":
             gp.add_argument("--round-trip", action="store_true",
                             help="rebuild the inputs too, as regenerate would, and require them unchanged")
-        gp.set_defaults(func=cmd_golden)
-    st = sub.add_parser("study", help="run an exact study that reproduces a published result (figures + report)")
-    st.add_argument("name", nargs="?", default=None, help="study name (see --list)")
-    st.add_argument("--list", action="store_true", help="list the studies")
-    st.add_argument("--quick", action="store_true", help="smaller budgets (as in the tests)")
-    st.add_argument("--out", default=None, help="output directory (default: analysis/NAME)")
-    st.set_defaults(func=cmd_study)
+        gp.set_defaults(func=cmd_golden, _parser=gp)
+    g.set_defaults(_parser=g)
+
+    st = sub.add_parser("study", help="run an exact study that reproduces a published result (figures + report)",
+                        formatter_class=_Formatter,
+                        description="Run an exact study of refpg.studies: PNG figures and report.md.")
+    st.add_argument("name", nargs="?", default=None, metavar="NAME", help="study name (see --list)")
+    st.add_argument("--list", action="store_true", help="list the studies and exit")
+    st.add_argument("--quick", action="store_true",
+                    help="smaller budgets (as in the tests); writes to a fresh temporary directory unless --out")
+    st.add_argument("--out", default=None, metavar="DIR",
+                    help="output directory (default: analysis/NAME; with --quick a fresh temporary directory)")
+    st.set_defaults(func=cmd_study, _parser=st)
+
     ck = sub.add_parser("check", help="check your implementation (GAE, PPO loss, ...) against the oracle; "
-                                      "with no target, a demo on the bundled examples")
-    ck.add_argument("target", nargs="?", default=None,
-                    help="MODULE:FUNCTION, or FILE.py that registers functions with "
-                         "@refpg.conformance.register; none: the bundled demo")
-    ck.add_argument("--kind", default=None,
-                    choices=("gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step"))
-    ck.add_argument("--convention", default="refpg", choices=("refpg", "sb3", "cleanrl", "torchrl", "rlax"))
-    ck.add_argument("--backend", default="auto", choices=("auto", "numpy", "torch"))
-    ck.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    ck.add_argument("--seed", type=int, default=0)
-    ck.add_argument("--max-examples", type=int, default=None, help="cases per scenario (default 100)")
+                                      "with no target, a demo on the bundled examples",
+                        formatter_class=_Formatter,
+                        description="Check your implementation against refpg's oracle with the conformance kit.",
+                        epilog=_options_listing())
+    ck.add_argument("target", nargs="?", default=None, metavar="TARGET",
+                    help="MODULE:FUNCTION or FILE.py:FUNCTION (with --kind), or FILE.py that registers functions "
+                         "with @refpg.conformance.register; none: the bundled demo")
+    from refpg.conformance import runner
+
+    ck.add_argument("--kind", default=None, choices=runner.KINDS, help="what TARGET computes")
+    ck.add_argument("--convention", default=None, choices=sorted({c for cs in runner.CONVENTIONS.values() for c in cs}),
+                    help="whose signature and defaults TARGET follows (default refpg; each kind's are listed below)")
+    ck.add_argument("--backend", default="auto", choices=("auto", "numpy", "torch"),
+                    help="arrays passed to TARGET: NumPy or torch tensors (default auto: whichever it accepts)")
+    ck.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                    help="floating type of the inputs (default float64)")
+    ck.add_argument("--seed", type=_integer(0), default=0, help="seed of the drawn inputs (default 0)")
+    ck.add_argument("--max-examples", type=_integer(1), default=None, metavar="N",
+                    help="cases per scenario (default 100)")
     ck.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                    help="a check option, e.g. --option normalize=batch or --option unbiased=False")
+                    help="an option of the kind's check (listed below), e.g. --option normalize=batch or "
+                         "--option unbiased=false; repeat for several")
+    ck.add_argument("--json", action="store_true",
+                    help="print the reports as JSON (every check, verdict, counterexample and timing) instead")
     ck.add_argument("--all-examples", action="store_true", help="demo: run every bundled example")
-    ck.set_defaults(func=cmd_check)
+    ck.set_defaults(func=cmd_check, _parser=ck)
     return parser
 
 
-def main(argv=None) -> int:
-    from refpg.errors import InvalidInputError
+def _parse(parser, argv):
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        owner = getattr(args, "_parser", parser)
+        options = list(owner._option_string_actions)
+        flags = [e.split("=")[0] for e in extras if e.startswith("-")]
+        hint = _suggest(flags[0], options) if flags else ""
+        raise UsageError(f"unrecognized arguments: {' '.join(extras)}{hint} (see {owner.prog} --help)")
+    return args
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["check"])  # the main job: the conformance demo
+
+def main(argv=None) -> int:
+    """Run ``refpg`` with `argv` (default: sys.argv[1:]); returns the exit status.
+
+    A user's mistake prints one line ``refpg: error: ...`` and returns 2.
+    """
+    from refpg.errors import RefpgError
+
     try:
+        parser = build_parser()
+        args = _parse(parser, argv)
+        if args.command is None:
+            args = _parse(parser, ["check"])  # the main job: the conformance demo
         return args.func(args)
-    except (InvalidInputError, ImportError) as exc:
+    except _Exit as exc:  # --help, --version
+        return exc.status
+    except UsageError as exc:
         print(f"refpg: error: {exc}", file=sys.stderr)
+        return 2
+    except RefpgError as exc:  # a refused value the checks above did not foresee
+        print(f"refpg: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # an optional dependency (gymnasium, matplotlib, torch) is missing
+        print(f"refpg: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 
