@@ -166,10 +166,11 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     **One step, two modes.** An option means the same step in both modes: the
     sampled step is computed from a batch by the estimators of the exact
     quantities, so with a large batch it approaches the exact step (the
-    test suite measures this for every algorithm). Where an option cannot mean the
-    same, one mode refuses it with an explanation. In the tables, g is the
-    gradient, F the Fisher matrix, :math:`H = 1/(1-\gamma)`, and a hat marks
-    a batch estimate.
+    test suite measures this for every algorithm). Where an option cannot
+    mean the same, one mode refuses it with an explanation. In the tables, g
+    is the gradient, F the Fisher matrix, :math:`H = 1/(1-\gamma)` (for
+    gamma = 1, the batch's mean episode length), M the batch's transitions,
+    and a hat marks a batch estimate.
 
     ``reinforce`` (`reinforce_step`):
 
