@@ -339,8 +339,14 @@ def _options_listing() -> str:
             type_ = "|".join(opt.choices) if opt.choices else opt.type
             default = opt.default if isinstance(opt.default, str) and " " in opt.default else repr(opt.default)
             items.append(f"{opt.name} ({type_}, default {default})")
-        lines.append(textwrap.fill("; ".join(items) or "none", 100, initial_indent=f"  {kind.ljust(width)}  ",
-                                   subsequent_indent=" " * (width + 4)))
+        row = f"  {kind.ljust(width)}  "
+        for k, item in enumerate(items or ["none"]):  # never break inside one option's description
+            piece = item + (";" if k < len(items) - 1 else "")
+            if len(row) + len(piece) > 100 and row.strip() != kind:
+                lines.append(row.rstrip())
+                row = " " * (width + 4)
+            row += piece + " "
+        lines.append(row.rstrip())
     lines.append("conventions of each kind (--convention):")
     lines += [f"  {kind.ljust(width)}  {', '.join(runner.CONVENTIONS[kind])}" for kind in runner.KINDS]
     return "\n".join(lines)
@@ -598,6 +604,14 @@ def main(argv=None) -> int:
     except ImportError as exc:  # an optional dependency (gymnasium, matplotlib, torch) is missing
         print(f"refpg: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("refpg: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `refpg ... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
