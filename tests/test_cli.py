@@ -393,6 +393,13 @@ def test_golden_check_with_no_golden_directory_says_to_pass_dir(tmp_path, monkey
     assert "is not a directory" in error_line(capsys, ["golden", "check", "--dir", str(tmp_path / "nope")])
 
 
+def test_golden_regenerate_writes_only_where_it_is_told(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # refpg's own checkout is found for check, never for regenerate
+    line = error_line(capsys, ["golden", "regenerate"])
+    assert "no golden directory found (no ./golden)" in line and "--dir" in line
+    assert not (tmp_path / "golden").exists()
+
+
 # -- 9. JSON, and your own MDP ---------------------------------------------------------------------
 
 def test_check_json_has_every_check_verdict_counterexample_and_timing(tmp_path, monkeypatch, capsys):
@@ -525,3 +532,11 @@ def test_max_rows_one_shows_one_state(capsys):
     assert main(["exact", "two_state", "--max-rows", "1"]) == 0
     out = capsys.readouterr().out
     assert "(1 of 2 states not shown" in out
+
+
+def test_golden_check_elsewhere_reads_the_installed_checkouts_files(tmp_path, monkeypatch):
+    from refpg.cli import _golden_dir
+
+    monkeypatch.chdir(tmp_path)
+    found = _golden_dir(None, installed=True)
+    assert found.resolve() == (Path(__file__).resolve().parents[1] / "golden").resolve()

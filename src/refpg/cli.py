@@ -250,23 +250,27 @@ def cmd_exact(args) -> int:
 
 # -- golden ---------------------------------------------------------------------------------------
 
-def _golden_dir(given: str | None) -> Path:
-    """--dir, else ./golden, else the golden/ of the checkout refpg is installed from (editable install)."""
+def _golden_dir(given: str | None, *, installed: bool) -> Path:
+    """--dir, else ./golden, else (if `installed`) the golden/ of the checkout refpg is installed from."""
     if given is not None:
         return Path(given)
     import refpg
 
-    for candidate in (Path("golden"), Path(refpg.__file__).resolve().parents[2] / "golden"):
+    candidates = [Path("golden")]
+    if installed:  # only to read: regenerate never writes into a checkout it was not run in
+        candidates.append(Path(refpg.__file__).resolve().parents[2] / "golden")
+    for candidate in candidates:
         if (candidate / "schema.json").is_file():
             return candidate
-    raise UsageError("no golden directory found (neither ./golden nor one next to the installed refpg): "
-                     "point at a checkout's golden files with --dir PATH/TO/refpg/golden")
+    where = "neither ./golden nor one next to the installed refpg" if installed else "no ./golden"
+    raise UsageError(f"no golden directory found ({where}): point at a checkout's golden files with "
+                     f"--dir PATH/TO/refpg/golden")
 
 
 def cmd_golden(args) -> int:
     from refpg import golden
 
-    directory = _golden_dir(args.dir)
+    directory = _golden_dir(args.dir, installed=args.golden_command == "check")
     if args.dir is None:
         print(f"golden files: {directory}")
     if args.golden_command == "regenerate":
