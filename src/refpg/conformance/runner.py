@@ -51,15 +51,19 @@ CHECKS = _checks()
 KINDS = tuple(CHECKS)
 
 
-#: The conventions each kind's check accepts.
-CONVENTIONS = {
-    "gae": ("refpg", "sb3", "cleanrl", "torchrl", "rlax"),
-    "ppo_loss": ("refpg", "sb3", "cleanrl", "torchrl", "rlax"),
-    "value_loss": ("refpg", "cleanrl", "sb3"),
-    "kl_estimator": ("refpg", "sb3", "cleanrl", "torchrl", "rlax"),
-    "reinforce_estimator": ("refpg",),
-    "trpo_step": ("refpg",),
-}
+def _conventions() -> dict:
+    from refpg.conformance.gae import GAE_CONVENTIONS
+    from refpg.conformance.kl import KL_CONVENTIONS
+    from refpg.conformance.losses import PPO_CONVENTIONS, VALUE_CONVENTIONS
+
+    # REINFORCE and TRPO steps have one calling convention, refpg's.
+    return {"gae": tuple(GAE_CONVENTIONS), "ppo_loss": tuple(PPO_CONVENTIONS),
+            "value_loss": tuple(VALUE_CONVENTIONS), "kl_estimator": tuple(KL_CONVENTIONS),
+            "reinforce_estimator": ("refpg",), "trpo_step": ("refpg",)}
+
+
+#: The conventions each kind's check accepts, kind -> tuple of names.
+CONVENTIONS = _conventions()
 
 # Options that ppo_loss and value_loss take through **options (not in their signatures), with
 # their types and the defaults that do not depend on the convention.
