@@ -448,9 +448,10 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, with the closest valid choice when there is one."""
 
     def error(self, message):
-        m = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+        # Python 3.11 quotes the choices, later versions may not.
+        m = re.search(r"invalid choice: (.*?) \(choose from (.*)\)", message)
         if m:
-            message += _suggest(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+            message += _suggest(m.group(1).strip("'"), [c.strip().strip("'") for c in m.group(2).split(",")])
         raise UsageError(f"{message} (see {self.prog} --help)")
 
     def exit(self, status=0, message=None):
