@@ -17,6 +17,7 @@ import functools
 import random
 import re
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -379,7 +380,7 @@ def _signature_of(fn) -> _Signature | None:
     import inspect
 
     target = fn
-    torch = __import__("sys").modules.get("torch")
+    torch = sys.modules.get("torch")  # a torch module exists only if torch was imported
     if torch is not None and isinstance(fn, torch.nn.Module):
         target = fn.forward
     try:
@@ -455,8 +456,8 @@ def check_signature(fn, kind: str, convention: str, conventions: dict) -> list:
             return []
         where = ", ".join(f"{n!r} is its parameter {j + 1} but argument {i + 1}" for n, j, i in moved)
         return [f"the function's parameters {shown} name the {convention} convention's arguments, "
-                f"fn({_fmt(declared)}), in another order ({where}); arguments are passed by position, so each parameter receives the "
-                f"argument at its position"]
+                f"fn({_fmt(declared)}), in another order ({where}); arguments are passed by position, so "
+                f"each parameter receives the argument at its position"]
     # The declared convention's call cannot bind.
     if sig.required_keyword:
         why = (f"keyword-only parameter{'s' if len(sig.required_keyword) > 1 else ''} "
