@@ -201,7 +201,8 @@ def resolve_reexport(app, env, node, contnode):
         return None
     target = node["reftarget"]
     module, klass = node.get("py:module"), node.get("py:class")
-    prefixes = [p for p in (f"{module}.{klass}" if module and klass else None, module) if p] + [None]
+    prefixes = [p for p in (f"{module}.{klass}" if module and klass else None, module)
+                if p and not (target == p or target.startswith(f"{p}."))] + [None]  # as AutoLink does
     try:
         _, obj, _, _ = import_by_name(target, prefixes)
     except ImportExceptionGroup:
