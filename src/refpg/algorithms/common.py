@@ -25,6 +25,7 @@ from refpg.sampling import Batch, Sampler
 
 __all__ = ["MODES", "SampleConfig", "SampledData", "collect", "check_mode"]
 
+#: The two modes of every algorithm: exact expectations, or estimates from sampled episodes.
 MODES = ("exact", "sampled")
 CRITICS = ("exact", "batch")
 

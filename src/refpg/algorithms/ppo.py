@@ -72,7 +72,9 @@ __all__ = [
     "KL_STOP_FACTOR",
 ]
 
+#: Values of ``optimizer`` in `ppo_update` and `ppo_kl_penalty_update`.
 OPTIMIZERS = ("adam", "sgd")
+#: Values of ``normalize_advantages``: none, once over the batch, or over each minibatch.
 NORMALIZATIONS = (None, "batch", "minibatch")
 #: Early stopping fires when the approximate KL exceeds this multiple of
 #: target_kl, as in Stable-Baselines3's PPO (``1.5 * self.target_kl``).

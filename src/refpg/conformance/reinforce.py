@@ -41,6 +41,7 @@ from refpg.stats import DEFAULT_ALPHA, MeanTest, mean_test
 
 __all__ = ["check_reinforce_estimator", "OBJECTIVES"]
 
+#: Targets of `check_reinforce_estimator`: the gradient of the discounted J, or the gamma^t-free one.
 OBJECTIVES = ("discounted", "gamma_free")
 #: Episodes per call of the user's function, and calls. 200 x 50 = 10,000 episodes: on the test MDP,
 #: over seeds 0-9, the weakest known bug (gamma^t G_0, i.e. gamma^(2t) on G_t) is 18-21 standard errors

@@ -180,10 +180,12 @@ class Report:
 
     @property
     def not_run_ids(self) -> tuple:
+        """check_id of every check that was not run."""
         return tuple(n.check_id for n in self.not_run)
 
     @property
     def failed_ids(self) -> tuple:
+        """check_id of every failed check."""
         return tuple(f.check_id for f in self.failures)
 
     def failure(self, check_id: str) -> Failure | None:

@@ -47,7 +47,9 @@ def _checks() -> dict:
             "trpo_step": check_trpo_step}
 
 
+#: The check of each kind: ``CHECKS[kind](fn, **options)`` returns a `refpg.conformance.Report`.
 CHECKS = _checks()
+#: Every kind the kit checks, in the order of `CHECKS`.
 KINDS = tuple(CHECKS)
 
 
