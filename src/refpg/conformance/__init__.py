@@ -6,6 +6,10 @@ properties, and returns a `Report`; each failure carries a stable
 ``check_id``, a message "<what> should be <expected>, actual <value>", and a
 shrunk counterexample. `assert_conforms` turns a failing report into a
 `refpg.errors.ConformanceError` (an ``AssertionError``).
+
+Before the first call, the function's parameters are read: a function no call
+of the declared convention can bind, or whose parameter names are clearly
+another convention's, is refused at once with the convention to pass.
 """
 
 from refpg.conformance.gae import GAE_CONVENTIONS, check_gae

@@ -269,7 +269,6 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
     check_choice(convention, "convention", tuple(GAE_CONVENTIONS))
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
-
     if not isinstance(returns, (bool, np.bool_)):
         raise InvalidInputError(f"returns should be True or False, actual {returns!r}")
     returns = bool(returns)
