@@ -538,8 +538,8 @@ def test_outputs_numpy_reads_as_the_right_array_are_accepted():
     assert check_gae(gae_rows, **FAST).passed
     assert check_gae(rlax_array_like, convention="rlax", **FAST).passed
     # A tuple of several results still says what to return: (advantages, returns) what to pass.
-    report = check_gae(lambda *a: (gae(*a), gae(*a) + a[1]), backend="numpy", **FAST)
-    assert "pass returns=True" in report.failure("gae.output_shape").message
+    with pytest.raises(InvalidInputError, match="pass returns=True"):
+        check_gae(lambda *a: (gae(*a), gae(*a) + a[1]), backend="numpy", **FAST)
     report = check_gae(lambda *a: (gae(*a), gae(*a) + a[1], gae(*a)), backend="numpy", **FAST)
     assert "(return advantages alone" in report.failure("gae.output_shape").message
 
@@ -985,11 +985,17 @@ def test_gae_with_returns_checks_the_returns_too():
     assert "only the advantages are wrong" in report.failure("gae.returns").message
 
 
-def test_a_pair_where_advantages_are_expected_suggests_returns_true():
-    report = check_gae(gae_and_returns, **FAST)
-    message = report.failure("gae.output_shape").message
-    assert "actual a pair of arrays of that shape" in message
-    assert "pass returns=True (refpg check: --option returns=True)" in message
+def test_a_pair_where_advantages_are_expected_stops_at_once_suggesting_returns_true():
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return gae_and_returns(*args)
+
+    with pytest.raises(InvalidInputError, match=r"pass returns=True \(refpg check: --option returns=true\)"
+                                                r".*The check drew no case"):
+        check_gae(counted, **FAST)
+    assert len(calls) <= 2  # the backend probe and the one call that tells, not a case per example
     report = check_gae(gae, returns=True, **FAST)
     assert report.failure("gae.output_shape").message == ("the function should return a pair (advantages, "
                                                           "returns) (returns=True), actual one ndarray")

@@ -47,6 +47,24 @@ _HINTS = {
 }
 
 
+def _refuse_pair_output(session, case, convention) -> None:
+    """Stop before drawing a case if the function returns (advantages, returns) undeclared.
+
+    Every one of the several hundred calls would otherwise fail `gae.output_shape`
+    for the same reason; one call on a tiny rollout tells.
+    """
+    call = session.call(_args(case, convention))
+    raw = call.output
+    shape = case["rewards"].shape
+    if call.error is None and isinstance(raw, (tuple, list)) and len(raw) == 2 \
+            and all(_shape_of(x) == shape for x in raw):
+        raise InvalidInputError(
+            f"the function returned a pair of arrays of the advantages' shape {shape} where one array of "
+            f"advantages belongs: if it returns (advantages, returns), as SB3 and CleanRL compute both, pass "
+            f"returns=True (refpg check: --option returns=true) to check the returns too. The check drew "
+            f"no case")
+
+
 def _round(case, backend) -> dict:
     out = dict(case)
     for key in ("rewards", "values", "next_values"):
@@ -277,17 +295,22 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
                                 "advantage_estimation); returns should be False")
     named = check_signature(fn, "gae", convention, convention_parameters(GAE_CONVENTIONS))
 
-    def probe(be):
-        probe_session = Session("gae", fn, convention, be, max_examples=1, seed=seed, options={})
-        case = _round({"rewards": np.array([[1.0], [0.0]]), "values": np.array([[0.5], [0.25]]),
+    def probe_case(be):
+        return _round({"rewards": np.array([[1.0], [0.0]]), "values": np.array([[0.5], [0.25]]),
                        "next_values": np.array([[0.25], [1.0]]), "terminated": np.zeros((2, 1), bool),
                        "truncated": np.zeros((2, 1), bool), "gamma": 0.9, "lam": 0.95,
                        "start": np.zeros(1, bool)}, be)
-        _run(probe_session, case, convention, returns)
+
+    def probe(be):
+        probe_session = Session("gae", fn, convention, be, max_examples=1, seed=seed, options={})
+        _run(probe_session, probe_case(be), convention, returns)
         # The first call that raised, whose error `resolve_backend` may show; True if none did.
         return probe_session.first_error or True
 
     be, warnings = resolve_backend(fn, backend, dtype, probe)
+    if not returns and convention not in ("torchrl", "rlax"):
+        _refuse_pair_output(Session("gae", fn, convention, be, max_examples=1, seed=seed, options={}),
+                            probe_case(be), convention)
     session = Session("gae", fn, convention, be, max_examples=max_examples, seed=seed,
                       options={"returns": True} if returns else {}, warnings=named + warnings)
     cost = {"max": 0.0, "n": 0}
