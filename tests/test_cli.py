@@ -543,3 +543,47 @@ def test_golden_check_elsewhere_reads_the_installed_checkouts_files(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     found = _golden_dir(None, installed=True)
     assert found.resolve() == (root / "golden").resolve()
+
+
+# -- findings of the newcomer trial ----------------------------------------------------------------
+
+MULTI = FAST_KL + """
+
+@register("kl_estimator", unbiased=False)
+def one_arg(a):
+    return a
+
+@register("kl_estimator", unbiased=False)
+def k3_again(logp_new, logp_old):
+    log_r = logp_new - logp_old
+    return np.exp(log_r) - 1 - log_r
+"""
+
+
+def test_a_refused_function_of_a_file_is_named_and_the_others_are_still_checked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "multi.py", MULTI)
+    assert main(["check", "multi.py"]) == 2
+    out, err = capsys.readouterr()
+    assert "refpg: error: multi.py:one_arg: the function (a) cannot be called" in err, err
+    assert "Traceback" not in err
+    assert "multi.py:k3 " in out and "multi.py:k3_again " in out
+    assert "refpg check: 2 of 3 passed, 1 refused" in out
+
+
+def test_a_refused_function_is_in_the_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "multi.py", MULTI)
+    assert main(["check", "multi.py", "--json"]) == 2
+    data = json.loads(capsys.readouterr().out)
+    assert (data["passed"], data["refused"], data["total"]) == (2, 1, 3)
+    by_name = {r["function"]: r for r in data["reports"]}
+    assert by_name["multi.py:one_arg"]["verdict"] == "refused"
+    assert "cannot be called" in by_name["multi.py:one_arg"]["message"]
+    assert by_name["multi.py:k3_again"]["verdict"] == "passed"
+
+
+def test_check_help_gives_the_exit_statuses(capsys):
+    assert main(["check", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 when every function passes; 1 when a check failed; 2 when a function was refused" in out

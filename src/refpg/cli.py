@@ -419,27 +419,40 @@ def cmd_check(args) -> int:
         return runner.demo(everything=args.all_examples)
     if args.all_examples:
         raise UsageError("--all-examples is for the demo (refpg check with no TARGET)")
+    from refpg.errors import InvalidInputError
+
     jobs = _check_jobs(args)
-    failed, reports = 0, []
+    failed, refused, entries = 0, 0, []
     for fn, kind, kwargs, label in jobs:
+        shown = label or args.target
         # A slow function can make a check take minutes: say so on stderr while it runs.
         _harness.PROGRESS["stream"] = sys.stderr
         try:
             report = runner.check(kind, fn, **kwargs)
+        except InvalidInputError as exc:
+            # Refused before any call (its signature, an option): the other functions are still checked.
+            if len(jobs) == 1 and not args.json:
+                raise
+            refused += 1
+            print(f"refpg: error: {shown}: {exc}", file=sys.stderr)
+            entries.append({"kind": kind, "function": shown, "verdict": "refused", "message": str(exc)})
+            continue
         finally:
             _harness.PROGRESS["stream"] = None
         if label is not None:
             report = dataclasses.replace(report, function=label)
-        reports.append(report)
+        entries.append(report.to_dict())
         if not args.json:
             print(report, end="\n\n")
         failed += not report.passed
+    passed = len(jobs) - failed - refused
     if args.json:
-        print(json.dumps({"passed": len(jobs) - failed, "total": len(jobs),
-                          "reports": [r.to_dict() for r in reports]}, indent=2, allow_nan=False))
+        print(json.dumps({"passed": passed, "failed": failed, "refused": refused, "total": len(jobs),
+                          "reports": entries}, indent=2, allow_nan=False))
     else:
-        print(f"refpg check: {len(jobs) - failed} of {len(jobs)} passed")
-    return 1 if failed else 0
+        print(f"refpg check: {passed} of {len(jobs)} passed"
+              + (f", {failed} failed" if failed else "") + (f", {refused} refused" if refused else ""))
+    return 2 if refused else 1 if failed else 0
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -547,7 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="check your implementation (GAE, PPO loss, ...) against the oracle; "
                                       "with no target, a demo on the bundled examples",
                         formatter_class=_Formatter,
-                        description="Check your implementation against refpg's oracle with the conformance kit.",
+                        description="Check your implementation against refpg's oracle with the conformance kit.\n\n"
+                                    "exit status: 0 when every function passes; 1 when a check failed; 2 when a\n"
+                                    "function was refused before any call (a signature its convention cannot call,\n"
+                                    "reported as 'refpg: error: FILE.py:NAME: ...' while the other functions are\n"
+                                    "still checked; --json lists it with verdict \"refused\") or the command line\n"
+                                    "or the code it loads is wrong. Refusal wins over failure.",
                         epilog=_options_listing())
     ck.add_argument("target", nargs="?", default=None, metavar="TARGET",
                     help="MODULE:FUNCTION or FILE.py:FUNCTION (with --kind), or FILE.py that registers functions "
