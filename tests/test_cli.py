@@ -587,3 +587,17 @@ def test_check_help_gives_the_exit_statuses(capsys):
     assert main(["check", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "exit status: 0 when every function passes; 1 when a check failed; 2 when a function was refused" in out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["study", "kl_estimators", "--quick", "--out", "{file}"], "output directory {file}: {file} is a file, not a directory"),
+    (["study", "kl_estimators", "--quick", "--out", "{file}/sub"], "its parent {file} is a file, not a directory"),
+    (["study", "kl_estimators", "--quick", "--out", "/proc/nowrite"], "output directory /proc/nowrite: cannot be created"),
+    (["golden", "regenerate", "--dir", "{file}"], "golden directory {file}: {file} is a file, not a directory"),
+    (["golden", "regenerate", "--dir", "/proc/nowrite"], "golden directory /proc/nowrite: cannot be created"),
+])
+def test_an_output_directory_that_cannot_be_made_is_one_line_naming_it(tmp_path, monkeypatch, capsys, argv, words):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "existing.py", "x = 1\n")
+    line = error_line(capsys, [a.format(file="existing.py") for a in argv])
+    assert words.format(file="existing.py") in line, line

@@ -318,6 +318,9 @@ def cmd_study(args) -> int:
         out = tempfile.mkdtemp(prefix=f"refpg-study-{args.name}-")
     else:
         out = f"analysis/{args.name}"
+    from refpg.studies._common import prepare_out_dir
+
+    prepare_out_dir(out)  # a file in the way or an unwritable place: one line now, not after the run
     headline = studies.run_study(args.name, quick=args.quick, out_dir=out)
     print(f"refpg study {args.name}{' --quick' if args.quick else ''}: figures and report.md in {out}")
     for key, value in headline.items():
@@ -635,6 +638,10 @@ def main(argv=None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:  # a path of the user's that cannot be read or written
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"refpg: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

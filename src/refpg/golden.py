@@ -498,8 +498,9 @@ def regenerate(directory, cases=None) -> list:
     Byte-deterministic: ``json.dumps(indent=1, sort_keys=True)`` plus a newline, floats by repr,
     no timestamps. Returns the paths written.
     """
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    from refpg.studies._common import make_directory
+
+    d = make_directory(directory, "golden directory")
     written = []
     for name in (sorted(CASES) if cases is None else cases):
         path = d / f"{name}.json"

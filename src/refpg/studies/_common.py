@@ -9,8 +9,35 @@ __all__ = ["prepare_out_dir", "new_figure", "save_figure", "md_table", "Progress
 
 
 def prepare_out_dir(out_dir) -> Path:
-    path = Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    """Create `out_dir` (and its parents) if missing and return it as a Path.
+
+    Raises `refpg.errors.InvalidInputError` naming the directory and the problem (a file is in
+    the way, a parent does not exist or cannot be written) instead of an OSError traceback.
+    """
+    return make_directory(out_dir, "output directory")
+
+
+def make_directory(directory, what: str) -> Path:
+    """``mkdir -p`` of `directory`, an OSError refused as one line ``WHAT PATH: problem``."""
+    from refpg.errors import InvalidInputError
+
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            problem = (f"{blocker} is a file, not a directory" if blocker == path
+                       else f"its parent {blocker} is a file, not a directory")
+        else:
+            problem = f"cannot be created ({exc.strerror or type(exc).__name__})"
+        raise InvalidInputError(f"{what} {path}: {problem}") from None
+    probe = path / ".refpg-write-test"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidInputError(f"{what} {path}: cannot be written ({exc.strerror or type(exc).__name__})") from None
     return path
 
 
