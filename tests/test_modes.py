@@ -11,7 +11,9 @@ import pytest
 
 import refpg
 from refpg.algorithms import ALGORITHMS, SampleConfig, npg_step, run
+from refpg.algorithms.common import collect, horizon_estimate
 from refpg.algorithms.driver import _step_functions
+from refpg.errors import InvalidInputError
 
 
 def iid_mdp(seed=0, S=4, A=3, gamma=0.9):
@@ -35,7 +37,7 @@ BIG = SampleConfig(n_envs=1024, n_steps=64, critic="exact")
 #: (algorithm, options for both modes, sampled-only options).
 CASES = {
     "reinforce": ("reinforce", dict(lr=1.0), dict(n_episodes=10_000, max_episode_steps=200, baseline="exact")),
-    "npg": ("npg", dict(eta=0.1), dict(sample_config=BIG)),
+    "npg": ("npg", dict(eta=0.1, cg_iters=10), dict(sample_config=BIG)),
     "trpo": ("trpo", dict(max_kl=0.02), dict(sample_config=BIG)),
     "ppo_sgd_clipped": ("ppo", dict(lr=0.3, optimizer="sgd"), dict(sample_config=BIG)),
     "ppo_adam_unclipped": ("ppo", dict(lr=0.05, clip_eps=None), dict(sample_config=BIG)),
@@ -85,7 +87,8 @@ def test_the_comparison_catches_the_old_npg_scale():
 
 def test_npg_sampled_gradient_carries_the_horizon():
     mdp, pol, theta0 = policy_case("tabular")
-    res = npg_step(mdp, pol, theta0, eta=0.1, mode="sampled", rng=np.random.default_rng(0), sample_config=BIG)
+    res = npg_step(mdp, pol, theta0, eta=0.1, mode="sampled", rng=np.random.default_rng(0), sample_config=BIG,
+                   cg_iters=10)
     exact = refpg.policy_gradient(mdp, pol, theta0)
     np.testing.assert_allclose(res.gradient, exact, rtol=0, atol=0.05 * np.abs(exact).max())
 
@@ -116,7 +119,8 @@ def test_npg_on_frozen_lake_the_same_eta_is_the_same_step():
     pol = refpg.TabularSoftmax.for_mdp(mdp)
     theta0 = np.zeros(pol.theta_shape)
     exact = run("npg", mdp, pol, theta0, n_iters=1, eta=1.0)
-    sampled = run("npg", mdp, pol, theta0, n_iters=1, eta=1.0, mode="sampled", seed=0,
+    # From the uniform policy CG run to convergence on the batch Fisher is stable (one step).
+    sampled = run("npg", mdp, pol, theta0, n_iters=1, eta=1.0, mode="sampled", seed=0, cg_iters=pol.n_params,
                   sample_config=SampleConfig(n_envs=4096, critic="exact"))
     np.testing.assert_allclose(exact.J[1], 0.0758, atol=1e-4)
     gain = (sampled.J[1] - exact.J0) / (exact.J[1] - exact.J0)
@@ -188,8 +192,6 @@ def test_run_refuses_a_bad_seed(seed, match):
 
 
 def test_with_gamma_one_the_horizon_is_estimated_from_the_batch():
-    from refpg.algorithms.common import collect, horizon_estimate
-
     mdp = refpg.envs.episodic_garnet(5, 3, 2, seed=0, gamma=1.0)
     pol = refpg.TabularSoftmax.for_mdp(mdp)
     theta0 = 0.3 * np.random.default_rng(0).normal(size=pol.theta_shape)
@@ -198,8 +200,9 @@ def test_with_gamma_one_the_horizon_is_estimated_from_the_batch():
     data = collect(mdp, pol.probs(theta0), config, rng=np.random.default_rng(0))
     np.testing.assert_allclose(horizon_estimate(1.0, data), H, rtol=0.03)
     assert horizon_estimate(0.9, data) == pytest.approx(10.0, rel=1e-15)
-    exact = run("npg", mdp, pol, theta0, n_iters=2, eta=0.1)
-    sampled = run("npg", mdp, pol, theta0, n_iters=2, eta=0.1, mode="sampled", seed=0, sample_config=config)
+    exact = run("npg", mdp, pol, theta0, n_iters=2, eta=0.1, cg_iters=10)
+    sampled = run("npg", mdp, pol, theta0, n_iters=2, eta=0.1, cg_iters=10, mode="sampled", seed=0,
+                  sample_config=config)
     gain, _ = gaps(mdp, pol, theta0, exact, sampled)
     assert abs(gain) <= 0.1, (exact.J, sampled.J)
 
@@ -233,3 +236,49 @@ def test_the_readme_names_exactly_the_algorithms_run_drives():
     listed = re.search(r"^\| `refpg.algorithms` \|(.*)$", text, re.M).group(1)
     named = set(re.findall(r"`(\w+_(?:step|update))`", listed))
     assert named == set(rows.values())
+
+
+def test_sampled_npg_refuses_the_unregularised_solve_that_diverges():
+    """The minimum-norm solve of a batch Fisher diverges near a deterministic policy; truncated CG does not.
+
+    FrozenLake, eta = 0.1, 262,144 transitions a batch, exact critic: CG run to
+    convergence on the batch Fisher took a step of norm 2e3 at iteration 6
+    (exact: 3.7) and J fell to 0.06 by iteration 10 where the exact NPG reaches
+    0.33. So sampled mode refuses cg_iters=None with damping=0, and with
+    cg_iters=10 in both modes the two runs stay together.
+    """
+    mdp = refpg.envs.frozen_lake()
+    pol = refpg.TabularSoftmax.for_mdp(mdp)
+    theta0 = np.zeros(pol.theta_shape)
+    with pytest.raises(InvalidInputError, match=r"needs a regularised solve: pass cg_iters .* or damping > 0"):
+        run("npg", mdp, pol, theta0, n_iters=1, eta=0.1, mode="sampled", seed=0)
+    config = SampleConfig(n_envs=256, n_steps=1024, critic="exact")
+    exact = run("npg", mdp, pol, theta0, n_iters=10, eta=0.1, cg_iters=10)
+    sampled = run("npg", mdp, pol, theta0, n_iters=10, eta=0.1, cg_iters=10, mode="sampled", seed=0,
+                  sample_config=config)
+    assert max(r.step_norm for r in sampled.records) < 2 * max(r.step_norm for r in exact.records)
+    np.testing.assert_allclose(sampled.J, exact.J, rtol=0.1)
+    # The refused solve, asked for explicitly, is the one that diverges.
+    unregularised = run("npg", mdp, pol, theta0, n_iters=10, eta=0.1, cg_iters=pol.n_params, mode="sampled",
+                        seed=0, sample_config=config)
+    assert max(r.step_norm for r in unregularised.records) > 100 * max(r.step_norm for r in exact.records)
+
+
+def test_gamma_one_with_no_ended_episode_refuses_to_guess_the_horizon():
+    # A chain of 100 steps, gamma = 1, rollouts of 64 steps: no episode ends, and the old
+    # fallback H = M (4096) made the gradient 58 times too large.
+    P = np.zeros((101, 1, 101))
+    P[np.arange(100), 0, np.arange(1, 101)] = 1.0
+    P[100, 0, 100] = 1.0
+    r = np.zeros((101, 1))
+    r[99, 0] = 1.0
+    rho = np.zeros(101)
+    rho[0] = 1.0
+    terminal = np.zeros(101, bool)
+    terminal[100] = True
+    mdp = refpg.TabularMDP(P, r, rho, 1.0, terminal)
+    pol = refpg.TabularSoftmax.for_mdp(mdp)
+    data = collect(mdp, pol.probs(np.zeros(pol.theta_shape)), SampleConfig(n_envs=4, n_steps=64),
+                   rng=np.random.default_rng(0))
+    with pytest.raises(InvalidInputError, match=r"gamma = 1 and no episode ended in the batch's 256 transitions"):
+        horizon_estimate(1.0, data)

@@ -204,15 +204,29 @@ def horizon_estimate(gamma: float, data: SampledData) -> float:
     theorem ([Sutton2000]; docs/conventions.md). For gamma = 1 it is the
     expected episode length, estimated from the batch as its M transitions
     over the number of episodes that ended in it (terminated or cut by the
-    time limit): the renewal-reward ratio, consistent as the rollouts grow
-    (counting episodes begun instead would count every environment's
-    unfinished last episode and bias H low). With no episode ended it is M.
+    time limit): the renewal-reward ratio. It is consistent as each
+    environment's rollout (``n_steps``) grows, not as environments are added:
+    every environment's unfinished last episode adds transitions and no end,
+    so with rollouts a few episodes long H comes out high (n_steps = 64 on a
+    chain whose episodes last 40 steps gives 64). Counting episodes begun
+    instead would bias it low by the same mechanism.
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        For gamma = 1 when no episode ended in the batch: H cannot be
+        estimated (make the rollouts longer than an episode).
     """
     if gamma < 1.0:
         return 1.0 / (1.0 - gamma)
     batch = data.batch
     ends = int(np.count_nonzero(batch.dones & batch.valid))
-    return data.states.size / max(ends, 1)
+    if ends == 0:
+        raise InvalidInputError(
+            f"gamma = 1 and no episode ended in the batch's {data.states.size} transitions, so the horizon "
+            f"H (the expected episode length) that scales the batch gradient cannot be estimated; make "
+            f"sample_config.n_steps longer than an episode")
+    return data.states.size / ends
 
 
 class BatchPieces(NamedTuple):

@@ -169,7 +169,7 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     test suite measures this for every algorithm). Where an option cannot
     mean the same, one mode refuses it with an explanation. In the tables, g
     is the gradient, F the Fisher matrix, :math:`H = 1/(1-\gamma)` (for
-    gamma = 1, the batch's mean episode length), M the batch's transitions,
+    gamma = 1, the batch's transitions per ended episode, `horizon_estimate`), M the batch's transitions,
     and a hat marks a batch estimate.
 
     ``reinforce`` (`reinforce_step`):
@@ -194,7 +194,10 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
                                                                             x-hat = g-hat, g-hat = H/M sum_i A_i grad
                                                                             log pi_i
     cg_iters, cg_rtol              CG on the exact F (cg_iters=None with    CG on F-hat (cg_iters=None: until
-                                   damping=0: the closed form, CG's limit)  converged, at most n_params iterations)
+                                   damping=0: the closed form, CG's limit)  converged, at most n_params iterations;
+                                                                            refused with damping=0, as the min-norm
+                                                                            solve of a batch Fisher is unstable:
+                                                                            pass cg_iters=10 or damping > 0)
     damping                        solves (F + damping I) x = grad J        solves (F-hat + damping I) x = g-hat
     fisher                         F itself, the limit of both estimates    "empirical" or "kl_hessian" F-hat
     sample_config                  refused                                  batch shape, GAE lambda, critic

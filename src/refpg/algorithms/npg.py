@@ -28,6 +28,7 @@ from refpg.algorithms.common import (
     sampled_data,
 )
 from refpg.algorithms.trpo import CGResult, conjugate_gradient
+from refpg.errors import InvalidInputError
 from refpg.evaluation import check_mdp, policy_evaluation, prepare
 from refpg.fisher import _fvp, natural_gradient
 from refpg.gradient import gradient_from_evaluation
@@ -104,7 +105,8 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
         `conjugate_gradient`'s max_iter, in both modes. None: run CG until
         its residual test passes, at most ``policy.n_params`` iterations (in
         exact mode with ``damping=0``: the closed form, which is where that
-        CG converges).
+        CG converges). Sampled mode refuses None together with
+        ``damping=0`` (Notes).
     cg_rtol : float, default 1e-10
         `conjugate_gradient`'s rtol, in both modes.
     damping : float, default 0
@@ -138,10 +140,16 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
     Sampled mode multiplies the batch mean
     :math:`\frac1M\sum_i \hat A_i\nabla\log\pi(a_i|s_i)` by the
     :math:`H = 1/(1-\gamma)` of the policy gradient theorem (for gamma = 1,
-    by the batch's mean episode length; `refpg.algorithms.common.horizon_estimate`),
+    by the batch's transitions per ended episode, consistent as n_steps grows; `refpg.algorithms.common.horizon_estimate`),
     so that :math:`\hat g` estimates :math:`\nabla J` and eta means the same
     step in both modes. Libraries that omit H take, for the same eta, a step
     :math:`(1-\gamma)` times as long: pass ``eta * (1 - gamma)`` to mimic one.
+    The batch Fisher is singular and, once some :math:`\pi(a|s)` nears 0,
+    nearly singular along directions where the batch gradient is pure
+    sampling noise: its minimum-norm solve (CG run to convergence) then
+    returns steps thousands of times the exact one. Sampled mode therefore
+    needs ``cg_iters`` (truncated CG, as NPG and TRPO implementations run it)
+    or ``damping > 0``, and refuses a call with neither.
     For tabular softmax the natural gradient is per state, so the batch's
     state distribution (the rollouts' visitation rather than
     :math:`d^{\pi}_\rho`) does not change the limit; for log-linear
@@ -160,6 +168,13 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
     damping = check_real(damping, "damping", low=0.0)
     check_sampled_arguments(mode, rng, data, sample_config=sample_config)
     check_sample_config(sample_config, data)
+    if mode == "sampled" and cg_iters is None and damping == 0.0:
+        raise InvalidInputError(
+            "npg_step(mode='sampled') needs a regularised solve: pass cg_iters (10 is what NPG and TRPO "
+            "implementations use) or damping > 0; each means the same in exact mode. cg_iters=None with "
+            "damping=0 asks for the minimum-norm solve of the batch Fisher, which estimates F^+ grad J but "
+            "whose variance grows without bound as some pi(a|s) nears 0 (FrozenLake, 262,144 transitions a "
+            "batch: a step of norm 2e3 by iteration 6 where the exact step is 3.7)")
     theta_old, pi_old, ev_old = prepare(mdp, policy, theta)
     theta_old = theta_old.copy()
     max_iter = policy.n_params if cg_iters is None else cg_iters
