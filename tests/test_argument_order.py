@@ -82,9 +82,23 @@ def test_the_positional_form_means_what_it_meant_and_warns_with_the_new_call(nam
     np.testing.assert_array_equal(actual, expected)
 
 
-def test_the_warning_is_a_deprecation_warning():
-    assert issubclass(RefpgDeprecationWarning, DeprecationWarning)
+def test_the_warning_is_shown_when_the_old_call_is_in_a_library_module(tmp_path):
+    """Python's default filters hide a DeprecationWarning outside __main__; this one must reach the user."""
+    import subprocess
+    import sys
+
+    assert issubclass(RefpgDeprecationWarning, FutureWarning)
     assert refpg.errors.RefpgDeprecationWarning is RefpgDeprecationWarning
+    (tmp_path / "mylib.py").write_text(
+        "import numpy as np, refpg\n"
+        "def step():\n"
+        "    mdp = refpg.envs.bandit([1.0, 0.0])\n"
+        "    pol = refpg.TabularSoftmax.for_mdp(mdp)\n"
+        "    return refpg.kl_divergence(mdp, pol, np.ones((1, 2)), np.zeros((1, 2)))\n")
+    out = subprocess.run([sys.executable, "-c", "import mylib; mylib.step()"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    assert "RefpgDeprecationWarning" in out.stderr and "theta_old=theta_old" in out.stderr, out.stderr
+    assert "mylib.py" in out.stderr  # it names the caller's line
 
 
 @pytest.mark.parametrize("fn, keyword_only", [

@@ -84,9 +84,12 @@ class RefpgWarning(UserWarning):
     """Something legal but suspicious."""
 
 
-class RefpgDeprecationWarning(DeprecationWarning):
+class RefpgDeprecationWarning(FutureWarning):
     """A call in a form that still works but will be removed; the message shows the new form.
 
-    A subclass of `DeprecationWarning`, so ``-W error::DeprecationWarning``
-    and pytest's warning filters catch it.
+    A subclass of `FutureWarning`, not `DeprecationWarning`: Python's default
+    filters hide a `DeprecationWarning` raised in any module but ``__main__``,
+    so a library or training script that calls refpg from its own package
+    would never see it. ``-W error::FutureWarning`` (or this class) turns it
+    into an error.
     """
