@@ -171,3 +171,13 @@ def test_a_mismatched_evaluation_old_is_named_evaluation_old():
             fn(mdp, pol, theta, theta_old=theta_old, evaluation_old=wrong)
     with pytest.raises(refpg.errors.InvalidInputError, match="evaluation_old should be a refpg.Evaluation"):
         exact_clipped_surrogate(mdp, pol, theta, theta_old=theta_old, clip_eps=0.2, evaluation_old={})
+
+
+def test_policy_kl_gives_its_true_values_at_zero_probabilities_without_a_numpy_warning():
+    pi_old = np.array([[0.5, 0.5], [1.0, 0.0]])
+    pi_new = np.array([[1.0, 0.0], [1.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kl = refpg.policy_kl(pi_old=pi_old, pi_new=pi_new)
+    # pi_new puts 0 where pi_old plays: inf; pi_old puts 0 where pi_new does: that term is 0.
+    np.testing.assert_array_equal(kl, [np.inf, 0.0])

@@ -53,7 +53,8 @@ def policy_kl(*, pi_old, pi_new) -> np.ndarray:
     """
     pi_old = check_probability_rows(pi_old, "pi_old", shape=np.shape(pi_old))
     pi_new = check_probability_rows(pi_new, "pi_new", shape=pi_old.shape)
-    return _categorical_kl(np.log(pi_old), np.log(pi_new), pi_old)
+    with np.errstate(divide="ignore"):  # log 0 = -inf is the true value; the KL is then inf or 0 by design
+        return _categorical_kl(np.log(pi_old), np.log(pi_new), pi_old)
 
 
 def _categorical_kl(logp_old, logp_new, p_old):
