@@ -601,3 +601,46 @@ def test_an_output_directory_that_cannot_be_made_is_one_line_naming_it(tmp_path,
     write(tmp_path, "existing.py", "x = 1\n")
     line = error_line(capsys, [a.format(file="existing.py") for a in argv])
     assert words.format(file="existing.py") in line, line
+
+
+def test_a_module_getattr_that_raises_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write(tmp_path, "lazy_getattr_mod.py", """
+        def __getattr__(name):
+            raise RuntimeError("lazy import failed for " + name)
+    """)
+    line = error_line(capsys, ["check", "lazy_getattr_mod:x", "--kind", "gae"])
+    assert "looking up 'x' raised RuntimeError: lazy import failed for x" in line, line
+
+
+@pytest.mark.parametrize("body, words", [
+    ("register('gae')(3)", "regnotfn.py: line 3: register('gae') should decorate a function (a callable), actual int 3"),
+    ("class Foo:\n    pass\nregister('gae')(Foo())",
+     "regnotfn.py: line 5: register('gae') should decorate a function (a callable), actual Foo <regnotfn.Foo object"),
+    ("@register\ndef g(x):\n    return x",
+     "regnotfn.py: line 3: @register needs the kind in parentheses: write @register(\"gae\", ...)"),
+])
+def test_registering_a_non_function_names_the_file_and_line(tmp_path, monkeypatch, capsys, body, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "regnotfn.py").write_text("from refpg.conformance import register\n\n" + body + "\n")
+    line = error_line(capsys, ["check", "regnotfn.py"])
+    assert words in line, line
+    assert "refpg_user_" not in line
+
+
+@pytest.mark.parametrize("target", ["objs.py:np", "objs_mod:np"])
+def test_a_module_that_is_not_a_function_is_named_without_its_path(tmp_path, monkeypatch, capsys, target):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("objs.py", "objs_mod.py"):
+        write(tmp_path, name, "import numpy as np\n")
+    line = error_line(capsys, ["check", target, "--kind", "gae"])
+    assert line.endswith(f"{target} should name a function (a callable), actual module numpy"), line
+
+
+def test_a_user_object_in_a_message_shows_its_file_not_an_internal_module_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "objs.py", "class Foo:\n    pass\nfoo = Foo()\n")
+    line = error_line(capsys, ["check", "objs.py:foo", "--kind", "gae"])
+    assert "actual Foo <objs.Foo object at" in line and "refpg_user_" not in line, line

@@ -245,8 +245,30 @@ def _wants_tensors(summary: str) -> bool:
 
 def _short_repr(obj, limit: int = 300) -> str:
     """``repr(obj)``, or its start and how much was left out when it is long (a dict of big arrays)."""
-    text = repr(obj)
+    text = user_repr(obj)
     return text if len(text) <= limit else f"{text[:limit]} ... ({len(text) - limit} more characters)"
+
+
+_USER_MODULE = re.compile(r"refpg_user_\d+")
+
+
+def user_module_name(name: str) -> str:
+    """A module's name as its author knows it: the file's stem for one ``refpg check FILE.py`` imported
+    (internally ``refpg_user_<n>``), else `name`."""
+    if not _USER_MODULE.fullmatch(name or ""):
+        return name
+    file = getattr(sys.modules.get(name), "__file__", None)
+    return file.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py") if file else "the checked file"
+
+
+def user_repr(obj) -> str:
+    """``repr(obj)`` as a message shows it: a module as ``module NAME`` (never its file's path), and no
+    internal ``refpg_user_<n>`` module names."""
+    import types
+
+    if isinstance(obj, types.ModuleType):
+        return f"module {user_module_name(obj.__name__)}"
+    return _USER_MODULE.sub(lambda m: user_module_name(m.group(0)), repr(obj))
 
 
 def _holds_torch(out) -> bool:
@@ -917,7 +939,7 @@ class Session:
 
     def report(self) -> Report:
         name = getattr(self.fn, "__qualname__", None) or getattr(self.fn, "__name__", None) or repr(self.fn)
-        module = getattr(self.fn, "__module__", None)
+        module = user_module_name(getattr(self.fn, "__module__", None) or "")
         label = f"{module}:{name}" if module and module != "__main__" else name
         ordered = tuple(self.failures[c] for c in self.checks if c in self.failures)
         slow = self._slow_warning()

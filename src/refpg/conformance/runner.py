@@ -210,6 +210,10 @@ def register(kind: str, **kwargs) -> Callable:
     type or a string outside its choices raises `refpg.errors.InvalidInputError` here, when the file
     is imported, rather than when the check runs. The function itself is returned unchanged.
     """
+    if callable(kind):  # @register without parentheses: Python passed the function as the kind
+        name = getattr(kind, "__name__", "the function")
+        raise InvalidInputError(f"@register needs the kind in parentheses: write @register(\"gae\", ...) "
+                                f"(or another of {', '.join(KINDS)}) above def {name}, not @register alone")
     if kind not in KINDS:
         raise InvalidInputError(f"register: kind should be one of {', '.join(KINDS)}, actual {kind!r}"
                                 f"{_suggest(kind, KINDS)}")
@@ -217,6 +221,9 @@ def register(kind: str, **kwargs) -> Callable:
     check_options(kind, kwargs, where=f"register({shown})")
 
     def deco(fn):
+        if not callable(fn):
+            raise InvalidInputError(f"register({shown}) should decorate a function (a callable), actual "
+                                    f"{_describe(fn)}")
         _REGISTRY.append(Registration(fn, kind, dict(kwargs)))
         return fn
     return deco
@@ -241,8 +248,12 @@ def load_function(spec: str) -> Callable:
         obj = _import_module(module_name)
         where = f"module {module_name!r} ({_location(obj)})"
     for k, part in enumerate(attr.split(".")):
-        if not hasattr(obj, part):
-            owner = where if k == 0 else f"{module_name}:{'.'.join(attr.split('.')[:k])}"
+        owner = where if k == 0 else f"{module_name}:{'.'.join(attr.split('.')[:k])}"
+        try:
+            found = hasattr(obj, part)
+        except (Exception, SystemExit) as exc:  # a module's __getattr__ or a property that raises
+            raise InvalidInputError(f"{owner}: looking up {part!r} raised {_describe_exception(exc)}") from None
+        if not found:
             names = [n for n in dir(obj) if not n.startswith("_")]
             close = difflib.get_close_matches(part, names, n=5, cutoff=0.6)
             if close:
@@ -254,14 +265,21 @@ def load_function(spec: str) -> Callable:
             raise InvalidInputError(f"{owner} has no attribute {part!r}{hint}{_shadowing(obj) if k == 0 else ''}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise InvalidInputError(f"{spec} should name a function (a callable), actual {type(obj).__name__} "
-                                f"{_short_repr(obj)}")
+        raise InvalidInputError(f"{spec} should name a function (a callable), actual {_describe(obj)}")
     return obj
 
 
-def _short_repr(obj) -> str:
-    text = repr(obj)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _describe(obj) -> str:
+    """``module numpy``, ``int 3``, ``Foo <Foo object at 0x...>``: the type and a short repr that never
+    stops inside a path nor shows an internal module name."""
+    from refpg.conformance._harness import user_repr
+
+    text = user_repr(obj)
+    if text.startswith("module "):
+        return text
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(obj).__name__} {text}"
 
 
 def _rel(path) -> str:
@@ -346,7 +364,7 @@ def _import_file(path: str):
 
 def _raised_by_register(exc) -> bool:
     frames = traceback.extract_tb(exc.__traceback__)
-    return any(f.name == "register" and Path(f.filename) == Path(__file__) for f in frames)
+    return any(f.name in ("register", "deco") and Path(f.filename) == Path(__file__) for f in frames)
 
 
 def _same_file(a, b) -> bool:
