@@ -125,9 +125,37 @@ def test_cleanrl_convention_warns_what_truncation_costs():
 
     report = check_gae(cleanrl_gae, convention="cleanrl", **FAST)
     assert report.passed, str(report)
-    assert "gae.truncation_bootstrapped" not in report.checks
+    # Listed as not run, with its reason, but a check the convention cannot express leaves the report complete.
+    assert report.status("gae.truncation_bootstrapped") == "not_run"
+    assert "NOT RUN gae.truncation_bootstrapped: cleanrl has no truncation flag" in str(report)
+    assert str(report).splitlines()[1].startswith("PASSED: 9 of 10 checks passed, 1 not run")
     (warning,) = [w for w in report.warnings if "truncation" in w]
     assert "no truncation flag" in warning and "changed advantages by up to" in warning
+
+
+def cleanrl_gae_never_cut(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
+    """cleanrl's signature, but the recursion runs straight through every episode boundary."""
+    adv, last = np.zeros_like(rewards), 0.0
+    for t in reversed(range(rewards.shape[0])):
+        nv = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        adv[t] = last = rewards[t] + gamma * nv - values[t] + gamma * gae_lambda * last
+    return adv
+
+
+def test_every_declared_gae_check_is_reported_when_a_value_check_fails_under_cleanrl():
+    report = check_gae(cleanrl_gae_never_cut, convention="cleanrl", **FAST)
+    value_ids = ["gae.recursion", "gae.terminal_not_bootstrapped", "gae.truncation_bootstrapped",
+                 "gae.no_flow_across_episodes", "gae.general"]
+    assert [c for c in report.checks if c in value_ids] == value_ids
+    assert len(report.checks) == 10
+    checks = {c["id"]: c for c in report.to_dict()["checks"]}
+    assert set(value_ids) <= set(checks)
+    assert checks["gae.general"]["status"] == "not_run"
+    assert "adds nothing to the specific failure of gae.terminal_not_bootstrapped" in checks["gae.general"]["reason"]
+    assert checks["gae.truncation_bootstrapped"]["status"] == "not_run"
+    assert "cleanrl has no truncation flag" in checks["gae.truncation_bootstrapped"]["reason"]
+    text = str(report)
+    assert "NOT RUN gae.general: " in text and "NOT RUN gae.truncation_bootstrapped: " in text
 
 
 def test_torch_ppo_gradient_is_checked():

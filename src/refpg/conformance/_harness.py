@@ -597,6 +597,7 @@ class Session:
         self.tracked: set = set()
         self.evaluated: set = set()
         self.skip_reasons: dict[str, str] = {}
+        self.by_design: set[str] = set()
         self.returned = 0   # calls that returned
         self.first_error: Call | None = None  # the first call that raised (a backend probe reports it)
         self.usable = 0     # outputs `output_array` accepted as arrays
@@ -616,9 +617,13 @@ class Session:
         """Note that these checks reached a verdict (pass or fail) on a case."""
         self.evaluated.update(check_ids)
 
-    def not_run_because(self, check_id: str, reason: str) -> None:
-        """Why `check_id` may not run, shown if it indeed never does (the first reason given stays)."""
+    def not_run_because(self, check_id: str, reason: str, *, by_design: bool = False) -> None:
+        """Why `check_id` may not run, shown if it indeed never does (the first reason given stays).
+
+        `by_design`: the convention cannot express the check, so its absence leaves the report complete."""
         self.skip_reasons.setdefault(check_id, reason)
+        if by_design:
+            self.by_design.add(check_id)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -953,7 +958,8 @@ class Session:
                       backend=self.backend.name, dtype=self.backend.dtype, checks=tuple(self.checks),
                       failures=ordered, warnings=tuple(self.warnings), examples=self.calls,
                       seconds=time.perf_counter() - self.start, options=self.options, not_run=not_run,
-                      function_seconds=self.user_seconds)
+                      function_seconds=self.user_seconds,
+                      not_applicable=tuple(n.check_id for n in not_run if n.check_id in self.by_design))
 
     def _not_run_reason(self) -> str:
         """Why a check reached no verdict, from what the calls did."""

@@ -145,7 +145,8 @@ class Report:
         The check ids for which no comparison ever ran (every call raised, say, or every output had
         the wrong shape), with the reason. They are not counted as passed, and `passed` is False while
         any is left (the status then reads INCOMPLETE if nothing failed); the failure that stopped them,
-        if any, is in `failures`.
+        if any, is in `failures`. The exception is a check the convention cannot express
+        (its id is in `not_applicable`): it is listed, with its reason, but leaves `passed` unchanged.
     warnings : tuple of str
         Legal but suspicious findings, and what the convention cannot express
         (with what that costs).
@@ -157,6 +158,9 @@ class Report:
         The resolved options the check ran with.
     function_seconds : float
         The part of `seconds` spent inside the function under test.
+    not_applicable : tuple of str
+        Ids of `not_run` that the convention cannot express (cleanrl's GAE has no truncation flag,
+        so ``gae.truncation_bootstrapped``): by design, not for want of a verdict.
     """
 
     kind: str
@@ -172,11 +176,12 @@ class Report:
     options: dict = field(default_factory=dict)
     not_run: tuple = ()
     function_seconds: float = 0.0
+    not_applicable: tuple = ()
 
     @property
     def passed(self) -> bool:
         """No failure and no check left unrun: a check that never ran cannot vouch for the code."""
-        return not self.failures and not self.not_run
+        return not self.failures and all(n.check_id in self.not_applicable for n in self.not_run)
 
     @property
     def not_run_ids(self) -> tuple:
