@@ -412,6 +412,61 @@ def test_ppo_normalisation_variant_is_named_and_float32_ties_are_no_false_alarm(
     assert "pass ddof=0" in report.failures[0].message
 
 
+def _ppo_loss_np(r, a, eps):
+    return np.minimum(r * a, np.clip(r, 1 - eps, 1 + eps) * a)
+
+
+def ppo_loss_summed_unnormalised(logp_new, logp_old, advantages, clip_eps):
+    return -np.sum(_ppo_loss_np(np.exp(logp_new - logp_old), advantages, clip_eps))
+
+
+def ppo_loss_unnormalised(logp_new, logp_old, advantages, clip_eps):
+    return -np.mean(_ppo_loss_np(np.exp(logp_new - logp_old), advantages, clip_eps))
+
+
+def ppo_loss_normalised_sign_flipped(logp_new, logp_old, advantages, clip_eps):
+    a = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+    return np.mean(_ppo_loss_np(np.exp(logp_new - logp_old), a, clip_eps))
+
+
+def test_a_summed_unnormalised_ppo_loss_under_cleanrl_normalisation_is_named():
+    report = check_ppo_loss(ppo_loss_summed_unnormalised, convention="cleanrl", **FAST)
+    message = report.failure("ppo_loss.inside_clip_range").message
+    assert "the actual value is n x the loss WITHOUT advantage normalisation (n = " in message, message
+    assert "a sum where the mean belongs" in message
+    assert "--option normalize=none" in message
+
+
+def test_a_sign_flipped_ppo_loss_under_sb3_normalisation_is_named():
+    report = check_ppo_loss(ppo_loss_normalised_sign_flipped, convention="sb3", **FAST)
+    message = report.failure("ppo_loss.outside_clip_range").message
+    assert "actual = -expected: the sign is flipped" in message, message
+
+
+def test_the_unnormalised_hint_gives_the_command_line_form():
+    report = check_ppo_loss(ppo_loss_unnormalised, convention="cleanrl", **FAST)
+    message = report.failure("ppo_loss.outside_clip_range").message
+    assert "the actual value is the loss WITHOUT advantage normalisation: pass normalize='none' " \
+           "(on the command line --option normalize=none)" in message, message
+    assert "should be -0," not in report.failure("ppo_loss.inside_clip_range").message
+
+
+def test_cleanrl_without_normalisation_draws_minibatches_of_one_and_does_not_warn():
+    sizes = set()
+
+    def recording(logp_new, logp_old, advantages, clip_eps):
+        sizes.add(len(advantages))
+        return ppo_loss_unnormalised(logp_new, logp_old, advantages, clip_eps)
+
+    report = check_ppo_loss(recording, convention="cleanrl", normalize="none", **FAST)
+    assert report.passed, str(report)
+    assert not [w for w in report.warnings if "minibatch of one" in w], report.warnings
+    assert 1 in sizes
+    sizes.clear()
+    report = check_ppo_loss(ppo_loss_normalised_sign_flipped, convention="cleanrl", **FAST)
+    assert any("NaN for a minibatch of one; minibatches of one were not drawn" in w for w in report.warnings)
+
+
 def test_trpo_with_cg_damping_is_told_which_damping_fits():
 
     def damped(theta_old, states, actions, adv, max_kl):

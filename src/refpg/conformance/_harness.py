@@ -824,7 +824,7 @@ class Session:
             return None
         idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape)) if err.ndim else ()
         label = f"{what}[{', '.join(map(str, idx))}]" if idx else what
-        msg = (f"{label} should be {expected[idx]:.10g}, actual {actual[idx]:.10g} "
+        msg = (f"{label} should be {expected[idx] + 0.0:.10g}, actual {actual[idx] + 0.0:.10g} "  # never "-0"
                f"(error {err[idx]:.3g} > tolerance {allowed:.3g})")
         hint = scale_hint(actual, expected, self.backend.tol, scale, n=n, n_is=n_is)
         if hint:

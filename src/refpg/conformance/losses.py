@@ -81,18 +81,29 @@ def _normalization_ill_conditioned(adv, opts, be) -> bool:
 
 def _normalization_hint(ratio, adv, eps, actual, opts, be) -> str:
     """Name a common normalisation that reproduces `actual`, if one does."""
+    n = adv.size
     variants = [dict(normalize="none", ddof=1, eps=1e-8)]
     variants += [dict(normalize="batch", ddof=d, eps=e) for d in (0, 1) for e in (1e-8, 1e-5, 0.0)]
-    for v in variants:
-        if v == {k: opts[k] for k in v} or (v["normalize"] == "batch" and adv.size <= v["ddof"]):
-            continue
-        with np.errstate(all="ignore"):
-            loss = _ppo_reference(ratio, _normalized(adv, v), eps)[0]
-        if np.isfinite(loss) and abs(loss - actual) <= be.tol * (1 + abs(loss)):
+    # Each other normalisation, as is and with the scaling bugs the declared one is tested for already
+    # (a sum where the mean belongs, a flipped sign): a summed un-normalised loss is neither.
+    scalings = [(1.0, ""), (-1.0, "-1 x "), (float(n), "n x "), (-float(n), "-n x ")] if n > 1 else \
+        [(1.0, ""), (-1.0, "-1 x ")]
+    for c, times in scalings:
+        for v in variants:
+            if v == {k: opts[k] for k in v} or (v["normalize"] == "batch" and n <= v["ddof"]):
+                continue
+            with np.errstate(all="ignore"):
+                loss = _ppo_reference(ratio, _normalized(adv, v), eps)[0]
+            if not np.isfinite(loss) or abs(loss) <= be.tol or abs(actual - c * loss) > be.tol * (1 + abs(c * loss)):
+                continue
+            bug = {1.0: "", -1.0: " (the sign is flipped)"}.get(c, f" (n = {n}, the minibatch size: a sum where "
+                                                                  f"the mean belongs{', and the sign flipped' if c < 0 else ''})")
             if v["normalize"] == "none":
-                return "; the actual value is the loss WITHOUT advantage normalisation: pass normalize='none'"
-            return (f"; the actual value is the loss with advantages normalised by std(ddof={v['ddof']}) + "
-                    f"{v['eps']:g}: pass ddof={v['ddof']}, eps={v['eps']:g} if that is intended")
+                return (f"; the actual value is {times}the loss WITHOUT advantage normalisation{bug}: pass "
+                        f"normalize='none' (on the command line --option normalize=none) if that is intended")
+            return (f"; the actual value is {times}the loss with advantages normalised by std(ddof={v['ddof']}) + "
+                    f"{v['eps']:g}{bug}: pass ddof={v['ddof']}, eps={v['eps']:g} (on the command line "
+                    f"--option ddof={v['ddof']} --option eps={v['eps']:g}) if that is intended")
     return ""
 
 
@@ -185,10 +196,13 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
         raise InvalidInputError("convention 'rlax' takes ratios and advantages as given; normalize "
                                 "should be 'none'")
     rlax = convention == "rlax"
-    n_min = 2 if convention == "cleanrl" else 1
+    # cleanrl normalises a minibatch of one too, where std(ddof >= 1) is NaN (SB3 skips it): only then are
+    # minibatches of one left out.
+    nan_for_one = convention == "cleanrl" and opts["normalize"] == "batch" and opts["ddof"] >= 1
+    n_min = 2 if nan_for_one else 1
     warnings = []
-    if convention == "cleanrl":
-        warnings.append("convention 'cleanrl' normalises with the ddof=1 std, which is NaN for a "
+    if nan_for_one:
+        warnings.append(f"convention 'cleanrl' normalises with the ddof={opts['ddof']} std, which is NaN for a "
                         "minibatch of one; minibatches of one were not drawn")
 
     named = check_signature(fn, "ppo_loss", convention, convention_parameters(PPO_CONVENTIONS))
@@ -257,7 +271,8 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
             o = session.compare(check_id, "loss", loss, ref, inputs, scale=float(np.max(np.abs(ratio * a))),
                                 why=why, n=ratio.size, n_is="the minibatch size")
             if o is not None:
-                o.message += _normalization_hint(ratio, adv, case["clip_eps"], float(loss), opts, be)
+                if "; actual = " not in o.message:  # no scaling bug under the declared normalisation
+                    o.message += _normalization_hint(ratio, adv, case["clip_eps"], float(loss), opts, be)
                 outcomes.append(o)
             if torch_grad:
                 outcomes += _gradient_outcomes(session, call, grad_arg, loss_raw, d_ratio if rlax
