@@ -131,12 +131,12 @@ def test_check_help_lists_every_kinds_options_and_conventions(capsys):
     assert main(["check", "--help"]) == 0
     out = capsys.readouterr().out
     for kind in runner.KINDS:
-        line = next(ln for ln in out.splitlines() if ln.strip().startswith(kind + " ") and "(" in ln)
-        block = out[out.index(line):]
+        block = out[out.index(f"\n  {kind}\n"):]
         for name, opt in runner.options_of(kind).items():
             if name not in ("convention", "backend", "dtype", "seed", "max_examples"):
-                assert f"{name} (" in block, (kind, name)
-    assert "normalize (none|batch" in out and "objective (discounted|gamma_free" in out
+                assert f"\n    {name}: " in block, (kind, name)
+    flat = " ".join(out.split())
+    assert "(none|batch, default" in flat and "(discounted|gamma_free, default" in flat
     assert re.search(r"trpo_step\s+refpg\n", out)
 
 
@@ -644,3 +644,18 @@ def test_a_user_object_in_a_message_shows_its_file_not_an_internal_module_name(t
     write(tmp_path, "objs.py", "class Foo:\n    pass\nfoo = Foo()\n")
     line = error_line(capsys, ["check", "objs.py:foo", "--kind", "gae"])
     assert "actual Foo <objs.Foo object at" in line and "refpg_user_" not in line, line
+
+
+def test_check_help_gives_every_option_a_meaning(capsys):
+    from refpg.cli import _FLAG_OPTIONS
+
+    assert main(["check", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for kind in runner.KINDS:
+        for name in runner.options_of(kind):
+            if name in _FLAG_OPTIONS:
+                continue
+            m = re.search(rf" {name}: (.*?) \(", out)
+            assert m and len(m.group(1).split()) >= 3, f"{kind} --option {name} has no meaning in --help"
+    assert "ddof: delta degrees of freedom of that std" in out
+    assert "min_cosine: least cosine between TARGET's step and the oracle's direction" in out

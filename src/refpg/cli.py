@@ -332,28 +332,43 @@ def cmd_study(args) -> int:
 
 # -- check ----------------------------------------------------------------------------------------
 
+#: One phrase per ``--option`` key of ``refpg check``: what it means (type and default come from the check).
+_OPTION_MEANINGS = {
+    ("gae", "returns"): "TARGET returns the pair (advantages, returns); the returns are checked too",
+    ("ppo_loss", "normalize"): "advantage normalisation per minibatch: none, or batch ((A - mean) / (std + eps))",
+    ("ppo_loss", "ddof"): "delta degrees of freedom of that std (1: torch's .std(), 0: NumPy's)",
+    ("ppo_loss", "eps"): "added to the std before dividing",
+    ("value_loss", "style"): "how the new value is clipped: not at all, the max of the clipped and "
+                             "unclipped errors as CleanRL, or the prediction clipped as SB3",
+    ("value_loss", "coef"): "the factor in front of the squared error (0.5 for 0.5 * mean((v - R)^2))",
+    ("kl_estimator", "unbiased"): "TARGET claims E[estimate] = KL (k1, k3 do; k2 does not)",
+    ("kl_estimator", "non_negative"): "TARGET claims every estimate is >= 0 (k2, k3 do; k1 does not)",
+    ("kl_estimator", "alpha"): "false-alarm rate of the unbiasedness test",
+    ("reinforce_estimator", "objective"): "the target gradient: discounted (step t weighed by gamma^t) or "
+                                          "gamma_free (the common form without it)",
+    ("reinforce_estimator", "alpha"): "false-alarm rate of the mean test",
+    ("reinforce_estimator", "calls"): "independent batches TARGET is called on (>= 30)",
+    ("reinforce_estimator", "episodes_per_call"): "episodes per batch (calls x episodes_per_call >= 2000)",
+    ("trpo_step", "damping"): "the damping TARGET adds to the Fisher matrix (SB3-contrib's cg_damping)",
+    ("trpo_step", "min_cosine"): "least cosine between TARGET's step and the oracle's direction",
+}
+
+
 def _options_listing() -> str:
-    """The ``--option`` keys of every kind, with type and default, for ``refpg check --help``."""
+    """The ``--option`` keys of every kind, each with its meaning, type and default, for ``refpg check --help``."""
     from refpg.conformance import runner
 
     lines = ["options of each kind (--option KEY=VALUE; bool: true/false):"]
     width = max(map(len, runner.KINDS))
     for kind in runner.KINDS:
-        items = []
-        for opt in runner.options_of(kind).values():
-            if opt.name in _FLAG_OPTIONS:
-                continue
+        items = [opt for opt in runner.options_of(kind).values() if opt.name not in _FLAG_OPTIONS]
+        lines.append(f"  {kind}" + ("" if items else ": none"))
+        for opt in items:
             type_ = "|".join(opt.choices) if opt.choices else opt.type
             default = opt.default if isinstance(opt.default, str) and " " in opt.default else repr(opt.default)
-            items.append(f"{opt.name} ({type_}, default {default})")
-        row = f"  {kind.ljust(width)}  "
-        for k, item in enumerate(items or ["none"]):  # never break inside one option's description
-            piece = item + (";" if k < len(items) - 1 else "")
-            if len(row) + len(piece) > 100 and row.strip() != kind:
-                lines.append(row.rstrip())
-                row = " " * (width + 4)
-            row += piece + " "
-        lines.append(row.rstrip())
+            meaning = _OPTION_MEANINGS.get((kind, opt.name), "")
+            text = f"{opt.name}: {meaning}{' ' if meaning else ''}({type_}, default {default})"
+            lines.append(textwrap.fill(text, 100, initial_indent="    ", subsequent_indent="      "))
     lines.append("conventions of each kind (--convention):")
     lines += [f"  {kind.ljust(width)}  {', '.join(runner.CONVENTIONS[kind])}" for kind in runner.KINDS]
     return "\n".join(lines)
