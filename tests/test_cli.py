@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import refpg
@@ -324,8 +325,19 @@ def test_exact_help_lists_the_environments_and_what_seed_seeds(capsys):
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     for name in envs.BUILTIN:
         assert name in out
-    assert "seeds the random theta of --theta random" in out
+    assert "seeds the random theta of --theta random and the generation of garnet" in out
     assert "tuple (mdp, policy, theta)" in out
+
+
+def test_exact_garnet_is_generated_with_seed(capsys):
+    outputs = []
+    for seed in ("0", "1", "2"):
+        assert main(["exact", "garnet", "--seed", seed, "--json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[1]["J"] != outputs[2]["J"] and outputs[0]["J"] != outputs[1]["J"]
+    assert main(["exact", "garnet", "--json"]) == 0  # the default seed is BUILTIN's garnet
+    assert json.loads(capsys.readouterr().out)["J"] == outputs[0]["J"]
+    assert outputs[0]["J"] == refpg.evaluate(envs.BUILTIN["garnet"](), np.full((20, 4), 0.25)).J
 
 
 # -- 6. labels -------------------------------------------------------------------------------------

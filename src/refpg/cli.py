@@ -122,10 +122,12 @@ def _with_gamma(mdp, gamma: float | None):
                       mdp.rho, gamma, mdp.terminal, name=mdp.name)
 
 
-def _load_env(name: str, gamma: float | None):
+def _load_env(name: str, gamma: float | None, seed: int = 0):
     from refpg import envs
 
-    if name in envs.BUILTIN:
+    if name == "garnet":  # the one random built-in: BUILTIN's garnet(20, 4, 3) with --seed (0 gives BUILTIN's)
+        mdp = envs.garnet(20, 4, 3, seed=seed)
+    elif name in envs.BUILTIN:
         mdp = envs.BUILTIN[name]()
     elif "-v" in name:
         mdp = envs.from_gymnasium(name)
@@ -179,7 +181,7 @@ def cmd_exact(args) -> int:
     if ":" in args.env:
         mdp, given = _user_problem(args.env, args.gamma)
     else:
-        mdp, given = _load_env(args.env, args.gamma), None
+        mdp, given = _load_env(args.env, args.gamma, args.seed), None
     if given is not None:
         if args.theta is not None:
             raise UsageError(f"--theta does not apply: {args.env} returned its own policy and theta")
@@ -539,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the softmax policy's parameters: uniform (theta = 0, the default) or random "
                         "(theta ~ N(0, 1), drawn with --seed)")
     p.add_argument("--seed", type=_integer(0), default=0,
-                   help="seeds the random theta of --theta random (nothing else is random; default 0)")
+                   help="seeds the random theta of --theta random and the generation of garnet (20 states, "
+                        "4 actions, 3 successors; the only random built-in MDP); default 0")
     p.add_argument("--eta", type=_number, default=1.0, help="natural-gradient step size (default 1)")
     p.add_argument("--max-rows", type=_integer(1), default=64,
                    help="show at most this many states in the table (default 64)")
