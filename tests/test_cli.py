@@ -671,3 +671,30 @@ def test_check_help_gives_every_option_a_meaning(capsys):
             assert m and len(m.group(1).split()) >= 3, f"{kind} --option {name} has no meaning in --help"
     assert "ddof: delta degrees of freedom of that std" in out
     assert "min_cosine: least cosine between TARGET's step and the oracle's direction" in out
+
+
+def test_study_progress_uses_carriage_returns_only_on_a_terminal():
+    import io
+
+    from refpg.studies._common import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    log, tty = io.StringIO(), Terminal()
+    for stream in (log, tty):
+        progress = Progress("kl_estimators: cases", 8, stream=stream)
+        for k in range(1, 9):
+            progress.update(k)
+    assert "\r" not in log.getvalue()
+    assert log.getvalue().splitlines() == [f"kl_estimators: cases: {k}/8" for k in (2, 4, 6, 8)]
+    assert tty.getvalue().startswith("\rkl_estimators: cases: 1/8\r") and tty.getvalue().endswith("8/8\n")
+
+
+def test_study_progress_in_a_file_has_no_carriage_returns(tmp_path):
+    # Bytes, not text: universal newlines would turn a "\r" into "\n".
+    out = subprocess.run([sys.executable, "-m", "refpg.cli", "study", "kl_estimators", "--quick", "--out",
+                          str(tmp_path / "o")], capture_output=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert b"\r" not in out.stderr and b"kl_estimators: Gaussian cases: 2/2\n" in out.stderr

@@ -69,15 +69,27 @@ def md_table(header, rows) -> str:
 
 
 class Progress:
-    """A one-line text progress indicator on stderr: ``label: k/n``."""
+    """A text progress indicator on stderr: ``label: k/n``.
+
+    On a terminal, one line rewritten in place (``\\r``); otherwise (stderr to a file or a pipe)
+    plain lines, one per quarter, so a log holds no carriage returns.
+    """
 
     def __init__(self, label: str, total: int, *, every: int | None = None, stream=None):
         self.label, self.total = label, max(int(total), 1)
-        self.every = every or max(self.total // 20, 1)
         self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        try:
+            self.tty = bool(isatty and isatty())
+        except (OSError, ValueError):  # a closed or detached stream
+            self.tty = False
+        self.every = every or max(self.total // (20 if self.tty else 4), 1)
 
     def update(self, k: int) -> None:
         if k % self.every == 0 or k == self.total:
+            if not self.tty:
+                print(f"{self.label}: {k}/{self.total}", file=self.stream, flush=True)
+                return
             print(f"\r{self.label}: {k}/{self.total}", end="", file=self.stream, flush=True)
             if k == self.total:
                 print(file=self.stream, flush=True)
