@@ -698,3 +698,10 @@ def test_study_progress_in_a_file_has_no_carriage_returns(tmp_path):
                           str(tmp_path / "o")], capture_output=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert b"\r" not in out.stderr and b"kl_estimators: Gaussian cases: 2/2\n" in out.stderr
+
+
+def test_a_refused_single_target_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "one.py", "def one_arg(a):\n    return a\n")
+    line = error_line(capsys, ["check", "one.py:one_arg", "--kind", "kl_estimator"])
+    assert line.startswith("refpg: error: one.py:one_arg: the function (a) cannot be called"), line

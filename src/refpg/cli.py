@@ -452,7 +452,7 @@ def cmd_check(args) -> int:
         except InvalidInputError as exc:
             # Refused before any call (its signature, an option): the other functions are still checked.
             if len(jobs) == 1 and not args.json:
-                raise
+                raise UsageError(f"{shown}: {exc}") from None
             refused += 1
             print(f"refpg: error: {shown}: {exc}", file=sys.stderr)
             entries.append({"kind": kind, "function": shown, "verdict": "refused", "message": str(exc)})
