@@ -154,6 +154,7 @@ def test_every_declared_gae_check_is_reported_when_a_value_check_fails_under_cle
     assert "adds nothing to the specific failure of gae.terminal_not_bootstrapped" in checks["gae.general"]["reason"]
     assert checks["gae.truncation_bootstrapped"]["status"] == "not_run"
     assert "cleanrl has no truncation flag" in checks["gae.truncation_bootstrapped"]["reason"]
+    assert report.to_dict()["not_applicable"] == ["gae.truncation_bootstrapped"]
     text = str(report)
     assert "NOT RUN gae.general: " in text and "NOT RUN gae.truncation_bootstrapped: " in text
 

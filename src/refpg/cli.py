@@ -19,7 +19,8 @@ in DIR; default analysis/NAME, or a fresh temporary directory with ``--quick``);
 
 A mistake in the command line or in the user's code it loads (an unknown option, a bad value, a
 module that does not import) prints one line ``refpg: error: ...`` and exits with status 2, never a
-traceback; a failed check exits with 1.
+traceback; a failed check exits with 1, a function the kit refuses before calling it with 2 (the other
+functions of a FILE.py are still checked).
 """
 
 from __future__ import annotations

@@ -212,7 +212,8 @@ class Report:
         ``"failed"`` or ``"not_run"``, `reason` is the failure's message or why the check did not
         run, None for a pass), ``failures`` (`Failure.to_dict` each: ``check_id``, ``message``,
         ``counterexample`` with ``inputs``, ``expected``, ``actual``, ``where``, ``shrunk``, and
-        ``traceback``), ``warnings`` and ``timings`` (``seconds``, ``function_seconds``, ``calls``).
+        ``traceback``), ``not_applicable`` (ids not run because the convention cannot express them),
+        ``warnings`` and ``timings`` (``seconds``, ``function_seconds``, ``calls``).
 
         Arrays become nested lists of Python numbers (booleans stay booleans); a list of episodes
         becomes a list of lists of arrays-as-lists. JSON has no NaN or infinity, so a non-finite
@@ -227,6 +228,7 @@ class Report:
             "verdict": "passed" if self.passed else "failed" if self.failures else "incomplete",
             "checks": [{"id": c, "status": self.status(c), "reason": reasons.get(c)} for c in self.checks],
             "failures": [f.to_dict() for f in self.failures],
+            "not_applicable": list(self.not_applicable),
             "warnings": list(self.warnings),
             "timings": {"seconds": _plain(float(self.seconds)),
                         "function_seconds": _plain(float(self.function_seconds)),
