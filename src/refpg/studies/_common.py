@@ -17,6 +17,14 @@ def prepare_out_dir(out_dir) -> Path:
     return make_directory(out_dir, "output directory")
 
 
+def _is_file(path: Path) -> bool:
+    """Whether something other than a directory is at `path` (False where the path cannot be read)."""
+    try:
+        return path.exists() and not path.is_dir()
+    except OSError:  # a name too long, say: Path.exists lets that through
+        return False
+
+
 def make_directory(directory, what: str) -> Path:
     """``mkdir -p`` of `directory`, an OSError refused as one line ``WHAT PATH: problem``."""
     from refpg.errors import InvalidInputError
@@ -25,7 +33,7 @@ def make_directory(directory, what: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        blocker = next((p for p in [path, *path.parents] if _is_file(p)), None)
         if blocker is not None:
             problem = (f"{blocker} is a file, not a directory" if blocker == path
                        else f"its parent {blocker} is a file, not a directory")
