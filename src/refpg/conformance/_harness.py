@@ -394,6 +394,7 @@ class _Signature(NamedTuple):
     required: int          # how many of them have no default
     var_positional: bool   # *args
     required_keyword: tuple  # keyword-only parameters without a default
+    certain: bool = True   # False: read through a generic (*args) wrapper, which may add arguments
 
 
 def _signature_of(fn) -> _Signature | None:
@@ -404,19 +405,31 @@ def _signature_of(fn) -> _Signature | None:
     target = fn
     torch = sys.modules.get("torch")  # a torch module exists only if torch was imported
     if torch is not None and isinstance(fn, torch.nn.Module):
-        target = fn.forward
+        if type(fn).__call__ is not torch.nn.Module.__call__:
+            target = fn.__call__  # the module defines its own call
+        elif fn._forward_pre_hooks or getattr(torch.nn.modules.module, "_global_forward_pre_hooks", None):
+            return None  # a pre-hook may rewrite the arguments before forward sees them
+        else:
+            target = fn.forward
     try:
         sig = inspect.signature(target)
+        outer = inspect.signature(target, follow_wrapped=False)
     except (TypeError, ValueError):
         return None
     kinds = inspect.Parameter
+    # A decorator's wrapper(*args, **kwargs) usually passes its arguments through, so the wrapped
+    # function's parameters are the best guess; but one that supplies an argument itself would be
+    # refused wrongly, so what is read through it can only warn.
+    certain = sig == outer or any(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+                                  for p in outer.parameters.values())
     positional = [p for p in sig.parameters.values() if p.kind in (kinds.POSITIONAL_ONLY,
                                                                   kinds.POSITIONAL_OR_KEYWORD)]
     return _Signature(tuple(p.name for p in positional),
                       sum(p.default is kinds.empty for p in positional),
                       any(p.kind is kinds.VAR_POSITIONAL for p in sig.parameters.values()),
                       tuple(p.name for p in sig.parameters.values()
-                            if p.kind is kinds.KEYWORD_ONLY and p.default is kinds.empty))
+                            if p.kind is kinds.KEYWORD_ONLY and p.default is kinds.empty),
+                      certain)
 
 
 def _takes(sig: _Signature, n: int) -> bool:
@@ -454,6 +467,16 @@ def check_signature(fn, kind: str, convention: str, conventions: dict) -> list:
     sig = _signature_of(fn)
     if sig is None:  # a builtin or an extension function: nothing to read
         return []
+    try:
+        return _check_signature(sig, kind, convention, conventions)
+    except InvalidInputError as exc:
+        if sig.certain:
+            raise
+        return [f"{exc} (read through a decorator's generic wrapper, which may supply arguments itself, "
+                f"so the check goes on; expect every call to fail if it does not)"]
+
+
+def _check_signature(sig: _Signature, kind: str, convention: str, conventions: dict) -> list:
     declared = conventions[convention]
     names = sig.positional
     shown = f"({_fmt(names)}{', *args' if sig.var_positional else ''})"
