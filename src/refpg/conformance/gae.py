@@ -47,8 +47,8 @@ _HINTS = {
 }
 
 
-def _refuse_pair_output(session, case, convention) -> None:
-    """Stop before drawing a case if the function returns (advantages, returns) undeclared.
+def _refuse_undeclared_output(session, case, convention, returns) -> None:
+    """Stop before drawing a case if the function returns (advantages, returns) undeclared, or the reverse.
 
     Every one of the several hundred calls would otherwise fail `gae.output_shape`
     for the same reason; one call on a tiny rollout tells.
@@ -56,7 +56,14 @@ def _refuse_pair_output(session, case, convention) -> None:
     call = session.call(_args(case, convention))
     raw = call.output
     shape = case["rewards"].shape
-    if call.error is None and isinstance(raw, (tuple, list)) and len(raw) == 2 \
+    if call.error is not None:
+        return  # the check itself reports the error, with its traceback
+    if returns and not isinstance(raw, (tuple, list)) and _shape_of(raw) == shape:
+        raise InvalidInputError(
+            f"returns=True declares that the function returns (advantages, returns), but it returned one "
+            f"array of the advantages' shape {shape}: return both, or leave out returns=True (refpg check: "
+            f"drop --option returns=true). The check drew no case")
+    if not returns and isinstance(raw, (tuple, list)) and len(raw) == 2 \
             and all(_shape_of(x) == shape for x in raw):
         raise InvalidInputError(
             f"the function returned a pair of arrays of the advantages' shape {shape} where one array of "
@@ -308,9 +315,9 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
         return probe_session.first_error or True
 
     be, warnings = resolve_backend(fn, backend, dtype, probe)
-    if not returns and convention not in ("torchrl", "rlax"):
-        _refuse_pair_output(Session("gae", fn, convention, be, max_examples=1, seed=seed, options={}),
-                            probe_case(be), convention)
+    if convention not in ("torchrl", "rlax"):
+        _refuse_undeclared_output(Session("gae", fn, convention, be, max_examples=1, seed=seed, options={}),
+                                  probe_case(be), convention, returns)
     session = Session("gae", fn, convention, be, max_examples=max_examples, seed=seed,
                       options={"returns": True} if returns else {}, warnings=named + warnings)
     cost = {"max": 0.0, "n": 0}
