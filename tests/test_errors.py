@@ -453,3 +453,14 @@ def test_run_names_an_unknown_option_and_the_close_one():
         run("trpo", mdp, pol, np.zeros((2, 2)), n_iters=1, max_kll=0.1)
     with raises(errors.InvalidInputError, "'npg' needs the option(s) eta"):
         run("npg", mdp, pol, np.zeros((2, 2)), n_iters=1)
+
+
+def test_a_misspelt_choice_gets_the_closest_valid_one():
+    from refpg.algorithms import run
+
+    mdp = refpg.envs.bandit([1.0, 0.0])
+    pol = refpg.TabularSoftmax.for_mdp(mdp)
+    with pytest.raises(errors.InvalidInputError, match=r"algorithm should be one of .*, actual 'npgg'; did you mean 'npg'\?$"):
+        run("npgg", mdp, pol, np.zeros(pol.theta_shape), n_iters=1, eta=1.0)
+    with pytest.raises(errors.InvalidInputError, match=r"actual 'zzz'$"):  # nothing close: no guess
+        run("zzz", mdp, pol, np.zeros(pol.theta_shape), n_iters=1, eta=1.0)

@@ -7,6 +7,7 @@ expected. Nothing here repairs input: it is accepted as given or refused.
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from typing import Sequence
 
@@ -132,7 +133,11 @@ def check_choice(value, name: str, choices):
     dies with NumPy's "truth value of an array is ambiguous".
     """
     if not any(value is c or (isinstance(value, str) and value == c) for c in choices):
-        raise InvalidInputError(f"{name} should be one of {tuple(choices)}, actual {value!r}")
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InvalidInputError(f"{name} should be one of {tuple(choices)}, actual {value!r}{hint}")
     return value
 
 
