@@ -967,7 +967,9 @@ def test_pytest_failure_shows_the_report_not_the_kit_frames(pytester):
     """))
     result = pytester.runpytest_inprocess("-p", "no:xdist", "--refpg-max-examples", "10", "-q")
     result.assert_outcomes(failed=2)
-    out = result.stdout.str()
+    # Under CI (the CI environment variable) pytest's short summary repeats each failure's message
+    # in full; count in the failure sections only.
+    out = result.stdout.str().split("short test summary info")[0]
     assert out.count("FAIL kl_estimator.non_negative") == 2 and out.count("expected            = >= 0") == 2
     for hidden in ("def assert_conforms", "raise ConformanceError", "pytest_plugin.py", "def run(",
                    "report.py:"):
