@@ -128,7 +128,7 @@ def test_r_wrong_second_axis():
 
 def test_rho_not_a_distribution():
     P, r, _ = good()
-    with raises(errors.NotADistributionError, "rho[:] sums to 0.5; expected 1 within atol=1e-09"):
+    with raises(errors.NotADistributionError, "rho[:] sums to 0.5; expected 1 within atol=1e-12"):
         refpg.TabularMDP(P, r, [0.25, 0.25], 0.9)
 
 

@@ -14,16 +14,17 @@ from scipy.linalg.blas import dgemv as _dgemv
 
 from refpg._validation import (
     PROB_ATOL,
+    RHO_ATOL,
     as_float_array,
     check_discount,
     check_distributions,
-    check_finite,
     check_shape,
 )
 from refpg.errors import (
     ImproperMDPError,
     InvalidInputError,
     NegativeEntryError,
+    NonFiniteError,
     NotADistributionError,
     ShapeError,
     TerminalStateError,
@@ -49,7 +50,10 @@ class TabularMDP:
         which is kept for sampling and reduced to
         :math:`r(s,a) = \sum_{s'} P(s'|s,a)\, r(s,a,s')` for exact work.
     rho : array_like of shape (S,)
-        Initial-state distribution.
+        Initial-state distribution: non-negative, sums to 1 within
+        ``atol=1e-12``. Tighter than P's tolerance because ``sum(d) - 1``
+        equals ``sum(rho) - 1`` for every policy, and the identities of
+        docs/conventions.md hold to 1e-10.
     gamma : float
         Discount in [0, 1); 1 is accepted only if the MDP is proper (every
         policy reaches a terminal state with probability one from every
@@ -94,7 +98,7 @@ class TabularMDP:
         self._P, self._n_states, self._n_actions = P, S, A
 
         self._r, self._r_sas = self._rewards(r)
-        self._rho = _readonly(_distribution(rho, "rho", S))
+        self._rho = _readonly(_distribution(rho, "rho", S, atol=RHO_ATOL))
 
         if terminal is None:
             term = np.zeros(S, dtype=bool)
@@ -128,11 +132,13 @@ class TabularMDP:
     def _rewards(self, r):
         S, A = self._n_states, self._n_actions
         if sp.issparse(r):
-            R = sp.csr_array(r, dtype=np.float64)
-            if R.shape != (S * A, S):
+            # A copy, like every dense input: the caller's matrix must not alias ours.
+            R = sp.csr_array(r, dtype=np.float64, copy=True)
+            if R.ndim != 2 or R.shape != (S * A, S):
                 raise ShapeError(f"r should have shape ({S * A}, {S}) as a sparse matrix, actual {R.shape}")
-            check_finite(R.data, "r.data")
-            return _readonly(self._reduce(R)), R
+            R.sum_duplicates()
+            _check_finite_sparse(R, "r", A)
+            return _readonly(self._reduce(R)), _readonly_sparse(R)
         arr = as_float_array(r, "r")
         if arr.ndim == 2:
             check_shape(arr, "r", shape=(S, A))
@@ -407,27 +413,52 @@ def _sparse_transitions(P):
     S = P.shape[1]
     A = P.shape[0] // S
     P.sum_duplicates()
-    check_finite(P.data, "P.data")
+    _check_finite_sparse(P, "P", A)
     if (P.data < 0).any():
         k = int(np.flatnonzero(P.data < 0)[0])
-        row = int(np.searchsorted(P.indptr, k, side="right") - 1)
-        s, a = divmod(row, A)
         raise NegativeEntryError(
-            f"P[{s}, {a}, {int(P.indices[k])}] is {float(P.data[k])!r}; expected a probability >= 0")
+            f"{_sparse_entry(P, k, A, 'P')} is {float(P.data[k])!r}; expected a probability >= 0")
     sums = np.asarray(P.sum(axis=1)).ravel()
-    bad = np.abs(sums - 1.0) > PROB_ATOL
+    # Written so that a NaN sum fails too (a NaN compares False with everything).
+    bad = ~(np.abs(sums - 1.0) <= PROB_ATOL)
     if bad.any():
         s, a = divmod(int(np.flatnonzero(bad)[0]), A)
         raise NotADistributionError(
             f"P[{s}, {a}, :] sums to {float(sums[s * A + a])!r}; expected 1 within atol={PROB_ATOL:g}")
+    # Stored zeros are not edges: reachability and the support are read off
+    # the sparsity pattern.
     P.eliminate_zeros()
-    P.data.flags.writeable = False
-    return P, S, A
+    return _readonly_sparse(P), S, A
 
 
-def _distribution(x, name: str, n: int) -> np.ndarray:
+def _sparse_entry(M, k: int, A: int, name: str) -> str:
+    """Name the k-th stored entry of an (S*A, S) CSR matrix as ``name[s, a, s2]``."""
+    row = int(np.searchsorted(M.indptr, k, side="right") - 1)
+    s, a = divmod(row, A)
+    return f"{name}[{s}, {a}, {int(M.indices[k])}]"
+
+
+def _check_finite_sparse(M, name: str, A: int) -> None:
+    """Raise `NonFiniteError` naming the first NaN or infinite stored entry as ``name[s, a, s2]``."""
+    bad = ~np.isfinite(M.data)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise NonFiniteError(
+            f"{_sparse_entry(M, k, A, name)} is {float(M.data[k])!r}; expected a finite number "
+            f"({int(bad.sum())} non-finite entries in all)")
+
+
+def _readonly_sparse(M):
+    # The matrix is ours (the caller's was copied); lock its data and index
+    # arrays so that neither we nor a caller holding mdp.P can change it.
+    for arr in (M.data, M.indices, M.indptr):
+        arr.flags.writeable = False
+    return M
+
+
+def _distribution(x, name: str, n: int, *, atol: float = PROB_ATOL) -> np.ndarray:
     arr = as_float_array(x, name, shape=(n,))
-    check_distributions(arr, name)
+    check_distributions(arr, name, atol=atol)
     return arr
 
 
