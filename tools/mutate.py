@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -364,6 +365,17 @@ class Result:
     killer: str = ""
 
 
+_RUNNING = set()  # the pytest processes under way, killed on Ctrl-C
+
+
+def _kill(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
 def run_mutant(mutant: Mutant, tests: list[tuple[float, str]], *, root: Path = ROOT, src: Path = ROOT / "src",
                factor: float = 10.0, pytest_args=()) -> Result:
     """Run `tests` (fastest first, stop at the first failure) against a copy of `src` holding the mutant.
@@ -392,18 +404,24 @@ def run_mutant(mutant: Mutant, tests: list[tuple[float, str]], *, root: Path = R
                    PYTHONDONTWRITEBYTECODE="1")
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                "-o", "addopts=", *pytest_args, *[t for _, t in tests]]
+        # A session of its own, so that a timeout or Ctrl-C kills the tests' own subprocesses too.
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        _RUNNING.add(proc)
         try:
-            proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
-                                  start_new_session=True)
+            stdout, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            _kill(proc)
             return result("timeout", time.perf_counter() - start)
+        finally:
+            _RUNNING.discard(proc)
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
         return result("survived", seconds)
     if proc.returncode in (1, 2, 3):
-        failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.M)
+        failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", stdout, re.M)
         return result("killed", seconds, failed[0] if failed else f"pytest exit {proc.returncode}")
-    return result("error", seconds, f"pytest exit {proc.returncode}: {proc.stdout[-300:]}")
+    return result("error", seconds, f"pytest exit {proc.returncode}: {stdout[-300:]}")
 
 
 def load_equivalent(path: Path) -> dict[str, str]:
@@ -463,6 +481,8 @@ def main(argv=None) -> int:
                         help="a mutant times out after 30 s + this many times its tests' traced run time")
     parser.add_argument("--reuse-coverage", action="store_true",
                         help="use .mutation/coverage.json even if src/ or tests/ changed since it was recorded")
+    parser.add_argument("--survivors", action="store_true",
+                        help="rerun only the mutants the last report (in --out) does not show killed; keep its kills")
     parser.add_argument("--only", nargs="+", metavar="ID", help="run only these mutant ids")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
     parser.add_argument("--show", metavar="ID", help="print the diff of one mutant and exit")
@@ -500,21 +520,35 @@ def main(argv=None) -> int:
     package_rel = package.relative_to(ROOT).as_posix() + "/"
     results = []
     todo = []
+    known = {}
+    if args.survivors and (args.out / "report.json").exists():
+        known = {r["id"]: Result(**r) for r in json.loads((args.out / "report.json").read_text())["results"]
+                 if r["status"] in ("killed", "timeout")}
     for m in mutants:
-        if m.id in equivalent:
+        if m.id in known:
+            results.append(Result(**dict(asdict(known[m.id]), line=m.line)))
+        elif m.id in equivalent:
             results.append(Result(m.id, m.file, m.line, m.operator, m.original, m.mutated, "equivalent", 0, 0.0,
                                   equivalent[m.id]))
         else:
             todo.append((m, tests_for(m, coverage, package_rel)))
-    print(f"mutate: {len(mutants)} mutants ({len(results)} listed equivalent), {args.jobs} at a time")
+    print(f"mutate: {len(mutants)} mutants, {len(todo)} to run ({len(results)} listed equivalent or known killed), "
+          f"{args.jobs} at a time")
     mutant_start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, args.jobs))
+    try:
         futures = [pool.submit(run_mutant, m, tests, src=src, factor=args.timeout_factor) for m, tests in todo]
         for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
             r = future.result()
             results.append(r)
             print(f"[{i}/{len(todo)}] {r.status:9} {r.seconds:6.1f}s {r.tests:4} tests  {r.id}  "
                   f"{r.original!r} -> {r.mutated!r}", flush=True)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(_RUNNING):
+            _kill(proc)
+        raise
+    pool.shutdown()
     mutant_seconds = time.perf_counter() - mutant_start
     order = {m.id: i for i, m in enumerate(mutants)}
     results.sort(key=lambda r: order[r.id])
