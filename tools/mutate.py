@@ -424,6 +424,18 @@ def run_mutant(mutant: Mutant, tests: list[tuple[float, str]], *, root: Path = R
     return result("error", seconds, f"pytest exit {proc.returncode}: {stdout[-300:]}")
 
 
+def check_copy_is_imported(src: Path, package: str) -> None:
+    """Refuse to run if a copy of `src` first on PYTHONPATH would not be what the tests import."""
+    with tempfile.TemporaryDirectory(prefix="refpg-mutant-") as tmp:
+        copy = Path(tmp) / "src"
+        shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(copy)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        out = subprocess.run([sys.executable, "-c", f"import {package}; print({package}.__file__)"], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+        if not out.stdout.strip().startswith(str(copy)):
+            raise SystemExit(f"mutate: {package} should import from the copy {copy}, actual {out.stdout or out.stderr}")
+
+
 def load_equivalent(path: Path) -> dict[str, str]:
     """{id: reason} from lines ``<id>  # <reason>``; a line without a reason is an error."""
     out = {}
@@ -515,6 +527,7 @@ def main(argv=None) -> int:
     equivalent = load_equivalent(args.equivalent)
     src = ROOT / "src"
     package = src / "refpg"
+    check_copy_is_imported(src, package.name)
     start = time.perf_counter()
     coverage = collect_coverage(package, args.tests, args.jobs, args.out, args.reuse_coverage)
     package_rel = package.relative_to(ROOT).as_posix() + "/"
