@@ -198,11 +198,12 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
 
     mu[~support] = 0.0
     d = mu / horizon  # horizon > 0: rho has mass on non-terminal states only
+    if not np.isfinite(V).all():
+        _check_finite_result(_values_without_nan(mdp, pi), "V", mdp)
     Q = mdp.action_values(V)
+    _check_finite_result(Q, "Q", mdp)
     A = Q - V[:, None]
     J = float(rho @ V)
-    _check_finite_result(V, "V", mdp)
-    _check_finite_result(Q, "Q", mdp)
     if gamma < 1.0:
         _warn_if_ill_conditioned(d, gamma)
     return Evaluation(V=V, Q=Q, A=A, d=d, J=J, horizon=horizon, pi=pi, support=support, mdp=mdp)
@@ -222,6 +223,25 @@ def _warn_if_ill_conditioned(d: np.ndarray, gamma: float) -> None:
             f"d sums to 1 {'+' if d.sum() > 1 else '-'} {err:.2g} at gamma = {gamma!r}: I - gamma P_pi is "
             "ill-conditioned, and exact values carry relative errors of about that size; a gamma further "
             "from 1 (or gamma = 1 with terminal states) avoids it", RefpgWarning, stacklevel=4)
+
+
+def _values_without_nan(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
+    """V solved again with r scaled down by a power of two (exactly), then scaled back.
+
+    The scaled solve cannot overflow, so the product overflows to inf on the
+    states whose value overflows and on no other: the plain solve's
+    back-substitution spreads one overflow as NaN (0 * inf) over states
+    whose values are finite, and the error would name the wrong state.
+    """
+    live = np.flatnonzero(~mdp.terminal)
+    exponent = int(np.frexp(np.max(np.abs(mdp.r)))[1])
+    r_pi = np.einsum("sa,sa->s", pi, np.ldexp(mdp.r, -exponent))
+    P_pi = mdp.policy_transitions(pi)
+    V = np.zeros(mdp.n_states)
+    scaled, _ = solve_pair(P_pi[live][:, live], mdp.gamma, r_pi[live], mdp.rho[live])
+    with np.errstate(over="ignore"):
+        V[live] = np.ldexp(scaled, exponent)
+    return V
 
 
 def _check_finite_result(x: np.ndarray, name: str, mdp: TabularMDP) -> None:
@@ -271,8 +291,9 @@ def prepare(mdp, policy, theta, evaluation=None, *, name: str = "theta", evaluat
     """Validate (mdp, policy, theta) and return (theta, pi, evaluation).
 
     A precomputed `evaluation` is reused after checking it belongs to this MDP
-    and this exact policy, so a caller can share one factorization across the
-    gradient, the Fisher matrix and the natural gradient. `name` and
+    (the same object, or an equal one: see `mdp_difference`) and this exact
+    policy, so a caller can share one factorization across the gradient, the
+    Fisher matrix and the natural gradient. `name` and
     `evaluation_name` are the caller's names for theta and the evaluation,
     used in error messages (default "theta" and "evaluation").
     """
@@ -287,10 +308,48 @@ def prepare(mdp, policy, theta, evaluation=None, *, name: str = "theta", evaluat
         raise InvalidInputError(
             f"{ev_name} should be a refpg.Evaluation, actual {type(evaluation).__name__}")
     if evaluation.mdp is not mdp:
-        raise EvaluationMismatchError(f"{ev_name} was computed on a different mdp")
+        difference = mdp_difference(evaluation.mdp, mdp, f"{ev_name}.mdp")
+        if difference is not None:
+            raise EvaluationMismatchError(f"{ev_name} was computed on a different mdp: {difference}")
     if not np.array_equal(evaluation.pi, pi):
         k = np.unravel_index(int(np.argmax(np.abs(evaluation.pi - pi))), pi.shape)
         raise EvaluationMismatchError(
             f"{ev_name} was computed for another policy: {ev_name}.pi[{k[0]}, {k[1]}] is "
-            f"{evaluation.pi[k]!r} but the policy of {name} gives {pi[k]!r}")
+            f"{float(evaluation.pi[k])!r} but the policy of {name} gives {float(pi[k])!r}")
     return theta, pi, evaluation
+
+
+def mdp_difference(other: TabularMDP, mdp: TabularMDP, other_name: str = "other") -> str | None:
+    """The first thing in which `other` differs from `mdp`, or None when they are equal.
+
+    Equal means the same sizes, gamma, storage (dense or sparse), rho,
+    terminal states, r and P: an evaluation of one is then bit for bit an
+    evaluation of the other. The answer reads ``"<other_name>.gamma is 0.5
+    but mdp.gamma is 0.9"``, naming the first entry that differs.
+    """
+    if (other.n_states, other.n_actions) != (mdp.n_states, mdp.n_actions):
+        return (f"{other_name} has (n_states, n_actions) = ({other.n_states}, {other.n_actions}) "
+                f"but mdp has ({mdp.n_states}, {mdp.n_actions})")
+    if other.gamma != mdp.gamma:
+        return f"{other_name}.gamma is {other.gamma!r} but mdp.gamma is {mdp.gamma!r}"
+    if other.is_sparse != mdp.is_sparse:
+        storage = {True: "sparse", False: "dense"}
+        return (f"{other_name} stores P {storage[other.is_sparse]} but mdp stores it "
+                f"{storage[mdp.is_sparse]} (their solves round differently)")
+    for name in ("rho", "terminal", "r"):
+        a, b = getattr(other, name), getattr(mdp, name)
+        if not np.array_equal(a, b):
+            idx = np.unravel_index(int(np.flatnonzero(a != b)[0]), a.shape)
+            return (f"{other_name}.{entry(name, idx)} is {a[idx].item()!r} "
+                    f"but mdp.{entry(name, idx)} is {b[idx].item()!r}")
+    a, b = other.transition_rows(), mdp.transition_rows()
+    if mdp.is_sparse:
+        row, col, _ = sp.find(a != b)
+    else:
+        row, col = np.nonzero(a != b)
+    if row.size == 0:
+        return None
+    k = int(np.lexsort((col, row))[0])  # the first in (s, a, s2) order
+    i, j = int(row[k]), int(col[k])
+    where = f"P[{i // mdp.n_actions}, {i % mdp.n_actions}, {j}]"
+    return f"{other_name}.{where} is {float(a[i, j])!r} but mdp.{where} is {float(b[i, j])!r}"
