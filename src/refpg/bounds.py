@@ -89,9 +89,10 @@ class TRPOBound(NamedTuple):
     epsilon: float
     r""":math:`\max_{s,a}|A_{old}(s,a)|`."""
     C: float
-    r""":math:`4\epsilon\gamma/(1-\gamma)^2`."""
+    r""":math:`4\epsilon\gamma/(1-\gamma)^2`; inf for gamma = 1."""
     lower_bound: float
-    r""":math:`L_{old}(\pi) - C D^{max}_{KL}`; Theorem 1 says J >= lower_bound."""
+    r""":math:`L_{old}(\pi) - C D^{max}_{KL}`, with :math:`C \cdot 0 = 0` even for C = inf;
+    Theorem 1 says J >= lower_bound. Never NaN."""
 
     @property
     def slack(self) -> float:
@@ -130,6 +131,13 @@ def trpo_bound(mdp, policy, theta, *, theta_old, evaluation_old=None) -> TRPOBou
 
     Notes
     -----
+    For gamma = 1 the constant C is infinite, and the bound is read with the
+    convention :math:`\infty \cdot 0 = 0`: it is :math:`L_{old}(\pi)` when
+    ``max_kl == 0`` (pi equals pi_old on every state pi_old visits, and then
+    J = J_old = L), and ``-inf`` (true but vacuous) when ``max_kl > 0``. The
+    same convention holds for any gamma, so `lower_bound` is never NaN and
+    `slack` is ``inf`` exactly when the bound is vacuous.
+
     The max KL is taken over states reachable under pi_old. Both
     parameterizations give every action positive probability, so the two
     policies reach the same states and the theorem's proof only visits those.
@@ -147,5 +155,6 @@ def trpo_bound(mdp, policy, theta, *, theta_old, evaluation_old=None) -> TRPOBou
     max_kl = kl_divergence(mdp, policy, theta, theta_old=theta_old, reduction="max", evaluation_old=ev_old)
     eps = float(np.abs(ev_old.A).max())
     C = trpo_constant(eps, mdp.gamma)
+    # C * 0 = 0 even for C = inf (gamma = 1): the bound is L, not NaN, when the policies agree.
     lower = L - C * max_kl if max_kl > 0 else L
     return TRPOBound(J=J, J_old=ev_old.J, surrogate=L, max_kl=max_kl, epsilon=eps, C=C, lower_bound=lower)

@@ -44,14 +44,15 @@ def policy_kl(*, pi_old, pi_new) -> np.ndarray:
     Raises
     ------
     refpg.errors.InvalidInputError
-        A table that is not row-stochastic, or shapes that differ, naming
-        `pi_old` or `pi_new`.
+        A table that is not 2-D, not row-stochastic, or of another shape
+        than the other, naming `pi_old` or `pi_new`.
 
     References
     ----------
     [Schulman2015] Section 4.
     """
-    pi_old = check_probability_rows(pi_old, "pi_old", shape=np.shape(pi_old))
+    # (S, A) for any S and A, but two axes: a 1-D or 3-D table is a mistake, not a batch.
+    pi_old = check_probability_rows(pi_old, "pi_old", shape=(None, None))
     pi_new = check_probability_rows(pi_new, "pi_new", shape=pi_old.shape)
     with np.errstate(divide="ignore"):  # log 0 = -inf is the true value; the KL is then inf or 0 by design
         return _categorical_kl(np.log(pi_old), np.log(pi_new), pi_old)
