@@ -201,6 +201,77 @@ def test_k3_is_accurate_at_log_ratio_1e_minus_10(x):
     assert abs((np.expm1(x) - x) / series - 1) > 1e-8
 
 
+# -- accuracy of k3 to a few ulps, on both sides of the series / expm1 switch ------------
+
+#: Measured: at most 2 ulps in the series branch and 3 in the expm1 branch
+#: (expm1 is correctly rounded or nearly so in every libm NumPy uses).
+K3_MAX_ULPS = 4
+#: The series may lose to truncation no more than this, relative: 1/8 ulp.
+K3_TRUNCATION_RTOL = 2.0 ** -56
+
+
+def k3_grid(lo, hi, n):
+    """n points of each sign in lo <= |x| < hi, the floats just inside both ends, and lo."""
+    mags = np.concatenate([np.linspace(lo, hi, n, endpoint=False),
+                           [lo, np.nextafter(lo, hi), np.nextafter(hi, lo)]])
+    return np.concatenate([mags, -mags])
+
+
+def assert_k3_within_ulps(x, max_ulps):
+    """kl_k3 at log r = x against the 50-digit reference, in ulps of the reference."""
+    actual = kl_k3(x, np.zeros_like(x))
+    desired = np.array([k3_reference(xi) for xi in x])
+    ulps = np.abs(actual - desired) / np.spacing(desired)
+    worst = int(np.argmax(ulps))
+    assert ulps[worst] <= max_ulps, (
+        f"k3({x[worst]!r}) = {actual[worst]!r}, 50-digit reference {desired[worst]!r}: "
+        f"{ulps[worst]} ulps, expected at most {max_ulps}")
+
+
+def test_k3_is_within_a_few_ulps_for_log_ratios_from_one_half_to_one_and_a_half():
+    # The expm1(x) - x branch. A series switched on above 0.5 (its 15 terms
+    # are 5e-12 short at 1.4) fails here.
+    assert_k3_within_ulps(k3_grid(0.5, 1.5, 2048), K3_MAX_ULPS)
+
+
+def test_k3_is_within_a_few_ulps_for_log_ratios_below_one_half():
+    # The series branch, densest near the switch where its truncation is largest.
+    x = np.concatenate([k3_grid(0.25, 0.5, 1024), k3_grid(1e-3, 0.25, 256)])
+    assert_k3_within_ulps(x, K3_MAX_ULPS)
+
+
+def series_relative_error(coeffs, x):
+    """|x^2 p(x) - (e^x - 1 - x)| / (e^x - 1 - x) in 50-digit arithmetic, p by Horner on `coeffs`.
+
+    The float coefficients are exact in Decimal, so this is the truncation
+    error of the series (and the rounding of 1/n!) with no rounding of the
+    evaluation.
+    """
+    with decimal.localcontext(decimal.Context(prec=50)):
+        d = decimal.Decimal(float(x))
+        p = decimal.Decimal(0)
+        for c in coeffs:
+            p = p * d + decimal.Decimal(c)
+        exact = d.exp() - 1 - d
+        return float(abs(d * d * p - exact) / exact)
+
+
+def test_k3_series_truncation_is_below_an_eighth_of_an_ulp_and_one_term_fewer_is_not():
+    from refpg.kl_estimators import _K3_COEFFS, _K3_SERIES_BELOW
+
+    # The truncation error grows with |x|: the worst case is just below the switch.
+    edge = np.nextafter(_K3_SERIES_BELOW, 0.0)
+    x = [edge, -edge, *np.linspace(0.4, edge, 64), *-np.linspace(0.4, edge, 64)]
+    errs = [series_relative_error(_K3_COEFFS, xi) for xi in x]
+    assert max(errs) < K3_TRUNCATION_RTOL, (max(errs), x[int(np.argmax(errs))])
+    # Power: the same series one term shorter (Horner order, so the highest
+    # power goes first) is off by about two ulps at the switch, 16 times the
+    # tolerance; the check above would refuse it.
+    truncated = _K3_COEFFS[1:]
+    assert series_relative_error(truncated, edge) > 8 * K3_TRUNCATION_RTOL
+    assert series_relative_error(truncated, -edge) > 8 * K3_TRUNCATION_RTOL
+
+
 def test_ratio_beyond_float64_overflows_to_inf_with_a_warning():
     with pytest.warns(RuntimeWarning, match="overflow"):
         r = importance_ratio(np.array([800.0]), np.zeros(1))
