@@ -419,8 +419,7 @@ def _sparse_transitions(P):
         raise NegativeEntryError(
             f"{_sparse_entry(P, k, A, 'P')} is {float(P.data[k])!r}; expected a probability >= 0")
     sums = np.asarray(P.sum(axis=1)).ravel()
-    # Written so that a NaN sum fails too (a NaN compares False with everything).
-    bad = ~(np.abs(sums - 1.0) <= PROB_ATOL)
+    bad = np.abs(sums - 1.0) > PROB_ATOL  # data is finite here, so no sum is NaN
     if bad.any():
         s, a = divmod(int(np.flatnonzero(bad)[0]), A)
         raise NotADistributionError(
