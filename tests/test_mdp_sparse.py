@@ -49,7 +49,8 @@ def test_non_finite_sparse_P_entry_is_named(bad):
     P, r, rho = ring()
     M = rows(P)
     M.data[M.indptr[5]] = bad  # row 5 is (s, a) = (2, 1), whose only entry is column 3
-    with raises(errors.NonFiniteError, f"P[2, 1, 3] is {bad!r}; expected a finite number (1 non-finite entries in all)"):
+    msg = f"P[2, 1, 3] is {bad!r}; expected a finite number (1 non-finite entries in all)"
+    with raises(errors.NonFiniteError, msg):
         refpg.TabularMDP(M, r, rho, 0.9)
 
 
