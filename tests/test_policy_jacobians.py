@@ -6,13 +6,19 @@ The exact Fisher-vector product only sees ``log_prob_jvp`` through
 ``log_prob_vjp`` are compared directly with ``log_prob_jacobian`` and with
 central finite differences of ``log_probs``, in directions that include
 per-state constants, and the leading batch axes of ``log_prob_vjp`` and the
-``pi=None`` defaults are exercised.
+``pi=None`` defaults are exercised. The rest of the parameterization's
+contract (log-softmax, sizes, shapes and the entry named in each refusal,
+LogLinear's private read-only features) follows at the end.
 """
+
+import re
+import types
 
 import numpy as np
 import pytest
 
-from refpg.policies import LogLinear, TabularSoftmax
+from refpg import errors
+from refpg.policies import LogLinear, TabularSoftmax, log_softmax
 
 S, A, D = 3, 4, 5
 FD_STEP = 1e-5
@@ -192,3 +198,111 @@ def test_log_linear_stored_features_are_read_only(dtype):
     with pytest.raises(ValueError, match="read-only"):
         policy.features[0, 0, 0] = 1.0
     assert not np.shares_memory(policy.features, phi)
+
+
+# -- the rest of a parameterization's contract --------------------------------------------
+
+def raises(exc, msg):
+    return pytest.raises(exc, match=re.escape(msg))
+
+
+def test_log_softmax_is_exact_for_logits_far_apart():
+    # Without subtracting the row maximum exp(1000) overflows; subtracting the
+    # minimum instead overflows too.
+    actual = log_softmax(np.array([[1000.0, 0.0], [-1000.0, 0.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(actual, [[0.0, -1000.0], [-1000.0, 0.0], [-np.log(2), -np.log(2)]],
+                               rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("make", POLICIES)
+def test_probs_are_the_softmax_of_the_logits(make):
+    policy, theta = make()
+    z = policy.logits(theta)
+    desired = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(policy.probs(theta), desired, rtol=1e-14)
+    np.testing.assert_allclose(policy.log_probs(theta), np.log(desired), rtol=1e-14)
+
+
+def test_float32_theta_is_computed_in_float64():
+    policy, theta = tabular()
+    theta32 = theta.astype(np.float32)
+    out = policy.log_probs(theta32)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, policy.log_probs(theta32.astype(np.float64)))
+
+
+@pytest.mark.parametrize("make", POLICIES)
+def test_n_params_is_the_size_of_theta(make):
+    policy, theta = make()
+    assert policy.n_params == theta.size
+    assert policy.theta_shape == theta.shape
+
+
+def test_theta_of_the_wrong_shape_is_refused_naming_theta():
+    policy = TabularSoftmax(S, A)
+    msg = f"theta should have shape {(S, A)}, actual shape {(A, S)}"
+    with raises(errors.ShapeError, msg):
+        policy.log_probs(np.zeros((A, S)))
+    with raises(errors.ShapeError, f"theta should have shape {(S, A)}, actual shape {(S * A,)}"):
+        policy.validate_theta(np.zeros(S * A))
+
+
+def test_a_nan_in_theta_is_named_in_theta_not_in_the_logits():
+    policy, theta = tabular()
+    theta[1, 2] = np.nan
+    with raises(errors.NonFiniteError, "theta[1, 2] is nan; expected a finite number"):
+        policy.log_probs(theta)
+
+
+def test_of_several_overflowing_logits_the_first_is_named():
+    phi = np.zeros((S, A, 1))
+    phi[1, 3, 0] = phi[2, 0, 0] = 1e300
+    with np.errstate(over="ignore"), \
+            raises(errors.NonFiniteError, "logits[1, 3] is inf for a finite theta"):
+        LogLinear(phi).log_probs(np.array([1e10]))
+
+
+@pytest.mark.parametrize("args, msg", [
+    ((0, 2), "n_states should be >= 1, actual 0"),
+    ((2, 0), "n_actions should be >= 1, actual 0"),
+    ((True, 2), "n_states should be an integer, actual True"),
+    ((2, 1.5), "n_actions should be an integer, actual 1.5"),
+])
+@pytest.mark.parametrize("build", [TabularSoftmax, LogLinear.one_hot], ids=["TabularSoftmax", "one_hot"])
+def test_sizes_are_checked_naming_the_argument(build, args, msg):
+    with raises(errors.InvalidInputError, msg):
+        build(*args)
+
+
+@pytest.mark.parametrize("shape, msg", [
+    ((2, 0, 3), "features should have shape (S, A, d) with S, A, d >= 1, actual shape (2, 0, 3)"),
+    ((0, 2, 3), "features should have shape (S, A, d) with S, A, d >= 1, actual shape (0, 2, 3)"),
+    ((2, 3, 0), "features should have shape (S, A, d) with S, A, d >= 1, actual shape (2, 3, 0)"),
+    ((2, 3), "features should have 3 dimensions, actual shape (2, 3)"),
+])
+def test_features_of_a_bad_shape_are_refused(shape, msg):
+    with raises(errors.ShapeError, msg):
+        LogLinear(np.zeros(shape))
+
+
+def test_one_hot_log_linear_is_tabular_softmax_with_states_and_actions_in_order():
+    theta = np.random.default_rng(9).normal(size=(S, A))  # S != A
+    one_hot = LogLinear.one_hot(S, A)
+    assert (one_hot.n_states, one_hot.n_actions) == (S, A)
+    np.testing.assert_allclose(one_hot.log_probs(theta.ravel()), TabularSoftmax(S, A).log_probs(theta),
+                               rtol=1e-15, atol=1e-15)
+
+
+def test_for_mdp_takes_states_then_actions():
+    policy = TabularSoftmax.for_mdp(types.SimpleNamespace(n_states=S, n_actions=A))
+    assert policy.theta_shape == (S, A)
+
+
+def test_tabular_equality_and_hash_follow_the_sizes():
+    assert TabularSoftmax(S, A) == TabularSoftmax(S, A)
+    assert hash(TabularSoftmax(S, A)) == hash(TabularSoftmax(S, A))
+    assert TabularSoftmax(S, A) != TabularSoftmax(A, S)
+    assert hash(TabularSoftmax(S, A)) != hash(TabularSoftmax(A, S))
+    # Another kind of object with the same theta shape is not equal.
+    assert TabularSoftmax(S, A) != types.SimpleNamespace(theta_shape=(S, A))
+    assert TabularSoftmax(S, A) != LogLinear.one_hot(S, A)
