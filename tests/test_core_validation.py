@@ -251,6 +251,16 @@ def test_kl_gradient_max_and_mean_differ_and_max_is_the_gradient_of_the_worst_st
     np.testing.assert_allclose(g_max, expected, rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("kl", [refpg.kl_divergence, refpg.kl_gradient], ids=["kl_divergence", "kl_gradient"])
+def test_kl_names_a_bad_policy_before_a_bad_reduction(kl):
+    # Cheap arguments are checked in argument order, before theta_old is evaluated.
+    mdp, _, theta = two_state()
+    with raises(errors.InvalidInputError, "policy should be a refpg parameterization"):
+        kl(mdp, "softmax", theta, theta_old=theta, reduction="sum")
+    with raises(errors.InvalidInputError, "policy has (n_states, n_actions) = (3, 2) but mdp has (2, 2)"):
+        kl(mdp, refpg.TabularSoftmax(3, 2), np.zeros((3, 2)), theta_old=np.zeros((3, 2)), reduction="sum")
+
+
 # -- policy_kl ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
