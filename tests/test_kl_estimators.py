@@ -272,6 +272,16 @@ def test_k3_series_truncation_is_below_an_eighth_of_an_ulp_and_one_term_fewer_is
     assert series_relative_error(truncated, -edge) > 8 * K3_TRUNCATION_RTOL
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("x", [-1e30, -1e300, 700.0])
+def test_k3_of_a_huge_log_ratio_is_finite_and_warns_of_nothing(x):
+    # The series is evaluated on every entry (np.where computes both branches);
+    # entries outside its range must not reach it, or x^13 overflows with a
+    # RuntimeWarning for a k3 that is finite.
+    k3 = kl_k3(np.array([x]), np.zeros(1))
+    np.testing.assert_allclose(k3, [k3_reference(x)], rtol=1e-15)
+
+
 def test_ratio_beyond_float64_overflows_to_inf_with_a_warning():
     with pytest.warns(RuntimeWarning, match="overflow"):
         r = importance_ratio(np.array([800.0]), np.zeros(1))
