@@ -501,6 +501,8 @@ def main(argv=None) -> int:
     parser.add_argument("--equivalent", type=Path, default=EQUIVALENT, help="the equivalent-mutant list")
     parser.add_argument("--out", type=Path, default=OUT, help="where coverage and reports go (default: .mutation/)")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so that temporary copies are removed and running tests killed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     files = [Path(f) if Path(f).is_absolute() else ROOT / f for f in (args.file or CORE)]
     mutants = [m for f in files for m in mutants_of(f)]
@@ -556,7 +558,7 @@ def main(argv=None) -> int:
             results.append(r)
             print(f"[{i}/{len(todo)}] {r.status:9} {r.seconds:6.1f}s {r.tests:4} tests  {r.id}  "
                   f"{r.original!r} -> {r.mutated!r}", flush=True)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or SIGTERM turned into SystemExit below
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in list(_RUNNING):
             _kill(proc)
