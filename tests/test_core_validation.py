@@ -170,14 +170,18 @@ def test_an_evaluation_of_an_equal_copy_of_the_mdp_is_accepted_and_gives_the_sam
     (lambda m, p, th, ev: refpg.trpo_bound(m, p, th + 1, theta_old=th, evaluation_old=ev),
      "evaluation_old", "theta_old"),
 ], ids=["policy_gradient", "fisher_matrix", "natural_gradient", "surrogate", "kl_gradient", "trpo_bound"])
-def test_an_evaluation_of_another_theta_names_the_probability_that_differs_most(call, ev_name, theta_name):
+@pytest.mark.parametrize("logit, a, want", [
+    (2.0, 1, np.exp(2.0) / (np.exp(2.0) + 2.0)),  # pi[1, 1] moves most, +0.45 (the others -0.23)
+    (-2.0, 0, np.exp(-2.0) / (np.exp(-2.0) + 2.0)),  # pi[1, 0] moves most, -0.27, though pi[1, 1] is larger
+], ids=["up", "down"])
+def test_an_evaluation_of_another_theta_names_the_probability_that_differs_most(call, ev_name, theta_name,
+                                                                               logit, a, want):
     mdp = refpg.envs.garnet(2, 3, 2, gamma=0.9, seed=0)
     pol = refpg.TabularSoftmax.for_mdp(mdp)
-    # Row 0 agrees with the evaluation's; in row 1 pi[1, 1] moves most (+0.45, the others -0.23).
-    theta = np.array([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    theta = np.zeros((2, 3))  # row 0 agrees with the evaluation's
+    theta[1, a] = logit
     ev = refpg.evaluate(mdp, pol.probs(np.zeros((2, 3))))
-    want = np.exp(2.0) / (np.exp(2.0) + 2.0)
-    msg = (f"{ev_name} was computed for another policy: {ev_name}.pi[1, 1] is {1 / 3!r} but the policy of "
+    msg = (f"{ev_name} was computed for another policy: {ev_name}.pi[1, {a}] is {1 / 3!r} but the policy of "
            f"{theta_name} gives ")
     with raises(errors.EvaluationMismatchError, msg) as info:
         call(mdp, pol, theta, ev)
