@@ -444,3 +444,10 @@ def test_a_valid_rcond_that_cuts_a_tiny_singular_value_changes_the_natural_gradi
     np.testing.assert_allclose(kept, np.linalg.solve(F, g), rtol=1e-6)
     np.testing.assert_allclose(cut, np.linalg.pinv(F, rcond=1e-6) @ g, rtol=1e-9)
     assert np.linalg.norm(cut - kept) > 1e3 * np.linalg.norm(cut)
+
+
+def test_the_ill_conditioned_warning_points_at_the_caller_of_evaluate():
+    pi = np.full((20, 3), 1 / 3)
+    with pytest.warns(errors.RefpgWarning, match="ill-conditioned") as record:
+        refpg.evaluate(refpg.envs.garnet(20, 3, 3, seed=0, gamma=1 - 1e-12), pi)
+    assert [w.filename for w in record] == [__file__]
