@@ -64,3 +64,15 @@ def assert_study_outputs(out, headline, figures) -> None:
     for fig in figures:
         assert f"({fig})" in report
     assert isinstance(headline, dict) and headline
+
+
+def ring_arrays(S=4, A=2):
+    """Dense (P, r, rho) of a valid MDP in which action a moves s to (s + a) mod S; rho on state 0."""
+    P = np.zeros((S, A, S))
+    for s in range(S):
+        for a in range(A):
+            P[s, a, (s + a) % S] = 1.0
+    r = np.arange(S * A, dtype=float).reshape(S, A)
+    rho = np.zeros(S)
+    rho[0] = 1.0
+    return P, r, rho

@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 import refpg
+from tests.helpers import ring_arrays
 from refpg import errors
 
 
@@ -19,16 +20,9 @@ def raises(exc, msg):
     return pytest.raises(exc, match=re.escape(msg))
 
 
+
 def ring(S=4, A=2):
-    """Dense arrays of an MDP in which action a moves s to (s + a) mod S."""
-    P = np.zeros((S, A, S))
-    for s in range(S):
-        for a in range(A):
-            P[s, a, (s + a) % S] = 1.0
-    r = np.arange(S * A, dtype=float).reshape(S, A)
-    rho = np.zeros(S)
-    rho[0] = 1.0
-    return P, r, rho
+    return ring_arrays(S, A)
 
 
 def rows(P):

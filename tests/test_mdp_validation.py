@@ -11,19 +11,13 @@ import numpy as np
 import pytest
 
 import refpg
+from tests.helpers import ring_arrays
 from refpg import errors
 
 
+
 def good(S=3, A=2):
-    """A valid MDP's arrays: every action moves s to (s + a) mod S."""
-    P = np.zeros((S, A, S))
-    for s in range(S):
-        for a in range(A):
-            P[s, a, (s + a) % S] = 1.0
-    r = np.arange(S * A, dtype=float).reshape(S, A)
-    rho = np.zeros(S)
-    rho[0] = 1.0
-    return P, r, rho
+    return ring_arrays(S, A)
 
 
 def raises(exc, msg):
