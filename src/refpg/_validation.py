@@ -140,12 +140,16 @@ def check_choice(value, name: str, choices):
     dies with NumPy's "truth value of an array is ambiguous".
     """
     if not any(value is c or (isinstance(value, str) and value == c) for c in choices):
-        hint = ""
-        if isinstance(value, str):
-            close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
         raise InvalidInputError(f"{name} should be one of {tuple(choices)}, actual {value!r}{hint}")
     return value
+
+
+def did_you_mean(word, choices) -> str:
+    """``"; did you mean 'x'?"`` for the string of `choices` closest to `word` (difflib's default
+    cutoff), or ``""`` when none is close: the tail of every "should be one of" message."""
+    close = difflib.get_close_matches(str(word), [c for c in choices if isinstance(c, str)], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_positive_int(n, name: str, *, minimum: int = 1) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import math
 import re
@@ -36,6 +35,8 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+
+from refpg._validation import did_you_mean
 
 __all__ = ["main", "build_parser"]
 
@@ -46,11 +47,6 @@ _FLAG_OPTIONS = {"convention": "--convention", "backend": "--backend", "dtype": 
 
 class UsageError(Exception):
     """A mistake on the command line: printed as one line, exit status 2."""
-
-
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _table(header: list[str], rows: list[list], *, align: str | None = None) -> str:
@@ -134,7 +130,7 @@ def _load_env(name: str, gamma: float | None, seed: int = 0):
         mdp = envs.from_gymnasium(name)
     else:
         raise UsageError(f"ENV should be one of {', '.join(envs.BUILTIN)}, a Gymnasium toy-text id or "
-                         f"MODULE:FUNCTION, actual {name!r}{_suggest(name, envs.BUILTIN)}")
+                         f"MODULE:FUNCTION, actual {name!r}{did_you_mean(name, envs.BUILTIN)}")
     return _with_gamma(mdp, gamma)
 
 
@@ -312,7 +308,7 @@ def cmd_study(args) -> int:
         raise UsageError(f"give a study NAME ({', '.join(studies.STUDIES)}) or --list")
     if args.name not in studies.STUDIES:
         raise UsageError(f"study should be one of {', '.join(studies.STUDIES)}, actual {args.name!r}"
-                         f"{_suggest(args.name, studies.STUDIES)}")
+                         f"{did_you_mean(args.name, studies.STUDIES)}")
     if args.out is not None:
         out = args.out
     elif args.quick:  # never over the committed full-mode results in analysis/NAME
@@ -405,7 +401,7 @@ def _check_jobs(args) -> list:
     convention = args.convention or "refpg"
     if convention not in runner.CONVENTIONS[kind]:
         raise UsageError(f"--convention should be one of {', '.join(runner.CONVENTIONS[kind])} for --kind {kind}, "
-                         f"actual {convention!r}{_suggest(convention, runner.CONVENTIONS[kind])}")
+                         f"actual {convention!r}{did_you_mean(convention, runner.CONVENTIONS[kind])}")
     accepted = runner.options_of(kind)
     kwargs = {**common, "convention": convention}
     if args.max_examples is not None:
@@ -420,7 +416,7 @@ def _check_jobs(args) -> list:
             raise UsageError(f"--option {key} is given twice")
         choices = [k for k in accepted if k not in _FLAG_OPTIONS]
         if key not in accepted:
-            raise UsageError(f"--option {key}: unknown option for --kind {kind}{_suggest(key, choices)} (its options: "
+            raise UsageError(f"--option {key}: unknown option for --kind {kind}{did_you_mean(key, choices)} (its options: "
                              f"{', '.join(choices) or 'none'}; refpg check --help lists every kind's)")
         options[key] = runner.parse_option(kind, key, text)
     fn = runner.load_function(target)
@@ -485,7 +481,7 @@ class _Parser(argparse.ArgumentParser):
         # Python 3.11 quotes the choices, later versions may not.
         m = re.search(r"invalid choice: (.*?) \(choose from (.*)\)", message)
         if m:
-            message += _suggest(m.group(1).strip("'"), [c.strip().strip("'") for c in m.group(2).split(",")])
+            message += did_you_mean(m.group(1).strip("'"), [c.strip().strip("'") for c in m.group(2).split(",")])
         raise UsageError(f"{message} (see {self.prog} --help)")
 
     def exit(self, status=0, message=None):
@@ -620,7 +616,7 @@ def _parse(parser, argv):
         owner = getattr(args, "_parser", parser)
         options = list(owner._option_string_actions)
         flags = [e.split("=")[0] for e in extras if e.startswith("-")]
-        hint = _suggest(flags[0], options) if flags else ""
+        hint = did_you_mean(flags[0], options) if flags else ""
         raise UsageError(f"unrecognized arguments: {' '.join(extras)}{hint} (see {owner.prog} --help)")
     return args
 

@@ -7,7 +7,6 @@ and the exact range of pi_new / pi_old over (s, a) with d_old(s) > 0.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refpg._validation import check_choice, check_positive_int
+from refpg._validation import check_choice, check_positive_int, did_you_mean
 from refpg.algorithms.common import check_mode
 from refpg.errors import InvalidInputError
 from refpg.evaluation import check_mdp, check_policy, policy_evaluation
@@ -112,10 +111,8 @@ def _check_options(algorithm: str, step, options: dict) -> None:
     known = [n for n in known if n not in _PER_ITERATION]
     for name in options:
         if name not in known:
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise InvalidInputError(
-                f"{name!r} is not an option of {algorithm!r}{hint} (its options: {', '.join(sorted(known))})")
+            raise InvalidInputError(f"{name!r} is not an option of {algorithm!r}{did_you_mean(name, known)} "
+                                    f"(its options: {', '.join(sorted(known))})")
     missing = [n for n in known if params[n].default is inspect.Parameter.empty and n not in options]
     if missing:
         raise InvalidInputError(f"{algorithm!r} needs the option(s) {', '.join(missing)}")

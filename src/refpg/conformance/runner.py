@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from refpg._validation import check_choice
+from refpg._validation import check_choice, did_you_mean
 from refpg.errors import InvalidInputError
 
 __all__ = ["CHECKS", "KINDS", "CONVENTIONS", "Option", "options_of", "parse_option", "check_options",
@@ -112,12 +112,6 @@ def options_of(kind: str) -> dict:
     return out
 
 
-def _suggest(word: str, choices) -> str:
-    """``"; did you mean 'x'?"`` for the closest of `choices`, or ``""``."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def check_options(kind: str, options: dict, *, where: str) -> dict:
     """Return `options` after checking every key is an option of `kind` and every value has its type
     and, for a string, is one of its choices; `where` opens the message (e.g. ``"register('gae')"``)."""
@@ -125,7 +119,7 @@ def check_options(kind: str, options: dict, *, where: str) -> dict:
     for key, value in options.items():
         if key not in accepted:
             raise InvalidInputError(
-                f"{where}: unknown option {key!r}{_suggest(key, accepted)} "
+                f"{where}: unknown option {key!r}{did_you_mean(key, accepted)} "
                 f"(the options of kind {kind!r}: {', '.join(accepted)})")
         opt = accepted[key]
         if opt.type == "bool":
@@ -142,7 +136,7 @@ def check_options(kind: str, options: dict, *, where: str) -> dict:
         if opt.choices and value not in opt.choices:
             raise InvalidInputError(f"{where}: {key} should be one of {', '.join(opt.choices)}"
                                     f"{' for kind ' + repr(kind) if key == 'convention' else ''}, "
-                                    f"actual {value!r}{_suggest(value, opt.choices)}")
+                                    f"actual {value!r}{did_you_mean(value, opt.choices)}")
     return options
 
 
@@ -160,7 +154,7 @@ def parse_option(kind: str, key: str, text: str):
     and the closest one."""
     accepted = options_of(kind)
     if key not in accepted:
-        raise InvalidInputError(f"--option {key}: unknown option for --kind {kind}{_suggest(key, accepted)} "
+        raise InvalidInputError(f"--option {key}: unknown option for --kind {kind}{did_you_mean(key, accepted)} "
                                 f"(its options: {', '.join(accepted)})")
     opt = accepted[key]
     raw = text.strip()
@@ -180,7 +174,7 @@ def parse_option(kind: str, key: str, text: str):
         value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
         if opt.choices and value not in opt.choices:
             raise InvalidInputError(f"--option {key} should be one of {', '.join(opt.choices)}, actual {text!r}"
-                                    f"{_suggest(value, opt.choices)}")
+                                    f"{did_you_mean(value, opt.choices)}")
     return value
 
 
@@ -216,7 +210,7 @@ def register(kind: str, **kwargs) -> Callable:
                                 f"(or another of {', '.join(KINDS)}) above def {name}, not @register alone")
     if kind not in KINDS:
         raise InvalidInputError(f"register: kind should be one of {', '.join(KINDS)}, actual {kind!r}"
-                                f"{_suggest(kind, KINDS)}")
+                                f"{did_you_mean(kind, KINDS)}")
     shown = ", ".join([repr(kind)] + [f"{k}={v!r}" for k, v in kwargs.items()])
     check_options(kind, kwargs, where=f"register({shown})")
 
