@@ -15,20 +15,21 @@ import warnings
 from refpg.errors import RefpgDeprecationWarning
 
 
-def keyword_only_since(*names: str, call: str):
+def keyword_only_since(*names: str):
     """Let the keyword-only arguments `names` still be passed positionally, in that order, with a warning.
 
-    `call` is the new spelling of a call, shown in the warning, e.g.
-    ``"kl_divergence(mdp, policy, theta, theta_old=theta_old)"``. The
+    The warning spells the new call from the signature, e.g.
+    ``kl_divergence(mdp, policy, theta, theta_old=theta_old)``. The
     wrapped function keeps its own signature (`inspect.signature` follows
     ``__wrapped__``), so help() shows only the new form.
     """
 
     def decorate(fn):
         params = inspect.signature(fn).parameters.values()
-        n_positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
-        old = ", ".join([p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-                        + list(names))
+        positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        n_positional = len(positional)
+        old = ", ".join(positional + list(names))
+        call = f"{fn.__name__}({', '.join(positional + [f'{n}={n}' for n in names])})"
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):

@@ -16,7 +16,7 @@ from refpg.surrogate import surrogate
 __all__ = ["performance_difference", "TRPOBound", "trpo_bound", "trpo_constant"]
 
 
-@keyword_only_since("pi_new", "pi_old", call="performance_difference(mdp, pi_new=pi_new, pi_old=pi_old)")
+@keyword_only_since("pi_new", "pi_old")
 def performance_difference(mdp, *, pi_new, pi_old) -> float:
     r"""Right-hand side of the performance-difference lemma.
 
@@ -100,7 +100,7 @@ class TRPOBound(NamedTuple):
         return self.J - self.lower_bound
 
 
-@keyword_only_since("theta_old", call="trpo_bound(mdp, policy, theta, theta_old=theta_old)")
+@keyword_only_since("theta_old")
 def trpo_bound(mdp, policy, theta, *, theta_old, evaluation_old=None) -> TRPOBound:
     r"""TRPO's Theorem 1 lower bound, term by term.
 

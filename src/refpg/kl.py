@@ -18,7 +18,7 @@ __all__ = ["kl_divergence", "kl_gradient", "policy_kl"]
 _REDUCTIONS = ("mean", "max", "none")
 
 
-@keyword_only_since("pi_old", "pi_new", call="policy_kl(pi_old=pi_old, pi_new=pi_new)")
+@keyword_only_since("pi_old", "pi_new")
 def policy_kl(*, pi_old, pi_new) -> np.ndarray:
     r"""Per-state :math:`D_{KL}(\pi_{old}(\cdot|s)\,\|\,\pi_{new}(\cdot|s)) = \sum_a \pi_{old}(a|s)\,(\log\pi_{old}(a|s) - \log\pi_{new}(a|s))`.
 
@@ -78,7 +78,7 @@ def _check_reduction(reduction):
     check_choice(reduction, "reduction", _REDUCTIONS)
 
 
-@keyword_only_since("theta_old", call="kl_divergence(mdp, policy, theta, theta_old=theta_old)")
+@keyword_only_since("theta_old")
 def kl_divergence(mdp, policy, theta, *, theta_old, reduction: str = "mean", evaluation_old=None):
     r"""Exact :math:`D_{KL}(\pi_{\theta_{old}} \,\|\, \pi_\theta)`, mean or max over states.
 
@@ -132,7 +132,7 @@ def kl_divergence(mdp, policy, theta, *, theta_old, reduction: str = "mean", eva
     return float(per_state[ev_old.support].max())
 
 
-@keyword_only_since("theta_old", call="kl_gradient(mdp, policy, theta, theta_old=theta_old)")
+@keyword_only_since("theta_old")
 def kl_gradient(mdp, policy, theta, *, theta_old, reduction: str = "mean", evaluation_old=None) -> np.ndarray:
     r"""Gradient in theta (the new policy) of the mean or max :math:`D_{KL}(\pi_{old}\|\pi_\theta)`.
 

@@ -17,7 +17,7 @@ def _pieces(mdp, policy, theta, theta_old, evaluation_old):
     return theta, policy.probs(theta), ev_old
 
 
-@keyword_only_since("theta_old", call="surrogate(mdp, policy, theta, theta_old=theta_old)")
+@keyword_only_since("theta_old")
 def surrogate(mdp, policy, theta, *, theta_old, evaluation_old=None) -> float:
     r"""Exact surrogate ([Schulman2015] Eq. 3, normalised form).
 
@@ -63,7 +63,7 @@ def surrogate(mdp, policy, theta, *, theta_old, evaluation_old=None) -> float:
     return float(ev_old.J + ev_old.horizon * np.einsum("s,sa,sa->", ev_old.d, pi, ev_old.A))
 
 
-@keyword_only_since("theta_old", call="surrogate_gradient(mdp, policy, theta, theta_old=theta_old)")
+@keyword_only_since("theta_old")
 def surrogate_gradient(mdp, policy, theta, *, theta_old, evaluation_old=None) -> np.ndarray:
     r"""Gradient in theta of `surrogate` (theta_old keyword-only, as there).
 

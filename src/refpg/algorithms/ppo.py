@@ -542,7 +542,7 @@ def _state_kl(logp_old, logp, pi_old) -> np.ndarray:
     return np.maximum(np.sum(pi_old * (logp_old - logp), axis=-1), 0.0)
 
 
-@keyword_only_since("theta_old", "states", call="batch_kl(policy, theta, theta_old=theta_old, states=states)")
+@keyword_only_since("theta_old", "states")
 def batch_kl(policy, theta, *, theta_old, states) -> float:
     r"""Exact per-state KL averaged over a batch's states.
 
@@ -586,8 +586,7 @@ def batch_kl(policy, theta, *, theta_old, states) -> float:
     return float(np.mean(_state_kl(logp_old, policy.log_probs(theta), np.exp(logp_old))[s]))
 
 
-@keyword_only_since("theta_old", "states",
-                    call="batch_kl_gradient(policy, theta, theta_old=theta_old, states=states)")
+@keyword_only_since("theta_old", "states")
 def batch_kl_gradient(policy, theta, *, theta_old, states) -> np.ndarray:
     r"""Gradient in theta of `batch_kl` (same arguments: theta_old and states keyword-only).
 
@@ -641,8 +640,7 @@ def _exact_old(mdp, policy, theta, theta_old, clip_eps, evaluation_old):
     return theta, policy.log_probs(theta_old), ev_old, eps
 
 
-@keyword_only_since("theta_old", "clip_eps",
-                    call="exact_clipped_surrogate(mdp, policy, theta, theta_old=theta_old, clip_eps=clip_eps)")
+@keyword_only_since("theta_old", "clip_eps")
 def exact_clipped_surrogate(mdp, policy, theta, *, theta_old, clip_eps, evaluation_old=None) -> float:
     r"""Exact clipped surrogate: the infinite-sample limit of `clipped_surrogate`.
 
@@ -703,9 +701,7 @@ def exact_clipped_surrogate(mdp, policy, theta, *, theta_old, clip_eps, evaluati
     return _exact_pieces(policy, theta, logp_old, ev_old.d, ev_old.A, eps, grad=False)[0]
 
 
-@keyword_only_since(
-    "theta_old", "clip_eps",
-    call="exact_clipped_surrogate_gradient(mdp, policy, theta, theta_old=theta_old, clip_eps=clip_eps)")
+@keyword_only_since("theta_old", "clip_eps")
 def exact_clipped_surrogate_gradient(mdp, policy, theta, *, theta_old, clip_eps,
                                      evaluation_old=None) -> np.ndarray:
     r"""Gradient in theta of `exact_clipped_surrogate`.
