@@ -660,13 +660,11 @@ def test_a_user_object_in_a_message_shows_its_file_not_an_internal_module_name(t
 
 
 def test_check_help_gives_every_option_a_meaning(capsys):
-    from refpg.cli import _FLAG_OPTIONS
-
     assert main(["check", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     for kind in runner.KINDS:
         for name in runner.options_of(kind):
-            if name in _FLAG_OPTIONS:
+            if name in runner.FLAG_OPTIONS:
                 continue
             m = re.search(rf" {name}: (.*?) \(", out)
             assert m and len(m.group(1).split()) >= 3, f"{kind} --option {name} has no meaning in --help"

@@ -40,9 +40,6 @@ from refpg._validation import did_you_mean
 
 __all__ = ["main", "build_parser"]
 
-#: Options of ``refpg check`` that have a flag of their own (not ``--option``).
-_FLAG_OPTIONS = {"convention": "--convention", "backend": "--backend", "dtype": "--dtype", "seed": "--seed",
-                 "max_examples": "--max-examples"}
 
 
 class UsageError(Exception):
@@ -360,7 +357,7 @@ def _options_listing() -> str:
     lines = ["options of each kind (--option KEY=VALUE; bool: true/false):"]
     width = max(map(len, runner.KINDS))
     for kind in runner.KINDS:
-        items = [opt for opt in runner.options_of(kind).values() if opt.name not in _FLAG_OPTIONS]
+        items = [opt for opt in runner.options_of(kind).values() if opt.name not in runner.FLAG_OPTIONS]
         lines.append(f"  {kind}" + ("" if items else ": none"))
         for opt in items:
             type_ = "|".join(opt.choices) if opt.choices else opt.type
@@ -410,14 +407,8 @@ def _check_jobs(args) -> list:
         kwargs["max_examples"] = args.max_examples
     options = {}
     for key, text in args.option:
-        if key in _FLAG_OPTIONS:
-            raise UsageError(f"--option {key}: give it as {_FLAG_OPTIONS[key]}")
         if key in options:
             raise UsageError(f"--option {key} is given twice")
-        choices = [k for k in accepted if k not in _FLAG_OPTIONS]
-        if key not in accepted:
-            raise UsageError(f"--option {key}: unknown option for --kind {kind}{did_you_mean(key, choices)} (its options: "
-                             f"{', '.join(choices) or 'none'}; refpg check --help lists every kind's)")
         options[key] = runner.parse_option(kind, key, text)
     fn = runner.load_function(target)
     label = target if target.split(":")[0].endswith(".py") else None

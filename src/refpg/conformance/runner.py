@@ -31,8 +31,8 @@ import numpy as np
 from refpg._validation import check_choice, did_you_mean
 from refpg.errors import InvalidInputError
 
-__all__ = ["CHECKS", "KINDS", "CONVENTIONS", "Option", "options_of", "parse_option", "check_options",
-           "check", "register", "Registration", "load_function", "load_file", "demo"]
+__all__ = ["CHECKS", "KINDS", "CONVENTIONS", "FLAG_OPTIONS", "Option", "options_of", "parse_option",
+           "check_options", "check", "register", "Registration", "load_function", "load_file", "demo"]
 
 
 def _checks() -> dict:
@@ -146,16 +146,24 @@ def _a(opt: Option) -> str:
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
+#: Options of every kind that ``refpg check`` takes as flags of their own, not as ``--option``.
+FLAG_OPTIONS = {"convention": "--convention", "backend": "--backend", "dtype": "--dtype", "seed": "--seed",
+                "max_examples": "--max-examples"}
+
 
 def parse_option(kind: str, key: str, text: str):
     """The value of ``KEY=TEXT`` for `kind` (as ``refpg check --option`` gives it), parsed by the option's
     type: a bool from true/false (yes/no, on/off, 1/0, any case), an int, a finite float, or a string
     (quotes optional). Raises `refpg.errors.InvalidInputError` naming the key, the valid keys or values
     and the closest one."""
+    if key in FLAG_OPTIONS:
+        raise InvalidInputError(f"--option {key}: give it as {FLAG_OPTIONS[key]}")
     accepted = options_of(kind)
+    listed = [k for k in accepted if k not in FLAG_OPTIONS]
     if key not in accepted:
-        raise InvalidInputError(f"--option {key}: unknown option for --kind {kind}{did_you_mean(key, accepted)} "
-                                f"(its options: {', '.join(accepted)})")
+        raise InvalidInputError(f"--option {key}: unknown option for --kind {kind}{did_you_mean(key, listed)} "
+                                f"(its options: {', '.join(listed) or 'none'}; refpg check --help lists every "
+                                f"kind's)")
     opt = accepted[key]
     raw = text.strip()
     if opt.type == "bool":
