@@ -451,3 +451,42 @@ def test_the_ill_conditioned_warning_points_at_the_caller_of_evaluate():
     with pytest.warns(errors.RefpgWarning, match="ill-conditioned") as record:
         refpg.evaluate(refpg.envs.garnet(20, 3, 3, seed=0, gamma=1 - 1e-12), pi)
     assert [w.filename for w in record] == [__file__]
+
+
+# -- probability tolerance and the 1e-10 identities -------------------------------------
+
+def _rows_off_by(excess):
+    P = np.array([[[0.5, 0.5], [0.25, 0.75]], [[0.75, 0.25], [0.5, 0.5]]])
+    P[0, 0, 0] += excess
+    return P
+
+
+def test_a_transition_row_off_by_5e_10_is_refused_naming_the_row():
+    # Accepted at the old atol 1e-9: at gamma = 0.99 it put sum(d) off by ~5e-8, far outside 1e-10.
+    with pytest.raises(errors.NotADistributionError, match=r"P\[0, 0, :\] sums to 1.0000000005; expected 1 within "
+                                                           r"atol=1e-12"):
+        refpg.TabularMDP(_rows_off_by(5e-10), np.zeros((2, 2)), [0.5, 0.5], 0.99)
+
+
+def test_a_policy_row_off_by_5e_10_is_refused_naming_the_row():
+    with pytest.raises(errors.NotADistributionError, match=r"pi\[1, :\] sums to 1.0000000005"):
+        refpg.evaluate(refpg.envs.two_state(), [[0.5, 0.5], [0.5, 0.5 + 5e-10]])
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.99])
+def test_rows_accepted_at_the_tolerance_keep_d_summing_to_one_within_1e_10_up_to_horizon_100(gamma):
+    mdp = refpg.TabularMDP(_rows_off_by(0.99e-12), np.ones((2, 2)), [0.5, 0.5], gamma)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = refpg.evaluate(mdp, [[1.0, 0.0], [0.0, 1.0]])
+    assert abs(ev.d.sum() - 1) <= 1e-10
+
+
+def test_a_long_horizon_over_rows_off_by_an_accepted_amount_is_blamed_on_the_rows_not_the_solve():
+    # sum(d) - 1 = gamma * sum_s mu(s) delta(s) exactly: 0.999 * mu(0) * 9e-13, with mu(0) = d(0) * 1000.
+    mdp = refpg.TabularMDP(_rows_off_by(9e-13), np.ones((2, 2)), [1.0, 0.0], 0.999)
+    with pytest.warns(errors.RefpgWarning, match=r"d sums to 1 \+ .* at gamma = 0.999: the rows of P_pi and rho sum "
+                                                 r"to 1 within atol but not exactly") as record:
+        ev = refpg.evaluate(mdp, [[1.0, 0.0], [1.0, 0.0]])
+    assert "ill-conditioned" not in str(record[0].message)
+    assert ev.d.sum() - 1 == pytest.approx(0.999 * 1000 * ev.d[0] * 9e-13, rel=1e-3)

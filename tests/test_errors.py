@@ -30,7 +30,7 @@ def raises(exc, msg):
 def test_P_row_not_summing_to_one_names_the_row():
     P, r, rho = good()
     P[1, 0] = [0.0, 0.98]
-    with raises(errors.NotADistributionError, "P[1, 0, :] sums to 0.98; expected 1 within atol=1e-09"):
+    with raises(errors.NotADistributionError, "P[1, 0, :] sums to 0.98; expected 1 within atol=1e-12"):
         refpg.TabularMDP(P, r, rho, 0.9)
 
 

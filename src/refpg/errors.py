@@ -4,7 +4,7 @@ Every error refpg raises on bad input is a subclass of `InvalidInputError`,
 itself a `ValueError`, so ``except ValueError`` keeps working for callers who
 do not care about the detail. Messages name the argument, the offending entry,
 its value and what was expected, e.g.
-``P[3, 1, :] sums to 0.98; expected 1 within atol=1e-09``.
+``P[3, 1, :] sums to 0.98; expected 1 within atol=1e-12``.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def evaluate(mdp: TabularMDP, pi) -> Evaluation:
     ----------
     mdp : TabularMDP
     pi : array_like, shape (S, A)
-        Policy probabilities; every row a distribution (atol 1e-9).
+        Policy probabilities; every row a distribution (atol 1e-12).
 
     Returns
     -------
@@ -170,6 +170,10 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     else:
         support = mdp.reachable_states(pi, P_pi=P_pi)
 
+    # Before the solve, which may overwrite P_pi: what its rows' own sums
+    # (accepted within PROB_ATOL) contribute to sum(d) - 1.
+    row_excess = np.asarray(P_pi.sum(axis=1)).ravel() - 1.0
+
     # Terminal states have V = 0 by definition and are left out of the solve:
     # their rows of I - gamma P_pi are 1 - gamma (1 + round-off), which is
     # singular for gamma near 1 even though the MDP is fine.
@@ -205,24 +209,58 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     A = Q - V[:, None]
     J = float(rho @ V)
     if gamma < 1.0:
-        _warn_if_ill_conditioned(d, gamma)
+        _warn_if_ill_conditioned(d, gamma, _input_deviation(row_excess, rho, mu, terminal, gamma))
     return Evaluation(V=V, Q=Q, A=A, d=d, J=J, horizon=horizon, pi=pi, support=support, mdp=mdp)
 
 
-def _warn_if_ill_conditioned(d: np.ndarray, gamma: float) -> None:
-    """Say so when d does not sum to 1 within 1e-10: the solve lost accuracy, not the identity.
+#: How far from 1 a sum of probabilities normalised in float64 can be (a few
+#: hundred terms of rounding, ~64 ulps): an input off by more than this was
+#: accepted within PROB_ATOL, not computed to the last digit.
+_ROUNDING = 64 * np.finfo(float).eps
 
-    The LU solve is backward stable (Bellman residuals stay ~1e-16), but for
-    gamma within ~1e-6 of 1 the condition number of I - gamma P_pi (up to
-    ~1/(1-gamma)) makes the forward error exceed refpg's 1e-10 identities;
-    sum(d) - 1 measures that error for free.
+
+def _input_deviation(row_excess: np.ndarray, rho: np.ndarray, mu: np.ndarray, terminal: np.ndarray,
+                     gamma: float) -> float:
+    """The part of ``sum(d) - 1`` that the inputs' own sums put there, not the solve.
+
+    With delta(s) = sum_s2 P_pi(s, s2) - 1 (`row_excess`, within PROB_ATOL of
+    0) on the live states, summing mu (I - gamma P_pi) = rho over the states
+    gives ``(1 - gamma) sum(mu) - 1 = (sum(rho) - 1) + gamma * sum_live mu(s)
+    delta(s)`` exactly (the terminal states' formula keeps their own inflow),
+    and ``sum(d) = (1 - gamma) sum(mu)``.
     """
-    err = abs(float(d.sum()) - 1.0)
-    if err > 1e-10:
-        warnings.warn(
-            f"d sums to 1 {'+' if d.sum() > 1 else '-'} {err:.2g} at gamma = {gamma!r}: I - gamma P_pi is "
-            "ill-conditioned, and exact values carry relative errors of about that size; a gamma further "
-            "from 1 (or gamma = 1 with terminal states) avoids it", RefpgWarning, stacklevel=4)
+    live = ~terminal
+    rho_excess = float(rho.sum() - 1.0)
+    if max(abs(rho_excess), float(np.abs(row_excess[live]).max(initial=0.0))) <= _ROUNDING:
+        # Sums off by rounding only: the horizon amplifying perturbations that
+        # small is what ill-conditioning means, so it is not blamed on the input.
+        return 0.0
+    return rho_excess + gamma * float(mu[live] @ row_excess[live])
+
+
+def _warn_if_ill_conditioned(d: np.ndarray, gamma: float, from_inputs: float) -> None:
+    """Say so when d does not sum to 1 within 1e-10, and say why.
+
+    Two causes, told apart by `from_inputs` (``_input_deviation``): rows of P
+    and pi accepted within PROB_ATOL rather than to the last ulp, which a long
+    horizon multiplies; or the solve's forward error. The LU solve is backward
+    stable (Bellman residuals stay ~1e-16), but for gamma within ~1e-6 of 1 the
+    condition number of I - gamma P_pi (up to ~1/(1-gamma)) makes its forward
+    error exceed refpg's 1e-10 identities; sum(d) measures that for free.
+    """
+    total = float(d.sum())
+    err = total - 1.0
+    if abs(err) <= 1e-10:
+        return
+    head = f"d sums to 1 {'+' if err > 0 else '-'} {abs(err):.2g} at gamma = {gamma!r}: "
+    if abs(from_inputs) > abs(err - from_inputs):
+        why = (f"the rows of P_pi and rho sum to 1 within atol but not exactly, and the horizon 1/(1 - gamma) "
+               f"turns that into {from_inputs:+.2g} on sum(d); exact values carry relative errors of about that "
+               "size (probabilities normalised in float64 avoid it)")
+    else:
+        why = ("I - gamma P_pi is ill-conditioned, and exact values carry relative errors of about that size; "
+               "a gamma further from 1 (or gamma = 1 with terminal states) avoids it")
+    warnings.warn(head + why, RefpgWarning, stacklevel=4)
 
 
 def _values_without_nan(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:

@@ -44,16 +44,17 @@ class TabularMDP:
     P : array_like of shape (S, A, S), or scipy.sparse matrix of shape (S*A, S)
         ``P[s, a, s2] = Pr(s_{t+1} = s2 | s_t = s, a_t = a)``. Each
         ``P[s, a, :]`` must be a distribution (non-negative, sums to 1 within
-        ``atol=1e-9``). Sparse input is summed over duplicate entries.
+        ``atol=1e-12``: a row off by delta moves ``sum(d)`` by up to
+        ``gamma * delta / (1 - gamma)``, and the identities of
+        docs/conventions.md hold to 1e-10). Sparse input is summed over duplicate entries.
     r : array_like of shape (S, A) or (S, A, S), or sparse (S*A, S)
         Expected reward ``r[s, a]``, or a transition reward ``r[s, a, s2]``
         which is kept for sampling and reduced to
         :math:`r(s,a) = \sum_{s'} P(s'|s,a)\, r(s,a,s')` for exact work.
     rho : array_like of shape (S,)
         Initial-state distribution: non-negative, sums to 1 within
-        ``atol=1e-12``. Tighter than P's tolerance because ``sum(d) - 1``
-        equals ``sum(rho) - 1`` for every policy, and the identities of
-        docs/conventions.md hold to 1e-10.
+        ``atol=1e-12``: ``sum(d) - 1`` equals ``sum(rho) - 1`` for every
+        policy.
     gamma : float
         Discount in [0, 1); 1 is accepted only if the MDP is proper (every
         policy reaches a terminal state with probability one from every

@@ -83,7 +83,7 @@ def from_gymnasium(env_or_id, *, gamma: float = 0.99, **kwargs) -> TabularMDP:
         ``terminated=True`` and ``terminated=False`` (both (s, a) are named).
     refpg.errors.NotADistributionError
         If some ``P[s][a]`` or ``initial_state_distrib`` does not sum to 1
-        within ``atol=1e-9``.
+        within ``atol=1e-12``.
 
     Warns
     -----
