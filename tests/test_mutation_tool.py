@@ -107,6 +107,10 @@ def test_each_mutant_runs_the_passing_tests_that_execute_its_line_and_a_default_
     default_tests = mutate.tests_for(mutants["sample.py:clip+0:18:1->0"], coverage, "src/")
     assert raise_tests == [(2.0, "t::slow")]
     assert default_tests == [(0.5, "t::fast"), (2.0, "t::slow")]  # fastest first
+    coverage["tests/test_studies.py::t"] = coverage.pop("t::fast")
+    assert mutate.tests_for(mutants["sample.py:clip+0:18:1->0"], coverage, "src/", ["tests/test_studies.py"]) == [
+        (2.0, "t::slow")]  # an excluded file is never selected
+    assert set(mutate.INTEGRATION) <= {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")}
 
 
 def test_the_score_leaves_out_listed_equivalent_mutants_and_each_needs_a_reason(mutate, tmp_path):

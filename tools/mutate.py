@@ -45,6 +45,14 @@ TOOLS = Path(__file__).resolve().parent
 CORE = [f"src/refpg/{name}.py" for name in (
     "evaluation", "gradient", "fisher", "surrogate", "kl", "bounds", "returns",
     "kl_estimators", "policies", "mdp")]
+#: Test files neither traced nor selected by default: they reach the core only
+#: through the studies, the kit's worked examples, the docs build, subprocesses
+#: (whose lines the tracer cannot see) or other libraries, and they cost most
+#: of a survivor's run time. Leaving them out can only lower the score.
+INTEGRATION = [f"tests/{name}.py" for name in (
+    "test_conformance_examples", "test_studies", "test_studies_story_ppo", "test_studies_cen_gradients",
+    "test_docs", "test_golden_portability", "test_cli", "test_cli_and_docs", "test_examples",
+    "test_real_libraries", "test_mutation_tool", "test_self_contained", "test_dependency_floor")]
 EQUIVALENT = TOOLS / "equivalent_mutants.txt"
 OUT = ROOT / ".mutation"
 NO_MUTATE = "pragma: no mutate"
@@ -285,8 +293,8 @@ def mutants_of(path: Path, root: Path = ROOT) -> list[Mutant]:
 
 # --- per-test line coverage -------------------------------------------------
 
-def _fingerprint(package: Path, tests: list[str]) -> str:
-    h = hashlib.sha256(" ".join(tests).encode())
+def _fingerprint(package: Path, tests: list[str], exclude: list[str]) -> str:
+    h = hashlib.sha256(" ".join(tests).encode() + b" -" + " ".join(exclude).encode())
     for base in [package] + [ROOT / t for t in tests] + [TOOLS / "refpg_mutation_trace.py"]:
         files = [base] if base.is_file() else sorted(base.rglob("*.py"))
         for f in files:
@@ -294,10 +302,13 @@ def _fingerprint(package: Path, tests: list[str]) -> str:
     return h.hexdigest()
 
 
-def collect_coverage(package: Path, tests: list[str], jobs: int, out: Path, reuse: bool) -> dict:
-    """{nodeid: record} from one traced run of `tests`, cached in out/coverage.json by a fingerprint of the code."""
+def collect_coverage(package: Path, tests: list[str], jobs: int, out: Path, reuse: bool,
+                     exclude: list[str] = ()) -> dict:
+    """{nodeid: record} from one traced run of `tests` without `exclude`, cached in out/coverage.json by a
+    fingerprint of the code."""
     cache = out / "coverage.json"
-    key = _fingerprint(package, tests)
+    exclude = list(exclude)
+    key = _fingerprint(package, tests, exclude)
     if cache.exists():
         data = json.loads(cache.read_text())
         if data["key"] == key or reuse:
@@ -309,7 +320,8 @@ def collect_coverage(package: Path, tests: list[str], jobs: int, out: Path, reus
         env = dict(os.environ, REFPG_MUTATION_TRACE_ROOT=str(package.resolve()), REFPG_MUTATION_TRACE_OUT=tmp,
                    PYTHONPATH=os.pathsep.join([str(TOOLS)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
                    PYTHONDONTWRITEBYTECODE="1")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "refpg_mutation_trace", *tests]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "refpg_mutation_trace", *tests,
+               *[f"--ignore={path}" for path in exclude]]
         if jobs > 1:
             cmd += ["-n", str(jobs)]
         start = time.perf_counter()
@@ -323,8 +335,8 @@ def collect_coverage(package: Path, tests: list[str], jobs: int, out: Path, reus
     return records
 
 
-def tests_for(mutant: Mutant, coverage: dict, package_rel: str) -> list[tuple[float, str]]:
-    """(seconds, nodeid) of the passing tests that run the mutant's line, fastest first.
+def tests_for(mutant: Mutant, coverage: dict, package_rel: str, exclude: list[str] = ()) -> list[tuple[float, str]]:
+    """(seconds, nodeid) of the passing tests that run the mutant's line, fastest first, none from `exclude`.
 
     Code that runs at import (module level, class bodies, a def's defaults and
     decorators) is reached by every test that runs any line of the function
@@ -332,8 +344,9 @@ def tests_for(mutant: Mutant, coverage: dict, package_rel: str) -> list[tuple[fl
     """
     rel = Path(mutant.file).relative_to(package_rel).as_posix() if mutant.file.startswith(package_rel) else mutant.file
     selected = []
+    skipped = tuple(path.rstrip("/") + suffix for path in exclude for suffix in ("::", "/"))
     for nodeid, record in coverage.items():
-        if record["outcome"] != "passed":
+        if record["outcome"] != "passed" or nodeid.startswith(skipped):
             continue
         lines = record["lines"].get(rel)
         if not lines:
@@ -467,10 +480,12 @@ def summarise(results: list[Result]) -> list[dict]:
     return table
 
 
-def markdown(table: list[dict], results: list[Result], seconds: float) -> str:
+def markdown(table: list[dict], results: list[Result], seconds: float, pending: int = 0) -> str:
     cols = ("file", "mutants", "killed", "timeout", "survived", "uncovered", "equivalent", "error", "score")
     lines = ["# Mutation report", "", f"Command: `python tools/mutate.py {' '.join(sys.argv[1:])}`  ",
-             f"Run time: {seconds:.0f} s for {len(results)} mutants.", "",
+             f"Run time: {seconds:.0f} s for {len(results)} mutants."
+             + (f" **Partial: {pending} mutants still to run** (the table counts only those done)." if pending else ""),
+             "",
              "Score = (killed + timeout) / (mutants - equivalent). Uncovered = no passing test runs the line.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in table:
@@ -489,6 +504,9 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run at once (default: one per core)")
     parser.add_argument("--max-mutants", type=int, help="run only this many mutants, spread evenly over the list")
     parser.add_argument("--tests", nargs="+", default=["tests"], help="the tests to trace and select from (default: tests)")
+    parser.add_argument("--exclude", nargs="*", default=INTEGRATION, metavar="PATH",
+                        help="test files (or directories) neither traced nor selected (default: the integration "
+                             "tests listed in INTEGRATION; --exclude with no path keeps every test)")
     parser.add_argument("--timeout-factor", type=float, default=10.0,
                         help="a mutant times out after 30 s + this many times its tests' traced run time")
     parser.add_argument("--reuse-coverage", action="store_true",
@@ -531,7 +549,7 @@ def main(argv=None) -> int:
     package = src / "refpg"
     check_copy_is_imported(src, package.name)
     start = time.perf_counter()
-    coverage = collect_coverage(package, args.tests, args.jobs, args.out, args.reuse_coverage)
+    coverage = collect_coverage(package, args.tests, args.jobs, args.out, args.reuse_coverage, args.exclude)
     package_rel = package.relative_to(ROOT).as_posix() + "/"
     results = []
     todo = []
@@ -546,10 +564,26 @@ def main(argv=None) -> int:
             results.append(Result(m.id, m.file, m.line, m.operator, m.original, m.mutated, "equivalent", 0, 0.0,
                                   equivalent[m.id]))
         else:
-            todo.append((m, tests_for(m, coverage, package_rel)))
+            todo.append((m, tests_for(m, coverage, package_rel, args.exclude)))
     print(f"mutate: {len(mutants)} mutants, {len(todo)} to run ({len(results)} listed equivalent or known killed), "
           f"{args.jobs} at a time")
     mutant_start = time.perf_counter()
+    order = {m.id: i for i, m in enumerate(mutants)}
+    args.out.mkdir(exist_ok=True)
+
+    def write_report(done: int) -> str:
+        # Rewritten after every mutant, so an interrupted run keeps its verdicts: --survivors resumes it.
+        mutant_seconds = time.perf_counter() - mutant_start
+        ordered = sorted(results, key=lambda r: order[r.id])
+        table = summarise(ordered)
+        report = markdown(table, ordered, time.perf_counter() - start, pending=len(todo) - done)
+        (args.out / "report.md").write_text(report)
+        (args.out / "report.json").write_text(json.dumps(
+            {"table": table, "results": [asdict(r) for r in ordered], "pending": len(todo) - done,
+             "seconds_per_mutant": mutant_seconds * args.jobs / max(1, done),
+             "stale_equivalents": stale_equivalents(equivalent, files)}, indent=1))
+        return report
+
     pool = concurrent.futures.ThreadPoolExecutor(max(1, args.jobs))
     try:
         futures = [pool.submit(run_mutant, m, tests, src=src, factor=args.timeout_factor) for m, tests in todo]
@@ -558,6 +592,7 @@ def main(argv=None) -> int:
             results.append(r)
             print(f"[{i}/{len(todo)}] {r.status:9} {r.seconds:6.1f}s {r.tests:4} tests  {r.id}  "
                   f"{r.original!r} -> {r.mutated!r}", flush=True)
+            write_report(i)
     except BaseException:  # Ctrl-C, or SIGTERM turned into SystemExit below
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in list(_RUNNING):
@@ -565,16 +600,7 @@ def main(argv=None) -> int:
         raise
     pool.shutdown()
     mutant_seconds = time.perf_counter() - mutant_start
-    order = {m.id: i for i, m in enumerate(mutants)}
-    results.sort(key=lambda r: order[r.id])
-    table = summarise(results)
-    args.out.mkdir(exist_ok=True)
-    report = markdown(table, results, time.perf_counter() - start)
-    (args.out / "report.md").write_text(report)
-    (args.out / "report.json").write_text(json.dumps(
-        {"table": table, "results": [asdict(r) for r in results],
-         "seconds_per_mutant": mutant_seconds * args.jobs / max(1, len(todo)),
-         "stale_equivalents": stale_equivalents(equivalent, files)}, indent=1))
+    report = write_report(len(todo))
     print(report.split("## Survivors")[0])
     print(f"mutate: {mutant_seconds:.0f} s for {len(todo)} mutants on {args.jobs} jobs "
           f"({mutant_seconds * args.jobs / max(1, len(todo)):.1f} s per mutant per job); "
