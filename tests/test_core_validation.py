@@ -335,6 +335,14 @@ def test_evaluation_fields_cannot_be_assigned(field):
         setattr(ev, field, getattr(ev, field))
 
 
+def test_evaluations_compare_and_hash_by_identity():
+    # A generated field-wise __eq__ would raise on the arrays, and a generated __hash__ on their hashing.
+    mdp, pi = refpg.envs.two_state(), np.full((2, 2), 0.5)
+    ev, again = refpg.evaluate(mdp, pi), refpg.evaluate(mdp, pi)
+    assert ev == ev and ev != again
+    assert {ev: 1, again: 2}[ev] == 1
+
+
 # -- TRPO's bound, term by term ------------------------------------------------------
 
 def independent_bound_terms(mdp, pol, theta, theta_old):

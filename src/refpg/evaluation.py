@@ -56,6 +56,12 @@ class Evaluation:
         States with d(s) > 0, found on the sparsity pattern (exact).
     mdp : TabularMDP
         The MDP evaluated.
+
+    Notes
+    -----
+    Immutable (assigning a field raises), and compared and hashed by identity:
+    arrays have no single truth value, so a field-wise ``==`` could not answer,
+    and an evaluation can key a cache.
     """
 
     V: np.ndarray
