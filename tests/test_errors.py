@@ -332,6 +332,18 @@ def test_dense_fisher_too_large():
         refpg.fisher_matrix(mdp, pol, np.zeros(pol.theta_shape))
 
 
+@pytest.mark.parametrize("n_states, n_actions, too_large", [(10_000, 2, False), (6_667, 3, True)])
+def test_dense_fisher_limit_is_20000_parameters_inclusive(n_states, n_actions, too_large):
+    # The size check comes first, so a wrong mdp shows whether 20000 and 20001 parameters pass it
+    # without building a 20000 x 20000 matrix.
+    pol = refpg.TabularSoftmax(n_states, n_actions)
+    assert pol.n_params == refpg.fisher.DENSE_FISHER_MAX_PARAMS + too_large == 20_000 + too_large
+    expected = errors.ProblemTooLargeError if too_large else errors.InvalidInputError
+    with pytest.raises(expected) as info:
+        refpg.fisher_matrix("not an mdp", pol, np.zeros(pol.theta_shape))
+    assert type(info.value) is expected
+
+
 # -- environment builders -------------------------------------------------------------
 
 def test_bandit_without_arms():
