@@ -95,6 +95,17 @@ def test_a_mutant_is_killed_by_a_test_of_the_behaviour_survives_one_without_and_
     assert _snapshot(project) == before
 
 
+def test_a_mutant_that_breaks_a_test_module_at_import_is_killed_not_an_error(mutate, project):
+    (project / "tests" / "test_import_time.py").write_text(
+        "from sample import clip\n\nVALUE = clip(3, limit=3)  # raises under the mutant > -> >=\n\n\n"
+        "def test_value():\n    assert VALUE == 4\n")
+    (mutant,) = [m for m in mutate.mutants_of(project / "src" / "sample.py", root=project) if m.operator == "Gt->GtE"]
+    fast = ("-p", "no:refpg", "-p", "no:xdist", "-p", "no:hypothesispytest")
+    r = mutate.run_mutant(mutant, [(0.1, "tests/test_import_time.py::test_value")], root=project,
+                          src=project / "src", pytest_args=fast)
+    assert (r.status, r.killer) == ("killed", "collecting tests/test_import_time.py"), r
+
+
 def test_each_mutant_runs_the_passing_tests_that_execute_its_line_and_a_default_those_of_its_function(mutate, project):
     mutants = {m.id: m for m in mutate.mutants_of(project / "src" / "sample.py", root=project)}
     coverage = {

@@ -434,6 +434,11 @@ def run_mutant(mutant: Mutant, tests: list[tuple[float, str]], *, root: Path = R
     if proc.returncode in (1, 2, 3):
         failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", stdout, re.M)
         return result("killed", seconds, failed[0] if failed else f"pytest exit {proc.returncode}")
+    if proc.returncode == 4 and "found no collectors" in stdout:
+        # A test module failed to import under the mutant (its module-level code builds an MDP or a
+        # policy), so pytest could not even collect the selected tests: they passed unmutated.
+        module = re.search(r"^ERROR (?:collecting )?(\S+\.py)", stdout, re.M)
+        return result("killed", seconds, f"collecting {module.group(1) if module else 'a test module'}")
     return result("error", seconds, f"pytest exit {proc.returncode}: {stdout[-300:]}")
 
 
