@@ -177,6 +177,19 @@ def test_sparse_reward_reduces_like_the_dense_reward(storage):
     np.testing.assert_allclose(refpg.evaluate(mdp, pi).Q, refpg.evaluate(dense, pi).Q, rtol=1e-12, atol=1e-12)
 
 
+def test_a_dense_transition_reward_on_a_sparse_P_reduces_like_the_dense_mdp():
+    # The fourth storage pair (sparse P, dense (S, A, S) r): r is reshaped to P's (S*A, S) rows.
+    rng = np.random.default_rng(7)
+    S, A = 4, 3
+    P = rng.random((S, A, S))
+    P /= P.sum(axis=-1, keepdims=True)
+    R = rng.normal(size=(S, A, S))
+    rho = np.full(S, 1.0 / S)
+    mdp = refpg.TabularMDP(rows(P), R, rho, 0.9)
+    np.testing.assert_allclose(mdp.r, np.einsum("sat,sat->sa", P, R), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mdp.r, refpg.TabularMDP(P, R, rho, 0.9).r, rtol=1e-12, atol=1e-12)
+
+
 def test_sparse_reward_duplicates_are_summed():
     # CSR with two stored entries at r[0, 1, 1]; (s, a) = (0, 1) moves to state 1.
     P, _, rho = ring()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from refpg import errors
+from refpg.policies import Parameterization
 from refpg.policies import LogLinear, TabularSoftmax, log_softmax
 
 S, A, D = 3, 4, 5
@@ -306,3 +307,21 @@ def test_tabular_equality_and_hash_follow_the_sizes():
     # Another kind of object with the same theta shape is not equal.
     assert TabularSoftmax(S, A) != types.SimpleNamespace(theta_shape=(S, A))
     assert TabularSoftmax(S, A) != LogLinear.one_hot(S, A)
+
+
+# -- the base class ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, call", [
+    ("theta_shape", lambda p: p.theta_shape),
+    ("theta_shape", lambda p: p.n_params),
+    ("logits", lambda p: p.logits(np.zeros(2))),
+    ("log_prob_jvp", lambda p: p.log_prob_jvp(np.zeros(2), np.zeros(2))),
+    ("log_prob_vjp", lambda p: p.log_prob_vjp(np.zeros(2), np.zeros((1, 2)))),
+    ("log_prob_jacobian", lambda p: p.log_prob_jacobian(np.zeros(2))),
+])
+def test_a_parameterization_subclass_missing_a_method_says_which(method, call):
+    class Bare(Parameterization):
+        n_states, n_actions = 1, 2
+
+    with pytest.raises(NotImplementedError, match=f"^Bare does not define {method}, which a refpg.Parameterization"):
+        call(Bare())

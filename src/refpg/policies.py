@@ -38,6 +38,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def _missing(policy, method: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{type(policy).__name__} does not define {method}, which a refpg.Parameterization subclass must provide")
+
+
 class Parameterization:
     """Base class: a differentiable map from theta to a policy pi (S, A)."""
 
@@ -47,7 +52,7 @@ class Parameterization:
     @property
     def theta_shape(self) -> tuple:
         """Shape of theta."""
-        raise NotImplementedError
+        raise _missing(self, "theta_shape")
 
     @property
     def n_params(self) -> int:
@@ -60,7 +65,7 @@ class Parameterization:
 
     def logits(self, theta: np.ndarray) -> np.ndarray:
         """Unnormalised log-probabilities, shape (S, A)."""
-        raise NotImplementedError
+        raise _missing(self, "logits")
 
     def log_probs(self, theta: np.ndarray) -> np.ndarray:
         r""":math:`\log\pi_\theta(a|s)`, shape (S, A), finite everywhere.
@@ -87,18 +92,18 @@ class Parameterization:
 
     def log_prob_jvp(self, theta, v, pi=None) -> np.ndarray:
         r""":math:`u[s,a] = \nabla_\theta \log\pi(a|s) \cdot v`, shape (S, A)."""
-        raise NotImplementedError
+        raise _missing(self, "log_prob_jvp")
 
     def log_prob_vjp(self, theta, w, pi=None) -> np.ndarray:
         r""":math:`g = \sum_{s,a} w[s,a] \nabla_\theta \log\pi(a|s)`, shape of theta.
 
         `w` may carry leading batch axes, (..., S, A); they are kept.
         """
-        raise NotImplementedError
+        raise _missing(self, "log_prob_vjp")
 
     def log_prob_jacobian(self, theta, pi=None) -> np.ndarray:
         r"""Dense Jacobian of log pi, shape (S*A, n_params), row ``s*A + a``."""
-        raise NotImplementedError
+        raise _missing(self, "log_prob_jacobian")
 
     def _probs(self, theta, pi):
         return self.probs(theta) if pi is None else pi
