@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import refpg
 from tests.helpers import ring_arrays
@@ -114,3 +115,34 @@ def test_rho_rounded_by_a_normalisation_is_accepted():
     rho = np.array([1.0, 1.0, 1.0]) / 3.0  # sums to 1 up to one rounding
     mdp = refpg.TabularMDP(P, r, rho, 0.9)
     np.testing.assert_array_equal(mdp.rho, rho)
+
+
+# -- traps and properness ---------------------------------------------------------------
+
+def trap_mdp(storage="dense"):
+    """s0: a0 ends (-> s3), a1 -> s1; s1: a0 loops, a1 ends; s2 loops either way (unreachable); s3 terminal."""
+    P = np.zeros((4, 2, 4))
+    P[0, 0, 3] = P[0, 1, 1] = P[1, 0, 1] = P[1, 1, 3] = 1.0
+    P[2, :, 2] = P[3, :, 3] = 1.0
+    if storage == "sparse":
+        P = sp.csr_array(P.reshape(8, 4))
+    return refpg.TabularMDP(P, np.zeros((4, 2)), [1.0, 0.0, 0.0, 0.0], 0.9,
+                            terminal=np.array([False, False, False, True]))
+
+
+@pytest.mark.parametrize("storage", ["dense", "sparse"])
+def test_trap_states_are_the_states_from_which_some_policy_never_ends(storage):
+    mdp = trap_mdp(storage)
+    # s0 is a trap too: a1 then a0 forever never ends. Some but not all reachable states are traps.
+    np.testing.assert_array_equal(mdp.trap_states(), [True, True, True, False])
+    assert not mdp.is_proper()
+
+
+@pytest.mark.parametrize("storage", ["dense", "sparse"])
+def test_is_proper_under_a_policy_needs_every_reached_state_to_be_able_to_end(storage):
+    mdp = trap_mdp(storage)
+    # s0 can end (a0) but s1, which it reaches, only loops: not proper although one reached state can end.
+    assert not mdp.is_proper(np.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5]]))
+    assert mdp.is_proper(np.array([[0.5, 0.5], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5]]))
+    # s2 never ends under any policy, but it is not reached from rho.
+    assert mdp.is_proper(np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]))
