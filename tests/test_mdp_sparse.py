@@ -243,3 +243,17 @@ def test_reachability_follows_edges_forwards_only(storage, start):
     expected[start] = True
     np.testing.assert_array_equal(mdp.reachable_states(), expected)
     np.testing.assert_array_equal(mdp.reachable_states(np.full((6, 2), 0.5)), expected)
+
+
+@pytest.mark.parametrize("indices, indptr", [(np.int64, np.int64), (np.int64, np.int32), (np.int32, np.int64),
+                                             (np.int32, np.int32)])
+def test_int32_indices_gives_int32_index_arrays_whatever_the_input_mixes(indices, indptr):
+    # scipy 1.11's csgraph and SuperLU refuse int64 indices; a mix of the two is as bad as int64 alone.
+    from refpg.mdp import int32_indices
+
+    a = sp.csr_array((np.array([1.0, 2.0]), np.array([0, 1]), np.array([0, 1, 2])), shape=(2, 2))
+    a.indices, a.indptr = a.indices.astype(indices), a.indptr.astype(indptr)
+    b = int32_indices(a)
+    assert (b.indices.dtype, b.indptr.dtype) == (np.int32, np.int32)
+    assert (a.indices.dtype, a.indptr.dtype) == (indices, indptr)  # the input is left as it was
+    np.testing.assert_array_equal(b.toarray(), [[1.0, 0.0], [0.0, 2.0]])
