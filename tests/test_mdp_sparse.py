@@ -257,3 +257,26 @@ def test_int32_indices_gives_int32_index_arrays_whatever_the_input_mixes(indices
     assert (b.indices.dtype, b.indptr.dtype) == (np.int32, np.int32)
     assert (a.indices.dtype, a.indptr.dtype) == (indices, indptr)  # the input is left as it was
     np.testing.assert_array_equal(b.toarray(), [[1.0, 0.0], [0.0, 2.0]])
+
+
+@pytest.mark.parametrize("n_cols, cast", [(2**31 - 1, True), (2**31, False)])
+def test_int32_indices_casts_up_to_the_int32_limit_and_no_further(n_cols, cast):
+    from refpg.mdp import int32_indices
+
+    a = sp.csr_array((np.ones(1), np.array([5]), np.array([0, 1])), shape=(1, n_cols))
+    a.indices, a.indptr = a.indices.astype(np.int64), a.indptr.astype(np.int64)
+    b = int32_indices(a)
+    assert (b is a) is not cast
+    assert b.indices.dtype == (np.int32 if cast else np.int64)
+
+
+def test_int32_indices_leaves_an_array_with_more_entries_than_int32_counts_alone():
+    # 2**31 stored entries would take 24 GB; int32_indices reads only shape, nnz and the index arrays.
+    from refpg.mdp import int32_indices
+
+    class Huge:
+        shape, nnz = (3, 3), 2**31
+        indices, indptr = np.zeros(1, dtype=np.int64), np.zeros(4, dtype=np.int64)
+
+    huge = Huge()
+    assert int32_indices(huge) is huge

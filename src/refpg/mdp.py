@@ -400,8 +400,7 @@ def int32_indices(a):
     i32 = np.int32
     if a.indices.dtype == i32 and a.indptr.dtype == i32:
         return a
-    limit = np.iinfo(i32).max
-    if max(a.shape) > limit or a.indptr[-1] > limit:
+    if max(*a.shape, a.nnz) > np.iinfo(i32).max:
         return a
     return type(a)((a.data, a.indices.astype(i32), a.indptr.astype(i32)), shape=a.shape)
 
