@@ -280,3 +280,12 @@ def test_int32_indices_leaves_an_array_with_more_entries_than_int32_counts_alone
 
     huge = Huge()
     assert int32_indices(huge) is huge
+
+
+def test_the_negative_entry_named_is_the_first_negative_one_not_a_stored_zero_or_a_small_probability():
+    # Row (0, 0) holds a stored zero and 0.5 before the negative entry of row (0, 1).
+    P = sp.csr_array((np.array([0.0, 0.5, 0.5, -0.5, 1.5, 1.0, 1.0, 1.0, 1.0]),
+                      np.array([0, 1, 2, 0, 1, 1, 1, 2, 2]), np.array([0, 3, 5, 6, 7, 8, 9])), shape=(6, 3))
+    assert P.data[0] == 0.0 and P.nnz == 9  # the stored zero is stored
+    with raises(errors.NegativeEntryError, "P[0, 1, 0] is -0.5; expected a probability >= 0"):
+        refpg.TabularMDP(P, np.zeros((3, 2)), [1.0, 0.0, 0.0], 0.9)
