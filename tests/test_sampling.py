@@ -172,3 +172,47 @@ def test_transition_rewards_are_sampled_per_successor(sparse):
         v = batch.valid
         np.testing.assert_array_equal(batch.rewards[v], R[batch.states, batch.actions, batch.next_states][v])
         assert batch.rewards[v].max() == 1.0
+
+
+# -- the categorical sampler's two methods ------------------------------------------------
+
+def test_alias_tables_up_to_20000_rows_inverse_cdf_beyond():
+    from refpg.sampling import _Categorical
+
+    assert _Categorical(sp.csr_array(np.full((20_000, 2), 0.5))).alias
+    assert not _Categorical(sp.csr_array(np.full((20_001, 2), 0.5))).alias
+
+
+@pytest.mark.parametrize("alias", [True, False])
+def test_both_categorical_methods_draw_each_row_with_its_probabilities(alias, monkeypatch):
+    # Rows of different support sizes (so padding), zeros inside a row, and an outcome of probability 1.
+    from refpg.sampling import _Categorical
+
+    if not alias:
+        monkeypatch.setattr(_Categorical, "ALIAS_MAX_ROWS", 0)
+    probs = np.array([[0.5, 0.25, 0.125, 0.125], [0.0, 0.7, 0.0, 0.3], [0.0, 0.0, 1.0, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    cat = _Categorical(sp.csr_array(probs))
+    assert cat.alias is alias
+    rng = np.random.default_rng(3)
+    n = 40_000
+    row = np.repeat(np.arange(4), n)
+    out = cat.draw(row, rng.random(4 * n))
+    counts = np.stack([np.bincount(out[k * n:(k + 1) * n], minlength=4) for k in range(4)])
+    assert counts[probs == 0].sum() == 0 and counts[2, 2] == n
+    alpha = 1e-6 / probs.size
+    p = binomial_pvalues(counts, np.full((4, 1), n), probs)
+    assert p[probs > 0].min() > alpha
+    # Power: the same test rejects row 0 if its first two outcomes swapped probabilities.
+    assert binomial_pvalues(counts[0], n, probs[0][[1, 0, 2, 3]]).min() <= alpha
+
+
+def test_batches_are_immutable_and_compare_by_identity():
+    import dataclasses
+
+    mdp = refpg.envs.two_state()
+    batch = sample_steps(mdp, uniform(mdp), 3, 2, rng=np.random.default_rng(0))
+    again = sample_steps(mdp, uniform(mdp), 3, 2, rng=np.random.default_rng(0))
+    for field in dataclasses.fields(batch):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(batch, field.name, getattr(batch, field.name))
+    assert batch == batch and batch != again and {batch: 1, again: 2}[batch] == 1

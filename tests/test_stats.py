@@ -68,6 +68,7 @@ def test_a_coordinate_without_spread_is_exact_rejected_beyond_exact_atol_relativ
     assert res.rejected and np.isinf(res.z[0]) and res.z[0] < 0 and np.isinf(res.z[1]) and res.z[1] < 0
     assert res.z[2] == 0.0
     assert mean_test(X, [1.0, 300.0, 4.5], exact_atol=0.9).rejected is True  # |2 - 1| > 0.9 * max(1, 1)
+    assert mean_test(X, [1.0, 300.0, 4.5], exact_atol=1.0).rejected is False  # not strictly beyond
     assert mean_test(X, [1.0, 300.0, 4.5], exact_atol=1.1).rejected is False
 
 
