@@ -1,5 +1,6 @@
 """tools/mutate.py, the mutation tester, on a tiny module in a scratch project (a few seconds)."""
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -118,6 +119,13 @@ def test_each_mutant_runs_the_passing_tests_that_execute_its_line_and_a_default_
     default_tests = mutate.tests_for(mutants["sample.py:clip+0:18:1->0"], coverage, "src/")
     assert raise_tests == [(2.0, "t::slow")]
     assert default_tests == [(0.5, "t::fast"), (2.0, "t::slow")]  # fastest first
+    # A module-level mutant: every test of a file in which some test runs a line of the module, even one that
+    # runs none itself (it may only read a constant, imported at collection).
+    module_level = dataclasses.replace(mutants["sample.py:clip+0:18:1->0"], scope=())
+    coverage["t::reads_a_constant"] = {"outcome": "passed", "seconds": 0.2, "lines": {}}
+    coverage["u::elsewhere"] = {"outcome": "passed", "seconds": 0.3, "lines": {}}
+    assert mutate.tests_for(module_level, coverage, "src/") == [
+        (0.1, "t::other"), (0.2, "t::reads_a_constant"), (0.5, "t::fast"), (2.0, "t::slow")]  # not u::elsewhere
     coverage["tests/test_studies.py::t"] = coverage.pop("t::fast")
     assert mutate.tests_for(mutants["sample.py:clip+0:18:1->0"], coverage, "src/", ["tests/test_studies.py"]) == [
         (2.0, "t::slow")]  # an excluded file is never selected

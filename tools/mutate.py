@@ -338,25 +338,30 @@ def collect_coverage(package: Path, tests: list[str], jobs: int, out: Path, reus
 def tests_for(mutant: Mutant, coverage: dict, package_rel: str, exclude: list[str] = ()) -> list[tuple[float, str]]:
     """(seconds, nodeid) of the passing tests that run the mutant's line, fastest first, none from `exclude`.
 
-    Code that runs at import (module level, class bodies, a def's defaults and
-    decorators) is reached by every test that runs any line of the function
-    (the file, at module level), since its effect is what they see.
+    Code that runs at import (class bodies, a def's defaults and decorators)
+    is reached by every test that runs any line of the function, since its
+    effect is what they see. A module-level line (a constant, say) is reached
+    by every test of every test file in which some test runs a line of the
+    module: a test may read the constant alone (``from m import LIMIT``), and
+    the import happens at collection, where no test is traced.
     """
     rel = Path(mutant.file).relative_to(package_rel).as_posix() if mutant.file.startswith(package_rel) else mutant.file
-    selected = []
     skipped = tuple(path.rstrip("/") + suffix for path in exclude for suffix in ("::", "/"))
-    for nodeid, record in coverage.items():
-        if record["outcome"] != "passed" or nodeid.startswith(skipped):
-            continue
+    passing = {nodeid: record for nodeid, record in coverage.items()
+               if record["outcome"] == "passed" and not nodeid.startswith(skipped)}
+    if not mutant.scope:
+        files = {nodeid.split("::")[0] for nodeid, record in passing.items() if record["lines"].get(rel)}
+        return sorted((record["seconds"], nodeid) for nodeid, record in passing.items()
+                      if nodeid.split("::")[0] in files)
+    selected = []
+    for nodeid, record in passing.items():
         lines = record["lines"].get(rel)
         if not lines:
             continue
-        if mutant.scope and mutant.scope[0] <= mutant.line <= mutant.scope[1]:
+        if mutant.scope[0] <= mutant.line <= mutant.scope[1]:
             hit = mutant.line in lines
-        elif mutant.scope:
-            hit = any(mutant.scope[0] <= line <= mutant.scope[1] for line in lines)
         else:
-            hit = True
+            hit = any(mutant.scope[0] <= line <= mutant.scope[1] for line in lines)
         if hit:
             selected.append((record["seconds"], nodeid))
     return sorted(selected)
