@@ -321,3 +321,21 @@ def test_nan_log_probability_names_the_entry():
 def test_non_numeric_log_probabilities_are_refused():
     with raises(errors.InvalidInputError, "logp_new should be a real numeric array"):
         log_ratio(np.array(["a", "b"]), np.zeros(2))
+
+
+def test_k3_switches_from_the_series_to_expm1_at_exactly_half():
+    # The docs: the series below |log r| = 0.5, expm1(x) - x from 0.5 on. At +0.5 the two differ in the
+    # last bit, so the switch point itself is observable.
+    from refpg.kl_estimators import _K3_COEFFS
+
+    def series(x):
+        poly = 0.0
+        for c in _K3_COEFFS:
+            poly = poly * x + c
+        return x * x * poly
+
+    at = kl_k3(np.array([0.5, -0.5]), np.zeros(2))
+    assert at.tolist() == [np.expm1(0.5) - 0.5, np.expm1(-0.5) + 0.5]
+    assert series(0.5) != np.expm1(0.5) - 0.5  # the case the test is about
+    below = np.nextafter(0.5, 0.0)
+    assert kl_k3(np.array([below]), np.zeros(1))[0] == series(below)
