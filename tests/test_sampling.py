@@ -216,3 +216,27 @@ def test_batches_are_immutable_and_compare_by_identity():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(batch, field.name, getattr(batch, field.name))
     assert batch == batch and batch != again and {batch: 1, again: 2}[batch] == 1
+
+
+def test_alias_padding_left_over_by_rounding_points_at_a_real_outcome():
+    # A row whose probabilities fall short (0.3 in all, as rounding can starve a row in a much smaller way):
+    # every column is left over, and the two padding columns (j >= 1 = the row's support) must yield the
+    # row's real outcome 7, not the padding placeholder 0.
+    from refpg.sampling import _alias_tables
+
+    keep, first, second = _alias_tables(np.array([[0.3, 0.0, 0.0]]), np.array([[7, 0, 0]]), np.array([1]))
+    assert keep.tolist() == [[1.0, 1.0, 1.0]] and first.tolist() == [[7, 7, 7]]
+
+
+def test_the_same_seed_gives_the_same_batch_in_every_version():
+    # Pinned draws (two uniforms per environment and step: the action, then the successor): a change to how
+    # the sampler consumes the generator changes every sampled result that users and the golden set seeded.
+    P = np.zeros((3, 2, 3))
+    P[0, 0], P[0, 1], P[1, 0], P[1, 1] = [0.2, 0.3, 0.5], [0, 0.5, 0.5], [0.6, 0.4, 0], [1 / 3, 1 / 3, 1 / 3]
+    P[2, :] = [0.25, 0.25, 0.5]
+    mdp = refpg.TabularMDP(P, np.zeros((3, 2)), [0.5, 0.25, 0.25], 0.9)
+    pi = np.array([[0.3, 0.7], [0.5, 0.5], [0.9, 0.1]])
+    batch = sample_steps(mdp, pi, 3, 4, rng=np.random.default_rng(0))
+    assert batch.states.tolist() == [[0, 0, 0], [0, 2, 2], [1, 2, 2], [2, 2, 0]]
+    assert batch.actions.tolist() == [[0, 1, 1], [1, 0, 0], [1, 0, 0], [1, 0, 1]]
+    assert batch.next_states.tolist() == [[0, 2, 2], [1, 2, 2], [2, 2, 0], [2, 0, 2]]

@@ -439,6 +439,10 @@ def run_mutant(mutant: Mutant, tests: list[tuple[float, str]], *, root: Path = R
     if proc.returncode in (1, 2, 3):
         failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", stdout, re.M)
         return result("killed", seconds, failed[0] if failed else f"pytest exit {proc.returncode}")
+    if proc.returncode < 0:
+        # Killed by a signal we did not send (our timeout returned above): the kernel's OOM killer, when a
+        # mutant makes a loop grow without end. The tests did not pass.
+        return result("killed", seconds, f"tests died of signal {-proc.returncode}")
     if proc.returncode == 4 and "found no collectors" in stdout:
         # A test module failed to import under the mutant (its module-level code builds an MDP or a
         # policy), so pytest could not even collect the selected tests: they passed unmutated.
