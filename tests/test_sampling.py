@@ -85,8 +85,14 @@ def test_truncation_marks_the_limit_step_on_a_never_ending_mdp():
     assert not batch.terminated.any()
 
 
-def test_transition_frequencies_match_P_exactly():
-    """Exact binomial tests on every (s, a, s2) cell; family-wise alpha 1e-6 (Bonferroni)."""
+@pytest.mark.parametrize("alias", [True, False])
+def test_transition_frequencies_match_P_exactly(alias, monkeypatch):
+    """Exact binomial tests on every (s, a, s2) cell; family-wise alpha 1e-6 (Bonferroni).
+
+    Both sampling methods: alias tables, and the inverse CDF that tables of over 20000 rows use.
+    """
+    if not alias:
+        monkeypatch.setattr(refpg.sampling._Categorical, "ALIAS_MAX_ROWS", 0)
     mdp = refpg.envs.garnet(6, 3, 3, seed=5)
     pi = uniform(mdp)
     batch = sample_steps(mdp, pi, 2000, 30, rng=np.random.default_rng(11))
