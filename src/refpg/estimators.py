@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from refpg._validation import as_float_array, check_choice, check_discount
+from refpg._validation import as_float_array, check_choice, check_discount, entry
 from refpg.errors import ImproperMDPError, InvalidInputError, ProblemTooLargeError
 from refpg.evaluation import prepare, solve_pair
 from refpg.fisher import DENSE_FISHER_MAX_PARAMS
@@ -199,11 +199,13 @@ def empirical_fisher_estimate(policy, theta, batch: Batch) -> np.ndarray:
     ----------
     [Kakade2001]; [Schulman2015] Section 6.
     """
+    if policy.n_params > DENSE_FISHER_MAX_PARAMS:
+        # First, like fisher_matrix: nothing else is worth checking for a matrix that will not be built.
+        raise ProblemTooLargeError(
+            f"empirical_fisher_estimate: {policy.n_params} parameters, more than "
+            f"DENSE_FISHER_MAX_PARAMS={DENSE_FISHER_MAX_PARAMS}; use empirical_fisher_vector_product")
     theta = policy.validate_theta(theta)
     _check_batch(batch, policy.n_states, policy.n_actions)
-    if policy.n_params > DENSE_FISHER_MAX_PARAMS:
-        raise ProblemTooLargeError(
-            f"empirical_fisher_estimate: {policy.n_params} parameters; use empirical_fisher_vector_product")
     w = _counts(policy, batch).ravel()
     jac = policy.log_prob_jacobian(theta)
     F = jac.T @ (w[:, None] * jac)
@@ -221,9 +223,16 @@ def empirical_fisher_vector_product(policy, theta, batch: Batch, v) -> np.ndarra
 
 
 def _check_batch(batch, S, A):
+    """Refuse anything but a Batch whose states and actions index a policy of S states and A actions.
+
+    Names the first entry out of range (padding included: it is indexed too).
+    """
     if not isinstance(batch, Batch):
         raise InvalidInputError(f"batch should be a refpg.sampling.Batch, actual {type(batch).__name__}")
-    if batch.states.size and (batch.states.max() >= S or batch.actions.max() >= A):
-        raise InvalidInputError(
-            f"batch has states up to {batch.states.max()} and actions up to {batch.actions.max()}, "
-            f"but the policy has {S} states and {A} actions")
+    for name, arr, n in (("states", batch.states, S), ("actions", batch.actions, A)):
+        bad = (arr < 0) | (arr >= n)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InvalidInputError(
+                f"{entry('batch.' + name, idx)} is {int(arr[idx])} but the policy has {n} {name}; "
+                f"expected 0 <= {name[:-1]} < {n}")

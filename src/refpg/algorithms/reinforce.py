@@ -15,7 +15,7 @@ import numpy as np
 from refpg._validation import as_float_array, check_positive_int, check_real
 from refpg.algorithms.common import check_mode, check_sampled_arguments
 from refpg.errors import InvalidInputError
-from refpg.estimators import reinforce_gradient_estimate
+from refpg.estimators import _check_batch, reinforce_gradient_estimate
 from refpg.evaluation import policy_evaluation, prepare
 from refpg.gradient import gradient_from_evaluation
 from refpg.sampling import Batch, sample_episodes
@@ -148,15 +148,11 @@ def reinforce_step(mdp, policy, theta, *, lr: float, mode: str = "exact", rng=No
 
 def _check_batch_policy(batch, log_pi):
     """Refuse a batch that was not sampled under the policy being updated."""
-    if not isinstance(batch, Batch):
-        raise InvalidInputError(f"batch should be a refpg.sampling.Batch, actual {type(batch).__name__}")
     S, A = log_pi.shape
+    _check_batch(batch, S, A)
     s, a, logp = batch.states[batch.valid], batch.actions[batch.valid], batch.log_probs[batch.valid]
     if s.size == 0:
         raise InvalidInputError("batch holds no valid transition")
-    if s.max() >= S or a.max() >= A:
-        raise InvalidInputError(f"batch has states up to {s.max()} and actions up to {a.max()}, but the "
-                                f"policy has {S} states and {A} actions")
     gap = np.abs(log_pi[s, a] - logp)
     i = int(np.argmax(gap))
     if not gap[i] <= 1e-9:
