@@ -502,3 +502,17 @@ def test_a_long_horizon_over_rows_off_by_an_accepted_amount_is_blamed_on_the_row
     assert ev.d.sum() - 1 == pytest.approx(expected, rel=1e-3)
     # The warning's own account of the rows' share is that same figure.
     assert f"turns that into {expected:+.2g} on sum(d)" in message
+
+
+@pytest.mark.parametrize("ulps, blamed_on_rows", [(64, False), (65, True)])
+def test_rows_off_by_up_to_64_ulps_count_as_rounding_and_beyond_as_the_inputs(ulps, blamed_on_rows):
+    # A row summing to 1 + ulps * 2**-52 exactly; the horizon 1e5 lifts it above 1e-10 on sum(d).
+    P = _rows_off_by(0.0)
+    P[0, 0, 0] = 0.5 + ulps * 2.0**-52
+    assert P[0, 0].sum() - 1.0 == ulps * 2.0**-52
+    mdp = refpg.TabularMDP(P, np.ones((2, 2)), [1.0, 0.0], 1 - 1e-5)
+    with pytest.warns(errors.RefpgWarning, match="d sums to 1") as record:
+        refpg.evaluate(mdp, [[1.0, 0.0], [1.0, 0.0]])
+    message = str(record[0].message)
+    assert ("the rows of P_pi and rho sum to 1 within atol but not exactly" in message) is blamed_on_rows, message
+    assert ("ill-conditioned" in message) is not blamed_on_rows, message
