@@ -178,3 +178,9 @@ def test_an_entry_out_of_the_policys_range_is_named(call, field, value, msg):
 def test_a_batch_that_is_not_a_batch_is_named(call):
     with pytest.raises(errors.InvalidInputError, match="batch should be a refpg.sampling.Batch, actual dict"):
         call({"states": BATCH.states})
+
+
+def test_gamma_one_is_accepted_for_episodic_returns():
+    est = reinforce_estimates(POL, THETA, BATCH, 1.0)
+    first = score(0, 1) * 4.0 + score(1, 0) * 3.0  # G_0 = 1 + 3, G_1 = 3, no discount weighting left
+    np.testing.assert_allclose(est[0], first, rtol=1e-14)

@@ -246,3 +246,49 @@ def test_the_same_seed_gives_the_same_batch_in_every_version():
     assert batch.states.tolist() == [[0, 0, 0], [0, 2, 2], [1, 2, 2], [2, 2, 0]]
     assert batch.actions.tolist() == [[0, 1, 1], [1, 0, 0], [1, 0, 0], [1, 0, 1]]
     assert batch.next_states.tolist() == [[0, 2, 2], [1, 2, 2], [2, 2, 0], [2, 0, 2]]
+
+
+def test_the_same_seed_gives_the_same_episodes_in_every_version_and_padding_has_step_0():
+    P = np.zeros((3, 2, 3))
+    P[0, 0], P[0, 1], P[1, 0], P[1, 1] = [0.2, 0.3, 0.5], [0, 0.5, 0.5], [0.6, 0.0, 0.4], [1 / 3, 1 / 3, 1 / 3]
+    P[2, :, 2] = 1.0
+    mdp = refpg.TabularMDP(P, np.zeros((3, 2)), [0.5, 0.5, 0.0], 0.9, terminal=[False, False, True])
+    pi = np.array([[0.3, 0.7], [0.5, 0.5], [0.5, 0.5]])
+    batch = sample_episodes(mdp, pi, 3, rng=np.random.default_rng(0))
+    assert batch.states.T.tolist() == [[1, 0], [0, 2], [0, 1]]
+    assert batch.actions.T.tolist() == [[0, 1], [1, 1], [1, 0]]
+    assert batch.valid.T.tolist() == [[True, True], [True, False], [True, True]]
+    assert batch.step.T.tolist() == [[0, 1], [0, 0], [0, 1]]  # the padding row of episode 1 has step 0
+
+
+@pytest.mark.parametrize("alias", [True, False])
+def test_first_states_follow_rho_under_both_sampling_methods(alias, monkeypatch):
+    if not alias:
+        monkeypatch.setattr(refpg.sampling._Categorical, "ALIAS_MAX_ROWS", 0)
+    mdp = refpg.envs.garnet(6, 3, 3, seed=5)
+    rho = np.array([0.05, 0.3, 0.0, 0.25, 0.15, 0.25])
+    mdp = refpg.TabularMDP(mdp.dense_P(), mdp.r, rho, mdp.gamma)
+    batch = sample_steps(mdp, uniform(mdp), 20_000, 2, rng=np.random.default_rng(4))
+    counts = np.bincount(batch.states[0], minlength=6)
+    assert counts[2] == 0
+    alpha = 1e-6 / 6
+    assert binomial_pvalues(counts, 20_000, rho)[rho > 0].min() > alpha
+    # Power: all first states in state 0, as a lost row offset would give, is refused at once.
+    assert binomial_pvalues(np.array([20_000, 0, 0, 0, 0, 0]), 20_000, rho).min() <= alpha
+
+
+def test_inverse_cdf_draws_take_u_in_cdf_intervals_closed_below_and_never_the_padding(monkeypatch):
+    # Outcome j is drawn for u in [cdf[j-1], cdf[j]). Ten 0.1s sum to 1 - 2**-53 in floating point, so a u
+    # between that and 1 must still draw the last real outcome, not the padding column of the row.
+    from refpg.sampling import _Categorical
+
+    monkeypatch.setattr(_Categorical, "ALIAS_MAX_ROWS", 0)
+    probs = np.zeros((2, 11))
+    probs[0, :10] = 0.1
+    probs[1, [0, 10]] = 0.5
+    assert np.cumsum(probs[0])[9] < 1.0  # the rounding the test is about
+    cat = _Categorical(sp.csr_array(probs))
+    assert not cat.alias
+    last = np.nextafter(1.0, 0.0)
+    assert cat.draw(np.array([0, 0, 1, 1]), np.array([last, 0.0, 0.5, np.nextafter(0.5, 0.0)])).tolist() == [
+        9, 0, 10, 0]

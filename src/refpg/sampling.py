@@ -66,7 +66,7 @@ class Batch:
     step : int64 array
         Index of the transition within its episode (0 at an episode start),
         so ``gamma ** step`` is the discount weight of [Williams1992]'s
-        estimator.
+        estimator; 0 on padding.
     valid : bool array
         False on padding rows (only `sample_episodes` pads).
     """
