@@ -585,6 +585,8 @@ def main(argv=None) -> int:
     order = {m.id: i for i, m in enumerate(mutants)}
     args.out.mkdir(exist_ok=True)
 
+    stale = stale_equivalents(equivalent, files)  # parses every file: once, not after every mutant
+
     def write_report(done: int) -> str:
         # Rewritten after every mutant, so an interrupted run keeps its verdicts: --survivors resumes it.
         mutant_seconds = time.perf_counter() - mutant_start
@@ -595,7 +597,7 @@ def main(argv=None) -> int:
         (args.out / "report.json").write_text(json.dumps(
             {"table": table, "results": [asdict(r) for r in ordered], "pending": len(todo) - done,
              "seconds_per_mutant": mutant_seconds * args.jobs / max(1, done),
-             "stale_equivalents": stale_equivalents(equivalent, files)}, indent=1))
+             "stale_equivalents": stale}, indent=1))
         return report
 
     pool = concurrent.futures.ThreadPoolExecutor(max(1, args.jobs))
