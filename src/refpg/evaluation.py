@@ -176,10 +176,6 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     else:
         support = mdp.reachable_states(pi, P_pi=P_pi)
 
-    # Before the solve, which may overwrite P_pi: what its rows' own sums
-    # (accepted within PROB_ATOL) contribute to sum(d) - 1.
-    row_excess = np.asarray(P_pi.sum(axis=1)).ravel() - 1.0
-
     # Terminal states have V = 0 by definition and are left out of the solve:
     # their rows of I - gamma P_pi are 1 - gamma (1 + round-off), which is
     # singular for gamma near 1 even though the MDP is fine.
@@ -215,7 +211,7 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
     A = Q - V[:, None]
     J = float(rho @ V)
     if gamma < 1.0:
-        _warn_if_ill_conditioned(d, gamma, _input_deviation(row_excess, rho, mu, terminal, gamma))
+        _warn_if_ill_conditioned(d, mdp, pi, mu)
     return Evaluation(V=V, Q=Q, A=A, d=d, J=J, horizon=horizon, pi=pi, support=support, mdp=mdp)
 
 
@@ -225,39 +221,46 @@ def policy_evaluation(mdp: TabularMDP, pi: np.ndarray) -> Evaluation:
 _ROUNDING = 64 * np.finfo(float).eps
 
 
-def _input_deviation(row_excess: np.ndarray, rho: np.ndarray, mu: np.ndarray, terminal: np.ndarray,
-                     gamma: float) -> float:
+def _input_deviation(mdp: TabularMDP, pi: np.ndarray, mu: np.ndarray) -> float:
     """The part of ``sum(d) - 1`` that the inputs' own sums put there, not the solve.
 
-    With delta(s) = sum_s2 P_pi(s, s2) - 1 (`row_excess`, within PROB_ATOL of
-    0) on the live states, summing mu (I - gamma P_pi) = rho over the states
-    gives ``(1 - gamma) sum(mu) - 1 = (sum(rho) - 1) + gamma * sum_live mu(s)
-    delta(s)`` exactly (the terminal states' formula keeps their own inflow),
-    and ``sum(d) = (1 - gamma) sum(mu)``.
+    With delta(s) = sum_s2 P_pi(s, s2) - 1 on the live states (the rows of P
+    and pi are accepted within PROB_ATOL of 1), summing mu (I - gamma P_pi) =
+    rho over the states gives ``(1 - gamma) sum(mu) - 1 = (sum(rho) - 1) +
+    gamma * sum_live mu(s) delta(s)`` exactly (the terminal states' formula
+    keeps their own inflow), and ``sum(d) = (1 - gamma) sum(mu)``. delta is
+    taken from the rows of pi and P, ``(sum_a pi(a|s) - 1) + sum_a pi(a|s)
+    (sum_s2 P(s2|s, a) - 1)``, since the solve may have overwritten P_pi.
     """
-    live = ~terminal
-    rho_excess = float(rho.sum() - 1.0)
+    S, A = mdp.n_states, mdp.n_actions
+    live = ~mdp.terminal
+    P_excess = np.asarray(mdp.transition_rows().sum(axis=1)).reshape(S, A) - 1.0
+    row_excess = (pi.sum(axis=1) - 1.0) + np.einsum("sa,sa->s", pi, P_excess)
+    rho_excess = float(mdp.rho.sum() - 1.0)
     if max(abs(rho_excess), float(np.abs(row_excess[live]).max(initial=0.0))) <= _ROUNDING:
         # Sums off by rounding only: the horizon amplifying perturbations that
         # small is what ill-conditioning means, so it is not blamed on the input.
         return 0.0
-    return rho_excess + gamma * float(mu[live] @ row_excess[live])
+    return rho_excess + mdp.gamma * float(mu[live] @ row_excess[live])
 
 
-def _warn_if_ill_conditioned(d: np.ndarray, gamma: float, from_inputs: float) -> None:
+def _warn_if_ill_conditioned(d: np.ndarray, mdp: TabularMDP, pi: np.ndarray, mu: np.ndarray) -> None:
     """Say so when d does not sum to 1 within 1e-10, and say why.
 
-    Two causes, told apart by `from_inputs` (``_input_deviation``): rows of P
-    and pi accepted within PROB_ATOL rather than to the last ulp, which a long
-    horizon multiplies; or the solve's forward error. The LU solve is backward
-    stable (Bellman residuals stay ~1e-16), but for gamma within ~1e-6 of 1 the
-    condition number of I - gamma P_pi (up to ~1/(1-gamma)) makes its forward
-    error exceed refpg's 1e-10 identities; sum(d) measures that for free.
+    Two causes, told apart by ``_input_deviation`` (computed only when d is
+    off, so the common case costs one sum): rows of P and pi accepted within
+    PROB_ATOL rather than to the last ulp, which a long horizon multiplies; or
+    the solve's forward error. The LU solve is backward stable (Bellman
+    residuals stay ~1e-16), but for gamma within ~1e-6 of 1 the condition
+    number of I - gamma P_pi (up to ~1/(1-gamma)) makes its forward error
+    exceed refpg's 1e-10 identities; sum(d) measures that for free.
     """
     total = float(d.sum())
     err = total - 1.0
     if abs(err) <= 1e-10:
         return
+    gamma = mdp.gamma
+    from_inputs = _input_deviation(mdp, pi, mu)
     head = f"d sums to 1 {'+' if err > 0 else '-'} {abs(err):.2g} at gamma = {gamma!r}: "
     if abs(from_inputs) > abs(err - from_inputs):
         why = (f"the rows of P_pi and rho sum to 1 within atol but not exactly, and the horizon 1/(1 - gamma) "
