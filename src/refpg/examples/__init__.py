@@ -24,74 +24,13 @@ imports without it.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Callable, Mapping
 
 from refpg.errors import InvalidInputError
 from refpg.examples import broken, correct
+from refpg.examples._example import Example
+from refpg.examples import gae_conventions, jax_examples, kl_trpo_conventions, ppo_variants, reinforce_losses
 
 __all__ = ["Example", "CORRECT", "BROKEN", "by_name"]
-
-_KINDS = ("gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step")
-_BACKENDS = ("numpy", "torch")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One bundled implementation and how to check it.
-
-    Attributes
-    ----------
-    name : str
-        Unique; `by_name` finds the example by it.
-    kind : str
-        The check it is for: ``"gae"``, ``"ppo_loss"``, ``"value_loss"``,
-        ``"kl_estimator"``, ``"reinforce_estimator"`` or ``"trpo_step"``.
-    fn : callable
-        The implementation, called with positional arguments in the order of
-        its convention.
-    convention : str
-        ``"refpg"`` (canonical), ``"sb3"``, ``"cleanrl"``, ``"torchrl"`` or ``"rlax"``.
-    backend : str
-        ``"numpy"`` or ``"torch"``.
-    options : Mapping
-        Options of the check, e.g. ``{"unbiased": False}``; read-only.
-    expected : str or None
-        For a broken example, the check id that must fail (it starts with
-        ``kind + "."``); None for a correct one.
-    description : str
-        One line: what the example is, or what the bug is and where it has
-        been reported.
-    """
-
-    name: str
-    kind: str
-    fn: Callable
-    convention: str = "refpg"
-    backend: str = "numpy"
-    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    expected: str | None = None
-    description: str = ""
-
-    def __post_init__(self):
-        if self.kind not in _KINDS:
-            raise InvalidInputError(f"kind should be one of {list(_KINDS)}, actual {self.kind!r}")
-        if self.backend not in _BACKENDS:
-            raise InvalidInputError(f"backend should be one of {list(_BACKENDS)}, actual {self.backend!r}")
-        if self.expected is not None and not self.expected.startswith(self.kind + "."):
-            raise InvalidInputError(
-                f"expected should be a check id of kind {self.kind!r} ({self.kind}.<check>), "
-                f"actual {self.expected!r}")
-        if not callable(self.fn):
-            raise InvalidInputError(f"fn should be callable, actual {type(self.fn).__name__}")
-        # Read-only, so that a shared registry entry cannot be changed by one test for the next.
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
-
-    @property
-    def broken(self) -> bool:
-        """True for a deliberately broken example (it has an `expected` check id)."""
-        return self.expected is not None
 
 
 def _correct(name, kind, convention, backend, description, **options) -> Example:
@@ -252,6 +191,12 @@ BROKEN: tuple[Example, ...] = (
     _broken("trpo_descends", "trpo_step", "surrogate_improvement",
             "surrogate built with the loss's sign and maximised: the accepted step descends L"),
 )
+
+#: Examples of the conventions and variants real projects use, one module per topic, each with its own
+#: ``CORRECT`` and ``BROKEN`` tuples.
+_TOPICS = (ppo_variants, gae_conventions, kl_trpo_conventions, reinforce_losses, jax_examples)
+CORRECT = CORRECT + tuple(ex for topic in _TOPICS for ex in topic.CORRECT)
+BROKEN = BROKEN + tuple(ex for topic in _TOPICS for ex in topic.BROKEN)
 
 _BY_NAME = {ex.name: ex for ex in CORRECT + BROKEN}
 if len(_BY_NAME) != len(CORRECT) + len(BROKEN):  # pragma: no cover - a registry typo
