@@ -6,9 +6,19 @@ With :math:`r = \pi_{new}(a)/\pi_{old}(a)`, the estimators of [Schulman2020] are
 what the user declares: unbiasedness statistically on categorical pairs whose
 KL is known exactly (docs/conventions.md: declared false-alarm rate, fixed seed),
 non-negativity and the zero at equal policies on Hypothesis-drawn inputs.
+
+Two argument orders are in use. PPO code (SB3, CleanRL, TorchRL, rlax) passes
+``(logp_new, logp_old)`` and estimates KL(pi_old || pi_new) on actions drawn
+from pi_old. RLHF code (TRL's and verl's ``kl_penalty(logprob, ref_logprob)``,
+OpenRLHF's ``compute_approx_kl(log_probs, log_probs_base)``) passes the
+log-probability under the policy that drew the tokens first and the reference
+second, and estimates KL(pi || pi_ref) on tokens drawn from pi: the same
+quantity with the arguments the other way round (convention ``"rlhf"``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from hypothesis import strategies as st
@@ -21,21 +31,68 @@ from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 from refpg.stats import DEFAULT_ALPHA, mean_test
 
-__all__ = ["check_kl_estimator", "KL_PAIRS"]
+__all__ = ["check_kl_estimator", "KL_PAIRS", "KL_CONVENTIONS"]
 
-#: (pi_old, pi_new) pairs of the unbiasedness test, simplest first. Ratios stay within [1/7, 7], so
-#: every estimator above has a bounded variance and the z-test's normal approximation is sound.
+#: (pi_old, pi_new) pairs of the unbiasedness test, simplest first. Ratios stay within [1/7, 7] but in
+#: the last pair, whose common action has log r = log(0.02) = -3.9: an estimator that clips the log-ratio
+#: or mishandles large |log r| is tested where it matters. Every estimator above has a bounded variance
+#: on each pair, so the test's normal approximation is sound.
 KL_PAIRS = (
     (np.array([0.5, 0.5]), np.array([0.6, 0.4])),
     (np.array([0.5, 0.5]), np.array([0.9, 0.1])),
     (np.array([0.2, 0.3, 0.5]), np.array([0.5, 0.3, 0.2])),
     (np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.2, 0.7])),
     (np.array([0.25, 0.25, 0.25, 0.25]), np.array([0.1, 0.2, 0.3, 0.4])),
+    (np.array([0.5, 0.5]), np.array([0.99, 0.01])),
 )
 SAMPLES_PER_PAIR = 20_000
-#: Every convention passes (logp_new, logp_old); the names are accepted for uniformity.
-KL_CONVENTIONS = ("refpg", "sb3", "cleanrl", "torchrl", "rlax")
-BATCH = 10  # batch size when the function returns a batch mean
+#: A function that returns the mean of its batch is called on BATCHES batches of BATCH actions, the same
+#: SAMPLES_PER_PAIR actions a per-sample estimator gets in one call: the mean of the batch means is the
+#: mean of all samples, and their spread estimates its standard error, so Student's t-test on the
+#: batch means has the power of the z-test on all samples but for the wider threshold of 399 degrees of
+#: freedom (5.33 instead of 5.23 at the default alpha). 400 calls per pair instead of 2,000 batches of 10.
+BATCH = 50
+BATCHES = SAMPLES_PER_PAIR // BATCH
+#: Batch sizes drawn for a JAX function (a jitted one compiles once per input shape), shrinking included.
+JAX_SIZES = (1, 2, 4, 8)
+
+#: The parameters each convention passes, in order. The PPO conventions all pass (logp_new, logp_old);
+#: "rlhf" passes the sampling policy's log-probability first and the other policy's second.
+_PARAMS = {**{c: ("logp_new", "logp_old") for c in ("refpg", "sb3", "cleanrl", "torchrl", "rlax")},
+           "rlhf": ("logprob", "ref_logprob")}
+KL_CONVENTIONS = tuple(_PARAMS)
+
+
+class _Terms(NamedTuple):
+    """How a convention names the two policies in messages (its own terms, never the kit's)."""
+
+    sampler: str   # the policy the actions are drawn from
+    other: str     # the other policy
+    new_arg: str   # the argument that holds log pi_new (the kit's other policy)
+    old_arg: str   # the argument that holds log pi_old (the kit's sampling policy)
+
+    @property
+    def kl(self) -> str:
+        return f"KL({self.sampler} || {self.other})"
+
+    @property
+    def reverse(self) -> str:
+        return f"KL({self.other} || {self.sampler})"
+
+    @property
+    def ratio(self) -> str:
+        return f"r = {self.other} / {self.sampler}"
+
+
+_TERMS = {c: _Terms("pi_old", "pi_new", "logp_new", "logp_old") for c in _PARAMS}
+_TERMS["rlhf"] = _Terms("pi", "pi_ref", "ref_logprob", "logprob")
+
+
+def _args(convention: str, new, old) -> list:
+    """The (name, value) arguments of one call, in the convention's order."""
+    if convention == "rlhf":
+        return [("logprob", old), ("ref_logprob", new)]
+    return [("logp_new", new), ("logp_old", old)]
 
 
 def _kl(p, q) -> float:
@@ -43,6 +100,29 @@ def _kl(p, q) -> float:
 
 
 _LOGP = st.one_of(st.sampled_from([-1.0, -0.5, -2.0, 0.0]), st.floats(-6.0, 0.0))
+
+
+def _samples(jax: bool, **columns):
+    """Equal-length columns; for a JAX function only the sizes of `JAX_SIZES`."""
+    if not jax:
+        return _cases.samples(**columns)
+
+    @st.composite
+    def build(draw):
+        n = draw(st.sampled_from(JAX_SIZES))
+        return {name: np.array(draw(st.lists(elem, min_size=n, max_size=n)), dtype=np.float64)
+                for name, elem in columns.items()}
+    return build()
+
+
+def _moves(case: dict, keys: tuple, jax: bool) -> list:
+    """Smaller cases; for a JAX function a smaller size keeps the first samples, so shrinking visits
+    only the sizes of `JAX_SIZES` (no new compilation per dropped sample)."""
+    if not jax:
+        return _cases.sample_moves(case, keys)
+    n = len(case[keys[0]])
+    out = [{**case, **{k: case[k][:m] for k in keys}} for m in JAX_SIZES if m < n]
+    return out + [c for c in _cases.sample_moves(case, keys) if len(c[keys[0]]) == n]
 
 
 @numerics_of_their_own
@@ -57,11 +137,20 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
         ``fn(logp_new, logp_old) -> estimates``: per-sample estimates of
         shape (n,), or their mean (a scalar), from n actions drawn from
         pi_old. SB3's and CleanRL's ``approx_kl`` return the mean of k3.
-    convention : str
-        Every convention of the kit shares this signature (all compute the
-        log-ratio from the two log-probabilities); accepted for uniformity.
+    convention : {"refpg", "sb3", "cleanrl", "torchrl", "rlax", "rlhf"}
+        The PPO conventions all pass ``(logp_new, logp_old)``. ``"rlhf"``
+        passes ``(logprob, ref_logprob)`` as TRL's and verl's ``kl_penalty``
+        and OpenRLHF's ``compute_approx_kl`` take them: `logprob` is the
+        log-probability under the policy pi that drew the samples (the kit's
+        pi_old), `ref_logprob` under the reference pi_ref (the kit's pi_new),
+        and the estimate is of :math:`KL(\pi\,\|\,\pi_{ref})`; there
+        :math:`k_1` is ``logprob - ref_logprob`` and :math:`k_3` (verl's
+        "low_var_kl") is :math:`e^{u} - 1 - u` with ``u = ref_logprob - logprob``.
     backend, dtype, max_examples, seed
-        As in `check_gae`; `seed` also seeds the Monte Carlo samples.
+        As in `check_gae`; `seed` also seeds the Monte Carlo samples. With
+        backend="jax", the drawn cases have 1, 2, 4 or 8 samples only (shrinking
+        too), and the unbiasedness test calls with 20,000 samples or batches of
+        50: a jitted estimator compiles for at most six shapes.
     unbiased : bool
         Whether the estimator claims :math:`\mathbb E[\hat k] = KL` (k1, k3 do).
     non_negative : bool
@@ -74,8 +163,19 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
     -------
     Report
         ``kl_estimator.zero_when_equal``, ``kl_estimator.non_negative`` (if
-        declared), ``kl_estimator.unbiased`` (if declared: a two-sided z-test
-        per pair, 20,000 samples each), plus the generic ids.
+        declared), ``kl_estimator.unbiased`` (if declared: per pair of
+        `KL_PAIRS`, a two-sided z-test on 20,000 per-sample estimates, or,
+        for a function that returns the batch mean, Student's t-test on 400
+        means of batches of 50), plus the generic ids. When the estimates
+        fail but the same function with its two arguments swapped passes, the
+        message says so and names the convention to pass.
+
+    Notes
+    -----
+    The t-test on m batch means of size k has the power of the z-test on
+    the m k samples (the same mean, the same standard error) except for the
+    wider Student threshold; the normal approximation of either is at its
+    best for the grand mean, whose skewness is that of all m k samples.
     """
     check_callable(fn)
     check_choice(convention, "convention", KL_CONVENTIONS)
@@ -87,23 +187,24 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
     alpha = check_real(alpha, "alpha")
     if not 0.0 < alpha < 1.0:
         raise InvalidInputError(f"alpha should be in (0, 1), actual {alpha!r}")
-    named = check_signature(fn, "kl_estimator", convention,
-                            {c: ("logp_new", "logp_old") for c in KL_CONVENTIONS})
+    named = check_signature(fn, "kl_estimator", convention, _PARAMS)
     opts = dict(unbiased=bool(unbiased), non_negative=bool(non_negative), alpha=float(alpha))
+    terms = _TERMS[convention]
 
     def probe(be):
         s = Session("kl_estimator", fn, convention, be, max_examples=1, seed=seed, options=opts)
-        return s.call([("logp_new", np.array([-1.0, -0.5])), ("logp_old", np.array([-0.5, -1.0]))])
+        return s.call(_args(convention, np.array([-1.0, -0.5]), np.array([-0.5, -1.0])))
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("kl_estimator", fn, convention, be, max_examples=max_examples, seed=seed,
                       options=opts, warnings=named + warn0)
     mode = {"per_sample": None}
+    jax = be.name == "jax"
 
-    def estimates(logp_new, logp_old, inputs):
-        """(estimates as float64 (n,) or a scalar, outcomes)."""
-        args = [("logp_new", logp_new), ("logp_old", logp_old)]
-        call = session.call(args)
+    def estimates(logp_new, logp_old, inputs, *, order=convention):
+        """(estimates as float64 (n,) or a scalar, outcomes); `order` "refpg" or "rlhf" passes the
+        arguments in that order (the other one tests the swapped order)."""
+        call = session.call(_args(order, logp_new, logp_old))
         outcomes = session.generic_outcomes(call, inputs)
         if call.error is not None:
             return None, outcomes
@@ -123,21 +224,25 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
         out, more = session.output_array(call.output, "estimate", target, inputs)
         return out, outcomes + more
 
+    def shown(new, old, **extra):
+        """The inputs as the convention names them (what a counterexample shows)."""
+        return {**dict(_args(convention, new, old)), **extra}
+
     def evaluate_zero(case):
         lp = be.round(case["logp"])
-        inputs = {"logp_new": lp, "logp_old": lp}
+        inputs = shown(lp, lp)
         est, outcomes = estimates(lp, lp.copy(), inputs)
         if est is not None:
             o = session.compare("kl_estimator.zero_when_equal", "estimate", est, np.zeros_like(est), inputs,
-                                why="pi_new = pi_old, so every estimate of KL(pi_old || pi_new) = 0 "
-                                    "should be 0")
+                                why=f"{terms.other} = {terms.sampler}, so every estimate of {terms.kl} = 0 "
+                                    f"should be 0")
             if o is not None:
                 outcomes.append(o)
         return outcomes
 
     def evaluate_sign(case):
         new, old = be.round(case["logp_new"]), be.round(case["logp_old"])
-        inputs = {"logp_new": new, "logp_old": old, "log ratio (derived)": new - old}
+        inputs = shown(new, old, **{"log r (derived)": new - old})
         est, outcomes = estimates(new, old, inputs)
         if est is not None:
             session.ran("kl_estimator.non_negative")
@@ -146,81 +251,115 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
                 i = int(np.flatnonzero(np.atleast_1d(neg))[0])
                 value = float(np.atleast_1d(est)[i])
                 where = (i,) if np.ndim(est) else None
+                k1 = "logprob - ref_logprob" if convention == "rlhf" else "-log r"
                 outcomes.append(Outcome(
                     "kl_estimator.non_negative",
                     f"estimate{[i] if where else ''} should be >= 0 (the estimator is declared "
-                    f"non_negative=True), actual {value:.6g}; k1 = -log r is negative whenever "
-                    f"pi_new(a) > pi_old(a): declare non_negative=False or use k3 = (r - 1) - log r",
+                    f"non_negative=True), actual {value:.6g}; k1 = {k1} is negative whenever "
+                    f"{terms.other}(a) > {terms.sampler}(a): declare non_negative=False or use "
+                    f"k3 = (r - 1) - log r with {terms.ratio}",
                     inputs, expected=">= 0", actual=est, where=where))
         return outcomes
 
     session.declare(*session.generic_ids(), "kl_estimator.zero_when_equal")
-    session.run_scenario(_cases.samples(logp=_LOGP), evaluate_zero, ("kl_estimator.zero_when_equal",),
-                         moves=lambda c: _cases.sample_moves(c, ("logp",)))
+    session.run_scenario(_samples(jax, logp=_LOGP), evaluate_zero, ("kl_estimator.zero_when_equal",),
+                         moves=lambda c: _moves(c, ("logp",), jax))
     if non_negative:
-        session.run_scenario(_cases.samples(logp_new=_LOGP, logp_old=_LOGP), evaluate_sign,
+        session.run_scenario(_samples(jax, logp_new=_LOGP, logp_old=_LOGP), evaluate_sign,
                              ("kl_estimator.non_negative",),
-                             moves=lambda c: _cases.sample_moves(c, ("logp_new", "logp_old")))
+                             moves=lambda c: _moves(c, ("logp_new", "logp_old"), jax))
     if unbiased:
         session.declare("kl_estimator.unbiased", tracked=True)
-        _unbiased(session, be, estimates, mode, seed, float(alpha))
+        _unbiased(session, convention, estimates, shown, mode, seed, float(alpha))
     return session.report()
 
 
-def _unbiased(session, be, estimates, mode, seed, alpha) -> None:
-    """One z-test per pair on 20,000 draws from pi_old; report the simplest pair that rejects."""
+def _draws(estimates, new, old, pair, shown, mode, *, order):
+    """The estimates the test averages, per-sample (n,) or BATCHES batch means; or (None, outcomes)."""
+    if mode["per_sample"] is not False:
+        first5 = {f"{name} (first 5)": v[:5] for name, v in shown(new, old).items()}
+        est, outcomes = estimates(new, old, {**pair, **first5}, order=order)
+        if est is not None and np.ndim(est) == 0:
+            mode["per_sample"] = False
+            est = None
+        if outcomes or mode["per_sample"] is not False:
+            return est, outcomes
+    means = np.empty(BATCHES)
+    for b in range(BATCHES):
+        sl = slice(b * BATCH, (b + 1) * BATCH)
+        est, outcomes = estimates(new[sl], old[sl], {**pair, **shown(new[sl], old[sl])}, order=order)
+        if outcomes:
+            return None, outcomes
+        means[b] = float(est)
+    return means, []
+
+
+def _unbiased(session, convention, estimates, shown, mode, seed, alpha) -> None:
+    """One test per pair on 20,000 draws from pi_old; report the simplest pair that rejects."""
+    be, terms = session.backend, _TERMS[convention]
     rng = np.random.default_rng(seed)
     k = len(KL_PAIRS)
     for p_old, p_new in KL_PAIRS:
         actions = rng.choice(p_old.size, size=SAMPLES_PER_PAIR, p=p_old)
         new, old = be.round(np.log(p_new)[actions]), be.round(np.log(p_old)[actions])
         exact = _kl(p_old, p_new)
-        pair = {"pi_old": p_old, "pi_new": p_new, "exact KL(pi_old || pi_new)": exact}
-        if mode["per_sample"] is not False:
-            est, outcomes = estimates(new, old, {**pair, "logp_new (first 5)": new[:5],
-                                                 "logp_old (first 5)": old[:5]})
-            if est is not None and np.ndim(est) == 0:
-                mode["per_sample"] = False
-                est = None
-            if outcomes:
-                _stopped(session, outcomes)
-                return
-            draws = est
-        if mode["per_sample"] is False:
-            means = []
-            for b in range(0, SAMPLES_PER_PAIR, BATCH):
-                est, outcomes = estimates(new[b:b + BATCH], old[b:b + BATCH],
-                                          {**pair, "logp_new": new[b:b + BATCH], "logp_old": old[b:b + BATCH]})
-                if outcomes:
-                    _stopped(session, outcomes)
-                    return
-                means.append(float(est))
-            draws = np.array(means)
-        test = mean_test(draws[:, None], np.array([exact]), alpha=alpha / k)
+        pair = {terms.sampler: p_old, terms.other: p_new, f"exact {terms.kl}": exact}
+        draws, outcomes = _draws(estimates, new, old, pair, shown, mode, order=convention)
+        if outcomes:
+            _stopped(session, outcomes)
+            return
+        per_sample = bool(mode["per_sample"])
+        test = mean_test(draws[:, None], np.array([exact]), alpha=alpha / k, student=not per_sample)
         session.ran("kl_estimator.unbiased")
         if test.rejected:
-            unit = "per-sample estimates" if mode["per_sample"] else f"means of batches of {BATCH}"
+            unit = "per-sample estimates of" if per_sample else f"means (Student's t) of batches of {BATCH}"
+            stat = "z" if per_sample else "t"
             session.record(Outcome(
                 "kl_estimator.unbiased",
-                f"the mean estimate should be KL(pi_old || pi_new) = {exact:.6g} (declared unbiased), actual "
-                f"{test.mean[0]:.6g} +- {test.stderr[0]:.2g} (z = {test.z[0]:.1f}, |z| threshold "
-                f"{test.threshold:.2f} at family-wise alpha = {alpha:g} over {k} pairs; {test.n} {unit} of "
-                f"actions drawn from pi_old with seed {seed})"
-                + _direction_hint(test, p_old, p_new, None if mode["per_sample"] else BATCH),
+                f"the mean estimate should be {terms.kl} = {exact:.6g} (declared unbiased), actual "
+                f"{test.mean[0]:.6g} +- {test.stderr[0]:.2g} ({stat} = {test.z[0]:.1f}, |{stat}| threshold "
+                f"{test.threshold:.2f} at family-wise alpha = {alpha:g} over {k} pairs; {test.n} {unit} "
+                f"actions drawn from {terms.sampler} with seed {seed})"
+                + _direction_hint(test, p_old, p_new, None if per_sample else BATCH, terms)
+                + _swap_hint(estimates, new, old, pair, shown, mode, test, exact, alpha / k, convention),
                 {**pair, "samples": SAMPLES_PER_PAIR}, expected=exact, actual=float(test.mean[0])))
             return
 
 
-def _direction_hint(test, p_old, p_new, batch) -> str:
+def _swap_hint(estimates, new, old, pair, shown, mode, test, exact, alpha, convention) -> str:
+    """Say so when the same function with its two arguments swapped estimates the KL without bias:
+    it takes them in the other order (or computes its ratio the other way round, which reads the same)."""
+    other = "refpg" if convention == "rlhf" else "rlhf"
+    before = dict(mode)
+    draws, outcomes = _draws(estimates, new, old, pair, shown, mode, order=other)
+    mode.update(before)
+    if outcomes or draws is None or draws.ndim != 1 or draws.size != test.n:
+        return ""
+    swapped = mean_test(draws[:, None], np.array([exact]), alpha=alpha, student=draws.size == BATCHES)
+    if swapped.rejected:
+        return ""
+    mine, theirs = _PARAMS[convention], _PARAMS[other]
+    terms = _TERMS[convention]
+    return (f"; with its two arguments swapped the same function is consistent with {terms.kl} (mean "
+            f"{swapped.mean[0]:.6g} +- {swapped.stderr[0]:.2g}): the argument order is swapped. If it takes "
+            f"({', '.join(theirs)}), pass convention={other!r} (refpg check: --convention {other})"
+            + (" as TRL's and verl's kl_penalty and OpenRLHF's compute_approx_kl need: the log-probability "
+               "of the sampling policy first" if other == "rlhf" else "")
+            + f"; if it takes ({', '.join(mine)}), its log-ratio is the wrong way round "
+              f"(it should be {terms.ratio})")
+
+
+def _direction_hint(test, p_old, p_new, batch, terms) -> str:
     """Name the common bug whose exact mean the rejected estimates are consistent with, if one is:
     the reverse direction KL(pi_new || pi_old), a flipped sign, or (for batch means) a sum of the batch.
     Consistent means within the test's own threshold of standard errors."""
     exact, reverse = _kl(p_old, p_new), _kl(p_new, p_old)
-    candidates = [(reverse, f"actual equals KL(pi_new || pi_old) = {reverse:.6g}: the direction is swapped. "
-                            f"This check, like PPO's approx_kl, estimates KL(pi_old || pi_new) = "
-                            f"E_old[(r - 1) - log r] with r = pi_new / pi_old; E_old[r log r - (r - 1)] "
-                            f"is KL(pi_new || pi_old)"),
-                  (-exact, "actual = -expected: the sign is flipped (k1 is -log r = logp_old - logp_new)")]
+    k1 = "logprob - ref_logprob" if terms.sampler == "pi" else "logp_old - logp_new"
+    candidates = [(reverse, f"actual equals {terms.reverse} = {reverse:.6g}: the direction is swapped. "
+                            f"This check, like PPO's approx_kl, estimates {terms.kl} = "
+                            f"E_{terms.sampler}[(r - 1) - log r] with {terms.ratio}; "
+                            f"E_{terms.sampler}[r log r - (r - 1)] is {terms.reverse}"),
+                  (-exact, f"actual = -expected: the sign is flipped (k1 is -log r = {k1})")]
     if batch is not None:
         candidates.append((batch * exact, f"actual = n x expected with n = {batch}, the batch size: the "
                                           f"function sums the estimates where their mean belongs"))
