@@ -16,11 +16,11 @@ from refpg import examples
 from refpg.conformance import check
 from refpg.conformance.runner import _run_example
 
-HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS = {backend: importlib.util.find_spec(backend) is not None for backend in ("torch", "jax")}
 
 
 def _marks(ex):
-    return [pytest.mark.skipif(ex.backend == "torch" and not HAS_TORCH, reason="needs torch")]
+    return [pytest.mark.skipif(ex.backend in HAS and not HAS[ex.backend], reason=f"needs {ex.backend}")]
 
 
 def _run(ex, **kwargs):

@@ -584,8 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--kind", default=None, choices=runner.KINDS, help="what TARGET computes")
     ck.add_argument("--convention", default=None, choices=sorted({c for cs in runner.CONVENTIONS.values() for c in cs}),
                     help="whose signature and defaults TARGET follows (default refpg; each kind's are listed below)")
-    ck.add_argument("--backend", default="auto", choices=("auto", "numpy", "torch"),
-                    help="arrays passed to TARGET: NumPy or torch tensors (default auto: whichever it accepts)")
+    ck.add_argument("--backend", default="auto", choices=("auto", "numpy", "torch", "jax"),
+                    help="arrays passed to TARGET: NumPy, torch tensors or JAX arrays (default auto: whichever "
+                         "it accepts)")
     ck.add_argument("--dtype", default="float64", choices=("float64", "float32"),
                     help="floating type of the inputs (default float64)")
     ck.add_argument("--seed", type=_integer(0), default=0, help="seed of the drawn inputs (default 0)")

@@ -34,7 +34,7 @@ from refpg.errors import InvalidInputError
 __all__ = ["Backend", "Call", "Outcome", "Session", "resolve_backend"]
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
-BACKENDS = ("auto", "numpy", "torch")
+BACKENDS = ("auto", "numpy", "torch", "jax")
 DTYPES = ("float64", "float32")
 
 
@@ -46,7 +46,11 @@ class BadOutput(Exception):
 
 @dataclass(frozen=True)
 class Backend:
-    """How arrays are handed to the user's function: NumPy or torch, float64 or float32.
+    """How arrays are handed to the user's function: NumPy, torch or JAX, float64 or float32.
+
+    JAX arrays are float64 only where JAX's x64 mode is on: with dtype float64 the
+    user's function runs inside ``jax.enable_x64(True)`` (`context`), which leaves the
+    caller's global setting as it was.
 
     ``tol`` is the relative tolerance of value comparisons: an output entry
     passes when ``|actual - expected| <= tol * (1 + scale)``, `scale` being the
@@ -65,6 +69,18 @@ class Backend:
     def np_dtype(self):
         return np.dtype(self.dtype)
 
+    @property
+    def differentiable(self) -> bool:
+        """Whether the backend gives gradients of the user's output (torch autograd, ``jax.grad``)."""
+        return self.name in ("torch", "jax")
+
+    def context(self):
+        """What the user's function runs inside: JAX's x64 mode for float64 JAX arrays, else nothing."""
+        if self.name == "jax" and self.dtype == "float64":
+            import jax
+            return jax.enable_x64(True)
+        return contextlib.nullcontext()
+
     def round(self, x: np.ndarray) -> np.ndarray:
         """`x` rounded to the backend's float dtype and back to float64 (what the reference sees)."""
         return np.asarray(x, dtype=self.dtype).astype(np.float64)
@@ -81,6 +97,12 @@ class Backend:
             arr = arr.astype(self.dtype)
         if self.name == "numpy":
             return arr.copy()
+        if self.name == "jax":
+            import jax.numpy as jnp
+            if kind == "int" and self.dtype == "float32":
+                arr = arr.astype(np.int32)  # without x64 JAX has no int64 (it would warn and truncate)
+            with self.context():
+                return jnp.asarray(arr)
         import torch
         t = torch.from_numpy(arr.copy())
         if kind == "float" and requires_grad:
@@ -120,6 +142,8 @@ class Backend:
         return arr
 
     def snapshot(self, x) -> np.ndarray:
+        if self.name == "jax" and not isinstance(x, np.ndarray):
+            return np.array(x, copy=True)  # JAX arrays are immutable: a copy is for symmetry only
         if self.name == "torch" and not isinstance(x, np.ndarray):
             return x.detach().cpu().numpy().copy()
         return np.array(x, copy=True)
@@ -151,6 +175,22 @@ def _torch_to_numpy(y, what: str) -> np.ndarray:
                         f"(dtype {str(y.dtype).removeprefix('torch.')}, layout "
                         f"{str(y.layout).removeprefix('torch.')}, device {y.device}) that .numpy() refuses: "
                         f"{type(exc).__name__}: {detail}") from None
+
+
+def _torch_gradient(x, loss, grad_arg: str) -> tuple[np.ndarray | None, str | None]:
+    """d loss / d x by autograd, as float64; or a message saying why there is none."""
+    import torch
+
+    if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
+        return None, (f"the loss should be differentiable with respect to {grad_arg} (a torch tensor with "
+                      f"requires_grad=True was passed), actual a {type(loss).__name__} with no gradient")
+    try:
+        (g,) = torch.autograd.grad(loss, x, allow_unused=True)
+    except RuntimeError as exc:
+        return None, f"the loss should be differentiable with respect to {grad_arg}, actual {exc}".splitlines()[0]
+    if g is None:
+        return np.zeros(tuple(x.shape)), None
+    return g.detach().cpu().numpy().astype(np.float64), None
 
 
 def _one(shape) -> str:
@@ -194,12 +234,18 @@ def resolve_backend(fn, backend: str, dtype: str, probe: Callable[[Backend], Any
     if backend != "auto":
         if backend == "torch":
             _require_torch()
+        if backend == "jax":
+            _require_jax()
         return Backend(backend, dtype), []
     result = probe(Backend("numpy", dtype))
     if _probe_ok(result):
         if isinstance(result, Call) and _holds_torch(result.output):
             return Backend("torch", dtype), ["backend='auto' chose torch: the function returned a torch "
                                              "tensor for NumPy inputs (its gradient is checked)"]
+        if isinstance(result, Call) and _holds_jax(result.output):
+            return Backend("jax", dtype), ["backend='auto' chose jax: the function returned a JAX array for "
+                                           "NumPy inputs (it is called on JAX arrays, float64 in x64 mode, and "
+                                           "its gradient is checked through jax.grad)"]
         return Backend("numpy", dtype), []
     try:
         _require_torch()
@@ -277,6 +323,19 @@ def _holds_torch(out) -> bool:
     return any(type(x).__module__.startswith("torch") for x in items)
 
 
+def _holds_jax(out) -> bool:
+    """Whether an output is (or, as a tuple or dict, contains) a JAX array."""
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else (out,)
+    return any(type(x).__module__.startswith(("jax", "jaxlib")) for x in items)
+
+
+def _require_jax():
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        raise InvalidInputError("backend='jax' needs JAX: pip install 'refpg[jax]'") from None
+
+
 def _require_torch():
     try:
         import torch  # noqa: F401
@@ -347,6 +406,7 @@ class Call(NamedTuple):
     error_summary: str | None   # "ValueError: ..." one line
     mutated: tuple              # names of input arrays it changed in place
     user_args: tuple            # the arguments as passed (backend objects)
+    names: tuple = ()           # the arguments' names, in the same order
 
 
 def _user_traceback(exc: BaseException) -> str:
@@ -665,8 +725,13 @@ class Session:
         NumPy values are converted to the backend (scalars are passed as Python
         floats). With `grad_of`, that argument is a torch leaf requiring grad.
         """
+        with self.backend.context():
+            return self._call(args, grad_of)
+
+    def _call(self, args: list, grad_of: str | None) -> Call:
         user = []
         snaps = []
+        names = tuple(name for name, _ in args)
         for name, value in args:
             if isinstance(value, np.ndarray) or isinstance(value, (list,)) and name.endswith("episodes"):
                 obj = self._convert(value, requires_grad=(name == grad_of))
@@ -690,7 +755,7 @@ class Session:
                 self._timed(time.perf_counter() - t0)
                 self._note_warnings(caught)
                 self.ran(f"{self.kind}.raised")
-                failed = Call(None, _user_traceback(exc), summary, (), tuple(user))
+                failed = Call(None, _user_traceback(exc), summary, (), tuple(user), names)
                 if self.first_error is None:
                     self.first_error = failed
                 return failed
@@ -699,7 +764,46 @@ class Session:
         mutated = tuple(name for name, obj, snap in snaps if not self._same(obj, snap))
         self.returned += 1
         self.ran(f"{self.kind}.raised", f"{self.kind}.input_mutated")
-        return Call(out, None, None, mutated, tuple(user))
+        return Call(out, None, None, mutated, tuple(user), names)
+
+    def input_gradient(self, call: Call, grad_arg: str, pick: Callable[[Any], Any] = lambda out: out
+                       ) -> tuple[np.ndarray | None, str | None]:
+        """The gradient of the loss `pick(output)` with respect to the argument `grad_arg` of `call`.
+
+        Returns ``(gradient as float64 array of the argument's shape, None)``, or ``(None, message)``
+        saying why there is none. torch: autograd through the call that was made (its `grad_of`
+        argument requires grad). JAX: ``jax.grad`` of the function called again on the same arguments
+        with `grad_arg` as the variable (JAX traces a new call; the first one was concrete). An
+        argument the loss does not depend on has gradient 0.
+        """
+        if not self.backend.differentiable:  # pragma: no cover - internal misuse
+            raise AssertionError("input_gradient needs the torch or jax backend")
+        i = call.names.index(grad_arg)
+        if self.backend.name == "torch":
+            return _torch_gradient(call.user_args[i], pick(call.output), grad_arg)
+        return self._jax_gradient(call, i, grad_arg, pick)
+
+    def _jax_gradient(self, call: Call, i: int, grad_arg: str, pick):
+        import jax
+        import jax.numpy as jnp
+
+        args = list(call.user_args)
+
+        def loss_of(x):
+            out = pick(self.fn(*args[:i], x, *args[i + 1:]))
+            return jnp.reshape(jnp.asarray(out), ())
+
+        with self.backend.context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported once already by the concrete call
+            try:
+                g = jax.grad(loss_of)(args[i])
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                summary = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                return None, (f"the loss should be differentiable with respect to {grad_arg} through jax.grad, "
+                              f"actual {summary}")
+        return np.asarray(g, dtype=np.float64), None
 
     def _timed(self, seconds: float) -> None:
         """Account one call's time; with `PROGRESS` on (the CLI), say now and then that a slow check lives."""

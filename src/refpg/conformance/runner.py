@@ -463,12 +463,13 @@ def demo(*, everything: bool = False, out=None) -> int:
     bad_report = _run_example(shown_bad)
     print(bad_report, "\n", file=out)
     chosen = examples.CORRECT + examples.BROKEN if everything else _demo_set(examples)
-    if importlib.util.find_spec("torch") is None:  # a fresh `pip install -e .` has no torch
-        skipped = [ex for ex in chosen if ex.backend == "torch"]
-        chosen = tuple(ex for ex in chosen if ex.backend != "torch")
-        if skipped:
-            print(f"(PyTorch is not installed: {len(skipped)} torch examples skipped; "
-                  f"pip install 'refpg[torch]' to include them)\n", file=out)
+    for backend, package, label in (("torch", "torch", "PyTorch"), ("jax", "jax", "JAX")):
+        if importlib.util.find_spec(package) is None:  # a fresh `pip install -e .` has neither
+            skipped = [ex for ex in chosen if ex.backend == backend]
+            chosen = tuple(ex for ex in chosen if ex.backend != backend)
+            if skipped:
+                print(f"({label} is not installed: {len(skipped)} {backend} examples skipped; "
+                      f"pip install 'refpg[{backend}]' to include them)\n", file=out)
     rows, all_ok = [], _as_declared(shown_ok, ok_report) and _as_declared(shown_bad, bad_report)
     for ex in chosen:
         report = _run_example(ex)
