@@ -7,12 +7,25 @@ PPO's clipped policy loss [Schulman2017], Eq. (7), as the scalar to minimise:
         \mathrm{clip}(r_i, 1 - \epsilon, 1 + \epsilon) \hat A_i\big), \qquad
     r_i = \exp(\log\pi_{new}(a_i|s_i) - \log\pi_{old}(a_i|s_i)),
 
-with :math:`\hat A` optionally normalised per minibatch. The value loss comes
-in the three forms that libraries use (unclipped; the PPO2/CleanRL maximum of
-the clipped and unclipped errors; SB3's clipped prediction).
+with :math:`\hat A` optionally normalised per minibatch, the clip range
+optionally asymmetric, :math:`[1 - \epsilon_{low}, 1 + \epsilon_{high}]`
+(DAPO [Yu2025], verl), and optionally the dual clip of [Ye2020]: where
+:math:`\hat A_i < 0` the term is :math:`\max(\min(\dots), c \hat A_i)`. The
+value loss comes in the three forms that libraries use (unclipped; the
+PPO2/CleanRL maximum of the clipped and unclipped errors; SB3's clipped
+prediction).
+
+Correctness depends on which branch each sample takes, so every branch is
+drawn by construction: a *region* is a sign of the advantage and a band of
+the ratio (below the clip range, inside, above, beyond the dual clip), and
+each region has a scenario whose every case puts a sample in it.
 """
 
 from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
 
 import numpy as np
 from hypothesis import strategies as st
@@ -28,15 +41,26 @@ __all__ = ["check_ppo_loss", "check_value_loss", "PPO_CONVENTIONS", "VALUE_CONVE
 
 #: Convention -> (signature, default options). SB3 and CleanRL normalise the advantages of each
 #: minibatch with torch's std (ddof = 1) plus 1e-8; SB3 skips normalisation for a minibatch of one.
+#: CleanRL's JAX scripts and PureJaxRL normalise each minibatch too, with jnp.std (ddof = 0) plus 1e-8.
+#: verl passes the old log-probabilities first, dual-clips at clip_ratio_c = 3 by default and reports
+#: the fraction of samples whose clipped term is active.
 PPO_CONVENTIONS = {
     "refpg": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="none")),
     "torchrl": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="none")),
     "sb3": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="batch", ddof=1, eps=1e-8)),
     "cleanrl": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="batch", ddof=1, eps=1e-8)),
+    "cleanrl_jax": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss",
+                    dict(normalize="batch", ddof=0, eps=1e-8)),
     "rlax": ("fn(prob_ratios_t, adv_t, epsilon) -> loss", dict(normalize="none")),
+    "verl": ("fn(old_log_prob, log_prob, advantages, cliprange) -> loss",
+             dict(normalize="none", dual_clip=3.0, clip_fraction="active")),
 }
+#: The options of `check_ppo_loss` and their defaults where the convention sets none.
+PPO_OPTIONS = dict(normalize="none", ddof=1, eps=1e-8, dual_clip=None, eps_low=None, eps_high=None,
+                   clip_fraction="any")
+CLIP_FRACTIONS = ("any", "active")
 
-#: Convention -> default (style, coef) of the value loss.
+#: Value loss: convention -> default (style, coef).
 VALUE_CONVENTIONS = {
     "refpg": dict(style="unclipped", coef=0.5),
     "cleanrl": dict(style="max", coef=0.5),
@@ -47,39 +71,158 @@ VALUE_STYLES = ("unclipped", "max", "clip_prediction")
 VALUE_PARAMETERS = ("values_new", "values_old", "returns", "clip_eps")
 
 CLIPS = (0.2, 0.1, 0.3)
-# Ratios are drawn through u (see `_log_ratio`): |u| < 1 is inside the clip range, |u| > 1 outside.
-# Keeping u at least 10% away from +-1 keeps the (discontinuous) clip indicator and gradient
-# unambiguous in float32.
-_INSIDE_U = st.one_of(st.sampled_from([0.0, 0.5, -0.5]), st.floats(-0.9, 0.9))
-_OUTSIDE_U = st.one_of(st.sampled_from([2.0, -2.0, 3.0, 5.0]), st.floats(1.1, 10.0),
-                       st.floats(-10.0, -1.1))
-_LOGP = st.one_of(st.sampled_from([-1.0, -0.5, -2.0, 0.0]), st.floats(-5.0, 0.0))
+# A ratio is drawn through u (see `_log_ratio`): |u| < 1 is inside the clip range, u = +-1 are its
+# bounds and u = u_c its dual-clip bound c. Every u is drawn at least 10% away from every bound, so
+# the branch each sample takes is unambiguous in float32 too; shrinking keeps that margin.
+_MARGIN = 0.1
+#: Ratio bands, in the order regions are listed: below the clip range, inside, above, beyond the dual clip.
+BANDS = ("below", "inside", "above", "beyond")
+_MAGNITUDES = st.one_of(st.sampled_from([1.0, 2.0, 0.5, 3.0]), st.floats(0.25, 8.0, width=32).map(float))
 
 
 # -- reference ------------------------------------------------------------------------
 
-def _log_ratio(u, eps):
-    """log r with r = (1 + eps)^u for u >= 0 and (1 - eps)^(-u) for u < 0: u = +-1 are the clip bounds."""
-    return np.where(u >= 0, u * np.log1p(eps), -u * np.log1p(-eps))
+class _Clip(NamedTuple):
+    """The clip geometry of one case: the range [1 - low, 1 + high] and the dual-clip bound (None: off)."""
+
+    low: float
+    high: float
+    dual: float | None
+
+    @property
+    def u_dual(self) -> float:
+        """The dual-clip bound in units of u (`_log_ratio`); inf without a dual clip."""
+        return math.inf if self.dual is None else math.log(self.dual) / math.log1p(self.high)
+
+    def describe(self) -> str:
+        rng = (f"eps={self.low:g}" if self.low == self.high else f"eps_low={self.low:g}, eps_high={self.high:g}")
+        return rng + ("" if self.dual is None else f", dual_clip={self.dual:g}")
+
+
+def _clip_of(clip_eps: float, opts: dict) -> _Clip:
+    """A case's geometry: eps_low / eps_high fall back to the clip_eps passed to the function (verl's rule)."""
+    low = clip_eps if opts["eps_low"] is None else opts["eps_low"]
+    high = clip_eps if opts["eps_high"] is None else opts["eps_high"]
+    return _Clip(low, high, opts["dual_clip"])
+
+
+def _log_ratio(u, clip: _Clip):
+    """log r with r = (1 + high)^u for u >= 0 and (1 - low)^(-u) for u < 0: u = +-1 are the clip bounds."""
+    u = np.asarray(u, dtype=np.float64)
+    return np.where(u >= 0, u * np.log1p(clip.high), -u * np.log1p(-clip.low))
+
+
+def _bands(u, clip: _Clip) -> np.ndarray:
+    """The band of each u ("below", "inside", "above", "beyond"), or "" within 10% of a bound (a kink)."""
+    u = np.asarray(u, dtype=np.float64)
+    lo, hi = 1.0 - _MARGIN, 1.0 + _MARGIN
+    uc = clip.u_dual
+    out = np.full(u.shape, "", dtype=object)
+    out[np.abs(u) <= lo] = "inside"
+    out[u <= -hi] = "below"
+    out[(u >= hi) & (u <= lo * uc)] = "above"
+    out[u >= hi * uc] = "beyond"
+    return out
+
+
+def _u_interval(band: str, u_dual: float) -> tuple:
+    """(simple values, low, high) of the u drawn in `band` (`_bands`); `u_dual` is inf without a dual clip."""
+    lo, hi = 1.0 - _MARGIN, 1.0 + _MARGIN
+    if band == "inside":
+        return (0.0, 0.5, -0.5), -lo, lo
+    if band == "below":
+        return (-2.0, -3.0), -10.0, -hi
+    if band == "above":
+        top = min(10.0, lo * u_dual)
+        return tuple(x for x in (2.0, 3.0, 5.0) if x <= top), hi, top
+    # Beyond the dual clip: up to c^2 (a ratio of 9 for verl's c = 3).
+    start = float(math.ceil(hi * u_dual))
+    return (start, start + 1.0), hi * u_dual, 2 * u_dual
+
+
+@functools.lru_cache(maxsize=None)
+def _u_strategy(band: str, u_dual: float):
+    """Draws of u in `band`, shrinking towards its simple values."""
+    simple, low, high = _u_interval(band, u_dual)
+    floats = st.floats(low, high)
+    return st.one_of(st.sampled_from(simple), floats) if simple else floats
+
+
+def _random_u(rng, bands, u_dual: float) -> np.ndarray:
+    """One u per entry of `bands`, drawn by NumPy: a third of them simple values, the rest uniform in the band."""
+    out = np.empty(len(bands))
+    for i, band in enumerate(bands):
+        simple, low, high = _u_interval(band, u_dual)
+        out[i] = simple[rng.integers(len(simple))] if simple and rng.random() < 1 / 3 else rng.uniform(low, high)
+    return out
 
 
 def _normalized(adv: np.ndarray, opts: dict) -> np.ndarray:
     """Per-minibatch normalisation; a minibatch with n <= ddof is left as is (SB3's rule for n = 1)."""
-    if opts["normalize"] == "none" or adv.size <= opts["ddof"]:
+    if not _normalizes(adv.size, opts):
         return adv
     return (adv - adv.mean()) / (adv.std(ddof=opts["ddof"]) + opts["eps"])
+
+
+def _normalizes(n: int, opts: dict) -> bool:
+    return opts["normalize"] == "batch" and n > opts["ddof"]
 
 
 def _normalization_ill_conditioned(adv, opts, be) -> bool:
     """Whether per-minibatch normalisation turns the dtype's rounding of A - mean(A) into an error
     above the tolerance (nearly tied, non-integer advantages in float32, say)."""
-    if opts["normalize"] == "none" or adv.size <= opts["ddof"]:
+    if not _normalizes(adv.size, opts):
         return False
     rounding = 4 * np.finfo(be.np_dtype).eps * (1.0 + abs(float(adv.mean())))
     return rounding / (adv.std(ddof=opts["ddof"]) + opts["eps"]) > 0.1 * be.tol
 
 
-def _normalization_hint(ratio, adv, eps, actual, opts, be) -> str:
+def _sign_noise(adv, opts, be) -> float:
+    """How far from 0 a normalised advantage may land by the dtype's rounding of A - mean(A): below it,
+    its sign (hence its branch) is not decided by the inputs. 0 without normalisation (A is given)."""
+    if not _normalizes(adv.size, opts):
+        return 0.0
+    rounding = 8 * np.finfo(be.np_dtype).eps * (1.0 + float(np.max(np.abs(adv))))
+    return rounding / (adv.std(ddof=opts["ddof"]) + opts["eps"])
+
+
+class _PPORef(NamedTuple):
+    loss: float
+    d_ratio: np.ndarray     # d loss / d ratio
+    clipped: np.ndarray     # the clipped term is taken (A > 0, r > 1 + high, or A < 0, r < 1 - low)
+    dual: np.ndarray        # the dual-clip term c A is taken (A < 0, r > c)
+    outside: np.ndarray     # r outside the clip range, whatever the sign of A
+
+    @property
+    def fractions(self) -> dict:
+        return {"any": float(np.mean(self.outside)), "active": float(np.mean(self.clipped)),
+                "dual": float(np.mean(self.dual))}
+
+
+def _ppo_reference(ratio, adv, clip: _Clip, *, dual_signs: str = "negative") -> _PPORef:
+    r"""-mean of :math:`\min(r A, \mathrm{clip}(r, 1 - low, 1 + high) A)`, and where A < 0 with a dual clip
+    c, of :math:`\max(\min(\dots), c A)` [Ye2020], with its derivative in r and branch masks.
+
+    `dual_signs` = "all" or "min" give the misreadings the failure message names (`_variant_hint`).
+    """
+    n = ratio.size
+    surrogate = np.minimum(ratio * adv, np.clip(ratio, 1.0 - clip.low, 1.0 + clip.high) * adv)
+    # The min picks the clipped term (zero gradient) when A > 0 and r > 1 + high, or A < 0 and r < 1 - low.
+    clipped = ((adv > 0) & (ratio > 1.0 + clip.high)) | ((adv < 0) & (ratio < 1.0 - clip.low))
+    dual = np.zeros(n, bool)
+    if clip.dual is not None:
+        where = adv < 0 if dual_signs == "negative" else np.ones(n, bool)
+        bound = (np.minimum if dual_signs == "min" else np.maximum)(surrogate, clip.dual * adv)
+        surrogate = np.where(where, bound, surrogate)
+        # Where A < 0, min(r A, clip(r) A) = r A for r > 1 + high, and r A < c A exactly when r > c.
+        dual = (adv < 0) & (ratio > clip.dual)
+        clipped &= ~dual
+    d_ratio = np.where(clipped | dual, 0.0, -adv / n)
+    outside = (ratio < 1.0 - clip.low) | (ratio > 1.0 + clip.high)
+    return _PPORef(float(-np.mean(surrogate)), d_ratio, clipped, dual, outside)
+
+
+def _normalization_hint(ratio, adv, clip, actual, opts, be) -> str:
     """Name a common normalisation that reproduces `actual`, if one does."""
     n = adv.size
     variants = [dict(normalize="none", ddof=1, eps=1e-8)]
@@ -93,7 +236,7 @@ def _normalization_hint(ratio, adv, eps, actual, opts, be) -> str:
             if v == {k: opts[k] for k in v} or (v["normalize"] == "batch" and n <= v["ddof"]):
                 continue
             with np.errstate(all="ignore"):
-                loss = _ppo_reference(ratio, _normalized(adv, v), eps)[0]
+                loss = _ppo_reference(ratio, _normalized(adv, v), clip).loss
             if not np.isfinite(loss) or abs(loss) <= be.tol or abs(actual - c * loss) > be.tol * (1 + abs(c * loss)):
                 continue
             bug = {1.0: "", -1.0: " (the sign is flipped)"}.get(c, f" (n = {n}, the minibatch size: a sum where "
@@ -107,37 +250,63 @@ def _normalization_hint(ratio, adv, eps, actual, opts, be) -> str:
     return ""
 
 
-def _ppo_reference(ratio, adv, eps):
-    """(loss, d loss / d ratio, clipped mask, clip fraction) of -mean(min(r A, clip(r) A))."""
-    n = ratio.size
-    clipped_r = np.clip(ratio, 1.0 - eps, 1.0 + eps)
-    loss = -np.mean(np.minimum(ratio * adv, clipped_r * adv))
-    # The min picks the clipped term (zero gradient) when A > 0 and r > 1 + eps, or A < 0 and r < 1 - eps.
-    clipped = ((adv > 0) & (ratio > 1.0 + eps)) | ((adv < 0) & (ratio < 1.0 - eps))
-    d_ratio = np.where(clipped, 0.0, -adv / n)
-    fraction = float(np.mean(np.abs(ratio - 1.0) > eps))
-    return float(loss), d_ratio, clipped, fraction
+def _variant_hint(ratio, a, clip: _Clip, clip_eps: float, actual: float, ref: float, be, scale: float) -> str:
+    """Name the dual-clip or clip-range misreading that reproduces `actual`, if one does.
+
+    `a` are the advantages the loss sees (normalised as declared); `ref` is the right loss.
+    """
+    def fits(alt: float) -> bool:
+        allowed = be.tol * (1.0 + scale)
+        return abs(alt - ref) > allowed and abs(actual - alt) <= allowed
+
+    if clip.dual is not None:
+        if fits(_ppo_reference(ratio, a, clip._replace(dual=None)).loss):
+            return ("; the actual value is the loss WITHOUT the dual clip (plain PPO: where A < 0 and ratio > c "
+                    "the term should be c * A): pass dual_clip=None if that is intended")
+        if fits(_ppo_reference(ratio, a, clip, dual_signs="all").loss):
+            return ("; the actual value is the loss with the dual clip applied to every sample: the bound "
+                    "max(..., c * A) belongs only where A < 0 (where A > 0 it replaces every term by c * A)")
+        if fits(_ppo_reference(ratio, a, clip, dual_signs="min").loss):
+            return ("; the actual value takes min(..., c * A) where A < 0 (in loss terms max(-ratio * A, "
+                    "-clip(ratio) * A, -c * A)): the dual clip is a lower bound on the objective, a max")
+    elif fits(_ppo_reference(ratio, a, clip._replace(dual=3.0)).loss):
+        return ("; the actual value is the loss with a dual clip at c = 3 (verl's default clip_ratio_c): pass "
+                "dual_clip=3 (on the command line --option dual_clip=3) if that is intended")
+    if (clip.low, clip.high) != (clip_eps, clip_eps):
+        if fits(_ppo_reference(ratio, a, clip._replace(low=clip_eps, high=clip_eps)).loss):
+            return (f"; the actual value is the loss with the symmetric clip range [1 - clip_eps, 1 + clip_eps] "
+                    f"(clip_eps={clip_eps:g}): the declared eps_low / eps_high are not applied")
+        if fits(_ppo_reference(ratio, a, clip._replace(low=clip.high, high=clip.low)).loss):
+            return "; the actual value is the loss with eps_low and eps_high swapped"
+    return ""
 
 
-def _parse_loss(session, raw, inputs, *, allow_fraction):
-    """(loss tensor or array, clip fraction or None, outcomes) from what the function returned."""
-    fraction = None
+def _parse_loss(session, raw, inputs, *, allow_fraction, verl=False):
+    """(loss, fractions, outcomes) from what the function returned; `fractions` maps "clip" and "dual"
+    to the returned clip fraction and dual-clip fraction (either may be absent)."""
+    fractions = {}
     if isinstance(raw, dict):
         if "loss" not in raw:
-            return None, None, [Outcome(f"{session.kind}.output_shape",
-                                        f"the returned dict should have a 'loss' key, actual keys "
-                                        f"{sorted(raw)}", inputs)]
-        loss, fraction = raw["loss"], raw.get("clip_fraction")
+            return None, {}, [Outcome(f"{session.kind}.output_shape",
+                                      f"the returned dict should have a 'loss' key, actual keys "
+                                      f"{sorted(raw)}", inputs)]
+        loss = raw["loss"]
+        fractions = {k: raw[key] for k, key in (("clip", "clip_fraction"), ("dual", "dual_clip_fraction"))
+                     if key in raw}
     elif isinstance(raw, (tuple, list)) and allow_fraction and len(raw) == 2:
-        loss, fraction = raw
+        loss, fractions = raw[0], {"clip": raw[1]}
+    elif isinstance(raw, (tuple, list)) and verl and len(raw) == 4:
+        # verl's compute_policy_loss: (pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower).
+        loss, fractions = raw[0], {"clip": raw[1], "dual": raw[3]}
     elif isinstance(raw, (tuple, list)) and allow_fraction:
-        return None, None, [Outcome(f"{session.kind}.output_shape",
-                                    f"the function should return loss, (loss, clip_fraction) or a dict with "
-                                    f"'loss' (and 'clip_fraction'), actual a {type(raw).__name__} of "
-                                    f"{len(raw)} items", inputs)]
+        four = ", verl's (pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower)" if verl else ""
+        return None, {}, [Outcome(f"{session.kind}.output_shape",
+                                  f"the function should return loss, (loss, clip_fraction){four} or a dict with "
+                                  f"'loss' (and 'clip_fraction', 'dual_clip_fraction'), actual a "
+                                  f"{type(raw).__name__} of {len(raw)} items", inputs)]
     else:
         loss = raw
-    return loss, fraction, []
+    return loss, fractions, []
 
 
 def _resolve(options: dict, defaults: dict, allowed: dict) -> dict:
@@ -149,6 +318,41 @@ def _resolve(options: dict, defaults: dict, allowed: dict) -> dict:
     return out
 
 
+def _ppo_options(convention: str, options: dict) -> tuple[dict, tuple, list]:
+    """The resolved options, the clip widths drawn, and warnings; `InvalidInputError` naming a bad option."""
+    opts = _resolve(options, PPO_CONVENTIONS[convention][1], PPO_OPTIONS)
+    check_choice(opts["normalize"], "normalize", ("none", "batch"))
+    if isinstance(opts["ddof"], bool) or not isinstance(opts["ddof"], (int, np.integer)) or opts["ddof"] < 0:
+        raise InvalidInputError(f"ddof should be a non-negative integer, actual {opts['ddof']!r}")
+    opts["eps"] = check_real(opts["eps"], "eps")
+    check_choice(opts["clip_fraction"], "clip_fraction", CLIP_FRACTIONS)
+    if opts["eps_low"] is not None:
+        opts["eps_low"] = check_real(opts["eps_low"], "eps_low", low=0.0, high=1.0, low_open=True, high_open=True)
+    if opts["eps_high"] is not None:
+        opts["eps_high"] = check_real(opts["eps_high"], "eps_high", low=0.0, low_open=True)
+    warnings = []
+    clips = CLIPS
+    if opts["dual_clip"] is not None:
+        c = opts["dual_clip"]
+        if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)) or not np.isfinite(c) \
+                or not c > 1:
+            raise InvalidInputError(f"dual_clip should be a real number > 1 (the bound c of the dual clip, verl's "
+                                    f"clip_ratio_c; None turns it off), actual {c!r}")
+        opts["dual_clip"] = c = float(c)
+        # Ratios are drawn between the clip range and c too: c must clear 1 + eps_high by a margin.
+        room = [e for e in CLIPS if _clip_of(e, opts).u_dual >= 1.25]
+        if not room:
+            high = opts["eps_high"] if opts["eps_high"] is not None else min(CLIPS)
+            raise InvalidInputError(
+                f"dual_clip should be well above the upper clip bound 1 + eps_high, so that ratios between them "
+                f"can be drawn (dual_clip >= (1 + eps_high)^1.25 = {(1 + high) ** 1.25:.4g}), actual {c!r}")
+        if len(room) < len(CLIPS):
+            warnings.append(f"dual_clip={c:g} is close to 1 + clip_eps for clip_eps in "
+                            f"{sorted(set(CLIPS) - set(room))}: those clip widths were not drawn")
+        clips = tuple(room)
+    return opts, clips, warnings
+
+
 # -- PPO clipped loss ---------------------------------------------------------------------
 
 @numerics_of_their_own
@@ -158,49 +362,87 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
 
     [Schulman2017], Eq. (7), with the advantages normalised per minibatch
     when ``normalize="batch"``: :math:`(A - \bar A)/(\mathrm{std}_{ddof}(A) + eps)`
-    (left as is when n <= ddof).
+    (left as is when n <= ddof); the clip range
+    :math:`[1 - \epsilon_{low}, 1 + \epsilon_{high}]`; and with a dual clip
+    ``c`` [Ye2020], the term of a sample with :math:`A_i < 0` is
+    :math:`\max(\min(r_i A_i, \mathrm{clip}(r_i) A_i), c A_i)`: :math:`c A_i`
+    once :math:`r_i > c`, where its derivative in :math:`r_i` is exactly 0.
+
+    Every region that decides the loss is drawn by construction, each by a
+    scenario whose cases all put a sample in it (the other samples are drawn
+    freely), and shrinking never leaves it: both signs of A with the ratio
+    below, inside and above the clip range, and with a dual clip, both signs
+    with the ratio beyond c. Every ratio is at least 10% (in log) away from
+    every bound, so float32 rounding cannot change a branch.
 
     Parameters
     ----------
     fn : callable
         ``fn(logp_new, logp_old, advantages, clip_eps) -> loss`` (rlax:
-        ``fn(prob_ratios_t, adv_t, epsilon)``). It may return ``(loss,
-        clip_fraction)`` or a dict with ``"loss"`` and ``"clip_fraction"``;
-        a clip fraction, if returned, must be :math:`\frac1n\#\{i: |r_i - 1| > \epsilon\}`.
-    convention : {"refpg", "sb3", "cleanrl", "torchrl", "rlax"}
-        Sets the normalisation defaults (`PPO_CONVENTIONS`).
+        ``fn(prob_ratios_t, adv_t, epsilon)``; verl: ``fn(old_log_prob,
+        log_prob, advantages, cliprange)``, old first, e.g. verl's
+        ``compute_policy_loss`` with a response mask of ones bound in). It may
+        return ``(loss, clip_fraction)``, a dict with ``"loss"`` (and
+        ``"clip_fraction"``, ``"dual_clip_fraction"``), or under verl its
+        ``(pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower)``; every fraction
+        returned is checked (ppo_kl is not).
+    convention : {"refpg", "sb3", "cleanrl", "cleanrl_jax", "torchrl", "rlax", "verl"}
+        Sets the defaults of the options (`PPO_CONVENTIONS`): SB3 and CleanRL
+        normalise with ddof=1, CleanRL's JAX scripts and PureJaxRL with
+        ddof=0, verl dual-clips at 3 and reports the active clip fraction.
     backend, dtype, max_examples, seed
-        As in `check_gae`.
+        As in `check_gae`. The cases are shared among the region scenarios:
+        about ``max_examples`` per check id.
     **options
-        ``normalize`` ("none" or "batch"), ``ddof``, ``eps``.
+        ``normalize`` ("none" or "batch"), ``ddof``, ``eps``;
+        ``dual_clip`` (c > 1, or None for no dual clip);
+        ``eps_low``, ``eps_high`` (the clip range's two sides; None takes
+        the ``clip_eps`` passed to the function, as verl's
+        ``cliprange_low``/``cliprange_high`` do);
+        ``clip_fraction``: what a returned clip fraction counts, ``"any"``
+        (SB3, CleanRL: :math:`\frac1n\#\{i: r_i \notin [1-\epsilon_{low}, 1+\epsilon_{high}]\}`)
+        or ``"active"`` (TRL, verl, OpenRLHF: the samples whose clipped
+        term is taken, :math:`A_i > 0, r_i > 1 + \epsilon_{high}` or
+        :math:`A_i < 0, r_i < 1 - \epsilon_{low}`). A dual-clip fraction
+        counts :math:`A_i < 0, r_i > c` (verl's ``pg_clipfrac_lower``).
 
     Returns
     -------
     Report
         Check ids ``ppo_loss.inside_clip_range`` (every ratio within the clip
-        range: the loss is -mean(r A)), ``ppo_loss.outside_clip_range``,
-        ``ppo_loss.clip_fraction`` (if returned), ``ppo_loss.gradient`` (torch
-        backend: d loss / d logp_new is exactly 0 where the clipped term is
-        taken and -A r / n elsewhere), plus the generic ones.
+        range: the loss is -mean(r A)), ``ppo_loss.outside_clip_range``
+        (ratios below or above it, no dual clip active), ``ppo_loss.dual_clip``
+        (with ``dual_clip``: ratios beyond c, for either sign of A),
+        ``ppo_loss.clip_fraction`` (if returned), ``ppo_loss.gradient``
+        (torch backend: d loss / d logp_new is exactly 0 where the clipped or
+        the dual-clip term is taken and -A r / n elsewhere), plus the generic ones.
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        An unknown option or a bad value, named: ``dual_clip`` not a real
+        number > 1, ``eps_low`` outside (0, 1), ``clip_fraction`` not one of
+        "any", "active".
+
+    References
+    ----------
+    [Schulman2017] Eq. (7); [Ye2020] (dual clip); [Yu2025] (DAPO's
+    asymmetric clip range); huggingface/trl PR #3175 (the active clip fraction).
     """
     check_callable(fn)
     check_choice(convention, "convention", tuple(PPO_CONVENTIONS))
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
-    opts = _resolve(options, PPO_CONVENTIONS[convention][1], dict(normalize="none", ddof=1, eps=1e-8))
-    check_choice(opts["normalize"], "normalize", ("none", "batch"))
-    if isinstance(opts["ddof"], bool) or not isinstance(opts["ddof"], (int, np.integer)) or opts["ddof"] < 0:
-        raise InvalidInputError(f"ddof should be a non-negative integer, actual {opts['ddof']!r}")
-    opts["eps"] = check_real(opts["eps"], "eps")
+    opts, clips, warnings = _ppo_options(convention, options)
     if convention == "rlax" and opts["normalize"] != "none":
         raise InvalidInputError("convention 'rlax' takes ratios and advantages as given; normalize "
                                 "should be 'none'")
-    rlax = convention == "rlax"
+    rlax, verl = convention == "rlax", convention == "verl"
     # cleanrl normalises a minibatch of one too, where std(ddof >= 1) is NaN (SB3 skips it): only then are
     # minibatches of one left out.
     nan_for_one = convention == "cleanrl" and opts["normalize"] == "batch" and opts["ddof"] >= 1
-    n_min = 2 if nan_for_one else 1
-    warnings = []
+    # A minibatch of one normalised with ddof = 0 has the advantage 0: no sign, so no region to draw.
+    n_min = 2 if nan_for_one or (opts["normalize"] == "batch" and opts["ddof"] == 0) else 1
     if nan_for_one:
         warnings.append(f"convention 'cleanrl' normalises with the ddof={opts['ddof']} std, which is NaN for a "
                         "minibatch of one; minibatches of one were not drawn")
@@ -208,133 +450,257 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
     named = check_signature(fn, "ppo_loss", convention, convention_parameters(PPO_CONVENTIONS))
 
     def args_of(case, be):
+        clip = _clip_of(case["clip_eps"], opts)
         logp_old = be.round(case["logp_old"])
-        logp_new = be.round(case["logp_old"] + _log_ratio(case["u"], case["clip_eps"]))
+        logp_new = be.round(case["logp_old"] + _log_ratio(case["u"], clip))
         adv = be.round(case["advantages"])
         ratio = np.exp(logp_new - logp_old)
         if rlax:
             args = [("prob_ratios_t", be.round(ratio)), ("adv_t", adv), ("epsilon", case["clip_eps"])]
             ratio = be.round(ratio)
+        elif verl:
+            args = [("old_log_prob", logp_old), ("log_prob", logp_new), ("advantages", adv),
+                    ("cliprange", case["clip_eps"])]
         else:
             args = [("logp_new", logp_new), ("logp_old", logp_old), ("advantages", adv),
                     ("clip_eps", case["clip_eps"])]
-        return args, ratio, adv
+        return args, ratio, adv, clip
 
     def probe(be):
         s = Session("ppo_loss", fn, convention, be, max_examples=1, seed=seed, options=opts)
-        args, _, _ = args_of({"logp_old": np.array([-1.0, -0.5]), "u": np.array([0.5, 2.0]),
-                              "advantages": np.array([1.0, -1.0]), "clip_eps": 0.2}, be)
+        args, *_ = args_of({"logp_old": np.array([-1.0, -0.5]), "u": np.array([0.5, 2.0]),
+                            "advantages": np.array([1.0, -1.0]), "clip_eps": clips[0]}, be)
         return s.call(args)
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("ppo_loss", fn, convention, be, max_examples=max_examples, seed=seed, options=opts,
                       warnings=named + warnings + warn0)
     torch_grad = be.name == "torch"
-    grad_arg = "prob_ratios_t" if rlax else "logp_new"
-    fraction_seen = {"any": False}
+    grad_arg = {"rlax": "prob_ratios_t", "verl": "log_prob"}.get(convention, "logp_new")
+    seen = {"fraction": False}
 
-    def evaluate_for(check_id, inside: bool):
+    def evaluate_for(check_id, sign, band, background):
         def evaluate(case):
-            outside = np.abs(case["u"]) >= 1.1
-            if inside and outside.any() or not inside and not outside.any():
-                return []  # a shrink move left the scenario
-            if np.any((np.abs(case["u"]) > 0.9) & ~outside):
-                return []  # a shrink move put a ratio within 10% of a clip bound, where no case is drawn
-            args, ratio, adv = args_of(case, be)
+            args, ratio, adv, clip = args_of(case, be)
+            bands = _bands(case["u"], clip)
+            if any(b != band and b not in background for b in bands):
+                return []  # a shrink move left the scenario's bands, or put a ratio within 10% of a bound
+            if not any(b in _FAMILY[check_id] for b in bands):
+                return []  # no ratio left in the bands of the check id (shrinking may change the signs)
+            a = _normalized(adv, opts)
+            noise = _sign_noise(adv, opts, be)
             inputs = dict(args)
             inputs["ratio (derived)"] = ratio
             call = session.call(args, grad_of=grad_arg if torch_grad else None)
             outcomes = session.generic_outcomes(call, inputs)
             if call.error is not None:
                 return outcomes
-            loss_raw, fraction_raw, bad = _parse_loss(session, call.output, inputs, allow_fraction=True)
+            loss_raw, fractions, bad = _parse_loss(session, call.output, inputs, allow_fraction=True, verl=verl)
             if bad:
                 return outcomes + bad
-            if fraction_raw is not None:
-                fraction_seen["any"] = True
-                outcomes += _fraction_outcomes(session, fraction_raw, ratio, case["clip_eps"], inputs)
+            ref = _ppo_reference(ratio, a, clip)
+            if fractions:
+                seen["fraction"] = True
+                ambiguous = int(np.sum(np.abs(a) <= noise))
+                outcomes += _fraction_outcomes(session, fractions, ref, clip, opts["clip_fraction"], ambiguous,
+                                               inputs)
             loss, more = session.output_array(loss_raw, "loss", (), inputs)
             outcomes += more
             if loss is None:
                 return outcomes
-            a = _normalized(adv, opts)
-            ref, d_ratio, clipped, _ = _ppo_reference(ratio, a, case["clip_eps"])
-            if not np.isfinite(ref):
+            if not np.isfinite(ref.loss):
                 return outcomes
             if opts["normalize"] == "batch":
                 inputs["normalized advantages (derived)"] = a
-            why = ("every ratio is inside [1 - eps, 1 + eps], so the loss is -mean(ratio * A)" if inside else
-                   "loss = -mean(min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)): the min takes the "
-                   "clipped term when A > 0 and ratio > 1 + eps, or A < 0 and ratio < 1 - eps")
             if _normalization_ill_conditioned(adv, opts, be):
                 return outcomes  # A - mean(A) is rounding noise, amplified by 1/(std + eps): no verdict
-            o = session.compare(check_id, "loss", loss, ref, inputs, scale=float(np.max(np.abs(ratio * a))),
-                                why=why, n=ratio.size, n_is="the minibatch size")
+            scale = float(np.max(np.abs(ratio * a)))
+            o = session.compare(check_id, "loss", loss, ref.loss, inputs, scale=scale,
+                                why=_why(check_id, clip), n=ratio.size, n_is="the minibatch size")
             if o is not None:
                 if "; actual = " not in o.message:  # no scaling bug under the declared normalisation
-                    o.message += _normalization_hint(ratio, adv, case["clip_eps"], float(loss), opts, be)
+                    o.message += (_normalization_hint(ratio, adv, clip, float(loss), opts, be)
+                                  or _variant_hint(ratio, a, clip, case["clip_eps"], float(loss), ref.loss, be,
+                                                   scale))
                 outcomes.append(o)
             if torch_grad:
-                outcomes += _gradient_outcomes(session, call, grad_arg, loss_raw, d_ratio if rlax
-                                               else d_ratio * ratio, clipped, inputs,
-                                               "ppo_loss.gradient",
+                c = clip.dual
+
+                def zero_why(i):
+                    if ref.dual[i]:
+                        return f"where the dual-clip term c * A is taken (A < 0 and ratio > c = {c:g})"
+                    return "where the clipped term is taken"
+
+                outcomes += _gradient_outcomes(session, call, grad_arg, loss_raw,
+                                               ref.d_ratio if rlax else ref.d_ratio * ratio, ref.clipped | ref.dual,
+                                               inputs, "ppo_loss.gradient",
                                                "where the unclipped term is taken the gradient is that of "
-                                               "-ratio * A / n")
+                                               "-ratio * A / n", judged=np.abs(a) > noise, zero_why=zero_why)
             return outcomes
         return evaluate
 
     session.declare(*session.generic_ids())
-    def moves(case):
-        return _ppo_moves(case, n_min)
-    session.run_scenario(_ppo_cases(_INSIDE_U, n_min), evaluate_for("ppo_loss.inside_clip_range", True),
-                         ("ppo_loss.inside_clip_range",), moves=moves)
-    session.run_scenario(_ppo_cases(_OUTSIDE_U, n_min, any_u=True),
-                         evaluate_for("ppo_loss.outside_clip_range", False),
-                         ("ppo_loss.outside_clip_range",), moves=moves)
-    if fraction_seen["any"]:
+    scenarios = _ppo_scenarios(opts["dual_clip"] is not None)
+    n_ids = len({cid for cid, *_ in scenarios})
+    # About max_examples cases per check id, shared among its regions: each region is drawn by construction.
+    per_scenario = max(1, math.ceil(max_examples * n_ids / len(scenarios)))
+    for check_id, sign, band, background in scenarios:
+        session.run_scenario(_ppo_cases(sign, band, background, n_min, clips, opts),
+                             evaluate_for(check_id, sign, band, background), (check_id,),
+                             moves=functools.partial(_ppo_moves, n_min=n_min, clips=clips),
+                             max_examples=per_scenario)
+    if seen["fraction"]:
         session.declare("ppo_loss.clip_fraction", tracked=True)
     if torch_grad:
         session.declare("ppo_loss.gradient", tracked=True)
     return session.report()
 
 
-def _fraction_outcomes(session, raw, ratio, eps, inputs) -> list:
-    """The returned clip fraction against (1/n) #{i: |r_i - 1| > eps}; any other value, shape, type or a
-    NaN is a ``ppo_loss.clip_fraction`` failure (a fraction that is not checked must not read as passed)."""
-    expected = float(np.mean(np.abs(ratio - 1.0) > eps))
-    # A fraction in float32 (``.float().mean()``) is fine: only a wrong count is a bug.
-    f, outcomes = session.output_array(raw, "clip_fraction", (), inputs, dtype_matters=False,
+#: The bands of which a case of each check id has at least one ratio (a shrink move must keep one).
+_FAMILY = {"ppo_loss.inside_clip_range": ("inside",), "ppo_loss.outside_clip_range": ("below", "above"),
+           "ppo_loss.dual_clip": ("beyond",)}
+
+
+def _ppo_scenarios(dual: bool) -> list:
+    """(check id, sign of A, band of the ratio, bands the other samples may take) of every region scenario."""
+    out = [("ppo_loss.inside_clip_range", s, "inside", ("inside",)) for s in (1, -1)]
+    out += [("ppo_loss.outside_clip_range", s, band, ("below", "inside", "above"))
+            for band in ("above", "below") for s in (1, -1)]
+    if dual:
+        out += [("ppo_loss.dual_clip", s, "beyond", BANDS) for s in (-1, 1)]
+    return out
+
+
+def _why(check_id: str, clip: _Clip) -> str:
+    sym = clip.low == clip.high
+    lo, hi = ("eps", "eps") if sym else ("eps_low", "eps_high")
+    dual = "" if clip.dual is None else (f"; where A < 0 the dual clip bounds the term below by c * A "
+                                         f"(c = dual_clip = {clip.dual:g})")
+    if check_id == "ppo_loss.inside_clip_range":
+        return f"every ratio is inside [1 - {lo}, 1 + {hi}], so the loss is -mean(ratio * A) ({clip.describe()})"
+    if check_id == "ppo_loss.outside_clip_range":
+        return (f"loss = -mean(min(ratio * A, clip(ratio, 1 - {lo}, 1 + {hi}) * A)): the min takes the clipped "
+                f"term when A > 0 and ratio > 1 + {hi}, or A < 0 and ratio < 1 - {lo} ({clip.describe()}){dual}")
+    return (f"where A < 0 the term is max(min(ratio * A, clip(ratio, 1 - {lo}, 1 + {hi}) * A), c * A) with "
+            f"c = dual_clip = {clip.dual:g}, which is c * A once ratio > c; where A >= 0 the dual clip changes "
+            f"nothing ({clip.describe()})")
+
+
+_FRACTION_MEANING = {
+    "any": "the fraction of samples with the ratio outside the clip range",
+    "active": "the fraction of samples whose clipped term is taken: A > 0 and ratio > 1 + eps_high, or A < 0 "
+              "and ratio < 1 - eps_low",
+    "dual": "the fraction of samples where the dual clip is taken: A < 0 and ratio > c",
+}
+
+
+def _fraction_outcomes(session, fractions: dict, ref: _PPORef, clip: _Clip, definition: str, ambiguous: int,
+                       inputs) -> list:
+    """Each returned fraction against the declared definition; any other value, shape, type or a NaN is a
+    ``ppo_loss.clip_fraction`` failure (a fraction that is not checked must not read as passed).
+
+    `ambiguous` samples have a normalised advantage within rounding of 0, whose sign (so whether their
+    clipped term is active) is not decided by the inputs: each widens the tolerance by one sample.
+    """
+    outcomes = []
+    for key, raw in fractions.items():
+        what = "clip_fraction" if key == "clip" else "dual_clip_fraction"
+        if key == "dual" and clip.dual is None:
+            session.warn(f"the function returned a dual-clip fraction, which was not checked: no dual_clip "
+                         f"was declared (pass dual_clip=c)")
+            continue
+        # A fraction in float32 (``.float().mean()``) is fine: only a wrong count is a bug.
+        f, more = session.output_array(raw, what, (), inputs, dtype_matters=False,
                                        check_id="ppo_loss.clip_fraction")
-    if f is None:
-        return outcomes
-    session.ran("ppo_loss.clip_fraction")
-    # Half a sample's share: the ratios are drawn at least 10% away from the clip bounds, so the count
-    # is unambiguous and any wrong count is off by at least 1/n.
-    if abs(float(f) - expected) > 0.5 / ratio.size:
-        outcomes.append(Outcome(
-            "ppo_loss.clip_fraction",
-            f"clip_fraction should be {expected:.6g} (the fraction of samples with |ratio - 1| > eps, "
-            f"eps={eps}), actual {float(f):.6g}", inputs, expected=expected, actual=float(f)))
+        outcomes += more
+        if f is None:
+            continue
+        session.ran("ppo_loss.clip_fraction")
+        kind = definition if key == "clip" else "dual"
+        expected = ref.fractions[kind]
+        n = ref.d_ratio.size
+        # Half a sample's share: the ratios are drawn at least 10% away from every bound, so the count is
+        # unambiguous and any wrong count is off by at least 1/n.
+        slack = (0.5 + (ambiguous if kind != "any" else 0)) / n
+        f = float(f)
+        if abs(f - expected) <= slack:
+            continue
+        if kind == "any" and clip.low == clip.high:
+            meaning = f"the fraction of samples with |ratio - 1| > eps, eps={clip.low:g}"
+        else:
+            meaning = f"{_FRACTION_MEANING[kind]}; {clip.describe()}"
+        message = f"{what} should be {expected:.6g} ({meaning}), actual {f:.6g}"
+        for other in ("active", "any", "dual") if key == "clip" else ("active", "any"):
+            if other == kind or (other == "dual" and clip.dual is None):
+                continue
+            value = ref.fractions[other]
+            if abs(f - value) <= 0.5 / n:
+                if other == "dual":
+                    message += (f"; the actual value is {_FRACTION_MEANING['dual']} (verl reports it apart, "
+                                f"as pg_clipfrac_lower: return it as dual_clip_fraction)")
+                elif key == "clip":
+                    message += (f"; the actual value is {_FRACTION_MEANING[other]}: pass clip_fraction="
+                                f"'{other}' (on the command line --option clip_fraction={other}) if that is "
+                                f"what the function reports")
+                else:
+                    message += f"; the actual value is {_FRACTION_MEANING[other]}, not the dual-clip fraction"
+                break
+        outcomes.append(Outcome("ppo_loss.clip_fraction", message, inputs, expected=expected, actual=f))
     return outcomes
 
 
-def _ppo_cases(u_strategy, n_min, *, any_u: bool = False):
-    """Minibatches of up to 8 samples; with `any_u`, ratios inside and outside the range are mixed."""
-    u = st.one_of(u_strategy, _INSIDE_U) if any_u else u_strategy
-    base = _cases.samples(n_min=n_min, logp_old=_LOGP, u=u, advantages=_cases.numbers())
-    return st.tuples(base, st.sampled_from(CLIPS)).map(lambda bc: {**bc[0], "clip_eps": bc[1]})
+def _ppo_cases(sign: int, band: str, background: tuple, n_min: int, clips: tuple, opts: dict):
+    """Minibatches of up to 8 samples, one of which (the focus) has an advantage of sign `sign` (after the
+    declared normalisation) and a ratio in `band`; the others have ratios in the `background` bands.
+
+    The focus's advantage is made the batch's strict maximum (minimum for a negative sign) when the
+    minibatch is normalised, so that A - mean(A) has the sign; otherwise it is sign x a magnitude.
+    """
+    clip_choice = st.sampled_from(clips)
+    seeds = st.integers(0, 2**32 - 1)
+    sizes = st.integers(n_min, 8)
+
+    @st.composite
+    def build(draw):
+        clip_eps = draw(clip_choice)
+        u_dual = _clip_of(clip_eps, opts).u_dual
+        n = draw(sizes)
+        focus = draw(_indices(n))
+        # The structure (sizes, the focus and its ratio, the clip width) is Hypothesis's to explore; the
+        # other samples' numbers come from a seed it draws (`_cases.random_numbers`), ten times faster.
+        rng = np.random.default_rng(draw(seeds))
+        u = _random_u(rng, [background[i] for i in rng.integers(len(background), size=n)], u_dual)
+        u[focus] = draw(_u_strategy(band, u_dual))
+        logp_old = np.where(rng.random(n) < 1 / 3, rng.choice([-1.0, -0.5, -2.0, 0.0], size=n),
+                            rng.uniform(-5.0, 0.0, size=n).astype(np.float32))
+        adv = _cases.random_numbers(rng, (n,))
+        m = draw(_MAGNITUDES)
+        others = np.delete(adv, focus)
+        if _normalizes(n, opts) and others.size:
+            adv[focus] = others.max() + m if sign > 0 else others.min() - m
+        else:
+            adv[focus] = sign * m
+        return {"logp_old": logp_old.astype(np.float64), "u": u, "advantages": adv, "clip_eps": clip_eps}
+    return build()
 
 
-def _ppo_moves(case, n_min: int = 1):
-    return _cases.sample_moves(case, ("logp_old", "u", "advantages"), {"clip_eps": CLIPS}, n_min=n_min)
+@functools.lru_cache(maxsize=None)
+def _indices(n: int):
+    """Indices into n samples; one strategy per n (a new strategy costs a validation on its first draw)."""
+    return st.integers(0, n - 1)
+
+
+def _ppo_moves(case, n_min: int = 1, clips: tuple = CLIPS):
+    return _cases.sample_moves(case, ("logp_old", "u", "advantages"), {"clip_eps": clips}, n_min=n_min)
 
 
 def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inputs, check_id, why,
-                       judged=None):
+                       judged=None, zero_why=None):
     """Compare the torch gradient of the returned loss with `expected`; exactly 0 where `clipped`.
 
     Only the entries in `judged` (all by default) are compared: an entry at a kink of the loss has no
-    single right derivative. With none judged, the check reaches no verdict on this case.
+    single right derivative. With none judged, the check reaches no verdict on this case. `zero_why(i)`
+    says where the derivative of entry i must be 0 ("where the clipped term is taken" by default).
     """
     import torch
 
@@ -357,8 +723,9 @@ def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inp
     leak = clipped & judged & (got != 0.0)
     if leak.any():
         i = int(np.flatnonzero(leak)[0])
-        return [Outcome(check_id, f"d loss / d {grad_arg}[{i}] should be exactly 0 where the clipped "
-                                  f"term is taken (it does not depend on {grad_arg} there), actual {got[i]:.6g}",
+        where = zero_why(i) if zero_why is not None else "where the clipped term is taken"
+        return [Outcome(check_id, f"d loss / d {grad_arg}[{i}] should be exactly 0 {where} (it does not "
+                                  f"depend on {grad_arg} there), actual {got[i]:.6g}",
                         inputs, expected=expected, actual=got, where=(i,))]
     if not judged.all():
         why += (f"; entries {np.flatnonzero(~judged).tolist()} sit at a kink of the loss (no single "
