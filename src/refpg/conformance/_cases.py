@@ -64,8 +64,19 @@ def bool_arrays(shape: tuple):
                                                                .reshape(shape))
 
 
+@functools.lru_cache(maxsize=None)
+def _choice(options: tuple):
+    """`st.sampled_from(options)`, one strategy per tuple (see the module's note on reuse)."""
+    return st.sampled_from(options)
+
+
+def _min_rows(flags: str) -> int:
+    """The fewest rows a rollout of this episode structure has (a boundary before the last row needs 2)."""
+    return 2 if flags in ("boundaries", "truncation_mid") else 1
+
+
 @st.composite
-def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3):
+def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3, min_size: int = 1, sizes=None):
     """A canonical GAE case: dict of rewards, values, next_values, terminated, truncated, gamma, lam.
 
     `flags` selects the episode structure:
@@ -82,10 +93,20 @@ def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3):
     final observation, drawn independently. ``start`` is whether row 0 starts
     an episode (SB3's ``episode_starts[0]``, CleanRL's ``dones[0]``), which
     must not matter.
+
+    `min_size` is the fewest entries T * N (a whitened output needs two for
+    its standard deviation). `sizes`, a pair (row counts, column counts),
+    draws the shape from those lists only: a jitted JAX function compiles once
+    per input shape, so its cases come in a few fixed shapes. Shrinks towards
+    one column, few rows, small integers (`rollout_moves`).
     """
-    min_T = 2 if flags in ("boundaries", "truncation_mid") else 1
-    T = draw(st.integers(min_T, max_T))
-    N = draw(st.integers(1, max_N))
+    min_T = _min_rows(flags)
+    if sizes is None:
+        T = draw(st.integers(min_T, max(max_T, min_T)))
+        N = draw(st.integers(min(max_N, -(-min_size // T)), max_N))
+    else:
+        T = draw(_choice(tuple(t for t in sizes[0] if t >= min_T)))
+        N = draw(_choice(tuple(n for n in sizes[1] if T * n >= min_size) or (max(sizes[1]),)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rewards, values, finals = (random_numbers(rng, (T, N)) for _ in range(3))
     term = np.zeros((T, N), dtype=bool)
@@ -147,8 +168,14 @@ def simpler_numbers(x: float) -> list:
     return out
 
 
-def rollout_fits(case: dict, flags: str) -> bool:
-    """Whether `case` has the episode structure `rollouts(flags=flags)` promises (see there)."""
+def rollout_fits(case: dict, flags: str, *, min_size: int = 1, sizes=None) -> bool:
+    """Whether `case` has the episode structure, size and shape `rollouts(flags=flags, min_size=min_size,
+    sizes=sizes)` promises (see there)."""
+    T, N = case["rewards"].shape
+    if T * N < min_size or T < _min_rows(flags):
+        return False
+    if sizes is not None and (T not in sizes[0] or N not in sizes[1]):
+        return False
     term, trunc = case["terminated"], case["truncated"]
     if flags == "none":
         return not (term.any() or trunc.any())
@@ -163,27 +190,35 @@ def rollout_fits(case: dict, flags: str) -> bool:
     return True
 
 
-def rollout_moves(case: dict, flags: str = "any") -> list:
-    """Smaller valid rollouts than `case`, structural moves first, each with the episode structure
-    `flags` promises (`rollout_fits`): shrinking never goes below what the scenario draws.
+def rollout_moves(case: dict, flags: str = "any", *, min_size: int = 1, sizes=None) -> list:
+    """Smaller valid rollouts than `case`, structural moves first, each with the episode structure,
+    size and shape `rollouts` promises for these arguments (`rollout_fits`): shrinking never goes
+    below what the scenario draws, and with `sizes` never leaves its shapes.
 
-    One column; the first or last row dropped; a flag cleared; then each free
-    number made simpler (`simpler_numbers`); then gamma and lambda made
-    simpler. Every move keeps the rollout consistent (`link`).
+    One column; the first or last row dropped (with `sizes`: the first or
+    last rows kept down to each smaller listed row count, so that the case
+    stays in a listed shape); a flag cleared; then each free number made
+    simpler (`simpler_numbers`); then gamma and lambda made simpler. Every
+    move keeps the rollout consistent (`link`).
     """
-    return [c for c in _rollout_moves(case) if rollout_fits(c, flags)]
+    return [c for c in _rollout_moves(case, sizes) if rollout_fits(c, flags, min_size=min_size, sizes=sizes)]
 
 
-def _rollout_moves(case: dict) -> list:
+def _rollout_moves(case: dict, sizes=None) -> list:
     T, N = case["rewards"].shape
     arrays = ("rewards", "values", "next_values", "terminated", "truncated")
     out = []
     if N > 1:
         out += [{**case, **{k: case[k][:, n:n + 1] for k in arrays}, "start": case["start"][n:n + 1]}
                 for n in range(N)]
-    if T > 1:
-        out.append({**case, **{k: case[k][1:] for k in arrays}})
-        out.append(link({**case, **{k: case[k][:-1] for k in arrays}}))
+    if sizes is None:
+        if T > 1:
+            out.append({**case, **{k: case[k][1:] for k in arrays}})
+            out.append(link({**case, **{k: case[k][:-1] for k in arrays}}))
+    else:
+        for t in sorted((t for t in sizes[0] if t < T), reverse=True):
+            out.append({**case, **{k: case[k][T - t:] for k in arrays}})
+            out.append(link({**case, **{k: case[k][:t] for k in arrays}}))
     for flag in ("terminated", "truncated"):
         for t, n in zip(*np.nonzero(case[flag])):
             arr = case[flag].copy()
