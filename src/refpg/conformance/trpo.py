@@ -12,9 +12,22 @@ a step must satisfy :math:`\overline{KL}(\theta_{new}) \le \delta` and
 :math:`F^+ \nabla L` (F the Hessian of the mean KL at theta_old, the batch
 Fisher matrix), and leave theta_old unchanged when the line search rejects
 every step.
+
+Two conventions. ``"refpg"``: ``fn(theta_old, states, actions, advantages, max_kl)
+-> theta_new``. ``"closure"``: ``fn(model, get_loss, get_kl, max_kl, damping)``,
+the shape of ``trpo_step`` in ikostrikov/pytorch-trpo (and of the TRPO steps of
+Khrylx/PyTorch-RL and tianshou, which build the same closures inside): the kit
+passes a torch ``nn.Module`` whose one parameter ``logits`` is theta_old, a
+``get_loss`` that returns :math:`-L(\theta)` on the batch, differentiable
+through the module, and a ``get_kl`` that returns the per-sample
+:math:`KL(\pi_{old}(\cdot|s_i)\,\|\,\pi_\theta(\cdot|s_i))` with pi_old detached;
+the function updates the module in place, and the kit reads ``model.logits``
+after the call.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from hypothesis import strategies as st
@@ -26,9 +39,21 @@ from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session,
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 
-__all__ = ["check_trpo_step"]
+__all__ = ["check_trpo_step", "TRPO_CONVENTIONS"]
 
 MAX_KLS = (0.01, 0.1, 0.5)
+#: The parameters each convention passes, in order.
+_PARAMS = {"refpg": ("theta_old", "states", "actions", "advantages", "max_kl"),
+           "closure": ("model", "get_loss", "get_kl", "max_kl", "damping")}
+TRPO_CONVENTIONS = tuple(_PARAMS)
+#: Cases drawn by each targeted scenario (a full step accepted, a backtracking one, a zero gradient):
+#: each draws its region by construction, so a few cases suffice.
+TARGETED_EXAMPLES = 10
+#: Cases of the scenario where no step is acceptable: each is built so, and they differ only in the
+#: number of actions, which one is rare, the other samples and max_kl.
+HOPELESS_EXAMPLES = 25
+#: Batch sizes a JAX function sees (with theta of shape (2, 3)): a jitted step compiles for two shapes.
+JAX_SIZES = (4, 8)
 #: Logit gap of the nearly impossible action in the rejection scenario: pi ~ 1e-26 there, so the
 #: quadratic model of the KL is off by ~25 orders of magnitude and every step of a line search with
 #: up to 30 halvings violates the KL constraint.
@@ -160,28 +185,72 @@ _LOGITS = st.one_of(st.integers(-2, 2).map(float), st.floats(-2.0, 2.0))
 _MAX_KL_CHOICES = st.sampled_from(MAX_KLS)  # built once, not per case (see _cases)
 
 
+def _sizes(draw, jax: bool, low: int = 1):
+    """(S, A, n) of a general batch; a JAX function sees theta (2, 3) and 4 or 8 samples only."""
+    if jax:
+        return 2, 3, draw(st.sampled_from(JAX_SIZES))
+    return draw(st.integers(1, 3)), draw(st.integers(2, 3)), draw(st.integers(low, 8))
+
+
 @st.composite
-def _batches(draw):
-    S = draw(st.integers(1, 3))
-    A = draw(st.integers(2, 3))
-    n = draw(st.integers(1, 8))
+def _batches(draw, jax: bool = False, zero_advantages: bool = False):
+    """Any batch; with `zero_advantages` every advantage is 0, so the surrogate's gradient is exactly 0
+    (a batch whose rewards all equal their baseline): CG starts from b = 0, where r.r / p.Fp is 0/0."""
+    S, A, n = _sizes(draw, jax)
     theta = np.array(draw(st.lists(_LOGITS, min_size=S * A, max_size=S * A))).reshape(S, A)
     states = np.array(draw(st.lists(st.integers(0, S - 1), min_size=n, max_size=n)), dtype=float)
     actions = np.array(draw(st.lists(st.integers(0, A - 1), min_size=n, max_size=n)), dtype=float)
-    adv = np.array(draw(st.lists(_cases.numbers(), min_size=n, max_size=n)))
+    adv = (np.zeros(n) if zero_advantages else
+           np.array(draw(st.lists(_cases.numbers(), min_size=n, max_size=n))))
     return {"theta_old": theta, "states": states, "actions": actions, "advantages": adv,
             "max_kl": draw(_MAX_KL_CHOICES)}
 
 
+def _one_state(draw, jax: bool, logit, advantaged: float):
+    """State 0 holds the batch: action 0, whose logit is `logit` above the others (0), with advantage
+    `advantaged`, then 0 to 3 samples of other actions with advantage 0. A JAX function gets A = 3,
+    4 samples and an unvisited state 1 of drawn logits (the shapes of `_batches`)."""
+    A = 3 if jax else draw(st.integers(2, 3))
+    extra = [1 + i % (A - 1) for i in range(3 if jax else draw(st.integers(0, 3)))]
+    theta = np.zeros((2 if jax else 1, A))
+    theta[0, 0] = logit
+    if jax:
+        theta[1] = draw(st.lists(_LOGITS, min_size=A, max_size=A))
+    actions = np.array([0, *extra], dtype=float)
+    adv = np.array([advantaged, *[0.0] * len(extra)])
+    return {"theta_old": theta, "states": np.zeros(actions.size), "actions": actions, "advantages": adv,
+            "max_kl": draw(_MAX_KL_CHOICES)}
+
+
+_GAP_UP = st.one_of(st.integers(1, 3).map(float), st.floats(1.0, 3.0))
+_GAP_DOWN = st.one_of(st.integers(2, 6).map(float), st.floats(2.0, 6.0))
+_POSITIVE = st.sampled_from([1.0, 2.0, 0.5, 4.0])
+
+
 @st.composite
-def _hopeless(draw):
+def _full_step(draw, jax: bool = False):
+    """The rewarded action is the likely one (pi_old > 1/2: logit 1 to 3 above the others), so the KL's
+    cubic term is negative: the full natural step satisfies the constraint and is accepted."""
+    return _one_state(draw, jax, draw(_GAP_UP), draw(_POSITIVE))
+
+
+@st.composite
+def _backtracking(draw, jax: bool = False):
+    """The rewarded action is the unlikely one (logit 2 to 6 below the others): the full step, sized by
+    the quadratic model to KL = max_kl, has a larger true KL, and the line search must halve it one to
+    three times (tests/test_conformance_kl_trpo_conventions.py checks every such case)."""
+    return _one_state(draw, jax, -draw(_GAP_DOWN), draw(_POSITIVE))
+
+
+@st.composite
+def _hopeless(draw, jax: bool = False):
     """One state; the action with positive advantage has pi_old ~ e^-60: no step can pass."""
-    A = draw(st.integers(2, 3))
+    A = 3 if jax else draw(st.integers(2, 3))
     rare = draw(st.integers(0, A - 1))
-    theta = np.zeros((1, A))
+    theta = np.zeros((2 if jax else 1, A))
     theta[0, rare] = RARE_LOGIT
     others = [a for a in range(A) if a != rare]
-    extra = draw(st.lists(st.sampled_from(others), max_size=3))
+    extra = draw(st.lists(st.sampled_from(others), min_size=3 if jax else 0, max_size=3))
     actions = np.array([rare, *extra], dtype=float)
     adv = np.array([1.0, *draw(st.lists(st.sampled_from([0.0, -1.0]), min_size=len(extra),
                                         max_size=len(extra)))])
@@ -189,14 +258,21 @@ def _hopeless(draw):
             "max_kl": draw(_MAX_KL_CHOICES)}
 
 
-def _moves(case):
-    out = _cases.sample_moves(case, ("states", "actions", "advantages"), {"max_kl": MAX_KLS})
+def _moves(case, jax: bool = False):
+    """Smaller cases: fewer samples, simpler numbers, a simpler max_kl. For a JAX function the batch
+    keeps its shapes (8 samples may become their first 4)."""
+    keys = ("states", "actions", "advantages")
+    out = _cases.sample_moves(case, keys, {"max_kl": MAX_KLS})
     for (s, a), x in np.ndenumerate(case["theta_old"]):
         for y in _cases.simpler_numbers(float(x)):
             th = case["theta_old"].copy()
             th[s, a] = y
             out.append({**case, "theta_old": th})
-    return out
+    if not jax:
+        return out
+    n = case["states"].size
+    return ([{**case, **{k: case[k][:m] for k in keys}} for m in JAX_SIZES if m < n]
+            + [c for c in out if c["states"].size == n])
 
 
 # -- the check ------------------------------------------------------------------------------
@@ -210,15 +286,24 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
     Parameters
     ----------
     fn : callable
-        ``fn(theta_old, states, actions, advantages, max_kl) -> theta_new``,
-        theta of shape (S, A) (logits of :math:`\pi = \mathrm{softmax}(\theta)`
-        per state), states and actions int64 (n,), advantages (n,).
-    convention : {"refpg"}
+        Convention ``"refpg"``: ``fn(theta_old, states, actions, advantages,
+        max_kl) -> theta_new``, theta of shape (S, A) (logits of
+        :math:`\pi = \mathrm{softmax}(\theta)` per state), states and actions
+        int64 (n,), advantages (n,).
+        Convention ``"closure"``: ``fn(model, get_loss, get_kl, max_kl, damping)``
+        as ikostrikov/pytorch-trpo's ``trpo_step``; its return value is ignored
+        (pytorch-trpo returns the loss, Khrylx/PyTorch-RL a success flag), the
+        new theta is ``model.logits`` after the call. See Notes.
+    convention : {"refpg", "closure"}
     backend, dtype, max_examples, seed
-        As in `check_gae`.
+        As in `check_gae`. "closure" runs on torch only. With backend="jax"
+        ("refpg"), every case has theta of shape (2, 3) and 4 or 8 samples, and
+        shrinking keeps those shapes: a jitted step compiles twice.
     damping : float >= 0
         The damping the implementation adds to the Fisher matrix (SB3-contrib's
-        ``cg_damping``); the oracle's direction is :math:`(F + \text{damping}\,I)^+ \nabla L`.
+        ``cg_damping``, pytorch-trpo's ``damping``); the oracle's direction is
+        :math:`(F + \text{damping}\,I)^+ \nabla L`. Convention "closure"
+        passes it to the function.
     min_cosine : float in (0, 1]
         Least cosine between the step and the oracle's direction, after
         removing each state's mean (a per-state constant does not change a
@@ -230,16 +315,42 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         ``trpo_step.kl_constraint`` (mean KL over the batch's states <=
         max_kl), ``trpo_step.surrogate_improvement`` (L(theta_new) >=
         L(theta_old)), ``trpo_step.direction`` (the step is along the natural
-        gradient, and not rejected when the reference line search accepts),
-        ``trpo_step.step_size`` (never longer than the full step
+        gradient, is not rejected when the reference line search accepts, and
+        is zero when the gradient is), ``trpo_step.step_size`` (never longer than the full step
         :math:`\sqrt{2\delta / s^T F s}\, s`, and equal to it when that step
         clearly passes the line search), ``trpo_step.unvisited_states_unchanged``
         (states not in the batch keep their policy),
         ``trpo_step.restores_theta_on_reject`` (when no step can satisfy the
-        constraint, theta_old comes back unchanged), plus the generic ids.
+        constraint, theta_old comes back unchanged), for "closure"
+        ``trpo_step.model_updated_in_place`` (the new parameters are in the
+        model, not only returned), plus the generic ids.
+
+    Notes
+    -----
+    Besides general batches, three scenarios draw by construction the cases
+    that decide a line search: a batch whose full natural step is accepted,
+    one whose full step violates the KL constraint so that the search must
+    backtrack, and one whose advantages are all 0 (a zero gradient, where an
+    unguarded conjugate gradient computes 0/0); a fourth has no acceptable
+    step at all (theta must come back unchanged).
+
+    Convention "closure" passes ``model``, a ``torch.nn.Module`` with one
+    parameter ``logits`` = theta_old, shape (S, A), whose ``forward(states)``
+    returns :math:`\log\pi(\cdot|s)` rows; ``get_loss(*args, **kwargs)``
+    returning :math:`-\frac1n\sum_i e^{\log\pi(a_i|s_i) - \log\pi_{old}(a_i|s_i)} A_i`
+    at the model's current parameters, without a graph when called as
+    ``get_loss(True)`` or ``get_loss(volatile=True)`` (pytorch-trpo's line
+    search calls ``f(True)``); ``get_kl(*args, **kwargs)`` returning the n
+    per-sample :math:`KL(\pi_{old}(\cdot|s_i)\,\|\,\pi(\cdot|s_i))` with
+    pi_old fixed, so that ``get_kl().mean()`` is the mean KL and its Hessian
+    the Fisher matrix; `max_kl`; and `damping`. Every counterexample lists
+    these and how often the function called each closure. A function that
+    leaves the model unchanged but returns different parameters of the
+    model's size fails ``trpo_step.model_updated_in_place`` and the
+    returned parameters are judged by the other checks.
     """
     check_callable(fn)
-    check_choice(convention, "convention", ("refpg",))
+    check_choice(convention, "convention", TRPO_CONVENTIONS)
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
     damping = check_real(damping, "damping")
@@ -248,8 +359,10 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         raise InvalidInputError(f"damping should be >= 0, actual {damping!r}")
     if not 0 < min_cosine <= 1:
         raise InvalidInputError(f"min_cosine should be in (0, 1], actual {min_cosine!r}")
-    named = check_signature(fn, "trpo_step", convention,
-                            {"refpg": ("theta_old", "states", "actions", "advantages", "max_kl")})
+    if convention == "closure" and backend not in ("auto", "torch"):
+        raise InvalidInputError(f"backend should be 'torch' or 'auto' for convention 'closure' (the kit passes "
+                                f"a torch nn.Module and torch closures), actual {backend!r}")
+    named = check_signature(fn, "trpo_step", convention, _PARAMS)
     opts = dict(damping=damping, min_cosine=min_cosine)
 
     def args_of(case, be):
@@ -262,27 +375,33 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         return s.call(args_of({"theta_old": np.zeros((1, 2)), "states": np.zeros(2), "actions": np.array([0., 1.]),
                                "advantages": np.array([1.0, -1.0]), "max_kl": 0.01}, be))
 
-    be, warn0 = resolve_backend(fn, backend, dtype, probe)
+    be, warn0 = resolve_backend(fn, "torch" if convention == "closure" else backend, dtype, probe)
     session = Session("trpo_step", fn, convention, be, max_examples=max_examples, seed=seed, options=opts,
                       warnings=named + warn0)
+    jax = be.name == "jax"
 
     def run(case):
+        """(theta_new as float64 or None, outcomes, inputs, the batch as the oracle reads it)."""
         args = args_of(case, be)
+        batch = tuple(a for _, a in args)
+        theta_old = batch[0]
+        if convention == "closure":
+            new, outcomes, inputs = _run_closure(session, batch, damping)
+            return new, outcomes, inputs, batch
         inputs = dict(args)
-        theta_old = args[0][1]
         inputs["pi_old (derived)"] = _softmax(theta_old)
         call = session.call(args)
         outcomes = session.generic_outcomes(call, inputs)
         if call.error is not None:
-            return None, outcomes, inputs, args
+            return None, outcomes, inputs, batch
         new, more = session.output_array(call.output, "theta_new", theta_old.shape, inputs)
-        return new, outcomes + more, inputs, args
+        return new, outcomes + more, inputs, batch
 
     def evaluate(case):
-        new, outcomes, inputs, args = run(case)
+        new, outcomes, inputs, batch = run(case)
         if new is None:
             return outcomes
-        theta_old, states, actions, adv, max_kl = (a for _, a in args)
+        theta_old, states, actions, adv, max_kl = batch
         session.ran("trpo_step.kl_constraint", "trpo_step.surrogate_improvement",
                     "trpo_step.unvisited_states_unchanged")
         kl = mean_kl(theta_old, new, states)
@@ -335,6 +454,12 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
                                        damping)
                 if o is not None:
                     outcomes.append(o)
+        elif not np.any(g) and ns > scale:
+            session.ran("trpo_step.direction")
+            outcomes.append(Outcome("trpo_step.direction",
+                                    f"with a zero surrogate gradient (every advantage is 0 here) the step should "
+                                    f"be zero, F^+ 0 = 0, actual a step of norm {ns:.4g} after removing each "
+                                    f"state's mean", inputs, expected=theta_old, actual=new))
         elif nd > 1e-12 and oracle_accepts(theta_old, states, actions, adv, max_kl, damping):
             session.ran("trpo_step.direction")
             outcomes.append(Outcome("trpo_step.direction",
@@ -344,10 +469,10 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
         return outcomes
 
     def evaluate_reject(case):
-        new, outcomes, inputs, args = run(case)
+        new, outcomes, inputs, batch = run(case)
         if new is None:
             return outcomes
-        theta_old, states, actions, adv, max_kl = (a for _, a in args)
+        theta_old, states, actions, adv, max_kl = batch
         session.ran("trpo_step.restores_theta_on_reject")
         kl = mean_kl(theta_old, new, states)
         gain = surrogate(theta_old, new, states, actions, adv) - surrogate(theta_old, theta_old, states,
@@ -365,10 +490,146 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
     session.declare(*session.generic_ids())
     session.declare("trpo_step.kl_constraint", "trpo_step.surrogate_improvement", "trpo_step.direction",
                     "trpo_step.step_size", "trpo_step.unvisited_states_unchanged", tracked=True)
-    session.run_scenario(_batches(), evaluate, moves=_moves)
+    if convention == "closure":
+        session.declare("trpo_step.model_updated_in_place", tracked=True)
+    moves = functools.partial(_moves, jax=jax)
+    session.run_scenario(_batches(jax), evaluate, moves=moves)
+    targeted = min(max_examples, TARGETED_EXAMPLES)
+    for strategy in (_full_step(jax), _backtracking(jax), _batches(jax, zero_advantages=True)):
+        session.run_scenario(strategy, evaluate, moves=moves, max_examples=targeted)
     if "trpo_step.direction" in session.evaluated:
         session.not_run_because("trpo_step.step_size", "the step's length is judged only on steps along the "
                                                        "natural gradient, and no step was (see trpo_step.direction)")
-    session.run_scenario(_hopeless(), evaluate_reject, ("trpo_step.restores_theta_on_reject",),
+    session.run_scenario(_hopeless(jax), evaluate_reject, ("trpo_step.restores_theta_on_reject",),
+                         max_examples=min(max_examples, HOPELESS_EXAMPLES),
                          moves=lambda c: [{**c, "max_kl": v} for v in _cases.simpler_choices(c["max_kl"], MAX_KLS)])
     return session.report()
+
+
+# -- convention "closure" -------------------------------------------------------------------
+
+_MODULE_CLASS: list = []
+
+
+def _policy_class():
+    """The torch module class the "closure" convention passes (built once, on first use: torch is
+    imported only when that convention runs)."""
+    if not _MODULE_CLASS:
+        import torch
+
+        class TabularSoftmaxPolicy(torch.nn.Module):
+            r"""pi(.|s) = softmax(logits[s]); `logits` (S, A) is the kit's theta."""
+
+            def __init__(self, theta):
+                super().__init__()
+                self.logits = torch.nn.Parameter(theta)
+
+            def forward(self, states):
+                return torch.log_softmax(self.logits, dim=1)[states]
+
+        _MODULE_CLASS.append(TabularSoftmaxPolicy)
+    return _MODULE_CLASS[0]
+
+
+def _closures(theta_old, states, actions, adv, torch_dtype):
+    """(model, get_loss, get_kl, a record of their calls) for one batch."""
+    import contextlib
+
+    import torch
+
+    model = _policy_class()(torch.tensor(theta_old, dtype=torch_dtype))
+    s = torch.as_tensor(states)
+    a = torch.as_tensor(actions)
+    A = torch.as_tensor(adv, dtype=torch_dtype)
+    logp_old = torch.log_softmax(torch.tensor(theta_old, dtype=torch_dtype), dim=1)[s]  # a constant
+    p_old = logp_old.exp()
+    calls = {"get_loss": 0, "get_loss without a graph": 0, "get_kl": 0, "arguments": []}
+
+    def note(name, args, kwargs):
+        calls[name] += 1
+        shown = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        if shown and f"{name}({shown})" not in calls["arguments"]:
+            calls["arguments"].append(f"{name}({shown})")
+
+    def get_loss(*args, **kwargs):
+        note("get_loss", args, kwargs)
+        # pytorch-trpo's line search calls f(True) (volatile: no graph needed); anything else real code
+        # passes is accepted and ignored.
+        volatile = bool(kwargs.get("volatile", args[0] if args and isinstance(args[0], bool) else False))
+        calls["get_loss without a graph"] += volatile
+        with torch.no_grad() if volatile else contextlib.nullcontext():
+            logp = model(s).gather(1, a[:, None])[:, 0]
+            return -(torch.exp(logp - logp_old.gather(1, a[:, None])[:, 0]) * A).mean()
+
+    def get_kl(*args, **kwargs):
+        note("get_kl", args, kwargs)
+        return (p_old * (logp_old - model(s))).sum(dim=1)
+
+    return model, get_loss, get_kl, calls
+
+
+#: What the "closure" convention passes, as a counterexample shows it.
+_PASSED = {
+    "model (passed)": "TabularSoftmaxPolicy(nn.Module): one parameter logits = theta_old, forward(states) = "
+                      "log_softmax(logits, dim=1)[states]",
+    "get_loss (passed)": "() -> -mean_i exp(log pi(a_i|s_i) - log pi_old(a_i|s_i)) A_i at the model's current "
+                         "logits, differentiable through them (no graph for get_loss(True) or volatile=True)",
+    "get_kl (passed)": "() -> KL(pi_old(.|s_i) || pi(.|s_i)) per sample, shape (n,), pi_old fixed (detached)",
+}
+
+
+def _run_closure(session, batch, damping):
+    """Call fn(model, get_loss, get_kl, max_kl, damping) and read the model's logits after the call:
+    (theta_new as float64 or None, outcomes, inputs)."""
+    import torch
+
+    be = session.backend
+    theta_old, states, actions, adv, max_kl = batch
+    torch_dtype = torch.float64 if be.dtype == "float64" else torch.float32
+    model, get_loss, get_kl, calls = _closures(theta_old, states, actions, adv, torch_dtype)
+    inputs = {"theta_old": theta_old, "states": states, "actions": actions, "advantages": adv, "max_kl": max_kl,
+              "damping": damping, **_PASSED, "pi_old (derived)": _softmax(theta_old)}
+    call = session.call([("model", model), ("get_loss", get_loss), ("get_kl", get_kl), ("max_kl", max_kl),
+                         ("damping", damping)])
+    inputs["closure calls (derived)"] = (
+        f"get_loss {calls['get_loss']} times ({calls['get_loss without a graph']} without a graph), get_kl "
+        f"{calls['get_kl']} times" + (f"; arguments seen: {', '.join(calls['arguments'][:4])}"
+                                      if calls["arguments"] else ""))
+    outcomes = session.generic_outcomes(call, inputs)
+    if call.error is not None:
+        return None, outcomes, inputs
+    logits = getattr(model, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        session.ran("trpo_step.output_dtype")
+        return None, outcomes + [Outcome("trpo_step.output_dtype",
+                                         f"model.logits should be a tensor after the call, actual "
+                                         f"{type(logits).__name__}", inputs)], inputs
+    new, more = session.output_array(logits.detach(), "model.logits after the call", theta_old.shape, inputs)
+    outcomes += more
+    if new is None:
+        return None, outcomes, inputs
+    session.ran("trpo_step.model_updated_in_place")
+    returned = _returned_parameters(call.output, theta_old.shape)
+    if returned is not None and np.array_equal(new, theta_old) and not np.array_equal(returned, theta_old):
+        outcomes.append(Outcome(
+            "trpo_step.model_updated_in_place",
+            f"the function should update the model's parameters in place (the closure convention, as "
+            f"pytorch-trpo's callers, reads them from the model after the call), actual model unchanged and "
+            f"{returned.size} new parameters returned: set them, e.g. torch.nn.utils.vector_to_parameters("
+            f"new, model.parameters()); the returned parameters are judged by the other checks",
+            inputs, expected="model.logits changed in place", actual=returned))
+        new = returned
+    return new, outcomes, inputs
+
+
+def _returned_parameters(out, shape) -> np.ndarray | None:
+    """The return value as parameters of `shape` (flat or not), if it is an array of that many floats."""
+    if out is None or isinstance(out, (bool, int, float)):
+        return None
+    try:
+        arr = np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if arr.size != int(np.prod(shape)) or arr.dtype == object:
+        return None
+    return arr.reshape(shape)
