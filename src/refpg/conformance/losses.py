@@ -777,8 +777,77 @@ def _value_reference(v_new, v_old, ret, eps, style, coef, tol):
     return coef * np.maximum(un, cl).mean(), np.where(clipped, 0.0, full), ~(kink | tie), clipped
 
 
-_VALUE_DELTA = st.one_of(st.sampled_from([0.0, 0.1, -0.1, 1.0, -1.0, 2.0]), st.floats(-3.0, 3.0))
 VALUE_CLIPS = (0.2, 0.5, 1.0)
+#: The regions of one sample that decide the value loss and its gradient: (position of d = V - V_old
+#: against the clip range, sign of the error V - R, the larger of the two terms of "max"). Inside the
+#: range both terms are equal; outside, the clipped term is necessarily the larger when R lies beyond
+#: V away from V_clip (the error's sign is then opposite to d's), so six outside combinations exist.
+VALUE_REGIONS = (("inside", 1, "equal"), ("inside", -1, "equal"),
+                 ("above", -1, "clipped"), ("above", 1, "clipped"), ("above", 1, "unclipped"),
+                 ("below", 1, "clipped"), ("below", -1, "clipped"), ("below", -1, "unclipped"))
+
+
+def value_region(v_new, v_old, ret, eps) -> list:
+    """The `VALUE_REGIONS` entry of each sample, or None within 10% of the clip bound or of a tie of the
+    two terms (where the float32 rounding may pick either side) and for a zero error."""
+    out = []
+    for vn, vo, r, e in np.broadcast(v_new, v_old, ret, eps):
+        d, err = vn - vo, vn - r
+        if abs(abs(d) - e) < _MARGIN * e or err == 0:
+            out.append(None)
+            continue
+        if abs(d) < e:
+            out.append(("inside", int(np.sign(err)), "equal"))
+            continue
+        v_clip = vo + np.sign(d) * e
+        un, cl = abs(vn - r), abs(v_clip - r)
+        if abs(un - cl) < _MARGIN * abs(vn - v_clip):
+            out.append(None)
+            continue
+        out.append(("above" if d > 0 else "below", int(np.sign(err)), "clipped" if cl > un else "unclipped"))
+    return out
+
+
+def _value_cases(region: tuple, n_min: int = 1):
+    """Minibatches of up to 8 samples, one of which (the focus) lies in `region` (`VALUE_REGIONS`); the
+    others are drawn freely (their numbers from a seed, as in `_ppo_cases`)."""
+    where, sign, larger = region
+    seeds = st.integers(0, 2**32 - 1)
+    sizes = st.integers(n_min, 8)
+    clip_choice = st.sampled_from(VALUE_CLIPS)
+    inside_t = st.one_of(st.sampled_from([0.0, 0.5, -0.5]), st.floats(-0.9, 0.9))
+    outside_t = st.one_of(st.sampled_from([2.0, 3.0]), st.floats(1.1, 4.0))
+    # Where R sits between V and V_clip, as a fraction f of their distance from V: the clipped term is
+    # the larger for f < 1/2; kept 10% away from the tie at 1/2 and from R = V.
+    near = st.one_of(st.just(0.25), st.floats(0.1, 0.4))
+    far = st.one_of(st.sampled_from([1.0, 2.0]), st.floats(0.6, 3.0))
+
+    @st.composite
+    def build(draw):
+        eps = draw(clip_choice)
+        n = draw(sizes)
+        focus = draw(_indices(n))
+        rng = np.random.default_rng(draw(seeds))
+        v_old = _cases.random_numbers(rng, (n,))
+        ret = _cases.random_numbers(rng, (n,))
+        delta = np.where(rng.random(n) < 1 / 3, rng.choice([0.0, 0.1, -0.1, 1.0, -1.0, 2.0], size=n),
+                         rng.uniform(-3.0, 3.0, size=n).astype(np.float32))
+        m = draw(_MAGNITUDES)
+        if where == "inside":
+            delta[focus] = draw(inside_t) * eps
+            ret[focus] = v_old[focus] + delta[focus] - sign * m
+        else:
+            side = 1.0 if where == "above" else -1.0
+            t = draw(outside_t)
+            delta[focus] = side * t * eps
+            v_new = v_old[focus] + delta[focus]
+            if sign == -side:  # R beyond V, away from V_clip
+                ret[focus] = v_new + side * m
+            else:  # R on V_clip's side of V, at a fraction f of the gap (t - 1) eps
+                f = draw(near if larger == "clipped" else far)
+                ret[focus] = v_new - side * f * (t - 1.0) * eps
+        return {"values_old": v_old, "delta": delta, "returns": ret, "clip_eps": eps}
+    return build()
 
 
 @numerics_of_their_own
@@ -862,12 +931,14 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
         return outcomes
 
     session.declare(*session.generic_ids())
-    strategy = st.tuples(_cases.samples(values_old=_cases.numbers(), delta=_VALUE_DELTA,
-                                        returns=_cases.numbers()),
-                         st.sampled_from(VALUE_CLIPS)).map(lambda bc: {**bc[0], "clip_eps": bc[1]})
-    session.run_scenario(strategy, evaluate, ("value_loss.value",),
-                         moves=lambda c: _cases.sample_moves(c, ("values_old", "delta", "returns"),
-                                                             {"clip_eps": VALUE_CLIPS}))
+    # Every region of a sample is drawn by construction, each by a scenario of its own sharing the
+    # max_examples cases; shrinking may leave a region (value_loss.value claims none).
+    per_scenario = max(1, math.ceil(max_examples / len(VALUE_REGIONS)))
+    for region in VALUE_REGIONS:
+        session.run_scenario(_value_cases(region), evaluate, ("value_loss.value",),
+                             moves=lambda c: _cases.sample_moves(c, ("values_old", "delta", "returns"),
+                                                                 {"clip_eps": VALUE_CLIPS}),
+                             max_examples=per_scenario)
     if torch_grad:
         session.declare("value_loss.gradient", tracked=True)
     return session.report()
