@@ -115,6 +115,27 @@ def _samples(jax: bool, **columns):
     return build()
 
 
+@st.composite
+def _signed(draw, jax: bool):
+    """Pairs of log-probabilities with, by construction, pi_new > pi_old at sample 0 (where k1 = -log r
+    is negative) and pi_new < pi_old by a factor e^3 or more at sample 1 (a large |log r|); the other
+    samples are free."""
+    n = draw(st.sampled_from(JAX_SIZES[1:]) if jax else st.integers(2, 8))
+    new = np.array(draw(st.lists(_LOGP, min_size=n, max_size=n)))
+    old = np.array(draw(st.lists(_LOGP, min_size=n, max_size=n)))
+    # Sample 0: pi_new > pi_old (the larger of the two drawn values is logp_new).
+    hi, lo = max(new[0], old[0]), min(new[0], old[0])
+    if hi == lo:
+        hi, lo = (hi, hi - 1.0) if hi >= -5.0 else (hi + 1.0, hi)
+    new[0], old[0] = hi, lo
+    # Sample 1: pi_old / pi_new >= e^3, all within [-6, 0].
+    hi, lo = max(new[1], old[1]), min(new[1], old[1])
+    if hi - lo < 3.0:
+        hi, lo = (hi, hi - 3.0) if hi >= -3.0 else (lo + 3.0, lo)
+    new[1], old[1] = lo, hi
+    return {"logp_new": new, "logp_old": old}
+
+
 def _moves(case: dict, keys: tuple, jax: bool) -> list:
     """Smaller cases; for a JAX function a smaller size keeps the first samples, so shrinking visits
     only the sizes of `JAX_SIZES` (no new compilation per dropped sample)."""
@@ -265,7 +286,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
     session.run_scenario(_samples(jax, logp=_LOGP), evaluate_zero, ("kl_estimator.zero_when_equal",),
                          moves=lambda c: _moves(c, ("logp",), jax))
     if non_negative:
-        session.run_scenario(_samples(jax, logp_new=_LOGP, logp_old=_LOGP), evaluate_sign,
+        session.run_scenario(_signed(jax), evaluate_sign,
                              ("kl_estimator.non_negative",),
                              moves=lambda c: _moves(c, ("logp_new", "logp_old"), jax))
     if unbiased:
