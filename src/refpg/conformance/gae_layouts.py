@@ -167,6 +167,17 @@ def whiten(adv, valid, opts) -> np.ndarray:
     return (adv - mean) / scale
 
 
+def whitening_gain(adv, valid, opts) -> float:
+    """max |A| / scale over the response tokens: how much whitening magnifies the rounding of the raw
+    advantages (a batch of nearly equal advantages magnifies it most), the comparison's scale."""
+    if not opts["whiten"] or valid.sum() < 2:
+        return 0.0
+    a = adv[valid]
+    centred = np.abs(a - a.mean()).max()
+    white = np.abs(whiten(adv, valid, opts)[valid]).max()
+    return float(np.abs(a).max() * white / centred) if centred > 0 else 0.0
+
+
 def episode_expected(rewards, values, last, gamma, lam, convention):
     """(advantages, second output) of one episode: rewards-to-go or value targets."""
     n = rewards.shape[0]
@@ -184,8 +195,27 @@ def episode_expected(rewards, values, last, gamma, lam, convention):
 # -- cases: token batches ----------------------------------------------------------------
 
 #: Shapes (B, L) of token batches on the jax backend: a jitted function compiles once per shape.
-_JAX_SHAPES = {"full": ((1, 1), (1, 8), (4, 1), (4, 8)), "padded": ((1, 8), (4, 8)), "whitening": ((4, 8),),
-               "single": ((1, 1), (1, 8)), "any": ((1, 1), (1, 8), (4, 1), (4, 8)), "long": ((8, 64),)}
+_JAX_SHAPES = {"full": ((1, 1), (4, 8)), "padded": ((1, 8), (4, 8)), "whitening": ((4, 8),),
+               "single": ((1, 1), (1, 8)), "any": ((1, 8), (4, 8)), "long": ((8, 32),)}
+
+
+@functools.lru_cache(maxsize=None)
+def _ints(low: int, high: int):
+    """`st.integers(low, high)`, built once: Hypothesis validates each new strategy on its first draw."""
+    return st.integers(low, high)
+
+
+@functools.lru_cache(maxsize=None)
+def _int_lists(low: int, high: int, size: int):
+    return st.lists(_ints(low, high), min_size=size, max_size=size)
+
+
+@functools.lru_cache(maxsize=None)
+def _choices(options: tuple):
+    return st.sampled_from(options)
+
+
+_SEEDS = st.integers(0, 2**32 - 1)
 
 
 @st.composite
@@ -201,25 +231,25 @@ def token_batches(draw, *, layout: str, max_B: int = 3, max_L: int = 8, jax: boo
     (B, L) is one of a few fixed shapes (`_JAX_SHAPES`).
     """
     if jax:
-        B, L = draw(st.sampled_from(_JAX_SHAPES["long" if max_L > 8 else layout]))
+        B, L = draw(_choices(_JAX_SHAPES["long" if max_L > 8 else layout]))
     else:
         min_B = 2 if layout == "whitening" else 1
-        B = 1 if layout == "single" else draw(st.integers(min_B, max(min_B, max_B)))
-        L = draw(st.integers(2 if layout in ("padded", "whitening") else 1, max(2, max_L)))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        B = 1 if layout == "single" else draw(_ints(min_B, max(min_B, max_B)))
+        L = draw(_ints(2 if layout in ("padded", "whitening") else 1, max(2, max_L)))
+    rng = np.random.default_rng(draw(_SEEDS))
     rewards, values = random_numbers(rng, (B, L)), random_numbers(rng, (B, L))
     if layout == "full":
         lengths = np.full(B, L)
     elif layout == "single":
         lengths = np.ones(B, dtype=int)
     else:
-        lengths = np.array(draw(st.lists(st.integers(1, L), min_size=B, max_size=B)), dtype=int)
+        lengths = np.array(draw(_int_lists(1, L, B)), dtype=int)
         if layout in ("padded", "whitening") and lengths.min() == L:
-            lengths[draw(st.integers(0, B - 1))] = draw(st.integers(1, L - 1))
+            lengths[draw(_ints(0, B - 1))] = draw(_ints(1, L - 1))
         if layout == "whitening" and len(set(lengths.tolist())) == 1:
             lengths[0] = L if lengths[0] < L else L - 1
-    gamma = draw(st.sampled_from(GAMMAS))
-    lam = draw(st.sampled_from(LAMBDAS))
+    gamma = draw(_choices(GAMMAS))
+    lam = draw(_choices(LAMBDAS))
     return {"rewards": rewards, "values": values, "lengths": lengths, "gamma": gamma, "lam": lam}
 
 
@@ -280,15 +310,15 @@ def episode_sets(draw, *, ends: str, max_len: int = 8, max_episodes: int = 3, le
     ``"truncated"`` every episode cut by a time limit (last_val = V(s_T), never
     0), ``"any"`` either. With `lengths`, each n is drawn from it (jax buckets).
     """
-    k = draw(st.integers(1, max_episodes))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    k = draw(_ints(1, max_episodes))
+    rng = np.random.default_rng(draw(_SEEDS))
     episodes = []
     for _ in range(k):
-        n = draw(st.sampled_from(lengths)) if lengths else draw(st.integers(1, max_len))
+        n = draw(_choices(lengths)) if lengths else draw(_ints(1, max_len))
         terminated = ends == "terminal" or (ends == "any" and draw(st.booleans()))
         last = 0.0 if terminated else float(random_numbers(rng, (1,))[0]) or 1.0
         episodes.append((random_numbers(rng, (n,)), random_numbers(rng, (n,)), last, terminated))
-    return {"episodes": episodes, "gamma": draw(st.sampled_from(GAMMAS)), "lam": draw(st.sampled_from(LAMBDAS))}
+    return {"episodes": episodes, "gamma": draw(_choices(GAMMAS)), "lam": draw(_choices(LAMBDAS))}
 
 
 def _episodes_fit(case, ends) -> bool:
@@ -392,9 +422,9 @@ def check_layout(fn, *, convention: str, backend: str = "auto", dtype: str = "fl
     convention : {"rlhf", "openrlhf", "spinningup", "rllib"}
     backend : {"auto", "numpy", "torch", "jax"}
         As in `check_gae`. On ``"jax"``, token batches come in four shapes
-        (B, L) in {1, 4} x {1, 8} plus (8, 64) for the long ones, and episodes
-        in lengths 1, 4, 8 (and 32), and shrinking keeps the shape: a jitted
-        function compiles a handful of times, not once per case.
+        (B, L): (1, 1), (1, 8), (4, 8) and (8, 32) for the long ones, and
+        episodes in lengths 1, 4, 8 (and 32), and shrinking keeps the shape: a
+        jitted function compiles four times, not once per case.
     dtype : {"float64", "float32"}
     max_examples : int
         Cases drawn per scenario (B <= 3 rows of L <= 8 tokens, or up to 3
@@ -526,20 +556,27 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
             expected = whiten(raw, valid, opts) if opts["whiten"] else raw
             ret_expected = raw + case["values"]
             # Padding is not compared: its expected value is shown as nan, the function's own as returned.
+            gain = whitening_gain(raw, valid, opts)
             bad_adv = session.compare(cid, "advantages", np.where(valid, adv, 0.0),
-                                      np.where(valid, expected, 0.0), inputs, why=_HINTS[cid])
+                                      np.where(valid, expected, 0.0), inputs, why=_HINTS[cid],
+                                      scale=gain)
             ret_ok = np.all(np.abs(np.where(valid, ret - ret_expected, 0.0))
                             <= be.tol * (1.0 + np.max(np.abs(ret_expected[valid]))))
             if bad_adv is not None:
                 if opts["whiten"] and ret_ok and cid != "gae.single_token_batch":
                     bad_adv.check_id = "gae.whitening"
                     session.ran("gae.whitening")
-                    bad_adv.message = bad_adv.message.replace(_HINTS[cid], _whitening_why(adv, raw, valid, opts))
+                    allowed = be.tol * (1.0 + max(gain, float(np.max(np.abs(expected[valid])))))
+                    bad_adv.message = bad_adv.message.replace(_HINTS[cid],
+                                                              _whitening_why(adv, raw, valid, opts, allowed))
                 elif cid == "gae.padding_ignored" or (cid == "gae.general"
                                                       and (case["lengths"] < case["rewards"].shape[1]).any()):
                     bad_adv.message += _padding_diagnosis(call, case, expected, valid, be)
                 elif opts["whiten"] and cid == "gae.single_token_batch":
                     bad_adv.message += "; " + _single_rule(opts)
+                elif not opts["whiten"] and ret_ok and valid.sum() > 1:
+                    bad_adv.message += _looks_whitened(adv, raw, valid, opts, be.tol * (1.0 + max(
+                        1.0, float(np.max(np.abs(raw[valid]))))))
                 bad_adv.expected, bad_adv.actual = _with_nan_padding(expected, valid), adv
                 outcomes.append(bad_adv)
             if opts["whiten"] and cid != "gae.single_token_batch" and bad_adv is None:
@@ -597,39 +634,59 @@ def _single_rule(opts) -> str:
             "single_token='raw' if the function skips the whitening instead")
 
 
-def _whitening_why(adv, raw, valid, opts) -> str:
-    """Why the whitened advantages differ, when a common variant explains them."""
-    a = raw[valid]
-    n = a.size
-    said = (f"the returns show the raw advantages are right; the whitening is not the declared one "
-            f"(over the response tokens of the whole batch, ddof={opts['ddof']}, eps={opts['eps']:g} "
-            f"{'under the square root' if opts['eps_where'] == 'var' else 'added to the std' if opts['eps_where'] == 'std' else 'as a floor of the variance'})")
-    tol = 1e-6 * (1 + np.max(np.abs(adv[valid])))
+def _whitening_why(adv, raw, valid, opts, tol) -> str:
+    """Why the whitened advantages differ: the declared rule, and the common variants that match the output
+    within `tol` (other ddof, eps placement or count_eps; statistics that include the padding)."""
+    n = int(valid.sum())
+    place = {"var": "under the square root", "std": "added to the std", "clamp": "as a floor of the variance"}
+    said = (f"the returns show the raw advantages are right; the whitening is not the declared one (over the "
+            f"response tokens of the whole batch, ddof={opts['ddof']}, eps={opts['eps']:g} "
+            f"{place[opts['eps_where']]}, count_eps={opts['count_eps']:g})")
+    if n < 2:
+        return said
+
+    def fits(alt) -> bool:
+        return bool(np.all(np.abs(alt[valid] - adv[valid]) <= tol))
+
+    if fits(raw):
+        return said + "; the output is the raw advantages: nothing is whitened (declare whiten=False if that " \
+                      "is the function's rule)"
     variants = []
-    if n > 1:
-        for ddof in (0, 1):
-            for where in _EPS_WHERE:
-                alt = whiten(raw, valid, {**opts, "ddof": ddof, "eps_where": where})
-                if np.all(np.abs(alt[valid] - adv[valid]) <= tol) and (ddof, where) != (opts["ddof"], opts["eps_where"]):
-                    variants.append(f"ddof={ddof}, eps_where={where!r}")
-        every = np.ones_like(valid)
-        alt = whiten(np.where(valid, raw, 0.0), every, opts)
-        if np.all(np.abs(alt[valid] - adv[valid]) <= tol):
-            variants.append("statistics over every position, padding included (the mask ignored)")
-        # NovaSky-AI/SkyRL issue #1305: the mean over every position (padding as the function's 0), the
-        # variance over the response tokens only.
-        flat = np.where(valid, raw, 0.0)
-        mean_all = flat.mean()
-        var = ((flat - mean_all) ** 2 * valid).sum() / n * (n / (n - 1) if opts["ddof"] == 1 else 1.0)
-        eps, where = opts["eps"], opts["eps_where"]
-        scale = np.sqrt(var + eps) if where == "var" else np.sqrt(var) + eps if where == "std" else \
-            np.sqrt(max(var, eps))
-        alt = (flat - mean_all) / scale
-        if np.all(np.abs(alt[valid] - adv[valid]) <= tol):
-            variants.append("the mean taken over every position, padding included (NovaSky-AI/SkyRL issue #1305)")
+    for ddof in (0, 1):
+        for where in _EPS_WHERE:
+            for count_eps in (0.0, 1e-8):
+                other = {**opts, "ddof": ddof, "eps_where": where, "count_eps": count_eps}
+                if other != opts and fits(whiten(raw, valid, other)):
+                    variants.append(f"ddof={ddof}, eps_where={where!r}, count_eps={count_eps:g}")
+    flat = np.where(valid, raw, 0.0)
+    if fits(whiten(flat, np.ones_like(valid), opts)):
+        variants.append("statistics over every position, padding included (the mask ignored; ray-project/ray "
+                        "issue #57989)")
+    # NovaSky-AI/SkyRL issue #1305: the mean over every position (padding as the function's 0), the
+    # variance over the response tokens only.
+    mean_all = flat.mean()
+    var = ((flat - mean_all) ** 2 * valid).sum() / n * (n / (n - 1) if opts["ddof"] == 1 else 1.0)
+    eps, where = opts["eps"], opts["eps_where"]
+    scale = np.sqrt(var + eps) if where == "var" else np.sqrt(var) + eps if where == "std" else \
+        np.sqrt(max(var, eps))
+    if fits((flat - mean_all) / scale):
+        variants.append("the mean taken over every position, padding included (NovaSky-AI/SkyRL issue #1305)")
     if variants:
-        said += "; the output matches " + " or ".join(variants)
+        said += ("; the output matches " + variants[0] if len(variants) == 1 else
+                 "; the output matches each of: " + "; ".join(variants[:3]))
+        said += " (if that is the function's rule, declare it)"
     return said
+
+
+def _looks_whitened(adv, raw, valid, opts, tol) -> str:
+    """With whiten=False declared: whether the output is the raw advantages whitened by a common rule."""
+    for ddof in (1, 0):
+        for where in _EPS_WHERE:
+            rule = {**opts, "whiten": True, "ddof": ddof, "eps_where": where}
+            if np.all(np.abs(whiten(raw, valid, rule)[valid] - adv[valid]) <= tol):
+                return (f"; the returns are right and the advantages are the raw ones whitened (ddof={ddof}, "
+                        f"eps_where={where!r}): declare whiten=True with that rule")
+    return ""
 
 
 def _padding_diagnosis(call, case, expected, valid, be) -> str:

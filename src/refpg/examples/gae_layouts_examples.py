@@ -269,9 +269,6 @@ CORRECT: tuple[Example, ...] = (
             description="Spinning Up's PPOBuffer.finish_path with scipy.signal.lfilter's discount_cumsum"),
     Example("layout_rllib_numpy", "gae", rllib_compute_advantages, "rllib", "numpy", {},
             description="RLlib's compute_advantages (use_gae=True) on one episode, value targets in float32"),
-)
-
-JAX_CORRECT: tuple[Example, ...] = (
     Example("layout_rlhf_gae_jax", "gae", rlhf_gae_jax, "rlhf", "jax", {},
             description="verl's recursion as a jitted lax.scan, masked whitening with Bessel's correction"),
 )
