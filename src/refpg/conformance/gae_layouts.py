@@ -1,4 +1,4 @@
-r"""`check_layout`: GAE over layouts the time-major (T, N) rollout of `check_gae` cannot express.
+r"""`check_layout`: GAE on RLHF token batches and on one episode at a time, layouts a (T, N) rollout lacks.
 
 Two families, both checked against `refpg.returns.gae` [Schulman2016]:
 
@@ -421,7 +421,7 @@ def check_layout(fn, *, convention: str, backend: str = "auto", dtype: str = "fl
         The user's function, with the signature of `convention` (`LAYOUT_CONVENTIONS`).
     convention : {"rlhf", "openrlhf", "spinningup", "rllib"}
     backend : {"auto", "numpy", "torch", "jax"}
-        As in `check_gae`. On ``"jax"``, token batches come in four shapes
+        As in `refpg.conformance.check_gae`. On ``"jax"``, token batches come in four shapes
         (B, L): (1, 1), (1, 8), (4, 8) and (8, 32) for the long ones, and
         episodes in lengths 1, 4, 8 (and 32), and shrinking keeps the shape: a
         jitted function compiles four times, not once per case.
@@ -442,7 +442,7 @@ def check_layout(fn, *, convention: str, backend: str = "auto", dtype: str = "fl
         ``mask.sum() + 1e-8``), ``single_token`` (``"zero"``: a batch of one
         response token whitens to 0; ``"raw"``: whitening is skipped, as
         alibaba/ROLL issue #475 settled). ``returns`` is accepted for
-        `check_gae`'s sake: these conventions always return the pair, and
+        `refpg.conformance.check_gae`'s sake: these conventions always return the pair, and
         both are checked.
 
     Returns
