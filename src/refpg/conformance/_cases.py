@@ -112,6 +112,10 @@ def rollouts(draw, *, flags: str, max_T: int = 8, max_N: int = 3, min_size: int 
     term = np.zeros((T, N), dtype=bool)
     trunc = np.zeros((T, N), dtype=bool)
     bools = bool_arrays((T, N))
+    if sizes is not None and T * N > 64:
+        # A fixed long shape (jax): 1,024 flags drawn one by one through Hypothesis cost more than the
+        # calls they feed; NumPy draws them from the seed instead, and `rollout_moves` clears them.
+        bools = st.just(None).map(lambda _: rng.random((T, N)) < 0.5)
     if flags == "terminal":
         term = draw(bools)
         if not term.any():
