@@ -376,26 +376,26 @@ def _episode_args(convention, r, v, last, gamma, lam) -> list:
     return [("rewards", r), ("vf_preds", v), ("last_r", float(last)), ("gamma", gamma), ("lambda_", lam)]
 
 
-def _pair(session, call, inputs, shape, names, *, check_id=None, float32_second=False):
-    """The function's (first, second) outputs as float64 arrays of `shape`, or (None, None, outcomes).
+def _pair(session, call, inputs, shape, names, *, float32_second=False):
+    """(first, second, outcomes, low): the function's two outputs as float64 arrays of `shape` (None when
+    unusable) and the outcomes that say why not.
 
-    With `check_id`, every output problem is filed under it (the single-token batch). With
-    `float32_second`, a float32 second output of float64 inputs is accepted (RLlib casts its value
-    targets to float32) and flagged by the returned bool.
+    With `float32_second`, a float32 second output of float64 inputs is accepted (RLlib casts its value
+    targets to float32) and flagged by `low`.
     """
     raw = call.output
     first_name, second_name = names
     if not (isinstance(raw, (tuple, list)) and len(raw) == 2):
         kind = f"a {type(raw).__name__} of {len(raw)} items" if isinstance(raw, (tuple, list)) else \
             f"one {type(raw).__name__}"
-        return None, None, [Outcome(check_id or "gae.output_shape",
+        return None, None, [Outcome("gae.output_shape",
                                     f"the function should return a pair ({first_name}, {second_name}), actual "
                                     f"{kind}", inputs)], False
-    first, outcomes = session.output_array(raw[0], first_name, shape, inputs, check_id=check_id)
+    first, outcomes = session.output_array(raw[0], first_name, shape, inputs)
     low = False
     if float32_second and session.backend.dtype == "float64":
         low = str(getattr(raw[1], "dtype", "")).endswith("float32")
-    second, more = session.output_array(raw[1], second_name, shape, inputs, check_id=check_id or "gae.returns",
+    second, more = session.output_array(raw[1], second_name, shape, inputs, check_id="gae.returns",
                                         dtype_matters=not low)
     return first, second, outcomes + more, low
 
@@ -539,7 +539,12 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
                 session.ran(check_id)
         if c.error is not None:
             return None, None, outcomes, inputs
-        adv, ret, more, _ = _pair(session, c, inputs, case["rewards"].shape, names, check_id=check_id)
+        adv, ret, more, _ = _pair(session, c, inputs, case["rewards"].shape, names)
+        if check_id is not None:
+            # A NaN (0 / 0 of a lone token's variance) is this check's failure too; a wrong shape is not.
+            more = [Outcome(check_id, o.message + "; " + _single_rule(opts), o.inputs, o.expected, o.actual, o.where)
+                    if o.check_id == "gae.output_finite" else o for o in more]
+            session.ran(check_id)
         return adv, ret, outcomes + more, inputs
 
     def evaluate_for(check_id):
