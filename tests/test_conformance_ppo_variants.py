@@ -284,3 +284,77 @@ def test_cleanrl_jax_normalises_with_ddof_0_and_names_ddof_1():
     # A minibatch of one normalised with ddof = 0 is 0: no sign, so minibatches of one are not drawn.
     ce = report.failure("ppo_loss.inside_clip_range").counterexample
     assert len(ce.inputs["advantages"]) >= 2
+
+
+# -- JAX: gradients through jax.grad, a few shapes ------------------------------------------------------
+
+def _jax_losses():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+
+    def surrogate(logp_new, logp_old, adv, eps, detach=False):
+        r = jnp.exp(logp_new - logp_old)
+        clipped = jnp.clip(jax.lax.stop_gradient(r) if detach else r, 1 - eps, 1 + eps)
+        return jnp.minimum(r * adv, clipped * adv), r
+
+    @jax.jit
+    def ppo(logp_new, logp_old, adv, eps):
+        return -surrogate(logp_new, logp_old, adv, eps)[0].mean()
+
+    @jax.jit
+    def ppo_detached(logp_new, logp_old, adv, eps):
+        return -surrogate(logp_new, logp_old, adv, eps, detach=True)[0].mean()
+
+    @jax.jit
+    def dual(logp_new, logp_old, adv, eps):
+        s, _ = surrogate(logp_new, logp_old, adv, eps)
+        return -jnp.where(adv < 0, jnp.maximum(s, 3.0 * adv), s).mean()
+
+    @jax.jit
+    def dual_straight_through(logp_new, logp_old, adv, eps):  # right value, r's gradient through c * A
+        s, r = surrogate(logp_new, logp_old, adv, eps)
+        bound = 3.0 * adv * r / jax.lax.stop_gradient(r)
+        return -jnp.where(adv < 0, jnp.maximum(s, bound), s).mean()
+
+    @jax.jit
+    def value(v, v_old, ret, eps):
+        v_clip = v_old + jnp.clip(v - v_old, -eps, eps)
+        return 0.5 * jnp.maximum((v - ret) ** 2, (v_clip - ret) ** 2).mean()
+
+    @jax.jit
+    def value_detached(v, v_old, ret, eps):
+        v_clip = v_old + jnp.clip(jax.lax.stop_gradient(v) - v_old, -eps, eps)
+        return 0.5 * jnp.maximum((v - ret) ** 2, (v_clip - ret) ** 2).mean()
+
+    return ppo, ppo_detached, dual, dual_straight_through, value, value_detached
+
+
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
+def test_jax_gradients_are_checked_through_jax_grad(dtype):
+    ppo, ppo_detached, dual, dual_straight_through, value, value_detached = _jax_losses()
+    kw = dict(backend="jax", dtype=dtype, **FAST)
+    for report in (check_ppo_loss(ppo, **kw), check_ppo_loss(dual, dual_clip=3.0, **kw),
+                   check_value_loss(value, convention="cleanrl", **kw)):
+        assert report.passed and report.backend == "jax" and not report.not_run, str(report)
+        assert any(c.endswith(".gradient") for c in report.checks)
+    report = check_ppo_loss(ppo_detached, **kw)
+    assert report.failed_ids == ("ppo_loss.gradient",), str(report)
+    report = check_ppo_loss(dual_straight_through, dual_clip=3.0, **kw)
+    assert report.failed_ids == ("ppo_loss.gradient",), str(report)
+    assert "where the dual-clip term c * A is taken" in report.failure("ppo_loss.gradient").message
+    report = check_value_loss(value_detached, convention="cleanrl", **kw)
+    assert report.failed_ids == ("value_loss.gradient",), str(report)
+
+
+def test_jax_checks_draw_a_few_shapes_and_shrink_within_them():
+    ppo, *_ = _jax_losses()
+    shapes = set()
+
+    def recording(logp_new, logp_old, advantages, clip_eps):
+        shapes.add(tuple(logp_new.shape))
+        return ppo(logp_new, logp_old, advantages, clip_eps) + (0.5 if logp_new.shape[0] > 1 else 0.0)
+
+    report = check_ppo_loss(recording, backend="jax")
+    assert "ppo_loss.inside_clip_range" in report.failed_ids
+    assert len(report.failure("ppo_loss.inside_clip_range").counterexample.inputs["logp_new"]) == 4
+    assert shapes == {(1,), (4,), (8,)}  # minibatches of 1, 4 and 8 only, shrinking included

@@ -414,8 +414,16 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
         (ratios below or above it, no dual clip active), ``ppo_loss.dual_clip``
         (with ``dual_clip``: ratios beyond c, for either sign of A),
         ``ppo_loss.clip_fraction`` (if returned), ``ppo_loss.gradient``
-        (torch backend: d loss / d logp_new is exactly 0 where the clipped or
-        the dual-clip term is taken and -A r / n elsewhere), plus the generic ones.
+        (torch backend through autograd, jax through ``jax.grad``: d loss / d
+        logp_new is exactly 0 where the clipped or the dual-clip term is taken
+        and -A r / n elsewhere), plus the generic ones.
+
+    Notes
+    -----
+    With ``backend="jax"`` minibatches have 4 or 8 samples, or the check's
+    minimum (1, or 2 where a one-sample minibatch has no usable advantage),
+    and shrinking keeps to those sizes: a jitted function compiles once per
+    input shape, and its ``jax.grad`` once more.
 
     Raises
     ------
@@ -523,7 +531,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
                                   or _variant_hint(ratio, a, clip, case["clip_eps"], float(loss), ref.loss, be,
                                                    scale))
                 outcomes.append(o)
-            if torch_grad:
+            if be.differentiable:
                 c = clip.dual
 
                 def zero_why(i):
@@ -531,7 +539,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
                         return f"where the dual-clip term c * A is taken (A < 0 and ratio > c = {c:g})"
                     return "where the clipped term is taken"
 
-                outcomes += _gradient_outcomes(session, call, grad_arg, loss_raw,
+                outcomes += _gradient_outcomes(session, call, grad_arg, _loss_item,
                                                ref.d_ratio if rlax else ref.d_ratio * ratio, ref.clipped | ref.dual,
                                                inputs, "ppo_loss.gradient",
                                                "where the unclipped term is taken the gradient is that of "
@@ -544,14 +552,15 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
     n_ids = len({cid for cid, *_ in scenarios})
     # About max_examples cases per check id, shared among its regions: each region is drawn by construction.
     per_scenario = max(1, math.ceil(max_examples * n_ids / len(scenarios)))
+    buckets = _buckets(be, n_min)
     for check_id, sign, band, background in scenarios:
-        session.run_scenario(_ppo_cases(sign, band, background, n_min, clips, opts),
+        session.run_scenario(_ppo_cases(sign, band, background, n_min, clips, opts, _sizes(n_min, buckets)),
                              evaluate_for(check_id, sign, band, background), (check_id,),
-                             moves=functools.partial(_ppo_moves, n_min=n_min, clips=clips),
+                             moves=functools.partial(_ppo_moves, n_min=n_min, clips=clips, buckets=buckets),
                              max_examples=per_scenario)
     if seen["fraction"]:
         session.declare("ppo_loss.clip_fraction", tracked=True)
-    if torch_grad:
+    if be.differentiable:
         session.declare("ppo_loss.gradient", tracked=True)
     return session.report()
 
@@ -649,7 +658,7 @@ def _fraction_outcomes(session, fractions: dict, ref: _PPORef, clip: _Clip, defi
     return outcomes
 
 
-def _ppo_cases(sign: int, band: str, background: tuple, n_min: int, clips: tuple, opts: dict):
+def _ppo_cases(sign: int, band: str, background: tuple, n_min: int, clips: tuple, opts: dict, sizes=None):
     """Minibatches of up to 8 samples, one of which (the focus) has an advantage of sign `sign` (after the
     declared normalisation) and a ratio in `band`; the others have ratios in the `background` bands.
 
@@ -658,7 +667,7 @@ def _ppo_cases(sign: int, band: str, background: tuple, n_min: int, clips: tuple
     """
     clip_choice = st.sampled_from(clips)
     seeds = st.integers(0, 2**32 - 1)
-    sizes = st.integers(n_min, 8)
+    sizes = _sizes(n_min) if sizes is None else sizes
 
     @st.composite
     def build(draw):
@@ -690,35 +699,49 @@ def _indices(n: int):
     return st.integers(0, n - 1)
 
 
-def _ppo_moves(case, n_min: int = 1, clips: tuple = CLIPS):
-    return _cases.sample_moves(case, ("logp_old", "u", "advantages"), {"clip_eps": clips}, n_min=n_min)
+def _ppo_moves(case, n_min: int = 1, clips: tuple = CLIPS, buckets: tuple | None = None):
+    return _sample_moves(case, ("logp_old", "u", "advantages"), {"clip_eps": clips}, n_min, buckets)
 
 
-def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inputs, check_id, why,
+#: Minibatch sizes drawn for backend="jax", on top of the check's minimum: a jitted function compiles
+#: once per input shape (and jax.grad of it once more), about half a second each.
+JAX_SIZES = (4, 8)
+
+
+def _sizes(n_min: int, buckets: tuple | None = None):
+    """Minibatch sizes: every one from `n_min` to 8, or only `buckets` (backend="jax")."""
+    return st.integers(n_min, 8) if buckets is None else st.sampled_from(buckets)
+
+
+def _buckets(be, n_min: int) -> tuple | None:
+    return tuple(sorted({n_min, *JAX_SIZES})) if be.name == "jax" else None
+
+
+def _sample_moves(case, keys, choices, n_min, buckets):
+    """`_cases.sample_moves`; with `buckets` (backend="jax"), a sample is never dropped alone: the case
+    shrinks to a window of each smaller bucket size instead, so that shrinking compiles no new shape."""
+    if buckets is None:
+        return _cases.sample_moves(case, keys, choices, n_min=n_min)
+    n = len(case[keys[0]])
+    out = [{**case, **{k: case[k][i:i + b] for k in keys}} for b in buckets if b < n for i in range(n - b + 1)]
+    return out + _cases.sample_moves(case, keys, choices, n_min=n)
+
+
+def _gradient_outcomes(session, call, grad_arg, pick, expected, clipped, inputs, check_id, why,
                        judged=None, zero_why=None):
-    """Compare the torch gradient of the returned loss with `expected`; exactly 0 where `clipped`.
+    """Compare the gradient of the loss `pick(output)` (torch autograd or ``jax.grad``, through
+    `Session.input_gradient`) with `expected`; exactly 0 where `clipped`.
 
     Only the entries in `judged` (all by default) are compared: an entry at a kink of the loss has no
     single right derivative. With none judged, the check reaches no verdict on this case. `zero_why(i)`
     says where the derivative of entry i must be 0 ("where the clipped term is taken" by default).
     """
-    import torch
-
     judged = np.ones(expected.shape, bool) if judged is None else judged
     if not judged.any():
         return []
-    names = [name for name, _ in inputs.items()]
-    x = call.user_args[names.index(grad_arg)]
-    if not isinstance(loss_raw, torch.Tensor) or loss_raw.grad_fn is None:
-        return [Outcome(check_id, f"the loss should be differentiable with respect to {grad_arg} "
-                                  f"(a torch tensor with requires_grad=True was passed), actual a "
-                                  f"{type(loss_raw).__name__} with no gradient", inputs)]
-    try:
-        (g,) = torch.autograd.grad(loss_raw, x, allow_unused=True)
-    except RuntimeError as exc:
-        return [Outcome(check_id, f"the loss should be differentiable with respect to {grad_arg}, actual "
-                                  f"{exc}".splitlines()[0], inputs)]
-    got = np.zeros(expected.shape) if g is None else g.detach().cpu().numpy().astype(np.float64)
+    got, problem = session.input_gradient(call, grad_arg, pick)
+    if problem is not None:
+        return [Outcome(check_id, problem, inputs)]
     session.ran(check_id)
     leak = clipped & judged & (got != 0.0)
     if leak.any():
@@ -736,6 +759,15 @@ def _gradient_outcomes(session, call, grad_arg, loss_raw, expected, clipped, inp
         return []
     o.actual = got  # what the function returned, the unjudged entries included
     return [o]
+
+
+def _loss_item(raw):
+    """The loss out of any accepted output form (for a gradient of a call made again, under jax.grad)."""
+    if isinstance(raw, dict):
+        return raw["loss"]
+    if isinstance(raw, (tuple, list)):
+        return raw[0]
+    return raw
 
 
 # -- value loss ---------------------------------------------------------------------------
@@ -808,12 +840,12 @@ def value_region(v_new, v_old, ret, eps) -> list:
     return out
 
 
-def _value_cases(region: tuple, n_min: int = 1):
+def _value_cases(region: tuple, n_min: int = 1, buckets: tuple | None = None):
     """Minibatches of up to 8 samples, one of which (the focus) lies in `region` (`VALUE_REGIONS`); the
     others are drawn freely (their numbers from a seed, as in `_ppo_cases`)."""
     where, sign, larger = region
     seeds = st.integers(0, 2**32 - 1)
-    sizes = st.integers(n_min, 8)
+    sizes = _sizes(n_min, buckets)
     clip_choice = st.sampled_from(VALUE_CLIPS)
     inside_t = st.one_of(st.sampled_from([0.0, 0.5, -0.5]), st.floats(-0.9, 0.9))
     outside_t = st.one_of(st.sampled_from([2.0, 3.0]), st.floats(1.1, 4.0))
@@ -876,7 +908,17 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
     Returns
     -------
     Report
-        ``value_loss.value``, ``value_loss.gradient`` (torch backend), and the generic ids.
+        ``value_loss.value``, ``value_loss.gradient`` (torch backend through
+        autograd, jax through ``jax.grad``), and the generic ids.
+
+    Notes
+    -----
+    Each of the `VALUE_REGIONS` of a sample (the new value inside, above or
+    below the clip range around the old one; the sign of its error; which of
+    the two terms of "max" is the larger) is drawn by construction, by a
+    scenario whose every case puts a sample in it. With ``backend="jax"``
+    minibatches have 1, 4 or 8 samples, shrinking included (one compilation
+    per shape).
     """
     check_callable(fn)
     check_choice(convention, "convention", tuple(VALUE_CONVENTIONS))
@@ -923,8 +965,8 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
                             n=v_new.size, n_is="the minibatch size")
         if o is not None:
             outcomes.append(o)
-        if torch_grad:
-            outcomes += _gradient_outcomes(session, call, "values_new", call.output, grad, clipped, inputs,
+        if be.differentiable:
+            outcomes += _gradient_outcomes(session, call, "values_new", _loss_item, grad, clipped, inputs,
                                            "value_loss.gradient", f"the gradient of "
                                            f"{_VALUE_FORMS[opts['style']]}{_VALUE_GRADIENTS[opts['style']]}",
                                            judged=judged)
@@ -934,12 +976,13 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
     # Every region of a sample is drawn by construction, each by a scenario of its own sharing the
     # max_examples cases; shrinking may leave a region (value_loss.value claims none).
     per_scenario = max(1, math.ceil(max_examples / len(VALUE_REGIONS)))
+    buckets = _buckets(be, 1)
     for region in VALUE_REGIONS:
-        session.run_scenario(_value_cases(region), evaluate, ("value_loss.value",),
-                             moves=lambda c: _cases.sample_moves(c, ("values_old", "delta", "returns"),
-                                                                 {"clip_eps": VALUE_CLIPS}),
+        session.run_scenario(_value_cases(region, 1, buckets), evaluate, ("value_loss.value",),
+                             moves=lambda c: _sample_moves(c, ("values_old", "delta", "returns"),
+                                                           {"clip_eps": VALUE_CLIPS}, 1, buckets),
                              max_examples=per_scenario)
-    if torch_grad:
+    if be.differentiable:
         session.declare("value_loss.gradient", tracked=True)
     return session.report()
 

@@ -15,7 +15,7 @@ the functions, so this module imports without them.
 
 from __future__ import annotations
 
-import numpy as np
+import functools
 
 from refpg.examples._example import Example
 
@@ -143,20 +143,27 @@ def ppo_loss_trl_fraction_ignores_sign(logp_new, logp_old, advantages, clip_eps)
 # -- CleanRL's JAX scripts / PureJaxRL: normalisation with ddof = 0 ------------------------------------
 
 def _cleanrl_jax_policy_loss(logp_new, logp_old, advantages, clip_eps, *, ddof=0):
-    """CleanRL ppo_*_jax / PureJaxRL's actor loss; jax.numpy for jax arrays, NumPy otherwise."""
-    xp = np
-    if not isinstance(advantages, np.ndarray):
-        import jax.numpy as xp
+    """CleanRL ppo_*_jax / PureJaxRL's actor loss, jax.numpy (jitted by `_jitted`)."""
+    import jax.numpy as jnp
+
     # Normalised per minibatch with the population std (jnp.std's default, ddof = 0).
-    mb_advantages = (advantages - advantages.mean()) / (xp.std(advantages, ddof=ddof) + 1e-8)
-    ratio = xp.exp(logp_new - logp_old)
+    mb_advantages = (advantages - advantages.mean()) / (jnp.std(advantages, ddof=ddof) + 1e-8)
+    ratio = jnp.exp(logp_new - logp_old)
     pg_loss1 = -mb_advantages * ratio
-    pg_loss2 = -mb_advantages * xp.clip(ratio, 1 - clip_eps, 1 + clip_eps)
-    return xp.maximum(pg_loss1, pg_loss2).mean()
+    pg_loss2 = -mb_advantages * jnp.clip(ratio, 1 - clip_eps, 1 + clip_eps)
+    return jnp.maximum(pg_loss1, pg_loss2).mean()
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(ddof: int):
+    """The loss above under jax.jit, built on first use (this module imports without JAX)."""
+    import jax
+
+    return jax.jit(functools.partial(_cleanrl_jax_policy_loss, ddof=ddof))
 
 
 def ppo_loss_cleanrl_jax(logp_new, logp_old, advantages, clip_eps):
-    r"""PPO's clipped loss as CleanRL's JAX scripts and PureJaxRL compute it.
+    r"""PPO's clipped loss as CleanRL's JAX scripts and PureJaxRL compute it, jitted.
 
     .. math::
         \mathcal L = \frac1n \sum_i \max\big(-\hat A_i r_i,\ -\hat A_i\,\mathrm{clip}(r_i, 1-\epsilon, 1+\epsilon)\big),
@@ -166,12 +173,12 @@ def ppo_loss_cleanrl_jax(logp_new, logp_old, advantages, clip_eps):
     ----------
     [Schulman2017] Eq. (7); CleanRL ``cleanrl/ppo_atari_envpool_xla_jax_scan.py``; PureJaxRL ``ppo.py``.
     """
-    return _cleanrl_jax_policy_loss(logp_new, logp_old, advantages, clip_eps)
+    return _jitted(0)(logp_new, logp_old, advantages, clip_eps)
 
 
 def ppo_loss_cleanrl_jax_ddof1(logp_new, logp_old, advantages, clip_eps):
     """torch's std habit (ddof = 1) in a JAX-convention loss: the sample std where jnp.std's population std belongs."""
-    return _cleanrl_jax_policy_loss(logp_new, logp_old, advantages, clip_eps, ddof=1)
+    return _jitted(1)(logp_new, logp_old, advantages, clip_eps)
 
 
 CORRECT: tuple[Example, ...] = (
@@ -183,7 +190,7 @@ CORRECT: tuple[Example, ...] = (
     Example("ppo_loss_trl_active_fraction_torch", "ppo_loss", ppo_loss_trl_active_fraction_torch, "refpg", "torch",
             {"clip_fraction": "active"}, None,
             "TRL's clipped loss with the active clip fraction (huggingface/trl PR #3175)"),
-    Example("ppo_loss_cleanrl_jax", "ppo_loss", ppo_loss_cleanrl_jax, "cleanrl_jax", "numpy", {}, None,
+    Example("ppo_loss_cleanrl_jax", "ppo_loss", ppo_loss_cleanrl_jax, "cleanrl_jax", "jax", {}, None,
             "CleanRL's JAX scripts / PureJaxRL: minibatch-normalised advantages with ddof = 0"),
 )
 
@@ -203,7 +210,7 @@ BROKEN: tuple[Example, ...] = (
             {"clip_fraction": "active"}, "ppo_loss.clip_fraction",
             "clip fraction counting |r - 1| > eps while the active fraction is declared (TRL before "
             "huggingface/trl PR #3175)"),
-    Example("ppo_loss_cleanrl_jax_ddof1", "ppo_loss", ppo_loss_cleanrl_jax_ddof1, "cleanrl_jax", "numpy", {},
+    Example("ppo_loss_cleanrl_jax_ddof1", "ppo_loss", ppo_loss_cleanrl_jax_ddof1, "cleanrl_jax", "jax", {},
             "ppo_loss.inside_clip_range",
             "advantages normalised with torch's ddof = 1 std under the jnp.std (ddof = 0) convention (the "
             "ddof mismatch of NVIDIA/TorchFort issue #38, there the other way round)"),
