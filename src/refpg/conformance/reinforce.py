@@ -655,6 +655,11 @@ class _JittedGradient:
                 return None
 
 
+def _passes_clearly(test: MeanTest) -> bool:
+    """Not rejected, and the largest |t| below `_HINT_MARGIN` x the threshold: no borderline call."""
+    return not test.rejected and float(np.max(np.abs(test.z))) < _HINT_MARGIN * test.threshold
+
+
 def _declaration_hint(raw, steps, size, horizon, objective, normalization, visit, alpha, target,
                       rescaled) -> str:
     """"; the estimates are unbiased under objective=..., normalization=..." when another declaration's
@@ -666,8 +671,7 @@ def _declaration_hint(raw, steps, size, horizon, objective, normalization, visit
                 continue
             expected = target(obj, horizon)
             estimates = rescaled(raw, steps, size, norm)
-            test = _mean_test(estimates, expected, visit, size, alpha)
-            if not test.rejected and np.max(np.abs(test.z)) < _HINT_MARGIN * test.threshold:
+            if _passes_clearly(_mean_test(estimates, expected, visit, size, alpha)):
                 fits.append((obj, norm))
     if not fits:
         return ""
@@ -759,7 +763,11 @@ def _factor_hint(estimates, target, visit, size, alpha, gamma, what) -> str:
     named = [(1.0 / (1.0 - gamma), "1/(1-gamma)"), (1.0 - gamma, "1-gamma"), (gamma, "gamma"),
              (float(size), f"{size}, the episodes per call"), (1.0 / size, f"1/{size}"),
              (-1.0, "-1: a flipped sign")]
-    close = [name for value, name in named if abs(c / value - 1.0) < 0.03]
+    # A named factor is stated when the mean test against factor x target passes clearly (as the
+    # declaration hints are), or, failing that, when the fitted c is within 3% of it.
+    close = [name for value, name in named if _passes_clearly(_mean_test(estimates, value * target, visit, size,
+                                                                          alpha))]
+    close = close or [name for value, name in named if abs(c / value - 1.0) < 0.03]
     which = f" (close to {close[0]})" if close else ""
     return (f"; every entry is about {c:.3g}{which} x the expected {what}: a missing or extra factor such "
             f"as 1/(1-gamma) or a sum instead of a mean over episodes?")
