@@ -742,11 +742,6 @@ def _approximation_cost(be, convention, max_examples, seed) -> float:
     return worst[0]
 
 
-def _cleanrl_cost(session, be, max_examples, seed) -> float:
-    """Largest change of the exact advantages when truncation is treated as termination (cleanrl)."""
-    return _approximation_cost(be, "cleanrl", max_examples, seed)
-
-
 def _check_layout(fn, *, convention, returns, output, whiten, whiten_ddof, whiten_eps, whiten_eps_on, **kwargs):
     """Hand a `gae_layouts` convention over to its own check, with the options set away from their defaults."""
     from refpg.conformance import gae_layouts
