@@ -163,6 +163,22 @@ def test_value_bootstrap_time_outs_exclude_terminations_and_the_fold_is_checked(
     assert "gae.general" in check_gae(forgets_the_fold, convention="value_bootstrap", **FAST).failed_ids
 
 
+def test_the_arithmetic_refpg_calls_a_bug_passes_when_declared_value_bootstrap():
+    from refpg.examples import broken
+
+    def own_value_bootstrap(rewards, values, dones, time_outs, last_values, gamma, lam):
+        # The same function, fed through RSL-RL's arguments: row t + 1's value inside an episode, last_values
+        # after the last row, and a time-out as a truncation.
+        next_values = np.concatenate([values[1:], last_values[None]])
+        truncated = time_outs > 0
+        return broken.gae_timeout_bootstraps_own_value(rewards, values, next_values, (dones > 0) & ~truncated,
+                                                       truncated, gamma, lam)
+
+    assert check_gae(own_value_bootstrap, convention="value_bootstrap", **FAST).passed
+    refpg = check_gae(broken.gae_timeout_bootstraps_own_value, **FAST)
+    assert refpg.failed_ids == ("gae.truncation_bootstrapped",), str(refpg)
+
+
 # -- purejaxrl -------------------------------------------------------------------------------------------
 
 def test_purejaxrl_dones_are_those_of_the_step_itself():
