@@ -17,7 +17,9 @@ from refpg.examples import gae_layouts_examples as layouts
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_JAX = importlib.util.find_spec("jax") is not None
-RLHF = {"whiten": True, "ddof": 1, "eps": 1e-8, "eps_where": "var", "count_eps": 0.0, "single_token": "zero"}
+RLHF = {"whiten": True, "whiten_ddof": 1, "whiten_eps": 1e-8, "whiten_eps_on": "var", "whiten_count_eps": 0.0,
+        "whiten_single_token": "zero"}
+VERL = {"whiten": True, "whiten_eps_on": "var"}
 
 
 def _marks(ex):
@@ -46,23 +48,23 @@ def test_token_gae_bootstraps_zero_after_each_rows_last_token_and_ignores_paddin
 def test_whitening_uses_the_response_tokens_of_the_whole_batch_with_bessels_correction():
     adv = np.array([[1.0, 3.0, 100.0], [5.0, 100.0, 100.0]])
     valid = np.array([[True, True, False], [True, False, False]])
-    out = whiten(adv, valid, {**RLHF, "eps": 0.0})
+    out = whiten(adv, valid, {**RLHF, "whiten_eps": 0.0})
     # mean 3, Bessel variance ((4 + 0 + 4) / 2) = 4, std 2.
     np.testing.assert_allclose(out[valid], [-1.0, 0.0, 1.0], rtol=0, atol=1e-15)
-    biased = whiten(adv, valid, {**RLHF, "eps": 0.0, "ddof": 0})
+    biased = whiten(adv, valid, {**RLHF, "whiten_eps": 0.0, "whiten_ddof": 0})
     np.testing.assert_allclose(biased[valid], np.array([-2.0, 0.0, 2.0]) / np.sqrt(8 / 3), rtol=1e-15)
 
 
 @pytest.mark.parametrize("where, scale", [("var", np.sqrt(4 + 0.5)), ("std", 2 + 0.5), ("clamp", 2.0)])
 def test_the_eps_placements(where, scale):
     adv, valid = np.array([[1.0, 3.0, 5.0]]), np.ones((1, 3), bool)
-    out = whiten(adv, valid, {**RLHF, "eps": 0.5, "eps_where": where})
+    out = whiten(adv, valid, {**RLHF, "whiten_eps": 0.5, "whiten_eps_on": where})
     np.testing.assert_allclose(out, np.array([[-2.0, 0.0, 2.0]]) / scale, rtol=1e-15)
 
 
-def test_count_eps_divides_the_masked_means_by_n_plus_it_as_recent_verl_does():
+def test_whiten_count_eps_divides_the_masked_means_by_n_plus_it_as_recent_verl_does():
     adv, valid = np.array([[1.0, 3.0]]), np.ones((1, 2), bool)
-    out = whiten(adv, valid, {**RLHF, "eps": 0.0, "count_eps": 0.5})
+    out = whiten(adv, valid, {**RLHF, "whiten_eps": 0.0, "whiten_count_eps": 0.5})
     mean = 4.0 / 2.5
     var = ((1 - mean) ** 2 + (3 - mean) ** 2) / 2.5 * 2
     np.testing.assert_allclose(out, (adv - mean) / np.sqrt(var), rtol=1e-15)
@@ -72,14 +74,14 @@ def test_a_single_token_batch_whitens_to_zero_or_stays_raw_as_declared_and_never
     adv, valid = np.array([[2.5, 7.0]]), np.array([[True, False]])
     for ddof in (0, 1):
         for eps in (0.0, 1e-8):
-            out = whiten(adv, valid, {**RLHF, "ddof": ddof, "eps": eps})
+            out = whiten(adv, valid, {**RLHF, "whiten_ddof": ddof, "whiten_eps": eps})
             assert out[0, 0] == 0.0 and np.all(np.isfinite(out))
-    raw = whiten(adv, valid, {**RLHF, "single_token": "raw"})
+    raw = whiten(adv, valid, {**RLHF, "whiten_single_token": "raw"})
     assert raw[0, 0] == 2.5
 
 
 def test_equal_advantages_whiten_to_zero_even_without_eps():
-    out = whiten(np.full((2, 2), 3.0), np.ones((2, 2), bool), {**RLHF, "eps": 0.0})
+    out = whiten(np.full((2, 2), 3.0), np.ones((2, 2), bool), {**RLHF, "whiten_eps": 0.0})
     np.testing.assert_array_equal(out, np.zeros((2, 2)))
 
 
@@ -101,12 +103,14 @@ def test_unknown_and_bad_options_are_refused_naming_them():
         check_layout(layouts.spinningup_finish_path, convention="rlhf", whitening=True)
     with pytest.raises(InvalidInputError, match="option 'whiten' is not one of convention 'spinningup'"):
         check_layout(layouts.spinningup_finish_path, convention="spinningup", whiten=True)
-    with pytest.raises(InvalidInputError, match="ddof should be 0"):
-        check_layout(layouts.verl_gae, convention="rlhf", ddof=2)
-    with pytest.raises(InvalidInputError, match="eps should be a finite float >= 0, actual -1"):
-        check_layout(layouts.verl_gae, convention="rlhf", eps=-1)
-    with pytest.raises(InvalidInputError, match="single_token"):
-        check_layout(layouts.verl_gae, convention="rlhf", single_token="skip")
+    with pytest.raises(InvalidInputError, match="whiten_ddof should be 0"):
+        check_layout(layouts.verl_gae, convention="rlhf", whiten_ddof=2)
+    with pytest.raises(InvalidInputError, match="whiten_eps should be a finite float >= 0, actual -1"):
+        check_layout(layouts.verl_gae, convention="rlhf", whiten_eps=-1)
+    with pytest.raises(InvalidInputError, match="whiten_single_token"):
+        check_layout(layouts.verl_gae, convention="rlhf", whiten_single_token="skip")
+    with pytest.raises(InvalidInputError, match="output should be 'advantages,returns'"):
+        check_layout(layouts.verl_gae, convention="rlhf", output="returns,advantages")
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
@@ -128,7 +132,7 @@ def test_nan_in_the_padding_fails_output_finite():
         adv, ret = layouts.verl_gae(token_level_rewards, values, response_mask, gamma, lam)
         return adv.masked_fill(response_mask == 0, float("nan")), ret
     pytest.importorskip("torch")
-    report = check_layout(nan_padding, convention="rlhf", backend="torch", max_examples=20)
+    report = check_layout(nan_padding, convention="rlhf", backend="torch", max_examples=20, **VERL)
     assert "gae.output_finite" in report.failed_ids
 
 
@@ -138,13 +142,13 @@ def test_whitening_declared_wrongly_either_way_is_named():
     assert "gae.whitening" in report.failed_ids
     assert "nothing is whitened" in report.failure("gae.whitening").message
     assert check_layout(layouts.openrlhf_gae, convention="openrlhf", whiten=False, max_examples=20).passed
-    report = check_layout(layouts.verl_gae, convention="rlhf", whiten=False, max_examples=20)
+    report = check_layout(layouts.verl_gae, convention="rlhf", max_examples=20)
     assert report.failed_ids[0] == "gae.recursion"
     assert "declare whiten=True" in report.failure("gae.recursion").message
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
-def test_a_whitening_off_by_count_eps_names_the_option():
+def test_a_whitening_off_by_whiten_count_eps_names_the_option():
     def verl_recent(token_level_rewards, values, response_mask, gamma, lam):
         import torch
         _, ret = layouts.verl_gae(token_level_rewards, values, response_mask, gamma, lam)
@@ -155,10 +159,10 @@ def test_a_whitening_off_by_count_eps_names_the_option():
         mean = (raw * mask).sum() / (n + 1e-8)
         var = ((raw - mean) ** 2 * mask).sum() / (n + 1e-8) * n / (n - 1)
         return (raw - mean) * torch.rsqrt(var + 1e-8), ret
-    report = check_layout(verl_recent, convention="rlhf")
+    report = check_layout(verl_recent, convention="rlhf", **VERL)
     assert report.failed_ids == ("gae.whitening",)
-    assert "count_eps=1e-08" in report.failure("gae.whitening").message
-    assert check_layout(verl_recent, convention="rlhf", count_eps=1e-8).passed
+    assert "whiten_count_eps=1e-08" in report.failure("gae.whitening").message
+    assert check_layout(verl_recent, convention="rlhf", whiten_count_eps=1e-8, **VERL).passed
 
 
 def test_float32_value_targets_of_float64_inputs_are_accepted_with_a_warning():
@@ -229,7 +233,7 @@ def _numpy(a):
 def test_token_regions_are_all_drawn(convention, fn):
     calls = []
     report = check_layout(_recording(getattr(layouts, fn), calls, _numpy), convention=convention,
-                          backend="torch")
+                          backend="torch", **(VERL if convention == "rlhf" else {}))
     assert report.passed, str(report)
     regions = set()
     for args in calls:
@@ -287,7 +291,7 @@ def test_episode_regions_are_all_drawn(convention, fn):
 def test_jax_token_batches_come_in_four_shapes():
     calls = []
     report = check_layout(_recording(layouts.rlhf_gae_jax, calls, lambda a: getattr(a, "shape", a)),
-                          convention="rlhf", backend="jax")
+                          convention="rlhf", backend="jax", **VERL)
     assert report.passed, str(report)
     assert {args[0] for args in calls} == {(1, 1), (1, 8), (4, 8), (8, 32)}
 
@@ -314,3 +318,14 @@ def test_jax_episodes_come_in_four_lengths():
                           convention="spinningup", backend="jax")
     assert report.passed, str(report)
     assert {args[0] for args in calls} == {(1,), (4,), (8,), (32,)}
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_check_gae_hands_these_conventions_over_with_its_whitening_options():
+    from refpg.conformance import GAE_CONVENTIONS, check_gae
+    if "rlhf" not in GAE_CONVENTIONS:
+        pytest.skip("check_gae does not hand the layout conventions over yet")
+    report = check_gae(layouts.verl_gae, convention="rlhf", whiten=True, whiten_eps_on="var", max_examples=20)
+    assert report.passed, str(report)
+    report = check_gae(layouts.verl_gae, convention="rlhf", whiten=True, max_examples=20)  # eps on the std
+    assert report.failed_ids == ("gae.whitening",)

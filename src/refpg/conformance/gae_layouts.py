@@ -58,15 +58,17 @@ LAYOUT_CONVENTIONS = {
 _TOKEN = ("rlhf", "openrlhf")
 _EPISODE = ("spinningup", "rllib")
 
-#: Per convention: option -> default. Token conventions whiten as the library's function does.
+#: Per convention: option -> default. The whitening options and their defaults are check_gae's (it hands
+#: them over when they differ from its defaults), plus two that the masked whitening of RLHF code needs.
+_WHITENING = {"whiten": False, "whiten_ddof": 1, "whiten_eps": 1e-8, "whiten_eps_on": "std",
+              "whiten_count_eps": 0.0, "whiten_single_token": "zero"}
 _DEFAULTS = {
-    "rlhf": {"whiten": True, "ddof": 1, "eps": 1e-8, "eps_where": "var", "count_eps": 0.0, "single_token": "zero"},
-    "openrlhf": {"whiten": False, "ddof": 1, "eps": 1e-8, "eps_where": "var", "count_eps": 0.0,
-                 "single_token": "zero"},
+    "rlhf": _WHITENING,
+    "openrlhf": _WHITENING,
     "spinningup": {},
     "rllib": {},
 }
-_EPS_WHERE = ("var", "std", "clamp")
+_EPS_WHERE = ("std", "var", "clamp")
 _SINGLE = ("zero", "raw")
 
 _HINTS = {
@@ -89,9 +91,15 @@ def _options(convention: str, given: dict) -> dict:
     """The declared options over the convention's defaults, validated."""
     allowed = dict(_DEFAULTS[convention])
     given = dict(given)
-    returns = given.pop("returns", None)  # check_gae's flag: these conventions always return the pair
+    returns = given.pop("returns", None)  # check_gae's flags: these conventions always return the pair
     if returns is not None and not isinstance(returns, (bool, np.bool_)):
         raise InvalidInputError(f"returns should be True or False, actual {returns!r}")
+    output = given.pop("output", None)
+    if output is not None:
+        order = output if isinstance(output, str) else ",".join(map(str, output))
+        if order.replace(" ", "") != "advantages,returns":
+            raise InvalidInputError(f"output should be 'advantages,returns' for convention {convention!r} (its "
+                                    f"function returns that pair, in that order), actual {output!r}")
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         known = ", ".join(allowed) if allowed else "none"
@@ -101,18 +109,18 @@ def _options(convention: str, given: dict) -> dict:
     if convention in _TOKEN:
         if not isinstance(out["whiten"], (bool, np.bool_)):
             raise InvalidInputError(f"whiten should be True or False, actual {out['whiten']!r}")
-        if out["ddof"] not in (0, 1) or isinstance(out["ddof"], bool):
-            raise InvalidInputError(f"ddof should be 0 (biased variance) or 1 (Bessel's correction), actual "
-                                    f"{out['ddof']!r}")
-        for key in ("eps", "count_eps"):
+        if out["whiten_ddof"] not in (0, 1) or isinstance(out["whiten_ddof"], bool):
+            raise InvalidInputError(f"whiten_ddof should be 0 (biased variance) or 1 (Bessel's correction), actual "
+                                    f"{out['whiten_ddof']!r}")
+        for key in ("whiten_eps", "whiten_count_eps"):
             value = out[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
                     or value < 0:
                 raise InvalidInputError(f"{key} should be a finite float >= 0, actual {value!r}")
             out[key] = float(value)
-        check_choice(out["eps_where"], "eps_where", _EPS_WHERE)
-        check_choice(out["single_token"], "single_token", _SINGLE)
-        out["whiten"], out["ddof"] = bool(out["whiten"]), int(out["ddof"])
+        check_choice(out["whiten_eps_on"], "whiten_eps_on", _EPS_WHERE)
+        check_choice(out["whiten_single_token"], "whiten_single_token", _SINGLE)
+        out["whiten"], out["whiten_ddof"] = bool(out["whiten"]), int(out["whiten_ddof"])
     return out
 
 
@@ -143,23 +151,25 @@ def whiten(adv, valid, opts) -> np.ndarray:
         \sigma^2 = \frac{\sum_{valid} (A - \mu)^2}{n + c} \cdot \Big(\frac{n}{n - 1}\Big)^{ddof}, \quad
         \hat A = \frac{A - \mu}{\sqrt{\sigma^2 + \epsilon}}
 
-    with n the number of response tokens, c = ``count_eps`` (verl's masked_mean
-    divides by ``mask.sum() + 1e-8``) and the scale per ``eps_where``: ``"var"``
-    as above (verl, TRL), ``"std"`` :math:`(A - \mu) / (\sigma + \epsilon)`,
+    with n the number of response tokens, ddof = ``whiten_ddof``, c =
+    ``whiten_count_eps`` (recent verl's masked_mean divides by ``mask.sum() +
+    1e-8``) and the scale per ``whiten_eps_on``: ``"std"``
+    :math:`(A - \mu) / (\sigma + \epsilon)`, ``"var"`` as above (verl, TRL),
     ``"clamp"`` :math:`(A - \mu) / \sqrt{\max(\sigma^2, \epsilon)}` (OpenRLHF).
-    A lone token (n = 1) gives 0 (``single_token="zero"``: centred, whatever
-    the scale) or its raw advantage (``"raw"``: whitening skipped); 0 / 0 is 0.
+    A lone token (n = 1) gives 0 (``whiten_single_token="zero"``: centred,
+    whatever the scale) or its raw advantage (``"raw"``: whitening skipped);
+    0 / 0 is 0.
     """
     n = int(valid.sum())
     a = adv[valid]
-    if n == 1 and opts["single_token"] == "raw":
+    if n == 1 and opts["whiten_single_token"] == "raw":
         return adv.copy()
-    count = n + opts["count_eps"]
+    count = n + opts["whiten_count_eps"]
     mean = a.sum() / count
     var = ((a - mean) ** 2).sum() / count
-    if opts["ddof"] == 1:
+    if opts["whiten_ddof"] == 1:
         var = var * n / (n - 1) if n > 1 else 0.0
-    eps, where = opts["eps"], opts["eps_where"]
+    eps, where = opts["whiten_eps"], opts["whiten_eps_on"]
     scale = np.sqrt(var + eps) if where == "var" else np.sqrt(var) + eps if where == "std" else \
         np.sqrt(max(var, eps))
     if n == 1 or scale == 0.0:
@@ -431,19 +441,22 @@ def check_layout(fn, *, convention: str, backend: str = "auto", dtype: str = "fl
         episodes of <= 8 steps; a fifth as many of up to 8 x 64 or 64 steps).
     seed : int
     **options
-        Token conventions: ``whiten`` (default True for ``"rlhf"``, as verl's
-        ``compute_gae_advantage_return`` and TRL's PPOTrainer whiten; False
-        for ``"openrlhf"``, whose function does not), ``ddof`` (1: Bessel's
-        correction, verl's ``masked_var``; 0: TRL's and OpenRLHF's),
-        ``eps`` (1e-8), ``eps_where`` (``"var"``: :math:`\sqrt{\sigma^2 +
-        \epsilon}`, verl and TRL; ``"std"``: :math:`\sigma + \epsilon`;
-        ``"clamp"``: :math:`\sqrt{\max(\sigma^2, \epsilon)}`, OpenRLHF),
-        ``count_eps`` (0; recent verl's ``masked_mean`` divides by
-        ``mask.sum() + 1e-8``), ``single_token`` (``"zero"``: a batch of one
-        response token whitens to 0; ``"raw"``: whitening is skipped, as
-        alibaba/ROLL issue #475 settled). ``returns`` is accepted for
-        `refpg.conformance.check_gae`'s sake: these conventions always return the pair, and
-        both are checked.
+        Token conventions, the whitening of `refpg.conformance.check_gae`
+        with its defaults and two more: ``whiten`` (False; verl's
+        ``compute_gae_advantage_return`` and TRL's PPOTrainer whiten,
+        OpenRLHF's ``get_advantages_and_returns`` does not), ``whiten_ddof``
+        (1: Bessel's correction, verl's ``masked_var``; 0: TRL's PPOTrainer and
+        OpenRLHF), ``whiten_eps`` (1e-8), ``whiten_eps_on`` (``"std"``:
+        :math:`\sigma + \epsilon`; ``"var"``: :math:`\sqrt{\sigma^2 +
+        \epsilon}`, verl and TRL; ``"clamp"``: :math:`\sqrt{\max(\sigma^2,
+        \epsilon)}`, OpenRLHF), ``whiten_count_eps`` (0; recent verl's
+        ``masked_mean`` divides by ``mask.sum() + 1e-8``) and
+        ``whiten_single_token`` (``"zero"``: a batch of one response token
+        whitens to 0; ``"raw"``: whitening is skipped, as alibaba/ROLL issue
+        #475 settled). verl's function is ``whiten=True, whiten_eps_on="var"``.
+        ``returns`` and ``output="advantages,returns"`` are accepted for
+        `refpg.conformance.check_gae`'s sake: these conventions always return
+        that pair, and both are checked.
 
     Returns
     -------
@@ -630,23 +643,23 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
 def _single_rule(opts) -> str:
     if not opts["whiten"]:
         return "a batch of one response token is an ordinary batch when nothing is whitened"
-    if opts["single_token"] == "raw":
-        return ("the declared rule for a batch of one response token (single_token='raw') is to skip the "
+    if opts["whiten_single_token"] == "raw":
+        return ("the declared rule for a batch of one response token (whiten_single_token='raw') is to skip the "
                 "whitening: its variance is undefined (n - 1 = 0), so return the raw advantage")
-    return ("the declared rule for a batch of one response token (single_token='zero') is a whitened advantage "
+    return ("the declared rule for a batch of one response token (whiten_single_token='zero') is a whitened advantage "
             "of 0: the centred value A - mean is exactly 0 whatever the scale, so the Bessel-corrected variance "
             "0/0 must not be computed (verl's masked_var raises here, alibaba/ROLL issue #475); declare "
-            "single_token='raw' if the function skips the whitening instead")
+            "whiten_single_token='raw' if the function skips the whitening instead")
 
 
 def _whitening_why(adv, raw, valid, opts, tol) -> str:
     """Why the whitened advantages differ: the declared rule, and the common variants that match the output
-    within `tol` (other ddof, eps placement or count_eps; statistics that include the padding)."""
+    within `tol` (another ddof, eps placement or count_eps; statistics that include the padding)."""
     n = int(valid.sum())
     place = {"var": "under the square root", "std": "added to the std", "clamp": "as a floor of the variance"}
     said = (f"the returns show the raw advantages are right; the whitening is not the declared one (over the "
-            f"response tokens of the whole batch, ddof={opts['ddof']}, eps={opts['eps']:g} "
-            f"{place[opts['eps_where']]}, count_eps={opts['count_eps']:g})")
+            f"response tokens of the whole batch, whiten_ddof={opts['whiten_ddof']}, whiten_eps={opts['whiten_eps']:g} "
+            f"{place[opts['whiten_eps_on']]}, whiten_count_eps={opts['whiten_count_eps']:g})")
     if n < 2:
         return said
 
@@ -660,9 +673,9 @@ def _whitening_why(adv, raw, valid, opts, tol) -> str:
     for ddof in (0, 1):
         for where in _EPS_WHERE:
             for count_eps in (0.0, 1e-8):
-                other = {**opts, "ddof": ddof, "eps_where": where, "count_eps": count_eps}
+                other = {**opts, "whiten_ddof": ddof, "whiten_eps_on": where, "whiten_count_eps": count_eps}
                 if other != opts and fits(whiten(raw, valid, other)):
-                    variants.append(f"ddof={ddof}, eps_where={where!r}, count_eps={count_eps:g}")
+                    variants.append(f"whiten_ddof={ddof}, whiten_eps_on={where!r}, whiten_count_eps={count_eps:g}")
     flat = np.where(valid, raw, 0.0)
     if fits(whiten(flat, np.ones_like(valid), opts)):
         variants.append("statistics over every position, padding included (the mask ignored; ray-project/ray "
@@ -670,8 +683,8 @@ def _whitening_why(adv, raw, valid, opts, tol) -> str:
     # NovaSky-AI/SkyRL issue #1305: the mean over every position (padding as the function's 0), the
     # variance over the response tokens only.
     mean_all = flat.mean()
-    var = ((flat - mean_all) ** 2 * valid).sum() / n * (n / (n - 1) if opts["ddof"] == 1 else 1.0)
-    eps, where = opts["eps"], opts["eps_where"]
+    var = ((flat - mean_all) ** 2 * valid).sum() / n * (n / (n - 1) if opts["whiten_ddof"] == 1 else 1.0)
+    eps, where = opts["whiten_eps"], opts["whiten_eps_on"]
     scale = np.sqrt(var + eps) if where == "var" else np.sqrt(var) + eps if where == "std" else \
         np.sqrt(max(var, eps))
     if fits((flat - mean_all) / scale):
@@ -687,10 +700,10 @@ def _looks_whitened(adv, raw, valid, opts, tol) -> str:
     """With whiten=False declared: whether the output is the raw advantages whitened by a common rule."""
     for ddof in (1, 0):
         for where in _EPS_WHERE:
-            rule = {**opts, "whiten": True, "ddof": ddof, "eps_where": where}
+            rule = {**opts, "whiten": True, "whiten_ddof": ddof, "whiten_eps_on": where}
             if np.all(np.abs(whiten(raw, valid, rule)[valid] - adv[valid]) <= tol):
-                return (f"; the returns are right and the advantages are the raw ones whitened (ddof={ddof}, "
-                        f"eps_where={where!r}): declare whiten=True with that rule")
+                return (f"; the returns are right and the advantages are the raw ones whitened (whiten_ddof={ddof}, "
+                        f"whiten_eps_on={where!r}): declare whiten=True with that rule")
     return ""
 
 

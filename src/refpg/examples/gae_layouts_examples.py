@@ -24,7 +24,7 @@ def _masked_whiten(x, mask, *, ddof=1, eps=1e-8):
     """(x - mean) / sqrt(var + eps) over the response tokens of the whole batch.
 
     With one response token the centred value is exactly 0, so it is returned without computing a
-    Bessel-corrected variance of one token (0 / 0): the kit's declared rule, single_token="zero".
+    Bessel-corrected variance of one token (0 / 0): the kit's rule, whiten_single_token="zero".
     """
     import torch
 
@@ -257,25 +257,26 @@ def spinningup_epoch_end_terminal(rewards, values, next_values, terminated, trun
 # -- the registry --------------------------------------------------------------------------------
 
 CORRECT: tuple[Example, ...] = (
-    Example("layout_verl_gae_torch", "gae", verl_gae, "rlhf", "torch", {},
+    Example("layout_verl_gae_torch", "gae", verl_gae, "rlhf", "torch", {"whiten": True, "whiten_eps_on": "var"},
             description="verl's compute_gae_advantage_return: carry through masked tokens, masked_whiten with "
                         "Bessel's correction, a lone token whitened to 0"),
-    Example("layout_trl_style_gae_torch", "gae", trl_style_gae, "rlhf", "torch", {"ddof": 0},
+    Example("layout_trl_style_gae_torch", "gae", trl_style_gae, "rlhf", "torch",
+            {"whiten": True, "whiten_ddof": 0, "whiten_eps_on": "var"},
             description="TRL PPOTrainer's loop on masked values and rewards, masked_whiten with the biased "
-                        "variance (ddof=0), padding set to 0"),
+                        "variance (whiten_ddof=0), padding set to 0"),
     Example("layout_openrlhf_gae_torch", "gae", openrlhf_gae, "openrlhf", "torch", {},
             description="OpenRLHF's get_advantages_and_returns: bool action_mask, masked inputs, no whitening"),
     Example("layout_spinningup_numpy", "gae", spinningup_finish_path, "spinningup", "numpy", {},
             description="Spinning Up's PPOBuffer.finish_path with scipy.signal.lfilter's discount_cumsum"),
     Example("layout_rllib_numpy", "gae", rllib_compute_advantages, "rllib", "numpy", {},
             description="RLlib's compute_advantages (use_gae=True) on one episode, value targets in float32"),
-    Example("layout_rlhf_gae_jax", "gae", rlhf_gae_jax, "rlhf", "jax", {},
+    Example("layout_rlhf_gae_jax", "gae", rlhf_gae_jax, "rlhf", "jax", {"whiten": True, "whiten_eps_on": "var"},
             description="verl's recursion as a jitted lax.scan, masked whitening with Bessel's correction"),
 )
 
 BROKEN: tuple[Example, ...] = (
     Example("layout_rlhf_bootstraps_padding_value", "gae", rlhf_bootstraps_first_padding_value, "rlhf", "torch",
-            {}, "gae.padding_ignored",
+            {"whiten": True, "whiten_eps_on": "var"}, "gae.padding_ignored",
             "values kept one token past the response (TRL's padding_mask_p1), so the last response token "
             "bootstraps the first padding token's value (huggingface/trl issues #1893 and #3750; "
             "deepspeedai/DeepSpeedExamples PR #672)"),
@@ -283,11 +284,12 @@ BROKEN: tuple[Example, ...] = (
             "gae.padding_ignored",
             "rewards of the padding not masked: their KL penalties leak into the response's advantages "
             "(natolambert/rlhf-book PR #216; huggingface/trl issue #7024)"),
-    Example("layout_rlhf_whiten_mean_over_padding", "gae", rlhf_whiten_mean_over_padding, "rlhf", "torch", {},
+    Example("layout_rlhf_whiten_mean_over_padding", "gae", rlhf_whiten_mean_over_padding, "rlhf", "torch",
+            {"whiten": True, "whiten_eps_on": "var"},
             "gae.whitening",
             "whitening mean taken over every position, padding included, the variance over the response "
             "(NovaSky-AI/SkyRL issue #1305; ray-project/ray issue #57989)"),
-    Example("layout_rlhf_masked_var_raises", "gae", rlhf_masked_var_raises, "rlhf", "torch", {},
+    Example("layout_rlhf_masked_var_raises", "gae", rlhf_masked_var_raises, "rlhf", "torch", {"whiten": True, "whiten_eps_on": "var"},
             "gae.single_token_batch",
             "masked_var with Bessel's correction raises on a batch of one response token "
             "(alibaba/ROLL issue #475)"),
