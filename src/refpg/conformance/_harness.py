@@ -825,6 +825,9 @@ class Session:
         how = ("its statistical test needs this many calls; a faster function shortens it"
                if self.kind == "reinforce_estimator" else
                "lower max_examples (CLI: --max-examples) to shorten the check, at the cost of fewer cases")
+        if self.backend.name == "jax":
+            how += ("; a JAX function that is not jax.jit-compiled runs op by op, and one using jax.lax.scan "
+                    "compiles its loop body again on every call: check jax.jit(fn), as training calls it")
         return (f"the function itself took {self.user_seconds:.1f} s of this check's {total:.1f} s "
                 f"({self.calls} calls, {1e3 * self.user_seconds / self.calls:.0f} ms each on average, slowest "
                 f"{self.slowest_call:.2f} s); {how}")
