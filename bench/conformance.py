@@ -7,7 +7,10 @@
 Per example it prints the wall time of one check with default settings
 (target: < 10 s on this 2-core machine) and, as the baseline measured in the
 same run, the time of the user's own function over the same calls: the ratio
-is the checker's overhead (drawing, reference, comparison, shrinking).
+is the checker's overhead (drawing, reference, comparison, shrinking). The
+JAX examples are jitted, so their function time includes compiling once per
+input shape; rlax's real GAE and clipped surrogate loss follow, jitted, when
+rlax is installed.
 
 The false-alarm run checks every correct example of a statistical kind
 (kl_estimator with unbiased=True, reinforce_estimator) with seeds 0..N-1 and
@@ -38,22 +41,37 @@ def _timed_fn(fn, box):
     return wrapper
 
 
+def _real_jax_functions() -> list:
+    """(name, kind, convention, fn, expected) of rlax's real functions, jitted as training code calls
+    them; empty without rlax."""
+    try:
+        import jax
+        import rlax
+    except ImportError:
+        return []
+    return [("rlax.truncated_generalized_advantage_estimation", "gae", "rlax",
+             jax.jit(rlax.truncated_generalized_advantage_estimation)),
+            ("rlax.clipped_surrogate_pg_loss", "ppo_loss", "rlax", jax.jit(rlax.clipped_surrogate_pg_loss))]
+
+
 def timings() -> int:
     from refpg import examples
     from refpg.conformance import check
 
-    print(f"{'example':44s} {'kind':20s} {'check s':>8s} {'fn s':>7s} {'overhead':>9s}  as declared")
+    print(f"{'example':48s} {'kind':20s} {'backend':7s} {'check s':>8s} {'fn s':>7s} {'overhead':>9s}  as declared")
     worst = 0.0
-    for ex in examples.CORRECT + examples.BROKEN:
+    rows = [(ex.name, ex.kind, ex.convention, ex.backend, ex.fn, dict(ex.options), ex.expected)
+            for ex in examples.CORRECT + examples.BROKEN]
+    rows += [(name, kind, convention, "jax", fn, {}, None) for name, kind, convention, fn in _real_jax_functions()]
+    for name, kind, convention, backend, fn, options, expected in rows:
         box = [0.0]
         t = time.perf_counter()
-        report = check(ex.kind, _timed_fn(ex.fn, box), convention=ex.convention, backend=ex.backend,
-                       **dict(ex.options))
+        report = check(kind, _timed_fn(fn, box), convention=convention, backend=backend, **options)
         seconds = time.perf_counter() - t
         worst = max(worst, seconds)
-        ok = report.passed if ex.expected is None else ex.expected in report.failed_ids
-        print(f"{ex.name:44s} {ex.kind:20s} {seconds:8.2f} {box[0]:7.2f} {seconds / max(box[0], 1e-9):8.1f}x"
-              f"  {'yes' if ok else 'NO'}", flush=True)
+        ok = report.passed if expected is None else expected in report.failed_ids
+        print(f"{name:48s} {kind:20s} {backend:7s} {seconds:8.2f} {box[0]:7.2f} "
+              f"{seconds / max(box[0], 1e-9):8.1f}x  {'yes' if ok else 'NO'}", flush=True)
     print(f"\nslowest check: {worst:.2f} s (target < 10 s)")
     return 0
 
