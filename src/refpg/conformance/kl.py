@@ -361,13 +361,13 @@ def _swap_hint(estimates, new, old, pair, shown, mode, test, exact, alpha, conve
         return ""
     mine, theirs = _PARAMS[convention], _PARAMS[other]
     terms = _TERMS[convention]
+    how = (", the log-probability of the sampling policy first, as TRL's and verl's kl_penalty and OpenRLHF's "
+           "compute_approx_kl take them" if other == "rlhf" else ", as PPO code (SB3, CleanRL) does")
     return (f"; with its two arguments swapped the same function is consistent with {terms.kl} (mean "
-            f"{swapped.mean[0]:.6g} +- {swapped.stderr[0]:.2g}): the argument order is swapped. If it takes "
-            f"({', '.join(theirs)}), pass convention={other!r} (refpg check: --convention {other})"
-            + (" as TRL's and verl's kl_penalty and OpenRLHF's compute_approx_kl need: the log-probability "
-               "of the sampling policy first" if other == "rlhf" else "")
-            + f"; if it takes ({', '.join(mine)}), its log-ratio is the wrong way round "
-              f"(it should be {terms.ratio})")
+            f"{swapped.mean[0]:.6g} +- {swapped.stderr[0]:.2g}): the argument order is swapped. If the function "
+            f"takes ({', '.join(theirs)}){how}, pass convention={other!r} (refpg check: --convention {other}); "
+            f"if it takes ({', '.join(mine)}), its log-ratio is the wrong way round (log r should be "
+            f"log {terms.other} - log {terms.sampler})")
 
 
 def _direction_hint(test, p_old, p_new, batch, terms) -> str:

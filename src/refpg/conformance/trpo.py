@@ -15,8 +15,9 @@ every step.
 
 Two conventions. ``"refpg"``: ``fn(theta_old, states, actions, advantages, max_kl)
 -> theta_new``. ``"closure"``: ``fn(model, get_loss, get_kl, max_kl, damping)``,
-the shape of ``trpo_step`` in ikostrikov/pytorch-trpo (and of the TRPO steps of
-Khrylx/PyTorch-RL and tianshou, which build the same closures inside): the kit
+the shape of ``trpo_step`` in ikostrikov/pytorch-trpo (Khrylx/PyTorch-RL builds the
+same ``get_loss`` inside its ``trpo_step``, tianshou the same quantities inline in
+its TRPO policy's ``learn``): the kit
 passes a torch ``nn.Module`` whose one parameter ``logits`` is theta_old, a
 ``get_loss`` that returns :math:`-L(\theta)` on the batch, differentiable
 through the module, and a ``get_kl`` that returns the per-sample
