@@ -153,3 +153,14 @@ def test_a_broken_wrapper_of_rlax_is_caught():
     report = check_ppo_loss(flipped, convention="rlax", backend="jax", max_examples=20)
     assert "ppo_loss.inside_clip_range" in report.failed_ids
     assert "the sign is flipped" in str(report)
+
+
+def test_cli_checks_a_jax_function_with_backend_jax(capsys):
+    from refpg.cli import main
+
+    code = main(["check", "refpg.examples.jax_examples:value_loss_cleanrl_jax", "--kind", "value_loss",
+                 "--convention", "cleanrl", "--backend", "jax", "--max-examples", "20"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "backend=jax" in out
+    assert "ok   value_loss.gradient" in out
