@@ -446,3 +446,13 @@ def test_jitted_trpo_step_passes_with_two_shapes_and_a_broken_one_fails():
     assert report.passed and report.backend == "jax", str(report)
     assert {s[0] for s in shapes} == {(2, 3)} and {s[1] for s in shapes} <= {(4,), (8,)}
     assert "trpo_step.kl_constraint" in check_trpo_step(_jax_trpo(test_kl=False), backend="jax").failed_ids
+
+
+def test_only_a_tensor_of_the_models_size_counts_as_returned_parameters():
+    shape = (1, 2)
+    assert trpo_check._returned_parameters(torch.tensor(0.5), shape) is None  # pytorch-trpo's loss
+    assert trpo_check._returned_parameters(True, shape) is None  # Khrylx/PyTorch-RL's success flag
+    assert trpo_check._returned_parameters((torch.tensor(1.0), torch.tensor(2.0)), shape) is None  # (loss, kl)
+    assert trpo_check._returned_parameters(torch.tensor([1, 2]), shape) is None  # integers
+    np.testing.assert_array_equal(trpo_check._returned_parameters(torch.tensor([1.0, 2.0]), shape), [[1.0, 2.0]])
+    np.testing.assert_array_equal(trpo_check._returned_parameters(np.array([[3.0, 4.0]]), shape), [[3.0, 4.0]])

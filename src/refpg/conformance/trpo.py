@@ -628,13 +628,16 @@ def _run_closure(session, batch, damping):
 
 
 def _returned_parameters(out, shape) -> np.ndarray | None:
-    """The return value as parameters of `shape` (flat or not), if it is an array of that many floats."""
-    if out is None or isinstance(out, (bool, int, float)):
+    """The return value as parameters of `shape`, if it is one tensor or array of that shape or its flat
+    form (pytorch-trpo's flat parameter vector); None for anything else (a loss, a flag, a tuple)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        arr = out.detach().cpu().numpy()
+    elif isinstance(out, np.ndarray):
+        arr = out
+    else:
         return None
-    try:
-        arr = np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float64)
-    except (TypeError, ValueError):
+    if arr.dtype.kind != "f" or arr.shape not in (tuple(shape), (int(np.prod(shape)),)):
         return None
-    if arr.size != int(np.prod(shape)) or arr.dtype == object:
-        return None
-    return arr.reshape(shape)
+    return arr.astype(np.float64).reshape(shape)
