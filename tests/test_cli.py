@@ -137,8 +137,8 @@ def test_check_help_lists_every_kinds_options_and_conventions(capsys):
             if name not in ("convention", "backend", "dtype", "seed", "max_examples"):
                 assert f"\n    {name}: " in block, (kind, name)
     flat = " ".join(out.split())
-    assert "(none|batch, default" in flat and "(discounted|gamma_free, default" in flat
-    assert re.search(r"trpo_step\s+refpg\n", out)
+    assert "(none|batch, default" in flat and "(discounted|undiscounted|gamma_free, default" in flat
+    assert re.search(r"trpo_step\s+refpg, closure\n", out)
 
 
 def test_options_of_agrees_with_each_check_function():
@@ -154,7 +154,8 @@ def test_options_of_agrees_with_each_check_function():
         listed = re.search(r"convention should be one of \((.*?)\)", str(info.value)).group(1)
         assert sorted(re.findall(r"'(\w+)'", listed)) == sorted(runner.CONVENTIONS[kind]), kind
     # ppo_loss and value_loss take further options through **options: the same ones as listed.
-    for kind, extra in (("ppo_loss", {"normalize", "ddof", "eps"}), ("value_loss", {"style", "coef"})):
+    ppo_extra = {"normalize", "ddof", "eps", "dual_clip", "eps_low", "eps_high", "clip_fraction"}
+    for kind, extra in (("ppo_loss", ppo_extra), ("value_loss", {"style", "coef"})):
         with pytest.raises(InvalidInputError) as info:
             runner.CHECKS[kind](lambda *a: 0, nonsense=1)
         assert set(re.findall(r"'(\w+)'", str(info.value).split("actual")[0])) == extra

@@ -333,15 +333,32 @@ _OPTION_MEANINGS = {
     ("gae", "returns"): "TARGET returns the pair (advantages, returns); the returns are checked too",
     ("ppo_loss", "normalize"): "advantage normalisation per minibatch: none, or batch ((A - mean) / (std + eps))",
     ("ppo_loss", "ddof"): "delta degrees of freedom of that std (1: torch's .std(), 0: NumPy's)",
+    ("gae", "output"): "what TARGET returns: advantages, or the pair in the order advantages,returns or "
+                       "returns,advantages (returns = advantages + values, before any whitening)",
+    ("gae", "whiten"): "TARGET whitens its advantages over the whole batch, (A - mean) / (std + eps)",
+    ("gae", "whiten_ddof"): "delta degrees of freedom of the whitening std (1: torch's, verl's; 0: NumPy's)",
+    ("gae", "whiten_eps"): "the whitening's eps",
+    ("gae", "whiten_eps_on"): "where eps enters: std (std + eps) or var (rsqrt(var + eps), verl and TRL)",
     ("ppo_loss", "eps"): "added to the std before dividing",
+    ("ppo_loss", "dual_clip"): "the dual-clip bound c > 1: for A < 0 the objective is at least c * A "
+                               "(verl's clip_ratio_c)",
+    ("ppo_loss", "eps_low"): "lower clip range, ratio >= 1 - eps_low (DAPO's clip-higher: eps_low < eps_high)",
+    ("ppo_loss", "eps_high"): "upper clip range, ratio <= 1 + eps_high",
+    ("ppo_loss", "clip_fraction"): "what a returned clip fraction counts: any (|ratio - 1| > eps) or active "
+                                   "(the clipped branch is taken, which depends on the advantage's sign: TRL, "
+                                   "verl, OpenRLHF)",
     ("value_loss", "style"): "how the new value is clipped: not at all, the max of the clipped and "
                              "unclipped errors as CleanRL, or the prediction clipped as SB3",
     ("value_loss", "coef"): "the factor in front of the squared error (0.5 for 0.5 * mean((v - R)^2))",
     ("kl_estimator", "unbiased"): "TARGET claims E[estimate] = KL (k1, k3 do; k2 does not)",
     ("kl_estimator", "non_negative"): "TARGET claims every estimate is >= 0 (k2, k3 do; k1 does not)",
     ("kl_estimator", "alpha"): "false-alarm rate of the unbiasedness test",
-    ("reinforce_estimator", "objective"): "the target gradient: discounted (step t weighed by gamma^t) or "
-                                          "gamma_free (the common form without it)",
+    ("reinforce_estimator", "objective"): "the target gradient: discounted (step t weighed by gamma^t), "
+                                          "undiscounted (gamma = 1 on the episodic test MDP) or gamma_free "
+                                          "(the common form without gamma^t)",
+    ("reinforce_estimator", "normalization"): "what TARGET divides its sum by: the number of episodes, the "
+                                              "number of steps in the batch (a .mean() over all steps), or "
+                                              "nothing",
     ("reinforce_estimator", "alpha"): "false-alarm rate of the mean test",
     ("reinforce_estimator", "calls"): "independent batches TARGET is called on (>= 30)",
     ("reinforce_estimator", "episodes_per_call"): "episodes per batch (calls x episodes_per_call >= 2000)",

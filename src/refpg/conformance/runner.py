@@ -57,11 +57,12 @@ def _conventions() -> dict:
     from refpg.conformance.gae import GAE_CONVENTIONS
     from refpg.conformance.kl import KL_CONVENTIONS
     from refpg.conformance.losses import PPO_CONVENTIONS, VALUE_CONVENTIONS
+    from refpg.conformance.reinforce import REINFORCE_CONVENTIONS
+    from refpg.conformance.trpo import TRPO_CONVENTIONS
 
-    # REINFORCE and TRPO steps have one calling convention, refpg's.
     return {"gae": tuple(GAE_CONVENTIONS), "ppo_loss": tuple(PPO_CONVENTIONS),
             "value_loss": tuple(VALUE_CONVENTIONS), "kl_estimator": tuple(KL_CONVENTIONS),
-            "reinforce_estimator": ("refpg",), "trpo_step": ("refpg",)}
+            "reinforce_estimator": tuple(REINFORCE_CONVENTIONS), "trpo_step": tuple(TRPO_CONVENTIONS)}
 
 
 #: The conventions each kind's check accepts, kind -> tuple of names.
@@ -70,7 +71,9 @@ CONVENTIONS = _conventions()
 # Options that ppo_loss and value_loss take through **options (not in their signatures), with
 # their types and the defaults that do not depend on the convention.
 _VAR_OPTIONS = {
-    "ppo_loss": (("normalize", "str", "set by the convention"), ("ddof", "int", 1), ("eps", "float", 1e-8)),
+    "ppo_loss": (("normalize", "str", "set by the convention"), ("ddof", "int", 1), ("eps", "float", 1e-8),
+                 ("dual_clip", "float", "none (verl: 3)"), ("eps_low", "float", "clip_eps"),
+                 ("eps_high", "float", "clip_eps"), ("clip_fraction", "str", "set by the convention")),
     "value_loss": (("style", "str", "set by the convention"), ("coef", "float", "set by the convention")),
 }
 
@@ -88,10 +91,12 @@ class Option(NamedTuple):
 def _choices(kind: str, name: str) -> tuple:
     from refpg.conformance._harness import BACKENDS, DTYPES
     from refpg.conformance.losses import VALUE_STYLES
-    from refpg.conformance.reinforce import OBJECTIVES
+    from refpg.conformance.losses import CLIP_FRACTIONS
+    from refpg.conformance.reinforce import NORMALIZATIONS, OBJECTIVES
 
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
-            "normalize": ("none", "batch"), "style": VALUE_STYLES}.get(name, ())
+            "normalize": ("none", "batch"), "style": VALUE_STYLES, "normalization": NORMALIZATIONS,
+            "clip_fraction": CLIP_FRACTIONS}.get(name, ())
 
 
 def options_of(kind: str) -> dict:
