@@ -12,9 +12,10 @@ Two families, both checked against `refpg.returns.gae` [Schulman2016]:
       \hat A_{b,t} = \delta_{b,t} + \gamma\lambda [t < e_b] \hat A_{b,t+1}, \qquad t \le e_b,
 
   the returns are :math:`\hat A_{b,t} + V_{b,t}`, and with ``whiten=True``
-  the advantages are whitened over the response tokens of the whole batch
-  (:math:`(\hat A - \mu) / \sqrt{\sigma^2 + \epsilon}`, verl's and TRL's
-  ``masked_whiten``). Padding outputs are unspecified but must be finite.
+  the advantages are whitened over the response tokens of the whole batch by
+  the declared rule (verl's and TRL's ``masked_whiten`` divide by
+  :math:`\sqrt{\sigma^2 + \epsilon}`: ``whiten_eps_on="var"``). Padding
+  outputs are unspecified but must be finite.
 * **Episode-at-a-time buffers** (conventions ``"spinningup"`` and
   ``"rllib"``): one call per episode, its rewards and values and the
   bootstrap value of the state after its last step (0 after a termination,
@@ -56,7 +57,6 @@ LAYOUT_CONVENTIONS = {
 }
 
 _TOKEN = ("rlhf", "openrlhf")
-_EPISODE = ("spinningup", "rllib")
 
 #: Per convention: option -> default. The whitening options and their defaults are check_gae's (it hands
 #: them over when they differ from its defaults), plus two that the masked whitening of RLHF code needs.
