@@ -263,7 +263,7 @@ def check_kl_estimator(fn, *, convention: str = "refpg", backend: str = "auto", 
 
     def evaluate_sign(case):
         new, old = be.round(case["logp_new"]), be.round(case["logp_old"])
-        inputs = shown(new, old, **{"log r (derived)": new - old})
+        inputs = shown(new, old, **{"log ratio (derived)": new - old})
         est, outcomes = estimates(new, old, inputs)
         if est is not None:
             session.ran("kl_estimator.non_negative")
