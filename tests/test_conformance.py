@@ -188,8 +188,8 @@ def test_warnings_of_the_user_function_are_reported_once():
 
 
 @pytest.mark.parametrize("call, words", [
-    (lambda: check_gae(gae, convention="spinningup"), "convention should be one of"),
-    (lambda: check_gae(gae, backend="jax"), "backend should be one of"),
+    (lambda: check_gae(gae, convention="baselines"), "convention should be one of"),
+    (lambda: check_gae(gae, backend="tensorflow"), "backend should be one of"),
     (lambda: check_gae(gae, dtype="float16"), "dtype should be one of"),
     (lambda: check_gae(gae, max_examples=0), "max_examples should be >= 1, actual 0"),
     (lambda: check_gae("gae"), "fn should be a callable"),

@@ -39,9 +39,9 @@ def test_the_zoo_is_large_and_covers_every_kind():
     kinds = {ex.kind for ex in examples.BROKEN}
     assert kinds == {"gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step"}
     assert {ex.kind for ex in examples.CORRECT} == kinds
-    assert {ex.convention for ex in examples.CORRECT if ex.kind == "gae"} == {"refpg", "sb3", "cleanrl",
-                                                                             "torchrl", "rlax"}
-    assert {ex.backend for ex in examples.CORRECT} == {"numpy", "torch"}
+    assert {ex.convention for ex in examples.CORRECT if ex.kind == "gae"} >= {
+        "refpg", "sb3", "cleanrl", "torchrl", "rlax", "value_bootstrap", "purejaxrl"}
+    assert {ex.backend for ex in examples.CORRECT} == {"numpy", "torch", "jax"}
     names = [ex.name for ex in examples.CORRECT + examples.BROKEN]
     assert len(names) == len(set(names))
     assert all(ex.description for ex in examples.CORRECT + examples.BROKEN)

@@ -91,12 +91,14 @@ class Option(NamedTuple):
 def _choices(kind: str, name: str) -> tuple:
     from refpg.conformance._harness import BACKENDS, DTYPES
     from refpg.conformance.losses import VALUE_STYLES
+    from refpg.conformance.gae import GAE_OUTPUTS
     from refpg.conformance.losses import CLIP_FRACTIONS
     from refpg.conformance.reinforce import NORMALIZATIONS, OBJECTIVES
 
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
             "normalize": ("none", "batch"), "style": VALUE_STYLES, "normalization": NORMALIZATIONS,
-            "clip_fraction": CLIP_FRACTIONS}.get(name, ())
+            "clip_fraction": CLIP_FRACTIONS, "output": tuple(GAE_OUTPUTS),
+            "whiten_eps_on": ("std", "var")}.get(name, ())
 
 
 def options_of(kind: str) -> dict:
