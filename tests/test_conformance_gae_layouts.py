@@ -109,8 +109,8 @@ def test_unknown_and_bad_options_are_refused_naming_them():
         check_layout(layouts.verl_gae, convention="rlhf", whiten_eps=-1)
     with pytest.raises(InvalidInputError, match="whiten_single_token"):
         check_layout(layouts.verl_gae, convention="rlhf", whiten_single_token="skip")
-    with pytest.raises(InvalidInputError, match="output should be 'advantages,returns'"):
-        check_layout(layouts.verl_gae, convention="rlhf", output="returns,advantages")
+    with pytest.raises(InvalidInputError, match="output should be one of"):
+        check_layout(layouts.verl_gae, convention="rlhf", output="returns")
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
@@ -125,6 +125,23 @@ def test_one_array_where_the_pair_belongs_fails_output_shape():
     report = check_layout(advantages_only, convention="spinningup", max_examples=5)
     assert report.failed_ids == ("gae.output_shape",)
     assert "should return a pair (advantages, rewards_to_go)" in report.failure("gae.output_shape").message
+
+
+def test_the_declared_output_order_is_followed():
+    def advantages_only(rewards, values, last_val, gamma, lam):
+        return layouts.spinningup_finish_path(rewards, values, last_val, gamma, lam)[0]
+
+    def swapped(rewards, values, last_val, gamma, lam):
+        return layouts.spinningup_finish_path(rewards, values, last_val, gamma, lam)[::-1]
+    report = check_layout(advantages_only, convention="spinningup", output="advantages", max_examples=10)
+    assert report.passed and report.not_applicable == ("gae.returns",)
+    assert check_layout(swapped, convention="spinningup", output="returns,advantages", max_examples=10).passed
+    report = check_layout(swapped, convention="spinningup", max_examples=10)
+    assert "gae.recursion" in report.failed_ids
+    report = check_layout(layouts.spinningup_finish_path, convention="spinningup", output="advantages",
+                          max_examples=10)
+    assert report.failed_ids == ("gae.output_shape",)
+    assert "leave out output='advantages'" in report.failure("gae.output_shape").message
 
 
 def test_nan_in_the_padding_fails_output_finite():

@@ -69,6 +69,9 @@ _DEFAULTS = {
     "rllib": {},
 }
 _EPS_WHERE = ("std", "var", "clamp")
+#: What the function may return, in order ("returns" is the second output of the convention: the returns,
+#: Spinning Up's rewards-to-go or RLlib's value targets); the pair (advantages, returns) unless declared.
+_OUTPUTS = (("advantages", "returns"), ("returns", "advantages"), ("advantages",))
 _SINGLE = ("zero", "raw")
 
 _HINTS = {
@@ -95,11 +98,12 @@ def _options(convention: str, given: dict) -> dict:
     if returns is not None and not isinstance(returns, (bool, np.bool_)):
         raise InvalidInputError(f"returns should be True or False, actual {returns!r}")
     output = given.pop("output", None)
+    order = ("advantages", "returns")
     if output is not None:
-        order = output if isinstance(output, str) else ",".join(map(str, output))
-        if order.replace(" ", "") != "advantages,returns":
-            raise InvalidInputError(f"output should be 'advantages,returns' for convention {convention!r} (its "
-                                    f"function returns that pair, in that order), actual {output!r}")
+        text = output if isinstance(output, str) else ",".join(map(str, output))
+        order = tuple(part.strip() for part in text.split(","))
+        if order not in _OUTPUTS:
+            raise InvalidInputError(f"output should be one of {[','.join(o) for o in _OUTPUTS]}, actual {output!r}")
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         known = ", ".join(allowed) if allowed else "none"
@@ -121,6 +125,8 @@ def _options(convention: str, given: dict) -> dict:
         check_choice(out["whiten_eps_on"], "whiten_eps_on", _EPS_WHERE)
         check_choice(out["whiten_single_token"], "whiten_single_token", _SINGLE)
         out["whiten"], out["whiten_ddof"] = bool(out["whiten"]), int(out["whiten_ddof"])
+    if order != ("advantages", "returns"):
+        out["output"] = ",".join(order)
     return out
 
 
@@ -386,26 +392,40 @@ def _episode_args(convention, r, v, last, gamma, lam) -> list:
     return [("rewards", r), ("vf_preds", v), ("last_r", float(last)), ("gamma", gamma), ("lambda_", lam)]
 
 
-def _pair(session, call, inputs, shape, names, *, float32_second=False):
-    """(first, second, outcomes, low): the function's two outputs as float64 arrays of `shape` (None when
-    unusable) and the outcomes that say why not.
+def _pair(session, call, inputs, shape, names, order, *, float32_second=False):
+    """(advantages, second, outcomes, low): the function's outputs as float64 arrays of `shape` (None when
+    unusable or not returned) and the outcomes that say why not.
 
-    With `float32_second`, a float32 second output of float64 inputs is accepted (RLlib casts its value
-    targets to float32) and flagged by `low`.
+    `names` are (advantages' name, the second output's name); `order` is the declared output order
+    (`_OUTPUTS`). With `float32_second`, a float32 second output of float64 inputs is accepted (RLlib
+    casts its value targets to float32) and flagged by `low`.
     """
     raw = call.output
     first_name, second_name = names
+    if order == ("advantages",):
+        if isinstance(raw, (tuple, list)) and len(raw) == 2 and all(
+                tuple(getattr(x, "shape", ())) == tuple(shape) for x in raw):
+            return None, None, [Outcome("gae.output_shape",
+                                        f"{first_name} should be one array of shape {tuple(shape)}, actual a pair "
+                                        f"of arrays of that shape: if the function returns ({first_name}, "
+                                        f"{second_name}), leave out output='advantages'", inputs)], False
+        adv, outcomes = session.output_array(raw, first_name, shape, inputs)
+        return adv, None, outcomes, False
     if not (isinstance(raw, (tuple, list)) and len(raw) == 2):
         kind = f"a {type(raw).__name__} of {len(raw)} items" if isinstance(raw, (tuple, list)) else \
             f"one {type(raw).__name__}"
+        pair = ", ".join(first_name if o == "advantages" else second_name for o in order)
+        hint = " (if it returns the advantages alone, pass output='advantages')" if not isinstance(
+            raw, (tuple, list)) else ""
         return None, None, [Outcome("gae.output_shape",
-                                    f"the function should return a pair ({first_name}, {second_name}), actual "
-                                    f"{kind}", inputs)], False
-    first, outcomes = session.output_array(raw[0], first_name, shape, inputs)
+                                    f"the function should return a pair ({pair}), actual {kind}{hint}",
+                                    inputs)], False
+    raw_adv, raw_second = (raw[0], raw[1]) if order[0] == "advantages" else (raw[1], raw[0])
+    first, outcomes = session.output_array(raw_adv, first_name, shape, inputs)
     low = False
     if float32_second and session.backend.dtype == "float64":
-        low = str(getattr(raw[1], "dtype", "")).endswith("float32")
-    second, more = session.output_array(raw[1], second_name, shape, inputs, check_id="gae.returns",
+        low = str(getattr(raw_second, "dtype", "")).endswith("float32")
+    second, more = session.output_array(raw_second, second_name, shape, inputs, check_id="gae.returns",
                                         dtype_matters=not low)
     return first, second, outcomes + more, low
 
@@ -454,9 +474,12 @@ def check_layout(fn, *, convention: str, backend: str = "auto", dtype: str = "fl
         ``whiten_single_token`` (``"zero"``: a batch of one response token
         whitens to 0; ``"raw"``: whitening is skipped, as alibaba/ROLL issue
         #475 settled). verl's function is ``whiten=True, whiten_eps_on="var"``.
-        ``returns`` and ``output="advantages,returns"`` are accepted for
-        `refpg.conformance.check_gae`'s sake: these conventions always return
-        that pair, and both are checked.
+        Every convention: ``output``, what the function returns in order,
+        ``"advantages,returns"`` (the default here: verl, OpenRLHF, Spinning
+        Up and RLlib return both; "returns" stands for the convention's
+        second output, rewards-to-go or value targets), ``"returns,advantages"``
+        or ``"advantages"`` (``gae.returns`` is then not run). ``returns`` is
+        accepted for `refpg.conformance.check_gae`'s sake.
 
     Returns
     -------
@@ -521,7 +544,7 @@ def check_layout(fn, *, convention: str, backend: str = "auto", dtype: str = "fl
     if token:
         _run_token(session, convention, opts, max_examples)
     else:
-        _run_episodes(session, convention, max_examples)
+        _run_episodes(session, convention, opts, max_examples)
     return session.report()
 
 
@@ -537,6 +560,8 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
     be = session.backend
     jax = be.name == "jax"
     names = ("advantages", "returns")
+    output_order = tuple(opts.get("output", "advantages,returns").split(","))
+    with_returns = "returns" in output_order
 
     def call(case, *, check_id=None):
         """(adv, ret, outcomes, inputs) of one call, both None when unusable."""
@@ -552,7 +577,7 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
                 session.ran(check_id)
         if c.error is not None:
             return None, None, outcomes, inputs
-        adv, ret, more, _ = _pair(session, c, inputs, case["rewards"].shape, names)
+        adv, ret, more, _ = _pair(session, c, inputs, case["rewards"].shape, names, output_order)
         if check_id is not None:
             # A NaN (0 / 0 of a lone token's variance) is this check's failure too; a wrong shape is not.
             more = [Outcome(check_id, o.message + "; " + _single_rule(opts), o.inputs, o.expected, o.actual, o.where)
@@ -567,7 +592,7 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
             single = int(case["lengths"].sum()) == 1
             adv, ret, outcomes, inputs = call(case, check_id="gae.single_token_batch" if single else None)
             cid = "gae.single_token_batch" if single else check_id
-            if adv is None or ret is None:
+            if adv is None or (ret is None and with_returns):
                 return outcomes
             valid = _mask(case, "rlhf").astype(bool)
             raw = token_gae(case["rewards"], case["values"], case["lengths"], case["gamma"], case["lam"])
@@ -578,8 +603,8 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
             bad_adv = session.compare(cid, "advantages", np.where(valid, adv, 0.0),
                                       np.where(valid, expected, 0.0), inputs, why=_HINTS[cid],
                                       scale=gain)
-            ret_ok = np.all(np.abs(np.where(valid, ret - ret_expected, 0.0))
-                            <= be.tol * (1.0 + np.max(np.abs(ret_expected[valid]))))
+            ret_ok = with_returns and np.all(np.abs(np.where(valid, ret - ret_expected, 0.0))
+                                             <= be.tol * (1.0 + np.max(np.abs(ret_expected[valid]))))
             if bad_adv is not None:
                 if opts["whiten"] and ret_ok and cid != "gae.single_token_batch":
                     bad_adv.check_id = "gae.whitening"
@@ -599,6 +624,8 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
                 outcomes.append(bad_adv)
             if opts["whiten"] and cid != "gae.single_token_batch" and bad_adv is None:
                 session.ran("gae.whitening")
+            if not with_returns:
+                return outcomes
             bad_ret = session.compare("gae.returns", "returns", np.where(valid, ret, 0.0),
                                       np.where(valid, ret_expected, 0.0), inputs,
                                       why="returns = advantages + values with the raw (unwhitened) advantages, "
@@ -618,6 +645,8 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
     session.declare(*order, tracked=True)
     if not opts["whiten"]:
         session.not_run_because("gae.whitening", "whiten=False declares raw advantages", by_design=True)
+    if not with_returns:
+        session.not_run_because("gae.returns", "output='advantages' declares no returns", by_design=True)
     scenarios = [("gae.recursion", "full"), ("gae.padding_ignored", "padded")]
     if opts["whiten"]:
         scenarios.append(("gae.whitening", "whitening"))
@@ -721,10 +750,12 @@ def _padding_diagnosis(call, case, expected, valid, be) -> str:
     return ""
 
 
-def _run_episodes(session: Session, convention: str, max_examples: int) -> None:
+def _run_episodes(session: Session, convention: str, opts: dict, max_examples: int) -> None:
     be = session.backend
     jax = be.name == "jax"
     second_name = "rewards_to_go" if convention == "spinningup" else "value_targets"
+    output_order = tuple(opts.get("output", "advantages,returns").split(","))
+    with_returns = "returns" in output_order
     warned = {"low": False}
 
     def evaluate_for(check_id):
@@ -742,14 +773,18 @@ def _run_episodes(session: Session, convention: str, max_examples: int) -> None:
                 if c.error is not None:
                     return outcomes
                 adv, second, more, low = _pair(session, c, inputs, r.shape, ("advantages", second_name),
-                                               float32_second=convention == "rllib")
+                                               output_order, float32_second=convention == "rllib")
                 outcomes += more
-                if adv is None or second is None:
+                if adv is None or (second is None and with_returns):
                     return outcomes
                 exp_adv, exp_second = episode_expected(r, v, last, gamma, lam, convention)
                 bad = session.compare(check_id, "advantages", adv, exp_adv, inputs, why=_HINTS[check_id])
                 if bad is not None:
                     outcomes.append(bad)
+                if not with_returns:
+                    if bad is not None:
+                        return outcomes
+                    continue
                 scale = 0.0
                 if low:
                     if not warned["low"]:
@@ -775,6 +810,8 @@ def _run_episodes(session: Session, convention: str, max_examples: int) -> None:
 
     order = ["gae.recursion", "gae.truncation_bootstrapped", "gae.returns", "gae.general"]
     session.declare(*order, tracked=True)
+    if not with_returns:
+        session.not_run_because("gae.returns", "output='advantages' declares no second output", by_design=True)
     lengths = _JAX_LENGTHS if jax else None
     for check_id, ends in (("gae.recursion", "terminal"), ("gae.truncation_bootstrapped", "truncated")):
         session.run_scenario(episode_sets(ends=ends, lengths=lengths), evaluate_for(check_id), (check_id,),
