@@ -222,7 +222,8 @@ def test_an_asymmetric_range_is_checked_and_a_symmetric_loss_is_named():
 
 @pytest.mark.parametrize("options, words", [
     (dict(eps_low=1.0), "eps_low should be < 1.0"), (dict(eps_low=0.0), "eps_low should be > 0.0"),
-    (dict(eps_high=-0.1), "eps_high should be > 0.0"), (dict(clip_fraction="clipped"), "clip_fraction should be one of"),
+    (dict(eps_high=-0.1), "eps_high should be > 0.0"),
+    (dict(clip_fraction="clipped"), "clip_fraction should be one of"),
 ])
 def test_bad_clip_options_are_refused_by_name(options, words):
     with pytest.raises(InvalidInputError) as info:

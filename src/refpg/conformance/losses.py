@@ -51,6 +51,8 @@ PPO_CONVENTIONS = {
     "cleanrl": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="batch", ddof=1, eps=1e-8)),
     "cleanrl_jax": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss",
                     dict(normalize="batch", ddof=0, eps=1e-8)),
+    "purejaxrl": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss",
+                  dict(normalize="batch", ddof=0, eps=1e-8)),
     "rlax": ("fn(prob_ratios_t, adv_t, epsilon) -> loss", dict(normalize="none")),
     "verl": ("fn(old_log_prob, log_prob, advantages, cliprange) -> loss",
              dict(normalize="none", dual_clip=3.0, clip_fraction="active")),
@@ -386,10 +388,11 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
         ``"clip_fraction"``, ``"dual_clip_fraction"``), or under verl its
         ``(pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower)``; every fraction
         returned is checked (ppo_kl is not).
-    convention : {"refpg", "sb3", "cleanrl", "cleanrl_jax", "torchrl", "rlax", "verl"}
+    convention : {"refpg", "sb3", "cleanrl", "cleanrl_jax", "purejaxrl", "torchrl", "rlax", "verl"}
         Sets the defaults of the options (`PPO_CONVENTIONS`): SB3 and CleanRL
-        normalise with ddof=1, CleanRL's JAX scripts and PureJaxRL with
-        ddof=0, verl dual-clips at 3 and reports the active clip fraction.
+        normalise with ddof=1, CleanRL's JAX scripts ("cleanrl_jax") and
+        PureJaxRL with ddof=0, verl dual-clips at 3 and reports the active
+        clip fraction.
     backend, dtype, max_examples, seed
         As in `check_gae`. The cases are shared among the region scenarios:
         about ``max_examples`` per check id.
@@ -487,7 +490,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
     grad_arg = {"rlax": "prob_ratios_t", "verl": "log_prob"}.get(convention, "logp_new")
     seen = {"fraction": False}
 
-    def evaluate_for(check_id, sign, band, background):
+    def evaluate_for(check_id, band, background):
         def evaluate(case):
             args, ratio, adv, clip = args_of(case, be)
             bands = _bands(case["u"], clip)
@@ -555,7 +558,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
     buckets = _buckets(be, n_min)
     for check_id, sign, band, background in scenarios:
         session.run_scenario(_ppo_cases(sign, band, background, n_min, clips, opts, _sizes(n_min, buckets)),
-                             evaluate_for(check_id, sign, band, background), (check_id,),
+                             evaluate_for(check_id, band, background), (check_id,),
                              moves=functools.partial(_ppo_moves, n_min=n_min, clips=clips, buckets=buckets),
                              max_examples=per_scenario)
     if seen["fraction"]:
@@ -819,27 +822,6 @@ VALUE_REGIONS = (("inside", 1, "equal"), ("inside", -1, "equal"),
                  ("below", 1, "clipped"), ("below", -1, "clipped"), ("below", -1, "unclipped"))
 
 
-def value_region(v_new, v_old, ret, eps) -> list:
-    """The `VALUE_REGIONS` entry of each sample, or None within 10% of the clip bound or of a tie of the
-    two terms (where the float32 rounding may pick either side) and for a zero error."""
-    out = []
-    for vn, vo, r, e in np.broadcast(v_new, v_old, ret, eps):
-        d, err = vn - vo, vn - r
-        if abs(abs(d) - e) < _MARGIN * e or err == 0:
-            out.append(None)
-            continue
-        if abs(d) < e:
-            out.append(("inside", int(np.sign(err)), "equal"))
-            continue
-        v_clip = vo + np.sign(d) * e
-        un, cl = abs(vn - r), abs(v_clip - r)
-        if abs(un - cl) < _MARGIN * abs(vn - v_clip):
-            out.append(None)
-            continue
-        out.append(("above" if d > 0 else "below", int(np.sign(err)), "clipped" if cl > un else "unclipped"))
-    return out
-
-
 def _value_cases(region: tuple, n_min: int = 1, buckets: tuple | None = None):
     """Minibatches of up to 8 samples, one of which (the focus) lies in `region` (`VALUE_REGIONS`); the
     others are drawn freely (their numbers from a seed, as in `_ppo_cases`)."""
@@ -913,7 +895,7 @@ def check_value_loss(fn, *, convention: str = "refpg", backend: str = "auto", dt
 
     Notes
     -----
-    Each of the `VALUE_REGIONS` of a sample (the new value inside, above or
+    Each of the ``VALUE_REGIONS`` of a sample (the new value inside, above or
     below the clip range around the old one; the sign of its error; which of
     the two terms of "max" is the larger) is drawn by construction, by a
     scenario whose every case puts a sample in it. With ``backend="jax"``
