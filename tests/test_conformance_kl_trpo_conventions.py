@@ -233,36 +233,19 @@ def test_kl_check_draws_every_deciding_region_at_seed_0(fn, convention, options)
 # -- TRPO: regions drawn by construction -----------------------------------------------------------
 
 def _line_search_outcome(theta, states, actions, adv, max_kl):
-    """'zero gradient', 'rejected', 'full step' or 'backtracked': how the line search of a conjugate-gradient
-    TRPO step on the exact batch Fisher ends (that of refpg.examples.correct.trpo_step_numpy: the full
-    natural step, then 10 halvings, each tested on the mean KL and the surrogate)."""
-    S, A = theta.shape
-    n = len(states)
-    logp_old = trpo_check._log_softmax(theta)
-    pi_old = np.exp(logp_old)
-    weight = np.bincount(states, minlength=S) / n
-    g = np.zeros_like(theta)
-    np.add.at(g, (states, actions), adv)
-    np.add.at(g, states, -adv[:, None] * pi_old[states])
-    g /= n
-    if not np.any(g):
-        return "zero gradient"
+    return trpo_check.line_search_end(theta, states, actions, adv, max_kl)
 
-    def fvp(v):
-        return weight[:, None] * pi_old * (v - np.sum(pi_old * v, axis=1, keepdims=True))
 
-    s = correct._conjugate_gradient(fvp, g, max_iter=g.size)
-    curvature = float(np.sum(s * fvp(s)))
-    if curvature <= 0:
-        return "rejected"
-    full = np.sqrt(2 * max_kl / curvature) * s
-    base = trpo_check.surrogate(theta, theta, states, actions, adv)
-    for k in range(11):
-        th = theta + 0.5 ** k * full
-        if (trpo_check.mean_kl(theta, th, states) <= max_kl
-                and trpo_check.surrogate(theta, th, states, actions, adv) > base):
-            return "full step" if k == 0 else "backtracked"
-    return "rejected"
+def test_line_search_end_names_each_end_on_a_hand_built_batch():
+    one = np.zeros(1, dtype=int)
+    assert _line_search_outcome(np.zeros((1, 2)), one, one, np.zeros(1), 0.1) == "zero gradient"
+    assert _line_search_outcome(np.array([[2.0, 0.0]]), one, one, np.ones(1), 0.1) == "full step"
+    assert _line_search_outcome(np.array([[-4.0, 0.0]]), one, one, np.ones(1), 0.1) == "backtracked"
+    assert _line_search_outcome(np.array([[-60.0, 0.0]]), one, one, np.ones(1), 0.1) == "rejected"
+    # The same end as the CG step of refpg.examples.correct: the full step, a halving, or theta_old back.
+    for theta, end in ((np.array([[2.0, 0.0]]), "full step"), (np.array([[-60.0, 0.0]]), "rejected")):
+        new = correct.trpo_step_numpy(theta, one, one, np.ones(1), 0.1)
+        assert np.array_equal(new, theta) == (end == "rejected")
 
 
 ALL_TRPO_REGIONS = {"zero gradient", "rejected", "full step", "backtracked"}

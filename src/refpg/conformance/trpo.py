@@ -40,7 +40,7 @@ from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session,
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 
-__all__ = ["check_trpo_step", "TRPO_CONVENTIONS"]
+__all__ = ["check_trpo_step", "TRPO_CONVENTIONS", "line_search_end"]
 
 MAX_KLS = (0.01, 0.1, 0.5)
 #: The parameters each convention passes, in order.
@@ -115,6 +115,53 @@ def oracle_accepts(theta_old, states, actions, adv, max_kl, damping=0.0, halving
         if mean_kl(theta_old, th, states) <= max_kl and surrogate(theta_old, th, states, actions, adv) > base:
             return True
     return False
+
+
+def line_search_end(theta_old, states, actions, adv, max_kl) -> str:
+    r"""How a conjugate-gradient TRPO step's line search ends on a batch: "zero gradient", "full step"
+    (accepted), "backtracked" (a halving of it accepted) or "rejected".
+
+    The step of `refpg.examples.correct.trpo_step_numpy`: CG from 0 on the exact batch Fisher, the
+    full step :math:`\sqrt{2\delta / s^\top F s}\, s`, then 10 halvings, each accepted when the mean KL
+    is at most max_kl and the surrogate improves. The targeted scenarios are built to end one way each.
+    """
+    S, A = theta_old.shape
+    states, actions = np.asarray(states, dtype=int), np.asarray(actions, dtype=int)
+    n = states.size
+    logp_old = _log_softmax(theta_old)
+    pi_old = np.exp(logp_old)
+    weight = np.bincount(states, minlength=S) / n
+    g = np.zeros((S, A))
+    np.add.at(g, (states, actions), adv)
+    np.add.at(g, states, -adv[:, None] * pi_old[states])
+    g /= n
+    if not np.any(g):
+        return "zero gradient"
+
+    def fvp(v):
+        return weight[:, None] * pi_old * (v - np.sum(pi_old * v, axis=1, keepdims=True))
+
+    x, r, p = np.zeros_like(g), g.copy(), g.copy()
+    rr = float(np.sum(r * r))
+    for _ in range(g.size):
+        Fp = fvp(p)
+        pFp = float(np.sum(p * Fp))
+        if rr <= 1e-20 * float(np.sum(g * g)) or not pFp > 0:
+            break
+        alpha = rr / pFp
+        x, r = x + alpha * p, r - alpha * Fp
+        rr_new = float(np.sum(r * r))
+        p, rr = r + (rr_new / rr) * p, rr_new
+    curvature = float(np.sum(x * fvp(x)))
+    if not curvature > 0:
+        return "rejected"
+    full = np.sqrt(2 * max_kl / curvature) * x
+    base = surrogate(theta_old, theta_old, states, actions, adv)
+    for k in range(11):
+        theta = theta_old + 0.5 ** k * full
+        if mean_kl(theta_old, theta, states) <= max_kl and surrogate(theta_old, theta, states, actions, adv) > base:
+            return "full step" if k == 0 else "backtracked"
+    return "rejected"
 
 
 def _centered(x):
@@ -263,9 +310,12 @@ def _hopeless(draw, jax: bool = False):
             "max_kl": draw(_MAX_KL_CHOICES)}
 
 
-def _moves(case, jax: bool = False):
+def _moves(case, jax: bool = False, end: str | None = None):
     """Smaller cases: fewer samples, simpler numbers, a simpler max_kl. For a JAX function the batch
-    keeps its shapes (8 samples may become their first 4)."""
+    keeps its shapes (8 samples may become their first 4); with `end`, only cases whose line search
+    still ends so (`line_search_end`): shrinking stays in a targeted scenario's region."""
+    if end is not None:
+        return [c for c in _moves(case, jax) if line_search_end(*_oracle_batch(c)) == end]
     keys = ("states", "actions", "advantages")
     out = _cases.sample_moves(case, keys, {"max_kl": MAX_KLS})
     for (s, a), x in np.ndenumerate(case["theta_old"]):
@@ -278,6 +328,11 @@ def _moves(case, jax: bool = False):
     n = case["states"].size
     return ([{**case, **{k: case[k][:m] for k in keys}} for m in JAX_SIZES if m < n]
             + [c for c in out if c["states"].size == n])
+
+
+def _oracle_batch(case) -> tuple:
+    return (case["theta_old"], case["states"].astype(int), case["actions"].astype(int), case["advantages"],
+            case["max_kl"])
 
 
 # -- the check ------------------------------------------------------------------------------
@@ -500,8 +555,10 @@ def check_trpo_step(fn, *, convention: str = "refpg", backend: str = "auto", dty
     moves = functools.partial(_moves, jax=jax)
     session.run_scenario(_batches(jax), evaluate, moves=moves)
     targeted = min(max_examples, TARGETED_EXAMPLES)
-    for strategy in (_full_step(jax), _backtracking(jax), _batches(jax, zero_advantages=True)):
-        session.run_scenario(strategy, evaluate, moves=moves, max_examples=targeted)
+    for strategy, end in ((_full_step(jax), "full step"), (_backtracking(jax), "backtracked"),
+                          (_batches(jax, zero_advantages=True), "zero gradient")):
+        session.run_scenario(strategy, evaluate, max_examples=targeted,
+                             moves=functools.partial(_moves, jax=jax, end=end))
     if "trpo_step.direction" in session.evaluated:
         session.not_run_because("trpo_step.step_size", "the step's length is judged only on steps along the "
                                                        "natural gradient, and no step was (see trpo_step.direction)")
