@@ -36,6 +36,16 @@ def test_broken_variant_fails_with_its_check_id_at_every_seed(ex, seed):
     report = _run(ex, seed=seed)
     assert ex.expected in report.failed_ids, str(report)
     assert " should " in report.failure(ex.expected).message
+    # Every shrunk counterexample keeps its ratios 10% (in log) away from every bound, and its minibatch
+    # at the check's minimum size or above.
+    for failure in report.failures:
+        inputs = failure.counterexample.inputs
+        eps = inputs.get("cliprange", inputs.get("clip_eps"))
+        high = dict(ex.options).get("eps_high", eps)
+        kinks = [math.log1p(-eps), math.log1p(high)] + ([math.log(3.0)] if ex.convention == "verl" else [])
+        x = np.log(inputs["ratio (derived)"])
+        assert all(np.all(np.abs(x - k) >= 0.1 * abs(k) - 1e-6) for k in kinks), (failure.check_id, inputs)
+        assert len(x) >= (2 if ex.convention == "cleanrl_jax" else 1)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
