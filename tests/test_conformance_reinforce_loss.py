@@ -382,3 +382,65 @@ def test_the_t_value_of_a_spinning_up_failure_is_large():
     ex = next(e for e in L.BROKEN if e.name == "reinforce_loss_spinning_up_declared_discounted_torch")
     t = abs(float(re.search(r"\(t = (-?[\d.]+)", _report(ex).failure(UNBIASED).message).group(1)))
     assert t > 20
+
+
+def jax_list_loss(theta, episodes, gamma):
+    """The discounted loss in JAX on the list layout (not jitted: every batch is a new pytree)."""
+    import jax
+    import jax.numpy as jnp
+
+    states = jnp.concatenate([s for s, _, _ in episodes])
+    actions = jnp.concatenate([a for _, a, _ in episodes])
+    weights = []
+    for _, _, rewards in episodes:  # rewards are concrete under jax.grad (only theta is traced)
+        returns = L._returns_backward(np.asarray(rewards).tolist(), gamma)
+        weights += [gamma ** t * G for t, G in enumerate(returns)]
+    logp = jax.nn.log_softmax(theta, axis=-1)[states, actions]
+    return -jnp.sum(logp * jnp.asarray(weights, dtype=theta.dtype)) / len(episodes)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_JAX, reason="needs jax")
+def test_a_jax_loss_on_the_list_layout_passes_and_its_broken_sign_fails():
+    report = check_reinforce_estimator(jax_list_loss, convention="loss", backend="jax", calls=30,
+                                       episodes_per_call=67)
+    assert report.passed and report.backend == "jax", str(report)
+    report = check_reinforce_estimator(lambda th, eps, g: -jax_list_loss(th, eps, g), convention="loss",
+                                       backend="jax", calls=30, episodes_per_call=67)
+    assert report.failed_ids == (UNBIASED,), str(report)
+
+
+def _total_return_estimate(theta, episodes):
+    """sum_e sum_t grad log pi(a_t|s_t) R(tau_e) / E, by hand (Spinning Up's estimator, per episode)."""
+    pi = np.exp(theta - theta.max(axis=1, keepdims=True))
+    pi /= pi.sum(axis=1, keepdims=True)
+    g = np.zeros_like(theta)
+    for s, a, r in episodes:
+        w = np.full(len(s), float(np.sum(r)))
+        np.add.at(g, (s, a), w)
+        np.add.at(g, s, -w[:, None] * pi[s])
+    return g / len(episodes)
+
+
+@needs_torch
+def test_gradient_estimate_of_each_correct_loss_is_the_estimator_it_declares():
+    mdp, theta = R._test_case()
+    pi = TabularSoftmax(mdp.n_states, mdp.n_actions).probs(theta)
+    episodes, _ = R._stage_pool(mdp, pi, 30, np.random.default_rng(4), None)
+    by_name = {e.name: e for e in L.CORRECT}
+
+    def estimate(name):
+        e = by_name[name]
+        return R.gradient_estimate_of(e.fn, e.convention, e.backend, theta, episodes, mdp.gamma,
+                                      normalization=e.options.get("normalization", "per_episode"))
+
+    np.testing.assert_allclose(estimate("reinforce_loss_discounted_torch"),
+                               reinforce_numpy(theta, episodes, mdp.gamma), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(estimate("reinforce_loss_gamma_free_sum_torch"),
+                               _reinforce_numpy(theta, episodes, mdp.gamma, discount_weighting=False),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(estimate("reinforce_loss_spinning_up_torch"), _total_return_estimate(theta, episodes),
+                               rtol=1e-12, atol=1e-12)
+    if HAS_JAX:
+        np.testing.assert_allclose(estimate("reinforce_loss_padded_jax"),
+                                   reinforce_numpy(theta, episodes, mdp.gamma), rtol=1e-10, atol=1e-12)

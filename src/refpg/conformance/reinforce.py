@@ -51,7 +51,8 @@ from refpg.policies import TabularSoftmax
 from refpg.sampling import sample_episodes
 from refpg.stats import DEFAULT_ALPHA, MeanTest, mean_test
 
-__all__ = ["check_reinforce_estimator", "OBJECTIVES", "NORMALIZATIONS", "REINFORCE_CONVENTIONS"]
+__all__ = ["check_reinforce_estimator", "gradient_estimate_of", "OBJECTIVES", "NORMALIZATIONS",
+           "REINFORCE_CONVENTIONS"]
 
 #: Targets of `check_reinforce_estimator`: the gradient of the discounted J (step t weighed by gamma^t),
 #: of the undiscounted J (the function is passed gamma = 1), or the gamma^t-free vector.
@@ -592,6 +593,57 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
             mdp_inputs, expected=expected, actual=test.mean, where=i))
         break
     return session.report()
+
+
+def gradient_estimate_of(fn, convention: str, backend: str, theta, episodes, gamma: float, *,
+                         dtype: str = "float64", normalization: str = "per_episode",
+                         pad_state: int | None = None) -> np.ndarray:
+    r"""One call's gradient estimate as the check judges it, outside a check (for tests and witnesses).
+
+    ``"refpg"``: `fn`'s output; ``"loss"`` / ``"loss_padded"``: :math:`-\partial\,\text{loss}/\partial\theta`
+    by torch autograd or ``jax.grad`` (the batch padded as the check pads it, to its own bucket). Then
+    rescaled to the per-episode mean by `normalization` (times N / E for ``"per_step"``, 1 / E for
+    ``"sum"``). `pad_state` is the state padding rows carry (default the last, the test MDP's terminal
+    state). Returns an array of theta's shape in `dtype`.
+    """
+    check_choice(convention, "convention", tuple(REINFORCE_CONVENTIONS))
+    check_choice(normalization, "normalization", NORMALIZATIONS)
+    theta = np.asarray(theta, dtype=np.float64)
+    episodes = [(np.asarray(s, dtype=np.int64), np.asarray(a, dtype=np.int64), np.asarray(r, dtype=np.float64))
+                for s, a, r in episodes]
+    if convention == "loss_padded":
+        arrays = _padded(episodes, theta.shape[0] - 1 if pad_state is None else pad_state)
+    if backend == "torch":
+        import torch
+
+        th = torch.tensor(theta.astype(dtype), requires_grad=convention != "refpg")
+        if convention == "loss_padded":
+            rest = [torch.from_numpy(x.astype(dtype) if x.dtype.kind == "f" else x) for x in arrays]
+            out = fn(th, *rest, gamma)
+        else:
+            out = fn(th, [tuple(torch.from_numpy(x.astype(dtype) if x.dtype.kind == "f" else x) for x in ep)
+                          for ep in episodes], gamma)
+        g = out.detach().numpy() if convention == "refpg" else -torch.autograd.grad(out, th)[0].numpy()
+    elif backend == "jax":
+        import contextlib
+
+        import jax
+        import jax.numpy as jnp
+
+        with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
+            conv = (lambda x: jnp.asarray(x.astype(dtype) if x.dtype.kind == "f" else
+                                          x.astype(np.int64 if dtype == "float64" else np.int32)))
+            th = conv(theta)
+            if convention == "loss_padded":
+                rest = [conv(x) for x in arrays]
+                call = lambda t: fn(t, *rest, gamma)  # noqa: E731
+            else:
+                eps = [tuple(conv(x) for x in ep) for ep in episodes]
+                call = lambda t: fn(t, eps, gamma)  # noqa: E731
+            g = np.asarray(call(th) if convention == "refpg" else -jax.grad(lambda t: jnp.reshape(call(t), ()))(th))
+    else:
+        g = np.asarray(fn(theta.astype(dtype), [(s, a, r.astype(dtype)) for s, a, r in episodes], gamma))
+    return g * _scale(normalization, episodes) if normalization != "per_episode" else g
 
 
 def _loss_gradient(session, call, inputs, jitted=None) -> tuple:
