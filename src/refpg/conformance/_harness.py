@@ -436,7 +436,7 @@ def _arrays_equal(a: np.ndarray, b: np.ndarray) -> bool:
 #: nothing about which convention a function follows).
 _SAME_QUANTITY = {"reward": "rewards", "r_t": "rewards", "state_value": "values",
                   "lam": "lambda", "lmbda": "lambda", "lambda_": "lambda", "gae_lambda": "lambda",
-                  "clip_eps": "epsilon", "clip_range": "epsilon", "adv_t": "advantages"}
+                  "clip_eps": "epsilon", "clip_range": "epsilon", "cliprange": "epsilon", "adv_t": "advantages"}
 
 
 def convention_parameters(conventions: dict) -> dict:
@@ -788,15 +788,30 @@ class Session:
         import jax.numpy as jnp
 
         args = list(call.user_args)
+        fn = self.fn
 
-        def loss_of(x):
-            out = pick(self.fn(*args[:i], x, *args[i + 1:]))
-            return jnp.reshape(jnp.asarray(out), ())
+        def loss_of(*a):
+            return jnp.reshape(jnp.asarray(pick(fn(*a))), ())
 
+        # One jitted gradient per (argument, pick) and session: tracing jax.grad again on every case cost
+        # half of a JAX loss check. Arrays are passed as arguments, so only a new shape retraces; plain
+        # Python numbers stay static (a function may branch on clip_eps), which a number never seen
+        # before retraces too. A function jit cannot trace at all falls back to the plain jax.grad.
+        static = tuple(j for j, a in enumerate(args) if j != i and not hasattr(a, "shape"))
+        cache = self.__dict__.setdefault("_jax_grads", {})
+        key = (i, pick, static)
         with self.backend.context(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported once already by the concrete call
             try:
-                g = jax.grad(loss_of)(args[i])
+                try:
+                    if key not in cache and len(cache) >= 8:  # a new `pick` per call: caching buys nothing
+                        g = jax.grad(loss_of, argnums=i)(*args)
+                    else:
+                        if key not in cache:
+                            cache[key] = jax.jit(jax.grad(loss_of, argnums=i), static_argnums=static)
+                        g = cache[key](*args)
+                except (TypeError, ValueError):  # unhashable static arguments, or jit-only trouble
+                    g = jax.grad(loss_of, argnums=i)(*args)
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:

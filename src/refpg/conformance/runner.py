@@ -72,10 +72,14 @@ CONVENTIONS = _conventions()
 # their types and the defaults that do not depend on the convention.
 _VAR_OPTIONS = {
     "ppo_loss": (("normalize", "str", "set by the convention"), ("ddof", "int", 1), ("eps", "float", 1e-8),
-                 ("dual_clip", "float", "none (verl: 3)"), ("eps_low", "float", "clip_eps"),
-                 ("eps_high", "float", "clip_eps"), ("clip_fraction", "str", "set by the convention")),
+                 ("dual_clip", "float", "set by the convention (none: off; verl: 3)"), ("eps_low", "float", "none: the clip_eps passed"),
+                 ("eps_high", "float", "none: the clip_eps passed"), ("clip_fraction", "str", "set by the convention")),
     "value_loss": (("style", "str", "set by the convention"), ("coef", "float", "set by the convention")),
 }
+
+
+#: Options whose None means "off" or "as the function's own argument" (``--option dual_clip=none``).
+NULLABLE_OPTIONS = {("ppo_loss", "dual_clip"), ("ppo_loss", "eps_low"), ("ppo_loss", "eps_high")}
 
 
 class Option(NamedTuple):
@@ -129,6 +133,8 @@ def check_options(kind: str, options: dict, *, where: str) -> dict:
                 f"{where}: unknown option {key!r}{did_you_mean(key, accepted)} "
                 f"(the options of kind {kind!r}: {', '.join(accepted)})")
         opt = accepted[key]
+        if value is None and (kind, key) in NULLABLE_OPTIONS:
+            continue
         if opt.type == "bool":
             ok = isinstance(value, (bool, np.bool_))
         elif opt.type == "int":
@@ -173,6 +179,8 @@ def parse_option(kind: str, key: str, text: str):
                                 f"kind's)")
     opt = accepted[key]
     raw = text.strip()
+    if (kind, key) in NULLABLE_OPTIONS and raw.lower() == "none":
+        return None
     if opt.type == "bool":
         if raw.lower() in _TRUE or raw.lower() in _FALSE:
             value = raw.lower() in _TRUE
