@@ -705,3 +705,12 @@ def test_a_refused_single_target_is_one_line_naming_it(tmp_path, monkeypatch, ca
     write(tmp_path, "one.py", "def one_arg(a):\n    return a\n")
     line = error_line(capsys, ["check", "one.py:one_arg", "--kind", "kl_estimator"])
     assert line.startswith("refpg: error: one.py:one_arg: the function (a) cannot be called"), line
+
+
+def test_none_turns_off_the_options_that_have_an_off():
+    assert runner.parse_option("ppo_loss", "dual_clip", "None") is None
+    assert runner.parse_option("ppo_loss", "dual_clip", "3") == 3.0
+    assert runner.parse_option("ppo_loss", "eps_high", "none") is None
+    assert runner.check_options("ppo_loss", {"dual_clip": None}, where="register('ppo_loss')") == {"dual_clip": None}
+    with pytest.raises(InvalidInputError, match="--option ddof should be an integer, actual 'none'"):
+        runner.parse_option("ppo_loss", "ddof", "none")
