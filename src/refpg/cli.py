@@ -338,7 +338,12 @@ _OPTION_MEANINGS = {
     ("gae", "whiten"): "TARGET whitens its advantages over the whole batch, (A - mean) / (std + eps)",
     ("gae", "whiten_ddof"): "delta degrees of freedom of the whitening std (1: torch's, verl's; 0: NumPy's)",
     ("gae", "whiten_eps"): "the whitening's eps",
-    ("gae", "whiten_eps_on"): "where eps enters: std (std + eps) or var (rsqrt(var + eps), verl and TRL)",
+    ("gae", "whiten_eps_on"): "where eps enters: std (std + eps), var (rsqrt(var + eps), verl and TRL) or "
+                              "clamp (rsqrt(max(var, eps)), OpenRLHF)",
+    ("gae", "whiten_count_eps"): "added to the token count of the masked mean (recent verl: 1e-8; rlhf, "
+                                 "openrlhf)",
+    ("gae", "whiten_single_token"): "a batch with one response token whitens to zero, or is left raw "
+                                    "(rlhf, openrlhf)",
     ("ppo_loss", "eps"): "added to the std before dividing",
     ("ppo_loss", "dual_clip"): "the dual-clip bound c > 1: for A < 0 the objective is at least c * A "
                                "(verl's clip_ratio_c)",

@@ -71,6 +71,8 @@ CONVENTIONS = _conventions()
 # Options that ppo_loss and value_loss take through **options (not in their signatures), with
 # their types and the defaults that do not depend on the convention.
 _VAR_OPTIONS = {
+    # check_gae hands these to gae_layouts' token conventions (rlhf, openrlhf).
+    "gae": (("whiten_count_eps", "float", 0.0), ("whiten_single_token", "str", "zero")),
     "ppo_loss": (("normalize", "str", "set by the convention"), ("ddof", "int", 1), ("eps", "float", 1e-8),
                  ("dual_clip", "float", "set by the convention (none: off; verl: 3)"), ("eps_low", "float", "none: the clip_eps passed"),
                  ("eps_high", "float", "none: the clip_eps passed"), ("clip_fraction", "str", "set by the convention")),
@@ -102,7 +104,7 @@ def _choices(kind: str, name: str) -> tuple:
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
             "normalize": ("none", "batch"), "style": VALUE_STYLES, "normalization": NORMALIZATIONS,
             "clip_fraction": CLIP_FRACTIONS, "output": tuple(GAE_OUTPUTS),
-            "whiten_eps_on": ("std", "var")}.get(name, ())
+            "whiten_eps_on": ("std", "var", "clamp"), "whiten_single_token": ("zero", "raw")}.get(name, ())
 
 
 def options_of(kind: str) -> dict:
