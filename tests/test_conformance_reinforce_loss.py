@@ -343,6 +343,10 @@ def test_loss_padded_arrays_are_time_major_padded_with_the_terminal_state_in_a_f
         assert np.all(valid == (np.arange(shape[0])[:, None] < lengths[None, :]))  # a prefix per column
         assert np.all(states[~valid] == 2) and np.all(rewards[~valid] == 0)
         assert shape[0] >= 8 and shape[0] & (shape[0] - 1) == 0
+    # Both a column the episode fills to the last row (the cut edge episode, 8 steps in 8 rows) and
+    # padding below a one-step episode are passed.
+    assert any(valid.all(axis=0).any() for _, _, valid, _ in seen)
+    assert any(valid.sum(axis=0).min() == 1 for _, _, valid, _ in seen)
 
 
 @pytest.mark.skipif(not HAS_JAX, reason="needs jax")
