@@ -26,20 +26,20 @@ def _run(ex, **kwargs):
     return check(ex.kind, ex.fn, convention=ex.convention, backend=ex.backend, **{**dict(ex.options), **kwargs})
 
 
-def _slow_if_trpo(ex):
-    return [pytest.mark.slow] if ex.kind == "trpo_step" else []
-
-
 # -- the bundled examples ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name, marks=_slow_if_trpo(ex)) for ex in conv.BROKEN])
+# Six seeds of every example take about two minutes in all: slow. Seed 0 runs by default in
+# test_conformance_examples.py and in test_the_broken_examples_fail_only_where_they_are_wrong_at_seed_0.
+@pytest.mark.slow
+@pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name) for ex in conv.BROKEN])
 def test_each_broken_example_fails_with_its_check_id_at_seeds_0_to_5(ex):
     for seed in SEEDS:
         report = _run(ex, seed=seed)
         assert ex.expected in report.failed_ids, f"seed {seed}: {report}"
 
 
-@pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name, marks=_slow_if_trpo(ex)) for ex in conv.CORRECT])
+@pytest.mark.slow
+@pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name) for ex in conv.CORRECT])
 def test_each_correct_example_passes_at_seeds_0_to_5(ex):
     for seed in SEEDS:
         report = _run(ex, seed=seed)
