@@ -401,8 +401,11 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
     power of two >= 8 above the stage's longest episode: the arrays are
     (T, episodes_per_call) in stage 1 (T = 64 at seed 0), (8, 2) in stage 2
     and the edge batches, and (8, 1) or (T, 1) for one episode. A jitted JAX
-    loss compiles once per shape met, 3 or 4 times per check; the kit
-    differentiates it through one ``jax.jit(jax.grad(fn))`` per shape.
+    loss compiles once per shape met, 3 or 4 times per check, and so does
+    the kit's ``jax.jit(jax.grad(fn))`` (`Session.input_gradient`). On the
+    list layout of ``"loss"`` every batch is a new pytree: JAX differentiates
+    it op by op, about 25 s per check, so a JAX loss belongs in
+    ``"loss_padded"``.
     """
     check_callable(fn)
     check_choice(convention, "convention", tuple(REINFORCE_CONVENTIONS))
@@ -466,7 +469,6 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
                  f"NumPy cannot give"]
     session = Session("reinforce_estimator", fn, convention, be, max_examples=calls, seed=seed,
                       options=opts, warnings=signature_notes + warn0)
-    jitted = _JittedGradient(fn) if convention == "loss_padded" and be.name == "jax" else None
     session.declare(*session.generic_ids())
     session.declare(ROW_SUMS, *((DIFFERENTIABLE,) if is_loss else ()), UNBIASED, tracked=True)
 
@@ -483,7 +485,7 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
         if call.error is not None:
             return None, outcomes
         if is_loss:
-            g, more = _loss_gradient(session, call, inputs, jitted)
+            g, more = _loss_gradient(session, call, inputs)
         else:
             g, more = session.output_array(call.output, "gradient estimate", (mdp.n_states, mdp.n_actions),
                                            inputs)
@@ -646,22 +648,20 @@ def gradient_estimate_of(fn, convention: str, backend: str, theta, episodes, gam
     return g * _scale(normalization, episodes) if normalization != "per_episode" else g
 
 
-def _loss_gradient(session, call, inputs, jitted=None) -> tuple:
+def _loss_gradient(session, call, inputs) -> tuple:
     r"""-d loss / d theta of a call that returned a loss, float64 (S, A); or the outcomes saying why not.
 
     The loss itself must be a finite scalar of the backend's dtype (the generic output checks); then
-    its gradient must exist (``differentiable``) and be finite (``output_finite``). `jitted`, if
-    given, computes the gradient first (`_JittedGradient`); `Session.input_gradient` otherwise.
+    its gradient (`Session.input_gradient`: torch autograd, or one jitted ``jax.grad`` per padded
+    shape) must exist (``differentiable``) and be finite (``output_finite``).
     """
     loss, outcomes = session.output_array(call.output, "loss", (), inputs)
     if loss is None:
         return None, outcomes
     session.ran(DIFFERENTIABLE)
-    grad = jitted(session, call) if jitted is not None else None
+    grad, why = session.input_gradient(call, "theta")
     if grad is None:
-        grad, why = session.input_gradient(call, "theta")
-        if grad is None:
-            return None, outcomes + [Outcome(DIFFERENTIABLE, why, inputs, actual=float(loss))]
+        return None, outcomes + [Outcome(DIFFERENTIABLE, why, inputs, actual=float(loss))]
     g = -grad
     if not np.all(np.isfinite(g)):
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(g))[0])
@@ -670,41 +670,6 @@ def _loss_gradient(session, call, inputs, jitted=None) -> tuple:
             f"-d loss / d theta{list(idx)} should be finite for finite inputs, actual {g[idx]} (the loss "
             f"itself is {float(loss):.6g})", inputs, actual=g, where=idx)]
     return g, outcomes
-
-
-class _JittedGradient:
-    """``jax.jit(jax.grad(fn))`` for ``loss_padded`` on JAX: compiled once per padded shape.
-
-    `Session.input_gradient` differentiates the function anew on every call (JAX traces, linearises
-    and transposes it each time: about 4 ms a call, 5 s of a check's 1,200 calls); the arrays of
-    ``loss_padded`` come in a few shapes only, so one compiled gradient per shape is cheap. A function
-    that cannot be traced under ``jit`` (Python control flow on a value, gamma used as a Python
-    number) falls back to `Session.input_gradient` for the rest of the check, which then judges it.
-    """
-
-    def __init__(self, fn):
-        self.fn, self.grad, self.failed = fn, None, False
-
-    def __call__(self, session, call):
-        if self.failed:
-            return None
-        import warnings
-
-        import jax
-        import jax.numpy as jnp
-
-        if self.grad is None:
-            fn = self.fn
-            self.grad = jax.jit(jax.grad(lambda theta, *rest: jnp.reshape(jnp.asarray(fn(theta, *rest)), ())))
-        with session.backend.context(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # reported once already by the concrete call
-            try:
-                return np.asarray(self.grad(*call.user_args), dtype=np.float64)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                self.failed = True
-                return None
 
 
 def _passes_clearly(test: MeanTest) -> bool:
