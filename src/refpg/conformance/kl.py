@@ -35,7 +35,7 @@ __all__ = ["check_kl_estimator", "KL_PAIRS", "KL_CONVENTIONS"]
 
 #: (pi_old, pi_new) pairs of the unbiasedness test, simplest first. Ratios stay within [1/7, 7] but in
 #: the last pair, whose common action has log r = log(0.02) = -3.9: an estimator that clips the log-ratio
-#: or mishandles large |log r| is tested where it matters. Every estimator above has a bounded variance
+#: or mishandles a large absolute log-ratio is tested where it matters. Every estimator above has a bounded variance
 #: on each pair, so the test's normal approximation is sound.
 KL_PAIRS = (
     (np.array([0.5, 0.5]), np.array([0.6, 0.4])),
