@@ -448,3 +448,15 @@ def test_gradient_estimate_of_each_correct_loss_is_the_estimator_it_declares():
     if HAS_JAX:
         np.testing.assert_allclose(estimate("reinforce_loss_padded_jax"),
                                    reinforce_numpy(theta, episodes, mdp.gamma), rtol=1e-10, atol=1e-12)
+
+
+@needs_torch
+def test_a_gradient_estimator_declared_as_a_loss_is_told_to_declare_refpg():
+    import torch
+
+    report = check_reinforce_estimator(lambda th, eps, g: torch.as_tensor(reinforce_numpy(th.detach().numpy(), [
+        (s.numpy(), a.numpy(), r.numpy()) for s, a, r in eps], g)), convention="loss", backend="torch")
+    message = report.failure("reinforce_estimator.output_shape").message
+    assert message.startswith("loss should have shape (), actual shape (3, 2)")
+    assert "declare convention='refpg' for a function that returns the estimate itself" in message
+    assert report.status(UNBIASED) == "not_run"

@@ -379,9 +379,10 @@ def check_reinforce_estimator(fn, *, convention: str = "refpg", backend: str = "
     -----
     Every check first passes the batches of `_edge_batches` (a one-step
     episode alone; one with reward 0; states visited twice in an episode; an
-    episode cut by the time limit), then the two stages. The mean test, per stage of n calls: for each state s an episode
-    can visit and each action but the last (the last entry of a row is minus
-    the others, ``row_sums_zero``),
+    episode cut by the time limit), then the two stages. The mean test, per
+    stage of n calls: for each state s an episode can visit and each action
+    but the last (the last entry of a row is minus the others,
+    ``row_sums_zero``),
 
     .. math::
         t_{sa} = \frac{\bar g_{sa} - g^*_{sa}}{s_{sa}/\sqrt n}, \qquad
@@ -657,6 +658,12 @@ def _loss_gradient(session, call, inputs) -> tuple:
     """
     loss, outcomes = session.output_array(call.output, "loss", (), inputs)
     if loss is None:
+        theta_shape = tuple(getattr(call.user_args[0], "shape", ()))
+        returned = tuple(getattr(call.output, "shape", ()))
+        for o in outcomes:
+            if o.check_id == "reinforce_estimator.output_shape" and returned == theta_shape:
+                o.message += ("; an output of theta's shape is a gradient estimate: declare convention='refpg' "
+                              "for a function that returns the estimate itself")
         return None, outcomes
     session.ran(DIFFERENTIABLE)
     grad, why = session.input_gradient(call, "theta")
