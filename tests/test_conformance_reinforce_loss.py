@@ -351,8 +351,6 @@ def test_loss_padded_arrays_are_time_major_padded_with_the_terminal_state_in_a_f
 
 @pytest.mark.skipif(not HAS_JAX, reason="needs jax")
 def test_a_jitted_jax_loss_compiles_once_per_shape_and_runs_under_10_s_of_cpu():
-    import jax
-
     from refpg.examples.reinforce_losses import _JITTED
     _JITTED.clear()
     t0 = time.process_time()
@@ -361,7 +359,6 @@ def test_a_jitted_jax_loss_compiles_once_per_shape_and_runs_under_10_s_of_cpu():
     assert report.passed, str(report)
     assert _JITTED[False]._cache_size() <= 4  # one compiled loss per padded shape
     assert cpu < 10, cpu
-    del jax
 
 
 def test_the_bucket_is_a_power_of_two_at_least_8():
