@@ -59,6 +59,31 @@ def _jitted(name: str):
         log_ratio = (logp_new - logp_old).astype(jnp.float32)
         return jnp.mean(jnp.expm1(log_ratio) - log_ratio)
 
+    def trpo_parts(theta_old, states, actions, advantages):
+        # The surrogate's gradient and the Hessian of the mean KL (the batch Fisher matrix) at theta_old,
+        # by jax.grad and jax.hessian, as a JAX TRPO builds them before its conjugate-gradient solve.
+        logp_old = jax.nn.log_softmax(theta_old, axis=1)
+        p_old = jnp.exp(logp_old)
+
+        def surrogate(theta):
+            logp = jax.nn.log_softmax(theta, axis=1)
+            return jnp.mean(jnp.exp(logp[states, actions] - logp_old[states, actions]) * advantages)
+
+        def mean_kl(theta):
+            logp = jax.nn.log_softmax(theta, axis=1)
+            return jnp.mean(jnp.sum(p_old[states] * (logp_old[states] - logp[states]), axis=1))
+
+        size = theta_old.size
+        return jax.grad(surrogate)(theta_old), jax.hessian(mean_kl)(theta_old).reshape(size, size)
+
+    def trpo_values(theta, theta_old, states, actions, advantages):
+        # (L(theta), mean KL(theta)) for the line search.
+        logp_old = jax.nn.log_softmax(theta_old, axis=1)
+        logp = jax.nn.log_softmax(theta, axis=1)
+        surrogate = jnp.mean(jnp.exp(logp[states, actions] - logp_old[states, actions]) * advantages)
+        kl = jnp.mean(jnp.sum(jnp.exp(logp_old[states]) * (logp_old[states] - logp[states]), axis=1))
+        return surrogate, kl
+
     return jax.jit(locals()[name])
 
 
@@ -87,6 +112,39 @@ def kl_k3_float32_jax(logp_new, logp_old):
     return _jitted("kl_k3_float32")(logp_new, logp_old)
 
 
+def trpo_step_jax(theta_old, states, actions, advantages, max_kl):
+    r"""One TRPO step of a tabular softmax policy in JAX: :math:`\nabla L` by ``jax.grad``, the batch
+    Fisher matrix as ``jax.hessian`` of the mean KL, both jitted; then the conjugate-gradient direction,
+    the :math:`\sqrt{2\delta / s^\top F s}` step and the 10-halving line search of `trpo_step_numpy`,
+    whose every candidate is evaluated by a jitted JAX function.
+
+    References
+    ----------
+    [Schulman2015] Section 6 and Appendix C.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    from refpg.examples.correct import _trpo_search
+
+    g, fisher = (np.asarray(x, dtype=np.float64) for x in _jitted("trpo_parts")(theta_old, states, actions,
+                                                                                advantages))
+    values = _jitted("trpo_values")
+    theta0 = np.asarray(theta_old, dtype=np.float64)
+
+    def fvp(v):
+        return (fisher @ v.reshape(-1)).reshape(v.shape)
+
+    def surrogate(theta):
+        return float(values(jnp.asarray(theta, dtype=theta_old.dtype), theta_old, states, actions, advantages)[0])
+
+    def mean_kl(theta):
+        return float(values(jnp.asarray(theta, dtype=theta_old.dtype), theta_old, states, actions, advantages)[1])
+
+    theta = _trpo_search(theta0, g, fvp, surrogate, mean_kl, max_kl, np.copy)
+    return jnp.asarray(theta, dtype=theta_old.dtype)
+
+
 CORRECT: tuple[Example, ...] = (
     Example("gae_rlax_jax", "gae", gae_rlax_jax, "rlax", "jax", {}, None,
             "rlax-style truncated GAE of one trajectory: a jitted reverse jax.lax.scan"),
@@ -96,6 +154,9 @@ CORRECT: tuple[Example, ...] = (
     Example("kl_k3_mean_jax", "kl_estimator", kl_k3_mean_jax, "refpg", "jax",
             {"unbiased": True, "non_negative": True}, None,
             "batch mean of k3 = expm1(log r) - log r, jitted, as CleanRL-JAX's approx_kl"),
+    Example("trpo_step_jax", "trpo_step", trpo_step_jax, "refpg", "jax", {}, None,
+            "TRPO with jax.grad of the surrogate and jax.hessian of the mean KL (jitted), conjugate gradient "
+            "and a 10-halving line search on jitted evaluations"),
 )
 
 BROKEN: tuple[Example, ...] = (
