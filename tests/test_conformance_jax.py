@@ -164,3 +164,15 @@ def test_cli_checks_a_jax_function_with_backend_jax(capsys):
     assert code == 0, out
     assert "backend=jax" in out
     assert "ok   value_loss.gradient" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ex", [pytest.param(e, id=e.name) for e in examples.jax_examples.CORRECT
+                                + examples.jax_examples.BROKEN])
+def test_jax_examples_behave_as_declared_at_seeds_1_to_5(ex):
+    for seed in range(1, 6):
+        report = check(ex.kind, ex.fn, convention=ex.convention, backend=ex.backend, seed=seed, **dict(ex.options))
+        if ex.expected is None:
+            assert report.passed, (seed, str(report))
+        else:
+            assert ex.expected in report.failed_ids, (seed, str(report))
