@@ -154,7 +154,7 @@ def test_options_of_agrees_with_each_check_function():
         listed = re.search(r"convention should be one of \((.*?)\)", str(info.value)).group(1)
         assert sorted(re.findall(r"'(\w+)'", listed)) == sorted(runner.CONVENTIONS[kind]), kind
     # ppo_loss and value_loss take further options through **options: the same ones as listed.
-    ppo_extra = {"normalize", "ddof", "eps", "dual_clip", "eps_low", "eps_high", "clip_fraction"}
+    ppo_extra = {"normalize", "ddof", "eps", "dual_clip", "eps_low", "eps_high", "clip_fraction", "count_eps"}
     for kind, extra in (("ppo_loss", ppo_extra), ("value_loss", {"style", "coef"})):
         with pytest.raises(InvalidInputError) as info:
             runner.CHECKS[kind](lambda *a: 0, nonsense=1)

@@ -264,18 +264,18 @@ def test_a_fraction_of_the_other_definition_is_named_with_the_option_to_pass(ret
 def test_verl_returns_are_checked_fraction_by_fraction():
     torch = pytest.importorskip("torch")
 
-    def lower_swapped(old_log_prob, log_prob, advantages, cliprange):
+    def lower_swapped(old_log_prob, log_prob, advantages, response_mask, cliprange):
         loss, clipfrac, kl, lower = ppo_variants.ppo_loss_verl_dual_clip_torch(old_log_prob, log_prob, advantages,
-                                                                               cliprange)
+                                                                               response_mask, cliprange)
         return loss, lower, kl, clipfrac
 
     report = check_ppo_loss(lower_swapped, convention="verl")
     assert report.failed_ids == ("ppo_loss.clip_fraction",), str(report)
     assert torch is not None and "should be" in report.failure("ppo_loss.clip_fraction").message
 
-    def as_dict(old_log_prob, log_prob, advantages, cliprange):
+    def as_dict(old_log_prob, log_prob, advantages, response_mask, cliprange):
         loss, clipfrac, _, lower = ppo_variants.ppo_loss_verl_dual_clip_torch(old_log_prob, log_prob, advantages,
-                                                                              cliprange)
+                                                                              response_mask, cliprange)
         return {"loss": loss, "clip_fraction": clipfrac, "dual_clip_fraction": lower * 0}
 
     message = check_ppo_loss(as_dict, convention="verl").failure("ppo_loss.clip_fraction").message
@@ -285,7 +285,7 @@ def test_verl_returns_are_checked_fraction_by_fraction():
 # -- conventions -------------------------------------------------------------------------------------
 
 def test_a_verl_function_declared_refpg_is_refused_before_any_call():
-    with pytest.raises(InvalidInputError, match="look like the verl convention"):
+    with pytest.raises(InvalidInputError, match='pass convention="verl"'):
         check_ppo_loss(ppo_variants.ppo_loss_verl_dual_clip_torch)
 
 
@@ -369,3 +369,14 @@ def test_jax_checks_draw_a_few_shapes_and_shrink_within_them():
     assert "ppo_loss.inside_clip_range" in report.failed_ids
     assert len(report.failure("ppo_loss.inside_clip_range").counterexample.inputs["logp_new"]) == 4
     assert shapes == {(1,), (4,), (8,)}  # minibatches of 1, 4 and 8 only, shrinking included
+
+
+def test_verl_masked_mean_divides_by_the_count_plus_1e_8_as_declared():
+    pytest.importorskip("torch")
+    fn = ppo_variants.ppo_loss_verl_dual_clip_torch
+    assert check_ppo_loss(fn, convention="verl", max_examples=20).passed  # count_eps=1e-8 by the convention
+    report = check_ppo_loss(fn, convention="verl", count_eps=0.0, max_examples=20)
+    assert "ppo_loss.inside_clip_range" in report.failed_ids
+    assert "pass count_eps=1e-08" in report.failure("ppo_loss.inside_clip_range").message
+    with pytest.raises(InvalidInputError, match="count_eps"):
+        check_ppo_loss(fn, convention="verl", count_eps=-1.0)

@@ -334,7 +334,8 @@ _OPTION_MEANINGS = {
     ("ppo_loss", "normalize"): "advantage normalisation per minibatch: none, or batch ((A - mean) / (std + eps))",
     ("ppo_loss", "ddof"): "delta degrees of freedom of that std (1: torch's .std(), 0: NumPy's)",
     ("gae", "output"): "what TARGET returns: advantages, or the pair in the order advantages,returns or "
-                       "returns,advantages (returns = advantages + values, before any whitening)",
+                       "returns,advantages (returns = advantages + values, before any whitening); default: "
+                       "advantages, the pair under rlhf, openrlhf, spinningup and rllib",
     ("gae", "whiten"): "TARGET whitens its advantages over the whole batch, (A - mean) / (std + eps)",
     ("gae", "whiten_ddof"): "delta degrees of freedom of the whitening std (1: torch's, verl's; 0: NumPy's)",
     ("gae", "whiten_eps"): "the whitening's eps",
@@ -347,6 +348,7 @@ _OPTION_MEANINGS = {
     ("ppo_loss", "eps"): "added to the std before dividing",
     ("ppo_loss", "dual_clip"): "the dual-clip bound c > 1: for A < 0 the objective is at least c * A "
                                "(verl's clip_ratio_c)",
+    ("ppo_loss", "count_eps"): "the mean divides by the sample count + count_eps (verl's masked_mean: 1e-8)",
     ("ppo_loss", "eps_low"): "lower clip range, ratio >= 1 - eps_low (DAPO's clip-higher: eps_low < eps_high)",
     ("ppo_loss", "eps_high"): "upper clip range, ratio <= 1 + eps_high",
     ("ppo_loss", "clip_fraction"): "what a returned clip fraction counts: any (|ratio - 1| > eps) or active "

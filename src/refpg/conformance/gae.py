@@ -375,6 +375,8 @@ def _form_of(convention, returns, output, whiten, whiten_ddof, whiten_eps, white
     """The `_Form` the options declare, after checking them."""
     if not isinstance(returns, (bool, np.bool_)):
         raise InvalidInputError(f"returns should be True or False, actual {returns!r}")
+    if output is None:
+        output = "advantages"
     if isinstance(output, (tuple, list)):  # the Python spelling of the same choice
         output = ",".join(str(x) for x in output)
     if not isinstance(output, str) or output.replace(" ", "") not in GAE_OUTPUTS:
@@ -408,7 +410,7 @@ def _form_of(convention, returns, output, whiten, whiten_ddof, whiten_eps, white
 
 @numerics_of_their_own
 def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
-              max_examples: int = 100, seed: int = 0, returns: bool = False, output: str = "advantages",
+              max_examples: int = 100, seed: int = 0, returns: bool = False, output: str | None = None,
               whiten: bool = False, whiten_ddof: int = 1, whiten_eps: float = 1e-8,
               whiten_eps_on: str = "std", **options) -> Report:
     r"""Check a GAE implementation against the exact recursion, on rollouts drawn by Hypothesis.
@@ -452,11 +454,13 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
         ``(advantage, value_target)``); the returns are checked too,
         :math:`R_t = \hat A_t + V(s_t)` with ``values`` as passed. The same as
         ``output="advantages,returns"``. CLI: ``--option returns=True``.
-    output : {"advantages", "advantages,returns", "returns,advantages"}
+    output : {None, "advantages", "advantages,returns", "returns,advantages"}
         What the function returns: the advantages alone, or both in that
         order (PureJaxRL's ``_calculate_gae`` returns (advantages, targets),
         skrl's ``compute_gae`` (returns, advantages)). A tuple of the names is
-        accepted too. Not for ``"rlax"``. CLI: ``--option output=returns,advantages``.
+        accepted too. None: the convention's default, the advantages alone
+        (the pair for ``"rlhf"``, ``"openrlhf"``, ``"spinningup"`` and
+        ``"rllib"``). Not for ``"rlax"``. CLI: ``--option output=returns,advantages``.
     whiten : bool
         The advantages are whitened over the whole (T, N) batch,
         :math:`(A - \bar A) / (\mathrm{std}(A) + \epsilon)`, and are compared
@@ -528,7 +532,8 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
     form = _form_of(convention, returns, output, whiten, whiten_ddof, whiten_eps, whiten_eps_on)
-    named = check_signature(fn, "gae", convention, convention_parameters(_OWN_CONVENTIONS))
+    # Every convention, the layouts' too, so that a function of another layout is named as such.
+    named = check_signature(fn, "gae", convention, convention_parameters(GAE_CONVENTIONS))
 
     def probe_case(be):
         return _round({"rewards": np.array([[1.0], [0.0]]), "values": np.array([[0.5], [0.25]]),
@@ -746,7 +751,8 @@ def _check_layout(fn, *, convention, returns, output, whiten, whiten_ddof, white
     """Hand a `gae_layouts` convention over to its own check, with the options set away from their defaults."""
     from refpg.conformance import gae_layouts
 
-    defaults = {"returns": False, "output": "advantages", "whiten": False, "whiten_ddof": 1, "whiten_eps": 1e-8,
+    # output=None is "the convention's own default" (the pair there), so any output given is passed on.
+    defaults = {"returns": False, "output": None, "whiten": False, "whiten_ddof": 1, "whiten_eps": 1e-8,
                 "whiten_eps_on": "std"}
     given = {"returns": returns, "output": output, "whiten": whiten, "whiten_ddof": whiten_ddof,
              "whiten_eps": whiten_eps, "whiten_eps_on": whiten_eps_on}

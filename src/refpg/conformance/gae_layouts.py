@@ -522,7 +522,9 @@ def check_layout(fn, *, convention: str, backend: str = "auto", dtype: str = "fl
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
     opts = _options(convention, options)
-    named = check_signature(fn, "gae", convention, convention_parameters(LAYOUT_CONVENTIONS))
+    from refpg.conformance.gae import GAE_CONVENTIONS  # every GAE convention, to name another layout's function
+
+    named = check_signature(fn, "gae", convention, convention_parameters(GAE_CONVENTIONS))
     token = convention in _TOKEN
 
     def probe(be):

@@ -42,8 +42,9 @@ __all__ = ["check_ppo_loss", "check_value_loss", "PPO_CONVENTIONS", "VALUE_CONVE
 #: Convention -> (signature, default options). SB3 and CleanRL normalise the advantages of each
 #: minibatch with torch's std (ddof = 1) plus 1e-8; SB3 skips normalisation for a minibatch of one.
 #: CleanRL's JAX scripts and PureJaxRL normalise each minibatch too, with jnp.std (ddof = 0) plus 1e-8.
-#: verl passes the old log-probabilities first, dual-clips at clip_ratio_c = 3 by default and reports
-#: the fraction of samples whose clipped term is active.
+#: verl passes the old log-probabilities first and a response mask before the clip range (all ones here:
+#: one token per sample, so its masked token-mean is the mean), dual-clips at clip_ratio_c = 3 by default
+#: and reports the fraction of samples whose clipped term is active.
 PPO_CONVENTIONS = {
     "refpg": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="none")),
     "torchrl": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss", dict(normalize="none")),
@@ -54,12 +55,12 @@ PPO_CONVENTIONS = {
     "purejaxrl": ("fn(logp_new, logp_old, advantages, clip_eps) -> loss",
                   dict(normalize="batch", ddof=0, eps=1e-8)),
     "rlax": ("fn(prob_ratios_t, adv_t, epsilon) -> loss", dict(normalize="none")),
-    "verl": ("fn(old_log_prob, log_prob, advantages, cliprange) -> loss",
-             dict(normalize="none", dual_clip=3.0, clip_fraction="active")),
+    "verl": ("fn(old_log_prob, log_prob, advantages, response_mask, cliprange) -> loss",
+             dict(normalize="none", dual_clip=3.0, clip_fraction="active", count_eps=1e-8)),
 }
 #: The options of `check_ppo_loss` and their defaults where the convention sets none.
 PPO_OPTIONS = dict(normalize="none", ddof=1, eps=1e-8, dual_clip=None, eps_low=None, eps_high=None,
-                   clip_fraction="any")
+                   clip_fraction="any", count_eps=0.0)
 CLIP_FRACTIONS = ("any", "active")
 
 #: Value loss: convention -> default (style, coef).
@@ -201,11 +202,12 @@ class _PPORef(NamedTuple):
                 "dual": float(np.mean(self.dual))}
 
 
-def _ppo_reference(ratio, adv, clip: _Clip, *, dual_signs: str = "negative") -> _PPORef:
+def _ppo_reference(ratio, adv, clip: _Clip, *, dual_signs: str = "negative", count_eps: float = 0.0) -> _PPORef:
     r"""-mean of :math:`\min(r A, \mathrm{clip}(r, 1 - low, 1 + high) A)`, and where A < 0 with a dual clip
     c, of :math:`\max(\min(\dots), c A)` [Ye2020], with its derivative in r and branch masks.
 
     `dual_signs` = "all" or "min" give the misreadings the failure message names (`_variant_hint`).
+    The mean divides by n + `count_eps` (verl's masked mean adds 1e-8 to the token count).
     """
     n = ratio.size
     surrogate = np.minimum(ratio * adv, np.clip(ratio, 1.0 - clip.low, 1.0 + clip.high) * adv)
@@ -219,9 +221,10 @@ def _ppo_reference(ratio, adv, clip: _Clip, *, dual_signs: str = "negative") -> 
         # Where A < 0, min(r A, clip(r) A) = r A for r > 1 + high, and r A < c A exactly when r > c.
         dual = (adv < 0) & (ratio > clip.dual)
         clipped &= ~dual
-    d_ratio = np.where(clipped | dual, 0.0, -adv / n)
+    count = n + count_eps
+    d_ratio = np.where(clipped | dual, 0.0, -adv / count)
     outside = (ratio < 1.0 - clip.low) | (ratio > 1.0 + clip.high)
-    return _PPORef(float(-np.mean(surrogate)), d_ratio, clipped, dual, outside)
+    return _PPORef(float(-np.sum(surrogate) / count), d_ratio, clipped, dual, outside)
 
 
 def _normalization_hint(ratio, adv, clip, actual, opts, be) -> str:
@@ -252,8 +255,9 @@ def _normalization_hint(ratio, adv, clip, actual, opts, be) -> str:
     return ""
 
 
-def _variant_hint(ratio, a, clip: _Clip, clip_eps: float, actual: float, ref: float, be, scale: float) -> str:
-    """Name the dual-clip or clip-range misreading that reproduces `actual`, if one does.
+def _variant_hint(ratio, a, clip: _Clip, clip_eps: float, actual: float, ref: float, be, scale: float,
+                  count_eps: float = 0.0) -> str:
+    """Name the dual-clip, clip-range or count misreading that reproduces `actual`, if one does.
 
     `a` are the advantages the loss sees (normalised as declared); `ref` is the right loss.
     """
@@ -261,24 +265,33 @@ def _variant_hint(ratio, a, clip: _Clip, clip_eps: float, actual: float, ref: fl
         allowed = be.tol * (1.0 + scale)
         return abs(alt - ref) > allowed and abs(actual - alt) <= allowed
 
+    for other in (0.0, 1e-8):
+        if other != count_eps and fits(_ppo_reference(ratio, a, clip, count_eps=other).loss):
+            return (f"; the actual value is the mean with the sum divided by n + {other:g} instead of n + "
+                    f"{count_eps:g} (verl's masked_mean adds 1e-8 to the token count): pass count_eps={other:g} "
+                    f"(on the command line --option count_eps={other:g}) if that is intended")
+
+    def _ref(c: _Clip, **kw):
+        return _ppo_reference(ratio, a, c, count_eps=count_eps, **kw)
+
     if clip.dual is not None:
-        if fits(_ppo_reference(ratio, a, clip._replace(dual=None)).loss):
+        if fits(_ref(clip._replace(dual=None)).loss):
             return ("; the actual value is the loss WITHOUT the dual clip (plain PPO: where A < 0 and ratio > c "
                     "the term should be c * A): pass dual_clip=None if that is intended")
-        if fits(_ppo_reference(ratio, a, clip, dual_signs="all").loss):
+        if fits(_ref(clip, dual_signs="all").loss):
             return ("; the actual value is the loss with the dual clip applied to every sample: the bound "
                     "max(..., c * A) belongs only where A < 0 (where A > 0 it replaces every term by c * A)")
-        if fits(_ppo_reference(ratio, a, clip, dual_signs="min").loss):
+        if fits(_ref(clip, dual_signs="min").loss):
             return ("; the actual value takes min(..., c * A) where A < 0 (in loss terms max(-ratio * A, "
                     "-clip(ratio) * A, -c * A)): the dual clip is a lower bound on the objective, a max")
-    elif fits(_ppo_reference(ratio, a, clip._replace(dual=3.0)).loss):
+    elif fits(_ref(clip._replace(dual=3.0)).loss):
         return ("; the actual value is the loss with a dual clip at c = 3 (verl's default clip_ratio_c): pass "
                 "dual_clip=3 (on the command line --option dual_clip=3) if that is intended")
     if (clip.low, clip.high) != (clip_eps, clip_eps):
-        if fits(_ppo_reference(ratio, a, clip._replace(low=clip_eps, high=clip_eps)).loss):
+        if fits(_ref(clip._replace(low=clip_eps, high=clip_eps)).loss):
             return (f"; the actual value is the loss with the symmetric clip range [1 - clip_eps, 1 + clip_eps] "
                     f"(clip_eps={clip_eps:g}): the declared eps_low / eps_high are not applied")
-        if fits(_ppo_reference(ratio, a, clip._replace(low=clip.high, high=clip.low)).loss):
+        if fits(_ref(clip._replace(low=clip.high, high=clip.low)).loss):
             return "; the actual value is the loss with eps_low and eps_high swapped"
     return ""
 
@@ -327,6 +340,7 @@ def _ppo_options(convention: str, options: dict) -> tuple[dict, tuple, list]:
     if isinstance(opts["ddof"], bool) or not isinstance(opts["ddof"], (int, np.integer)) or opts["ddof"] < 0:
         raise InvalidInputError(f"ddof should be a non-negative integer, actual {opts['ddof']!r}")
     opts["eps"] = check_real(opts["eps"], "eps")
+    opts["count_eps"] = check_real(opts["count_eps"], "count_eps", low=0.0)
     check_choice(opts["clip_fraction"], "clip_fraction", CLIP_FRACTIONS)
     if opts["eps_low"] is not None:
         opts["eps_low"] = check_real(opts["eps_low"], "eps_low", low=0.0, high=1.0, low_open=True, high_open=True)
@@ -382,8 +396,8 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
     fn : callable
         ``fn(logp_new, logp_old, advantages, clip_eps) -> loss`` (rlax:
         ``fn(prob_ratios_t, adv_t, epsilon)``; verl: ``fn(old_log_prob,
-        log_prob, advantages, cliprange)``, old first, e.g. verl's
-        ``compute_policy_loss`` with a response mask of ones bound in). It may
+        log_prob, advantages, response_mask, cliprange)``, old first, as verl's
+        ``compute_policy_loss`` takes them; the mask is all ones, one token per sample). It may
         return ``(loss, clip_fraction)``, a dict with ``"loss"`` (and
         ``"clip_fraction"``, ``"dual_clip_fraction"``), or under verl its
         ``(pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower)``; every fraction
@@ -407,7 +421,9 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
         or ``"active"`` (TRL, verl, OpenRLHF: the samples whose clipped
         term is taken, :math:`A_i > 0, r_i > 1 + \epsilon_{high}` or
         :math:`A_i < 0, r_i < 1 - \epsilon_{low}`). A dual-clip fraction
-        counts :math:`A_i < 0, r_i > c` (verl's ``pg_clipfrac_lower``).
+        counts :math:`A_i < 0, r_i > c` (verl's ``pg_clipfrac_lower``);
+        ``count_eps`` (default 0; 1e-8 under verl): the mean divides the sum by
+        n + count_eps, as verl's ``masked_mean`` divides by the token count plus 1e-8.
 
     Returns
     -------
@@ -471,7 +487,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
             ratio = be.round(ratio)
         elif verl:
             args = [("old_log_prob", logp_old), ("log_prob", logp_new), ("advantages", adv),
-                    ("cliprange", case["clip_eps"])]
+                    ("response_mask", np.ones_like(adv)), ("cliprange", case["clip_eps"])]
         else:
             args = [("logp_new", logp_new), ("logp_old", logp_old), ("advantages", adv),
                     ("clip_eps", case["clip_eps"])]
@@ -509,7 +525,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
             loss_raw, fractions, bad = _parse_loss(session, call.output, inputs, allow_fraction=True, verl=verl)
             if bad:
                 return outcomes + bad
-            ref = _ppo_reference(ratio, a, clip)
+            ref = _ppo_reference(ratio, a, clip, count_eps=opts["count_eps"])
             if fractions:
                 seen["fraction"] = True
                 ambiguous = int(np.sum(np.abs(a) <= noise))
@@ -532,7 +548,7 @@ def check_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtyp
                 if "; actual = " not in o.message:  # no scaling bug under the declared normalisation
                     o.message += (_normalization_hint(ratio, adv, clip, float(loss), opts, be)
                                   or _variant_hint(ratio, a, clip, case["clip_eps"], float(loss), ref.loss, be,
-                                                   scale))
+                                                   scale, opts["count_eps"]))
                 outcomes.append(o)
             if be.differentiable:
                 c = clip.dual

@@ -75,7 +75,8 @@ _VAR_OPTIONS = {
     "gae": (("whiten_count_eps", "float", 0.0), ("whiten_single_token", "str", "zero")),
     "ppo_loss": (("normalize", "str", "set by the convention"), ("ddof", "int", 1), ("eps", "float", 1e-8),
                  ("dual_clip", "float", "set by the convention (none: off; verl: 3)"), ("eps_low", "float", "none: the clip_eps passed"),
-                 ("eps_high", "float", "none: the clip_eps passed"), ("clip_fraction", "str", "set by the convention")),
+                 ("eps_high", "float", "none: the clip_eps passed"), ("clip_fraction", "str", "set by the convention"),
+                 ("count_eps", "float", "set by the convention (0; verl: 1e-8)")),
     "value_loss": (("style", "str", "set by the convention"), ("coef", "float", "set by the convention")),
 }
 

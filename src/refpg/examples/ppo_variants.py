@@ -24,9 +24,9 @@ __all__ = ["CORRECT", "BROKEN"]
 
 # -- verl: dual clip ------------------------------------------------------------------------------
 
-def _verl_policy_loss(old_log_prob, log_prob, advantages, cliprange, *, cliprange_low=None,
+def _verl_policy_loss(old_log_prob, log_prob, advantages, response_mask, cliprange, *, cliprange_low=None,
                       cliprange_high=None, clip_ratio_c=3.0, dual="negative"):
-    """verl's compute_policy_loss shape, torch, one token per sample ("token-mean" over a mask of ones).
+    """verl's compute_policy_loss shape, torch: per-token losses averaged over the response mask ("token-mean").
 
     `dual` is the choice the bugs get wrong: "negative" (right), "all" (the bound applied to every
     sample) or "min" (the bound taken with the wrong extremum), "none" (no dual clip).
@@ -42,24 +42,28 @@ def _verl_policy_loss(old_log_prob, log_prob, advantages, cliprange, *, cliprang
     loss_clipped = -advantages * torch.clamp(ratio, 1 - low, 1 + high)
     loss_ppo = torch.maximum(loss_unclipped, loss_clipped)
     # Active clipping: the clipped loss is the larger one, which depends on the sign of A.
-    clipfrac = torch.gt(loss_clipped, loss_unclipped).float().mean()
+    def masked_mean(x):
+        # verl's masked_mean: the count gets 1e-8, so an all-zero mask gives 0, not NaN (count_eps=1e-8).
+        return (x * response_mask).sum() / (response_mask.sum() + 1e-8)
+
+    clipfrac = masked_mean(torch.gt(loss_clipped, loss_unclipped).float())
     # The dual clip caps the loss (bounds the objective below) at -c A where A < 0.
     loss_dual = -advantages * clip_ratio_c
     if dual == "min":
         capped = torch.maximum(loss_ppo, loss_dual)
     else:
         capped = torch.minimum(loss_ppo, loss_dual)
-    clipfrac_lower = (torch.gt(loss_ppo, loss_dual) & (advantages < 0)).float().mean()
+    clipfrac_lower = masked_mean((torch.gt(loss_ppo, loss_dual) & (advantages < 0)).float())
     if dual == "none":
         per_sample = loss_ppo
     elif dual == "all":
         per_sample = capped
     else:
         per_sample = torch.where(advantages < 0, capped, loss_ppo)
-    return per_sample.mean(), clipfrac, (-log_ratio).mean(), clipfrac_lower
+    return masked_mean(per_sample), clipfrac, masked_mean(-log_ratio), clipfrac_lower
 
 
-def ppo_loss_verl_dual_clip_torch(old_log_prob, log_prob, advantages, cliprange):
+def ppo_loss_verl_dual_clip_torch(old_log_prob, log_prob, advantages, response_mask, cliprange):
     r"""Dual-clip PPO as verl's ``compute_policy_loss`` computes it (clip_ratio_c = 3), torch.
 
     Returns
@@ -72,32 +76,32 @@ def ppo_loss_verl_dual_clip_torch(old_log_prob, log_prob, advantages, cliprange)
     ----------
     [Ye2020]; verl ``trainer/ppo/core_algos.py`` (dual clip added by verl-project/verl PR #784).
     """
-    return _verl_policy_loss(old_log_prob, log_prob, advantages, cliprange)
+    return _verl_policy_loss(old_log_prob, log_prob, advantages, response_mask, cliprange)
 
 
-def ppo_loss_verl_dapo_torch(old_log_prob, log_prob, advantages, cliprange):
+def ppo_loss_verl_dapo_torch(old_log_prob, log_prob, advantages, response_mask, cliprange):
     r"""verl's loss with DAPO's "clip-higher" range: ``cliprange_high = 0.28``, the low side from `cliprange`.
 
     References
     ----------
     [Yu2025]; verl ``recipe/dapo`` (clip_ratio_low = 0.2, clip_ratio_high = 0.28).
     """
-    return _verl_policy_loss(old_log_prob, log_prob, advantages, cliprange, cliprange_high=0.28)
+    return _verl_policy_loss(old_log_prob, log_prob, advantages, response_mask, cliprange, cliprange_high=0.28)
 
 
-def ppo_loss_dual_clip_all_signs(old_log_prob, log_prob, advantages, cliprange):
+def ppo_loss_dual_clip_all_signs(old_log_prob, log_prob, advantages, response_mask, cliprange):
     """The dual-clip bound applied to positive advantages too: every A > 0 term becomes -c A (tianshou issue #433)."""
-    return _verl_policy_loss(old_log_prob, log_prob, advantages, cliprange, dual="all")
+    return _verl_policy_loss(old_log_prob, log_prob, advantages, response_mask, cliprange, dual="all")
 
 
-def ppo_loss_dual_clip_missing(old_log_prob, log_prob, advantages, cliprange):
+def ppo_loss_dual_clip_missing(old_log_prob, log_prob, advantages, response_mask, cliprange):
     """Plain PPO where the dual clip is declared: A < 0 with a huge ratio is unbounded (verl issue #783)."""
-    return _verl_policy_loss(old_log_prob, log_prob, advantages, cliprange, dual="none")
+    return _verl_policy_loss(old_log_prob, log_prob, advantages, response_mask, cliprange, dual="none")
 
 
-def ppo_loss_dual_clip_wrong_extremum(old_log_prob, log_prob, advantages, cliprange):
+def ppo_loss_dual_clip_wrong_extremum(old_log_prob, log_prob, advantages, response_mask, cliprange):
     """The dual-clip bound taken with max instead of min on the losses (min instead of max on the objective)."""
-    return _verl_policy_loss(old_log_prob, log_prob, advantages, cliprange, dual="min")
+    return _verl_policy_loss(old_log_prob, log_prob, advantages, response_mask, cliprange, dual="min")
 
 
 # -- TRL: the active clip fraction ------------------------------------------------------------------
