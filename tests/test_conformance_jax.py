@@ -176,3 +176,14 @@ def test_jax_examples_behave_as_declared_at_seeds_1_to_5(ex):
             assert report.passed, (seed, str(report))
         else:
             assert ex.expected in report.failed_ids, (seed, str(report))
+
+
+def test_a_torch_function_under_backend_jax_is_told_to_pass_torch():
+    torch = pytest.importorskip("torch")
+
+    def loss(logp_new, logp_old, advantages, clip_eps):
+        return -torch.mean(torch.exp(logp_new - logp_old) * advantages)
+
+    report = check_ppo_loss(loss, backend="jax", max_examples=5)
+    assert "ppo_loss.raised" in report.failed_ids
+    assert "pass backend='torch'" in report.failure("ppo_loss.raised").message

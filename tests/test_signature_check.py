@@ -78,3 +78,17 @@ def test_torch_modules_with_their_own_call_or_a_pre_hook_are_not_refused():
     # Without the hook the same module is refused before any call: forward takes 8.
     with pytest.raises(InvalidInputError, match="8 required positional parameters"):
         check_gae(Hooked(), backend="numpy", **FAST)
+
+
+def test_a_torch_no_grad_decorator_passes_the_signature_through():
+    """torch.no_grad()'s wrapper takes (*args, **kwargs) but passes them on unchanged: a function of the
+    wrong convention behind it is refused before any call, as it would be without the decorator."""
+    torch = pytest.importorskip("torch")
+    from refpg.conformance import check_gae
+
+    @torch.no_grad()
+    def token_gae(token_level_rewards, values, response_mask, gamma, lam):
+        return values
+
+    with pytest.raises(InvalidInputError, match='pass convention="rlhf"'):
+        check_gae(token_gae)

@@ -480,8 +480,9 @@ def _signature_of(fn) -> _Signature | None:
     # A decorator's wrapper(*args, **kwargs) usually passes its arguments through, so the wrapped
     # function's parameters are the best guess; but one that supplies an argument itself would be
     # refused wrongly, so what is read through it can only warn.
-    certain = sig == outer or any(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
-                                  for p in outer.parameters.values())
+    certain = (sig == outer or _passes_arguments_through(target)
+               or any(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+                      for p in outer.parameters.values()))
     positional = [p for p in sig.parameters.values() if p.kind in (kinds.POSITIONAL_ONLY,
                                                                   kinds.POSITIONAL_OR_KEYWORD)]
     return _Signature(tuple(p.name for p in positional),
@@ -490,6 +491,15 @@ def _signature_of(fn) -> _Signature | None:
                       tuple(p.name for p in sig.parameters.values()
                             if p.kind is kinds.KEYWORD_ONLY and p.default is kinds.empty),
                       certain)
+
+
+def _passes_arguments_through(wrapper) -> bool:
+    """Whether `wrapper` is a decorator's wrapper known to pass every argument on unchanged: torch's
+    ``no_grad``, ``enable_grad`` and ``inference_mode`` (``torch.utils._contextlib.decorate_context``),
+    common on RLHF advantage functions."""
+    code = getattr(wrapper, "__code__", None)
+    return (code is not None and code.co_name == "decorate_context"
+            and code.co_filename.replace("\\", "/").endswith("torch/utils/_contextlib.py"))
 
 
 def _takes(sig: _Signature, n: int) -> bool:
@@ -876,8 +886,13 @@ class Session:
         """Failures every kind shares: an exception, and arrays changed in place."""
         out = []
         if call.error is not None:
+            hint = ""
+            if self.backend.name != "torch" and _wants_tensors(call.error_summary or ""):
+                hint = (f" (it asks for torch tensors, and backend={self.backend.name!r} passed "
+                        f"{'JAX' if self.backend.name == 'jax' else 'NumPy'} arrays: pass backend='torch', on the "
+                        f"command line --backend torch)")
             out.append(Outcome(f"{self.kind}.raised",
-                               f"the function should return without raising, actual {call.error_summary}",
+                               f"the function should return without raising, actual {call.error_summary}{hint}",
                                inputs, traceback=call.error))
         if call.mutated:
             out.append(Outcome(f"{self.kind}.input_mutated",

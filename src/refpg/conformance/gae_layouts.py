@@ -77,6 +77,10 @@ _SINGLE = ("zero", "raw")
 _HINTS = {
     "gae.recursion": "A_t = delta_t + gamma * lam * A_{t+1}, delta_t = r_t + gamma * V_{t+1} - V_t, and the "
                      "last token of a response (its episode's last step) bootstraps 0",
+    # One episode per call: the last step bootstraps from the value passed for the state after it.
+    "gae.recursion (episode)": "A_t = delta_t + gamma * lam * A_{t+1}, delta_t = r_t + gamma * V_{t+1} - V_t, "
+                               "and the last step bootstraps from the value passed after it (last_val / last_r: "
+                               "0 after a termination, V(s_T) after a time limit)",
     "gae.padding_ignored": "only the response tokens count: the last response token bootstraps 0 (not the "
                            "value of the padding token after it), and no reward or value of the padding may "
                            "flow back into the response",
@@ -720,10 +724,15 @@ def _whitening_why(adv, raw, valid, opts, tol) -> str:
         np.sqrt(max(var, eps))
     if fits((flat - mean_all) / scale):
         variants.append("the mean taken over every position, padding included (NovaSky-AI/SkyRL issue #1305)")
-    if variants:
-        said += ("; the output matches " + variants[0] if len(variants) == 1 else
-                 "; the output matches each of: " + "; ".join(variants[:3]))
+    declarable = [v for v in variants if v.startswith("whiten_")]
+    bugs = [v for v in variants if not v.startswith("whiten_")]
+    if declarable:
+        said += ("; the output matches " + declarable[0] if len(declarable) == 1 else
+                 "; the output matches each of: " + "; ".join(declarable[:3]))
         said += " (if that is the function's rule, declare it)"
+    elif bugs:
+        # Statistics over the padding are no rule a user can declare: they are the bug.
+        said += "; the output matches " + bugs[0] + ": the whitening must use the response tokens only"
     return said
 
 
@@ -780,7 +789,8 @@ def _run_episodes(session: Session, convention: str, opts: dict, max_examples: i
                 if adv is None or (second is None and with_returns):
                     return outcomes
                 exp_adv, exp_second = episode_expected(r, v, last, gamma, lam, convention)
-                bad = session.compare(check_id, "advantages", adv, exp_adv, inputs, why=_HINTS[check_id])
+                why = _HINTS.get(f"{check_id} (episode)", _HINTS[check_id])
+                bad = session.compare(check_id, "advantages", adv, exp_adv, inputs, why=why)
                 if bad is not None:
                     outcomes.append(bad)
                 if not with_returns:
