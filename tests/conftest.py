@@ -79,6 +79,16 @@ def once_per_session(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_example_reports(once_per_session):
+    """Lets tests.helpers.example_report share seed-0 reports of bundled examples across test files."""
+    from tests import helpers
+
+    helpers.SHARED["once"] = once_per_session
+    yield
+    helpers.SHARED["once"] = None
+
+
 @pytest.fixture(scope="session")
 def outputs(once_per_session):
     """``outputs(name) -> (out_dir, headline)``: each study run once in quick mode per session."""

@@ -76,3 +76,19 @@ def ring_arrays(S=4, A=2):
     rho = np.zeros(S)
     rho[0] = 1.0
     return P, r, rho
+
+
+#: Set by conftest.py's session fixture: ``once_per_session(key, compute) -> (directory, value)``.
+SHARED: dict = {"once": None}
+
+
+def example_report(ex):
+    """The report of ``refpg.conformance.runner._run_example(ex)`` (the example's own options, the default
+    seed), computed once per test session even across pytest-xdist workers and shared by every test file
+    that checks the same example at seed 0 (the zoo's tests and each topic's own)."""
+    from refpg.conformance.runner import _run_example
+
+    once = SHARED["once"]
+    if once is None:  # outside a pytest session
+        return _run_example(ex)
+    return once(f"example-{ex.name}", lambda _: _run_example(ex))[1]

@@ -9,6 +9,7 @@ import pytest
 from refpg.conformance import check, check_ppo_loss, check_value_loss
 from refpg.errors import InvalidInputError
 from refpg.examples import correct, ppo_variants
+from tests.helpers import example_report
 
 FAST = dict(max_examples=25)
 SEEDS = [pytest.param(0)] + [pytest.param(s, marks=pytest.mark.slow) for s in range(1, 6)]
@@ -33,7 +34,7 @@ def _run(ex, **kwargs):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name, marks=_needs(ex)) for ex in ppo_variants.BROKEN])
 def test_broken_variant_fails_with_its_check_id_at_every_seed(ex, seed):
-    report = _run(ex, seed=seed)
+    report = example_report(ex) if seed == 0 else _run(ex, seed=seed)
     assert ex.expected in report.failed_ids, str(report)
     assert " should " in report.failure(ex.expected).message
     # Every shrunk counterexample keeps its ratios 10% (in log) away from every bound, and its minibatch
@@ -51,7 +52,7 @@ def test_broken_variant_fails_with_its_check_id_at_every_seed(ex, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name, marks=_needs(ex)) for ex in ppo_variants.CORRECT])
 def test_correct_variant_passes_at_every_seed(ex, seed):
-    report = _run(ex, seed=seed)
+    report = example_report(ex) if seed == 0 else _run(ex, seed=seed)
     assert report.passed and not report.not_run, str(report)
 
 
