@@ -187,3 +187,22 @@ def test_a_torch_function_under_backend_jax_is_told_to_pass_torch():
     report = check_ppo_loss(loss, backend="jax", max_examples=5)
     assert "ppo_loss.raised" in report.failed_ids
     assert "pass backend='torch'" in report.failure("ppo_loss.raised").message
+
+
+def test_progress_lines_of_a_slow_jax_check_say_to_jit(monkeypatch):
+    import io
+    import time
+
+    from refpg.conformance import _harness
+    from refpg.examples import jax_examples
+
+    def slow(logp_new, logp_old):
+        time.sleep(0.015)  # as slow as an unjitted JAX function on these inputs
+        return jax_examples.kl_k3_mean_jax(logp_new, logp_old)
+
+    stream = io.StringIO()
+    monkeypatch.setitem(_harness.PROGRESS, "stream", stream)
+    monkeypatch.setitem(_harness.PROGRESS, "every", 0.05)
+    check("kl_estimator", slow, backend="jax", unbiased=False, max_examples=5)
+    assert "kl_estimator still running after" in stream.getvalue()
+    assert "check jax.jit(fn)" in stream.getvalue()
