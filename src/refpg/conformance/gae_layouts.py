@@ -558,6 +558,9 @@ def _round_token(case, be) -> dict:
     return {**case, "rewards": be.round(case["rewards"]), "values": be.round(case["values"])}
 
 
+_PADDING_SHOWN = " (expected shows nan at the padding: those positions are not compared)"
+
+
 def _with_nan_padding(x, valid):
     return np.where(valid, x, np.nan)
 
@@ -627,6 +630,7 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
                     bad_adv.message += _looks_whitened(adv, raw, valid, opts, be.tol * (1.0 + max(
                         1.0, float(np.max(np.abs(raw[valid]))))))
                 bad_adv.expected, bad_adv.actual = _with_nan_padding(expected, valid), adv
+                bad_adv.message += _PADDING_SHOWN if not valid.all() else ""
                 outcomes.append(bad_adv)
             if opts["whiten"] and cid != "gae.single_token_batch" and bad_adv is None:
                 session.ran("gae.whitening")
@@ -642,6 +646,7 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
                     bad_ret.message += "; they are the whitened advantages + values: take the returns before " \
                                        "whitening"
                 bad_ret.expected, bad_ret.actual = _with_nan_padding(ret_expected, valid), ret
+                bad_ret.message += _PADDING_SHOWN if not valid.all() else ""
                 outcomes.append(bad_ret)
             return outcomes
         return evaluate
