@@ -443,10 +443,12 @@ def run_mutant(mutant: Mutant, tests: list[tuple[float, str]], *, root: Path = R
         # Killed by a signal we did not send (our timeout returned above): the kernel's OOM killer, when a
         # mutant makes a loop grow without end. The tests did not pass.
         return result("killed", seconds, f"tests died of signal {-proc.returncode}")
-    if proc.returncode == 4 and "found no collectors" in stdout:
+    if proc.returncode == 4 and ("found no collectors" in stdout or "ERROR: not found:" in stdout):
         # A test module failed to import under the mutant (its module-level code builds an MDP or a
-        # policy), so pytest could not even collect the selected tests: they passed unmutated.
-        module = re.search(r"^ERROR (?:collecting )?(\S+\.py)", stdout, re.M)
+        # policy), so pytest could not even collect the selected tests: they passed unmutated. pytest 8
+        # says "found no collectors"; pytest 7 "not found: ... in any of [<Module tests/x.py>]".
+        module = (re.search(r"^ERROR (?:collecting )?(\S+\.py)", stdout, re.M)
+                  or re.search(r"<Module (\S+\.py)>", stdout))
         return result("killed", seconds, f"collecting {module.group(1) if module else 'a test module'}")
     return result("error", seconds, f"pytest exit {proc.returncode}: {stdout[-300:]}")
 
