@@ -718,6 +718,15 @@ class Session:
         if by_design:
             self.by_design.add(check_id)
 
+    def catch_all_blocked(self, catch_all: str, specific: list, what: str = "a catch-all") -> bool:
+        """Whether any of the `specific` check ids failed; if so `catch_all` is noted as not run, since a
+        check over every case mixed adds nothing to a specific failure."""
+        failed = [c for c in specific if c in self.failures]
+        if failed:
+            self.not_run_because(catch_all, f"{what} adds nothing to the specific failure of "
+                                            f"{', '.join(failed)}: fix that first")
+        return bool(failed)
+
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)

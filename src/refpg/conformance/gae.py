@@ -652,11 +652,7 @@ def check_gae(fn, *, convention: str = "refpg", backend: str = "auto", dtype: st
         scenarios.append(("gae.no_flow_across_episodes", "boundaries", evaluate_split))
     for check_id, flags, evaluate in scenarios:
         session.run_scenario(strategy(flags), evaluate, (check_id,), moves=moves(flags))
-    specific = [c for c in value_order[:-1] if c in session.failures]
-    if specific:  # a catch-all adds nothing to a specific failure
-        session.not_run_because("gae.general", f"a catch-all over all flags mixed adds nothing to the specific "
-                                               f"failure of {', '.join(specific)}: fix that first")
-    else:
+    if not session.catch_all_blocked("gae.general", value_order[:-1], "a catch-all over all flags mixed"):
         session.run_scenario(strategy("any"), value_scenario("gae.general"), ("gae.general",), moves=moves("any"))
         # Long rollouts of many environments: a bug in a window, or in environments past the third.
         # rlax is called per column and episode, so its long rollouts need length, not columns.

@@ -668,10 +668,7 @@ def _run_token(session: Session, convention: str, opts: dict, max_examples: int)
         session.run_scenario(token_batches(layout=layout, jax=jax), evaluate, (check_id,),
                              moves=lambda c, layout=layout: token_moves(c, layout, keep_shape=jax),
                              max_examples=count)
-    specific = [c for c in order[:-1] if c in session.failures]
-    if specific:
-        session.not_run_because("gae.general", f"a catch-all adds nothing to the specific failure of "
-                                               f"{', '.join(specific)}: fix that first")
+    if session.catch_all_blocked("gae.general", order[:-1]):
         return
     general = evaluate_for("gae.general")
     session.run_scenario(token_batches(layout="any", jax=jax), general, ("gae.general",),
@@ -833,10 +830,7 @@ def _run_episodes(session: Session, convention: str, opts: dict, max_examples: i
     for check_id, ends in (("gae.recursion", "terminal"), ("gae.truncation_bootstrapped", "truncated")):
         session.run_scenario(episode_sets(ends=ends, lengths=lengths), evaluate_for(check_id), (check_id,),
                              moves=lambda c, ends=ends: episode_moves(c, ends, keep_shape=jax))
-    specific = [c for c in order[:-1] if c in session.failures]
-    if specific:
-        session.not_run_because("gae.general", f"a catch-all adds nothing to the specific failure of "
-                                               f"{', '.join(specific)}: fix that first")
+    if session.catch_all_blocked("gae.general", order[:-1]):
         return
     general = evaluate_for("gae.general")
     session.run_scenario(episode_sets(ends="any", lengths=lengths), general, ("gae.general",),
