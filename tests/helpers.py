@@ -2,6 +2,10 @@
 
 import numpy as np
 
+# Bound at import, not looked up per call: the demo's test replaces runner._run_example by example_report
+# itself, which must still compute through the real one.
+from refpg.conformance.runner import _run_example
+
 IDENTITY_RTOL = 1e-10
 
 
@@ -86,8 +90,6 @@ def example_report(ex):
     """The report of ``refpg.conformance.runner._run_example(ex)`` (the example's own options, the default
     seed), computed once per test session even across pytest-xdist workers and shared by every test file
     that checks the same example at seed 0 (the zoo's tests and each topic's own)."""
-    from refpg.conformance.runner import _run_example
-
     once = SHARED["once"]
     if once is None:  # outside a pytest session
         return _run_example(ex)

@@ -14,7 +14,7 @@ import pytest
 
 from refpg import examples
 from refpg.conformance import check
-from refpg.conformance.runner import _run_example
+from tests import helpers
 
 HAS = {backend: importlib.util.find_spec(backend) is not None for backend in ("torch", "jax")}
 
@@ -28,10 +28,11 @@ def _run(ex, **kwargs):
 
 
 @pytest.fixture(scope="session")
-def example_report(once_per_session):
+def example_report():
     """``example_report(ex)``: the report of ``runner._run_example(ex)``, the demo's own call (the same
-    as ``_run(ex)``), computed once per session (conftest.py's `once_per_session`)."""
-    return lambda ex: once_per_session(f"example-{ex.name}", lambda _: _run_example(ex))[1]
+    as ``_run(ex)``), computed once per session and shared with the topic test files
+    (`tests.helpers.example_report`)."""
+    return helpers.example_report
 
 
 def test_the_zoo_is_large_and_covers_every_kind():
