@@ -5,6 +5,7 @@ Each formula has its one home here; `refpg.algorithms` and the conformance kit's
 from this package.
 """
 
+from refpg.losses import sample
 from refpg.losses.sample import (
     ClipTerms,
     approx_kl,
@@ -17,14 +18,4 @@ from refpg.losses.sample import (
     ratio_outside_fraction,
 )
 
-__all__ = [
-    "ClipTerms",
-    "ppo_clip_loss",
-    "ppo_clip_terms",
-    "ppo_clip_grad_logp",
-    "clip_fraction",
-    "ratio_outside_fraction",
-    "approx_kl",
-    "normalized_advantages",
-    "ratio_clip_terms",
-]
+__all__ = [*sample.__all__]

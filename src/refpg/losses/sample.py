@@ -83,11 +83,15 @@ def _terms(log_r: np.ndarray, adv: np.ndarray, eps) -> ClipTerms:
     return _ratio_terms(np.exp(log_r), adv, eps, eps, None)
 
 
+def _unclipped(r: np.ndarray, adv: np.ndarray) -> np.ndarray:
+    """r A, with A = 0 contributing 0 even where r overflowed to inf (inf * 0 is NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(adv == 0, 0.0, r * adv)
+
+
 def _ratio_terms(r: np.ndarray, adv: np.ndarray, low, high, dual) -> ClipTerms:
     """ClipTerms on float64 arrays of one shape, unchecked; ``low=None``: no clipping; ``dual=None``: no dual clip."""
-    # A = 0 contributes 0 even where r overflowed to inf (inf * 0 is NaN).
-    with np.errstate(invalid="ignore"):
-        unclipped = np.where(adv == 0, 0.0, r * adv)
+    unclipped = _unclipped(r, adv)
     if low is None:
         return ClipTerms(unclipped, r, np.zeros(r.shape, dtype=bool))
     lo, hi = 1.0 - low, 1.0 + high
@@ -235,7 +239,7 @@ def ppo_clip_loss(logp_new, logp_old, advantages, clip_eps) -> float:
 
     Examples
     --------
-    >>> from refpg.algorithms.ppo import ppo_clip_loss
+    >>> from refpg.losses import ppo_clip_loss
     >>> import numpy as np
     >>> ppo_clip_loss([np.log(2.0)], [0.0], [1.0], 0.2)   # r = 2 > 1.2: clipped
     -1.2
@@ -271,9 +275,7 @@ def ppo_clip_grad_logp(logp_new, logp_old, advantages, clip_eps) -> np.ndarray:
     [Schulman2017] Eq. (7).
     """
     terms = ppo_clip_terms(logp_new, logp_old, advantages, clip_eps)
-    adv = np.asarray(advantages, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        unclipped = np.where(adv == 0, 0.0, terms.ratio * adv)
+    unclipped = _unclipped(terms.ratio, np.asarray(advantages, dtype=np.float64))
     return np.where(terms.clipped, 0.0, -unclipped / terms.ratio.size)
 
 
