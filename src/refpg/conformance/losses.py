@@ -36,6 +36,7 @@ from refpg.conformance._harness import (numerics_of_their_own, Outcome, Session,
                                         convention_parameters, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
+from refpg.losses.sample import ratio_clip_terms
 
 __all__ = ["check_ppo_loss", "check_value_loss", "PPO_CONVENTIONS", "VALUE_CONVENTIONS"]
 
@@ -210,14 +211,15 @@ def _ppo_reference(ratio, adv, clip: _Clip, *, dual_signs: str = "negative", cou
     The mean divides by n + `count_eps` (verl's masked mean adds 1e-8 to the token count).
     """
     n = ratio.size
-    surrogate = np.minimum(ratio * adv, np.clip(ratio, 1.0 - clip.low, 1.0 + clip.high) * adv)
-    # The min picks the clipped term (zero gradient) when A > 0 and r > 1 + high, or A < 0 and r < 1 - low.
-    clipped = ((adv > 0) & (ratio > 1.0 + clip.high)) | ((adv < 0) & (ratio < 1.0 - clip.low))
+    # The terms come from the one home of the formula (refpg.losses); the misreadings are built on its
+    # terms without the dual clip. `clipped`: the min picks the clipped term (zero gradient) when A > 0 and
+    # r > 1 + high, or A < 0 and r < 1 - low.
+    right = dual_signs == "negative"
+    surrogate, _, clipped = ratio_clip_terms(ratio, adv, clip.low, clip.high, dual_clip=clip.dual if right else None)
     dual = np.zeros(n, bool)
     if clip.dual is not None:
-        where = adv < 0 if dual_signs == "negative" else np.ones(n, bool)
-        bound = (np.minimum if dual_signs == "min" else np.maximum)(surrogate, clip.dual * adv)
-        surrogate = np.where(where, bound, surrogate)
+        if not right:
+            surrogate = (np.minimum if dual_signs == "min" else np.maximum)(surrogate, clip.dual * adv)
         # Where A < 0, min(r A, clip(r) A) = r A for r > 1 + high, and r A < c A exactly when r > c.
         dual = (adv < 0) & (ratio > clip.dual)
         clipped &= ~dual
