@@ -215,8 +215,9 @@ def case_outputs(inputs: dict) -> CaseOutputs:
     """
     import refpg
     from refpg import _golden_bounds as gb
-    from refpg.algorithms import clipped_surrogate_gradient, ppo_clip_loss, ppo_update, trpo_step
+    from refpg.algorithms import clipped_surrogate_gradient, ppo_update, trpo_step
     from refpg.algorithms.ppo import PPOSamples
+    from refpg.losses import ppo_clip_loss
 
     mdp = _mdp_from_inputs(inputs)
     S, A = mdp.n_states, mdp.n_actions
