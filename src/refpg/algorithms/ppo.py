@@ -2,12 +2,11 @@ r"""Proximal policy optimization ([Schulman2017]): clipped surrogate and adaptiv
 
 Three layers, each usable on its own:
 
-1. **Per-sample** functions of log-probabilities (any shape, one entry per
-   sample): `ppo_clip_loss` (the loss to *minimise*, the conformance kit's
-   canonical form), `ppo_clip_terms`, `ppo_clip_grad_logp`, `clip_fraction`,
-   `ratio_outside_fraction`, `approx_kl`, `normalized_advantages`. They live
-   in `refpg.losses.sample` (the one home of the loss primitives, which the
-   conformance kit's reference uses too) and are re-exported here.
+1. **Per-sample** functions of log-probabilities, re-exported here from
+   their home `refpg.losses.sample` (which the conformance kit's reference
+   uses too): `ppo_clip_loss`, `ppo_clip_terms`, `ppo_clip_grad_logp`,
+   `clip_fraction`, `ratio_outside_fraction`, `approx_kl`,
+   `normalized_advantages`.
 2. **In theta**, for a parameterization: the sample-mean objective
    `clipped_surrogate` on a batch of (state, action, logp_old, advantage)
    and its exact-mode counterpart `exact_clipped_surrogate` (expectation
