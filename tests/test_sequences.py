@@ -495,7 +495,7 @@ def test_estimator_bad_inputs():
     with pytest.raises(InvalidInputError, match="aggregation should be one of .*did you mean 'token-mean'"):
         LossSpec(aggregation="token_mean")
     with pytest.raises(InvalidInputError, match="dual_clip should be > 1"):
-        LossSpec(dual_clip=1.1)
+        LossSpec(dual_clip=1.0)
     with pytest.raises(InvalidInputError, match="kl_importance applies to kl_placement='loss' only"):
         LossSpec(kl="k1", kl_placement="reward", kl_importance="detached")
     with pytest.raises(InvalidInputError, match="group_size is 1; advantage='rloo' needs group_size >= 2"):

@@ -5,7 +5,7 @@ Each formula has its one home here; `refpg.algorithms` and the conformance kit's
 from this package.
 """
 
-from refpg.losses import sample
+from refpg.losses import group, sample, tokens
 from refpg.losses.sample import (
     ClipTerms,
     approx_kl,
@@ -18,4 +18,24 @@ from refpg.losses.sample import (
     ratio_outside_fraction,
 )
 
-__all__ = [*sample.__all__]
+from refpg.losses.tokens import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    TOKEN_LOSSES,
+    TokenLoss,
+    aggregate,
+    aggregation_weights,
+    clip_bounds,
+    kl_penalty_terms,
+    token_policy_loss,
+)
+from refpg.losses.group import (
+    ADVANTAGE_ESTIMATORS,
+    group_advantages,
+    group_mean_advantages,
+    grpo_advantages,
+    rloo_advantages,
+    whitened_advantages,
+)
+
+__all__ = [*sample.__all__, *tokens.__all__, *group.__all__]

@@ -18,6 +18,7 @@ import numpy as np
 
 from refpg._validation import check_choice, check_real as _real
 from refpg.errors import InvalidInputError, ShapeError
+from refpg.losses.sample import _ratio_terms
 
 __all__ = [
     "TOKEN_LOSSES",
@@ -57,27 +58,8 @@ def clip_bounds(eps_low, eps_high=None, dual_clip=None) -> tuple:
         raise InvalidInputError(f"eps_low should be < 1 (the lower bound 1 - eps_low must stay positive), "
                                 f"actual {lo!r}")
     if dual_clip is not None:
-        c = _real(dual_clip, "dual_clip")
-        if c <= 1.0 + hi:
-            raise InvalidInputError(f"dual_clip should be > 1 + eps_high = {1.0 + hi!r}, actual {c!r}")
-        return lo, hi, c
+        return lo, hi, _real(dual_clip, "dual_clip", low=1.0, low_open=True)
     return lo, hi, None
-
-
-def _active(ratio, adv, lo, hi, c):
-    """Where the unclipped branch of the PPO objective is taken (ties count as unclipped)."""
-    pos = ratio <= 1.0 + hi
-    neg = ratio >= 1.0 - lo
-    if c is not None:
-        neg = neg & (ratio <= c)
-    return np.where(adv > 0, pos, np.where(adv < 0, neg, False))
-
-
-def _objective(ratio, adv, lo, hi, c):
-    obj = np.minimum(ratio * adv, np.clip(ratio, 1.0 - lo, 1.0 + hi) * adv)
-    if c is not None:
-        obj = np.where(adv < 0, np.maximum(obj, c * adv), obj)
-    return obj
 
 
 def token_policy_loss(logp, logp_old, advantages, mask, *, loss: str = "ppo_clip", eps_low: float = 0.2,
@@ -146,8 +128,14 @@ def token_policy_loss(logp, logp_old, advantages, mask, *, loss: str = "ppo_clip
         w = np.clip(ratio, 1.0 - lo, 1.0 + hi)
         value, d = -w * adv, -w * adv
     else:
-        value = -_objective(ratio, adv, lo, hi, c)
-        d = np.where(_active(ratio, adv, lo, hi, c), -ratio * adv, 0.0)
+        terms = _ratio_terms(ratio, adv, lo, hi, c)
+        # The gradient flows where the min takes r A: not clipped, A != 0, and not where the
+        # dual clip's c A is taken (A < 0, r > c), whose gradient is zero too.
+        flows = ~terms.clipped & (adv != 0)
+        if c is not None:
+            flows &= ~((adv < 0) & (ratio > c))
+        value = -terms.objective
+        d = np.where(flows, -ratio * adv, 0.0)
     return TokenLoss(np.where(m, value, 0.0), np.where(m, d, 0.0))
 
 
