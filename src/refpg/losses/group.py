@@ -191,7 +191,7 @@ def whitened_advantages(rewards, *, ddof: int = 0, eps: float = 1e-8) -> np.ndar
 
     References
     ----------
-    Hu et al. 2025, REINFORCE++ (arXiv:2501.03262), Section 3.
+    [Hu2025] Section 3.
     """
     if ddof not in (0, 1) or isinstance(ddof, bool):
         raise InvalidInputError(f"ddof should be 0 or 1, actual {ddof!r}")

@@ -106,7 +106,7 @@ def token_policy_loss(logp, logp_old, advantages, mask, *, loss: str = "ppo_clip
     References
     ----------
     [Schulman2017] Eq. (7); [Yu2025] (clip-higher); [Ye2020] (dual clip);
-    [Zheng2025] Eqs. (5)-(7) and Section 4.3 (GSPO-token); MiniMax-M1 (arXiv:2506.13585) Eq. (4) (CISPO).
+    [Zheng2025] Eqs. (5)-(7) and Section 4.3 (GSPO-token); [MiniMax2025] Eq. (4) (CISPO).
     """
     check_choice(loss, "loss", TOKEN_LOSSES)
     lo, hi, c = clip_bounds(eps_low, eps_high, dual_clip)
