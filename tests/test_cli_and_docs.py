@@ -54,7 +54,7 @@ def test_readme_quickstart_has_exactly_two_commands():
     lines = [l for b in re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
              for l in b.splitlines() if l.strip() and not l.strip().startswith("#")]
     assert lines == ['pip install -e . && refpg check',
-                     'pip install -e ".[test]" && python -m pytest -n auto']
+                     'pip install -e ".[test]" && pip install --no-deps verl==0.9.1 && python -m pytest -n auto']
 
 
 def test_readme_example_runs():

@@ -54,7 +54,21 @@ def test_correct_example_passes(ex, example_report):
     assert report.passed, str(report)
 
 
-@pytest.mark.parametrize("ex", [pytest.param(ex, id=ex.name, marks=_marks(ex)) for ex in examples.CORRECT])
+def _float32_params():
+    """Every correct example in float32; the first of each (kind, backend) pair runs in the default suite,
+    the rest under ``-m slow`` (each is a second full check of an example that already passes in float64,
+    and together they took a third of the suite's budget)."""
+    seen = set()
+    params = []
+    for ex in examples.CORRECT:
+        key = (ex.kind, ex.backend)
+        marks = _marks(ex) + ([] if key not in seen else [pytest.mark.slow])
+        seen.add(key)
+        params.append(pytest.param(ex, id=ex.name, marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("ex", _float32_params())
 def test_correct_example_passes_in_float32(ex):
     statistical = ex.kind in ("kl_estimator", "reinforce_estimator")  # no max_examples: fixed sample sizes
     report = _run(ex, dtype="float32", **({} if statistical else {"max_examples": 50}))
