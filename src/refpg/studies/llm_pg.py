@@ -53,6 +53,16 @@ def _lengths(tree, policy, theta):
             float((p * ~right) @ res.length / (p @ ~right)), float((p * right) @ res.length / (p @ right)))
 
 
+def _at_J(rows, level):
+    """(wrong length, right length) where J first reaches `level`, interpolated linearly between steps."""
+    J = rows[:, 0]
+    k = int(np.argmax(J >= level)) if (J >= level).any() else len(J) - 1
+    if k == 0 or J[k] < level:
+        return float(rows[k, 2]), float(rows[k, 3])
+    f = (level - J[k - 1]) / (J[k] - J[k - 1])
+    return tuple(float(rows[k - 1, c] + f * (rows[k, c] - rows[k - 1, c])) for c in (2, 3))
+
+
 def length_bias(max_length: int, steps: int, progress: Progress | None = None) -> dict:
     """Exact training under each loss of `LENGTH_LOSSES`; returns label -> array (steps + 1, 4) of `_lengths`."""
     from refpg.sequences import LossSpec, expected_gradient, length_bias_tree
@@ -154,12 +164,17 @@ def run(*, quick: bool = False, out_dir="analysis/llm_pg") -> dict:
     n_trees = 4 if quick else 20
     traj = length_bias(L, steps, Progress("llm_pg: exact training", steps * len(LENGTH_LOSSES)))
 
+    # The losses scale the step differently (Dr. GRPO divides by L_norm), so lengths are compared at
+    # equal J, not at equal step counts.
     fig, axes = new_figure(1, 3, figsize=(14, 4.2))
     for label, rows in traj.items():
-        for ax, col in zip(axes, (0, 2, 3)):
-            ax.plot(np.arange(len(rows)), rows[:, col], label=label)
-    for ax, title in zip(axes, ("J (probability of a right answer)", "expected length of wrong responses", "expected length of right responses")):
-        ax.set_xlabel("exact gradient step")
+        axes[0].plot(np.arange(len(rows)), rows[:, 0], label=label)
+        axes[1].plot(rows[:, 0], rows[:, 2], label=label)
+        axes[2].plot(rows[:, 0], rows[:, 3], label=label)
+    axes[0].set_xlabel("exact gradient step")
+    axes[0].set_title("J (probability of a right answer)")
+    for ax, title in zip(axes[1:], ("expected length of wrong responses", "expected length of right responses")):
+        ax.set_xlabel("J")
         ax.set_title(title)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"length_bias_tree(max_length={L}), G = {GROUP_SIZE}, lr = {LEARNING_RATE}: exact training")
@@ -190,17 +205,20 @@ def run(*, quick: bool = False, out_dir="analysis/llm_pg") -> dict:
     ax.legend(fontsize=7)
     save_figure(fig, out / "difficulty_bias.png")
 
+    level = 0.95
+    at_level = {label: _at_J(rows, level) for label, rows in traj.items()}
     first = {label: rows[0] for label, rows in traj.items()}
     last = {label: rows[-1] for label, rows in traj.items()}
     len_rows = [[label, f"{first[label][0]:.3f} -> {last[label][0]:.3f}", f"{first[label][2]:.3f} -> {last[label][2]:.3f}",
-                 f"{first[label][3]:.3f} -> {last[label][3]:.3f}"] for label in traj]
+                 f"{first[label][3]:.3f} -> {last[label][3]:.3f}", f"{at_level[label][0]:.3f}",
+                 f"{at_level[label][1]:.3f}"] for label in traj]
     kl_rows = [[r["estimator"], r["placement"], r["importance"], r["regime"], f"{r['cosine']:.4f}",
                 f"{r['cosine_min']:.4f}", f"{r['rel_error']:.3g}", f"{r['rel_error_max']:.3g}"] for r in ktab]
     grpo8 = diff[("GRPO (Bessel, eps 1e-6)", 8)]
     i_half, i_02 = int(np.argmin(abs(ps - 0.5))), int(np.argmin(abs(ps - 0.02)))
     diff_rows = [[label, G] + [f"{c:.3f}" for c in cs] for (label, G), cs in diff.items()]
-    grpo_wrong = last["GRPO (std, seq-mean-token-mean)"][2]
-    dr_wrong = last["Dr. GRPO (group mean, token-sum-norm)"][2]
+    grpo_wrong = at_level["GRPO (std, seq-mean-token-mean)"][0]
+    dr_wrong = at_level["Dr. GRPO (group mean, token-sum-norm)"][0]
     k1_reward_on = next(r for r in ktab if (r["estimator"], r["placement"], r["regime"]) == ("k1", "reward", "on"))
     k3_loss_on = next(r for r in ktab if (r["estimator"], r["placement"], r["importance"], r["regime"])
                       == ("k3", "loss", "none", "on"))
@@ -216,11 +234,15 @@ curve carries sampling noise. {'Quick' if quick else 'Full'} mode.
 R = 1 if the response states the answer. Exact gradient descent on the
 expected loss, G = {GROUP_SIZE}, lr = {LEARNING_RATE}, {steps} steps from the uniform policy.
 
-{md_table(["loss", "J", "mean length, wrong", "mean length, right"], len_rows)}
+{md_table(["loss", "J", "mean length, wrong", "mean length, right", f"wrong at J = {level}",
+           f"right at J = {level}"], len_rows)}
 
-**Headline.** With GRPO's per-response token mean, wrong responses grow from
-{first['GRPO (std, seq-mean-token-mean)'][2]:.3f} to {grpo_wrong:.3f} tokens on average;
-under Dr. GRPO's token sum they end at {dr_wrong:.3f}: the length bias that
+The losses scale the step differently (Dr. GRPO divides by L_norm = {L}), so the
+lengths are compared at equal J = {level} (linear interpolation between steps).
+
+**Headline.** At J = {level}, with GRPO's per-response token mean, wrong responses are
+{grpo_wrong:.3f} tokens long on average (from {first['GRPO (std, seq-mean-token-mean)'][2]:.3f} at the start);
+under Dr. GRPO's token sum they are {dr_wrong:.3f}: the length bias that
 [Liu2025] (Section 3.1) attribute to the 1/length normalisation is reproduced
 {'(wrong responses longer under GRPO)' if grpo_wrong > dr_wrong else '— NOT reproduced'}.
 Right responses get shorter under GRPO, as the same paper argues
@@ -263,6 +285,7 @@ and {grpo8[i_02]:.2f} x grad J at p = 0.02: a prompt that is rarely solved weigh
 """
     (out / "report.md").write_text(report)
     return {
+        "length_bias_J_level": level,
         "length_bias_grpo_wrong_length": (float(first["GRPO (std, seq-mean-token-mean)"][2]), float(grpo_wrong)),
         "length_bias_drgrpo_wrong_length": (float(first["Dr. GRPO (group mean, token-sum-norm)"][2]),
                                             float(dr_wrong)),
