@@ -234,6 +234,19 @@ def test_local_gradients_against_autograd(case):
     tree, policy, theta = case
     assert close(local_kl_gradient(tree, policy, theta), _local_by_autograd(tree, policy, theta, False))
     assert close(local_forward_kl_gradient(tree, policy, theta), _local_by_autograd(tree, policy, theta, True))
+    # and by central differences of the same surrogates, visits and the detached factors frozen at theta
+    w = prefix_reach(tree, policy, theta)
+    lref = np.log(tree.ref_probs)
+    pi0, l0 = policy.probs(theta), policy.log_probs(theta) - lref
+
+    def forward(t):
+        return float(w @ (tree.ref_probs * (lref - policy.log_probs(t))).sum(axis=1))
+
+    def local(t):
+        return float((w[:, None] * pi0 * l0 * policy.log_probs(t)).sum())
+
+    assert np.allclose(local_forward_kl_gradient(tree, policy, theta), _fd(forward, theta), rtol=1e-6, atol=1e-8)
+    assert np.allclose(local_kl_gradient(tree, policy, theta), _fd(local, theta), rtol=1e-6, atol=1e-8)
 
 
 # -- the exact estimator mean: identities of docs/conventions.md ------------------------------
