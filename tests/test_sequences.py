@@ -521,3 +521,12 @@ def test_estimator_bad_inputs():
     with pytest.raises(ProblemTooLargeError, match="monte_carlo"):
         expected_gradient(big, big.tabular_policy(), np.zeros(big.tabular_policy().theta_shape), group_size=6,
                           method="enumerate")
+
+
+def test_readme_language_model_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Language models\n.*?```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(code, "README language-model example", "exec"), {})
