@@ -142,12 +142,13 @@ class EstimatorMean(NamedTuple):
 
 
 def count_batches(tree, group_size: int, n_groups: int = 1) -> int:
-    r"""Distinct batches: :math:`(\sum_x K_x^G)^{B}` with :math:`K_x` the responses of prompt x."""
+    r"""Distinct batches: :math:`(\sum_x K_x^G)^{B}` with :math:`K_x` the responses of prompt x (prompts with rho(x) > 0)."""
     _check_tree(tree)
     G = check_positive_int(group_size, "group_size")
     B = check_positive_int(n_groups, "n_groups")
     K_x = np.bincount(tree.responses.prompt, minlength=tree.n_prompts)
-    return int(sum(int(k) ** G for k in K_x)) ** B
+    # a prompt that rho never draws contributes no batch
+    return int(sum(int(k) ** G for k, p in zip(K_x, tree.prompt_probs) if p > 0)) ** B
 
 
 # -- per-response quantities -------------------------------------------------------
