@@ -290,3 +290,125 @@ def test_no_false_alarm_over_200_seeds():
             if not report.passed:
                 alarms.append((ex.name, seed, [f.check_id for f in report.failures]))
     assert alarms == []
+
+
+# -- the real libraries, passed unchanged ----------------------------------------------------------
+
+def _verl():
+    ca = pytest.importorskip("verl.trainer.ppo.core_algos")
+    from verl.workers.config import ActorConfig, PolicyLossConfig
+
+    cfg = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, clip_ratio=0.2, clip_ratio_low=0.2,
+                      clip_ratio_high=0.28, clip_ratio_c=3.0, loss_agg_mode="token-mean",
+                      policy_loss=PolicyLossConfig(loss_mode="vanilla"))
+    return ca, cfg
+
+
+@needs_torch
+def test_verl_grpo_with_k3_loss_conforms_to_its_declaration():
+    """verl 0.9.1's own functions, composed as its actor composes them: compute_grpo_outcome_advantage on the
+    uid index, the registered "vanilla" policy loss (dual clip c = 3, clip 0.2 / 0.28), and the
+    low_var_kl (k3) loss aggregated by agg_loss, not multiplied by any ratio."""
+    ca, cfg = _verl()
+    policy_loss = ca.get_policy_loss_fn("vanilla")
+
+    def verl_grpo_k3(batch):
+        mask = batch["response_mask"]
+        adv, _ = ca.compute_grpo_outcome_advantage(batch["token_level_scores"], mask, batch["uid"])
+        pg, _ = policy_loss(old_log_prob=batch["old_log_prob"], log_prob=batch["log_prob"], advantages=adv,
+                            response_mask=mask, loss_agg_mode="token-mean", config=cfg, rollout_is_weights=None)
+        kl = ca.kl_penalty(batch["log_prob"], batch["ref_log_prob"], "low_var_kl")
+        return pg + ca.agg_loss(kl, mask, "token-mean") * 0.1
+
+    declared = dict(convention="verl", advantage="grpo", eps_low=0.2, eps_high=0.28, dual_clip=3.0,
+                    aggregation="token-mean", kl="k3", kl_coef=0.1)
+    report = check_llm_loss(verl_grpo_k3, **declared)
+    assert report.passed, str(report)
+    # and the same code declared with RLOO's baseline is told apart
+    wrong = check_llm_loss(verl_grpo_k3, **{**declared, "advantage": "rloo"})
+    assert MEAN in [f.check_id for f in wrong.failures], str(wrong)
+
+
+@needs_torch
+def test_verl_rloo_with_k1_in_the_reward_is_unbiased():
+    """verl's KL in the reward (token_level_rewards = scores - beta k1(old_log_prob, ref_log_prob) mask, as
+    apply_kl_penalty), compute_rloo_outcome_advantage (which sums the token rewards: the whole sequence's
+    penalty), vanilla loss with seq-mean-token-sum: on-policy, unbiased for -(grad J - beta grad KL_seq)."""
+    ca, cfg = _verl()
+    policy_loss = ca.get_policy_loss_fn("vanilla")
+
+    def verl_rloo_k1(batch):
+        mask = batch["response_mask"]
+        kl = ca.kl_penalty(batch["old_log_prob"], batch["ref_log_prob"], "kl")
+        adv, _ = ca.compute_rloo_outcome_advantage(batch["token_level_scores"] - 0.1 * kl * mask, mask, batch["uid"])
+        pg, _ = policy_loss(old_log_prob=batch["old_log_prob"], log_prob=batch["log_prob"], advantages=adv,
+                            response_mask=mask, loss_agg_mode="seq-mean-token-sum", config=cfg,
+                            rollout_is_weights=None)
+        return pg
+
+    report = check_llm_loss(verl_rloo_k1, convention="verl", advantage="rloo", aggregation="seq-mean-token-sum",
+                            kl="k1", kl_coef=0.1, kl_placement="reward", target="unbiased")
+    assert report.passed, str(report)
+
+
+def _trl_loss(loss_type, beta):
+    """TRL 1.16.0's GRPOTrainer._compute_loss, the real method, on a stand-in trainer holding only the
+    attributes it reads (no model, no accelerate state); the advantages follow TRL's inline formula
+    (group mean, trl.trainer.utils.nanstd + 1e-4), by group id."""
+    import collections
+    import types
+
+    import torch
+    trl = pytest.importorskip("trl")
+    from trl import GRPOTrainer
+    from trl.trainer.utils import nanstd
+
+    def fn(batch):
+        logp, mask, R, g = batch["logp"], batch["mask"], batch["rewards"], batch["group"]
+        adv = torch.zeros_like(R)
+        for k in torch.unique(g):
+            rows = g == k
+            adv[rows] = (R[rows] - R[rows].mean()) / (nanstd(R[rows]) + 1e-4)
+        n, T = logp.shape
+        acc = types.SimpleNamespace(num_processes=1, sync_gradients=True, gather=lambda x: x,
+                                    gather_for_metrics=lambda x: x, reduce=lambda x, reduction="sum": x)
+        trainer = types.SimpleNamespace(
+            _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
+            top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
+            args=types.SimpleNamespace(delta=None, use_bias_correction_kl=True, steps_per_generation=1,
+                                       sapo_temperature_pos=1.0, sapo_temperature_neg=1.05),
+            loss_type=loss_type, epsilon_low=0.2, epsilon_high=0.2, use_vllm=False,
+            vllm_importance_sampling_correction=False, model=types.SimpleNamespace(training=True),
+            current_gradient_accumulation_steps=1, max_completion_length=T, accelerator=acc,
+            _entropy_bonus_enabled=False, aux_loss_enabled=False, use_adaptive_entropy=False,
+            _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)},
+            get_off_policy_mask=GRPOTrainer.get_off_policy_mask, get_gamma_weights=GRPOTrainer.get_gamma_weights)
+        inputs = {"prompt_ids": torch.zeros(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
+                  "completion_ids": torch.zeros(n, T, dtype=torch.long), "completion_mask": mask.to(torch.long),
+                  "advantages": adv, "old_per_token_logps": batch["old_logp"],
+                  "ref_per_token_logps": batch["ref_logp"], "num_items_in_batch": mask.sum().to(logp.dtype)}
+        return GRPOTrainer._compute_loss(trainer, None, inputs)
+
+    assert trl.__version__ == "1.16.0"  # the stand-in holds the attributes 1.16.0 reads
+    return fn
+
+
+@needs_torch
+@pytest.mark.parametrize("loss_type, aggregation", [("bnpo", "token-mean"), ("grpo", "seq-mean-token-mean"),
+                                                    ("dr_grpo", "seq-mean-token-sum-norm"), ("dapo", "token-mean")])
+def test_trl_grpo_loss_types_conform_to_verl_aggregation_names(loss_type, aggregation):
+    """TRL's loss_type names map onto verl's aggregation names: bnpo and dapo (one process, one micro-batch)
+    token-mean, grpo seq-mean-token-mean, dr_grpo seq-mean-token-sum-norm with L_norm = max_completion_length;
+    the k3 penalty is multiplied by the differentiable ratio (use_bias_correction_kl)."""
+    fn = _trl_loss(loss_type, 0.04)
+    report = check_llm_loss(fn, advantage="grpo", adv_eps=1e-4, aggregation=aggregation, kl="k3", kl_coef=0.04,
+                            kl_importance="differentiated")
+    assert report.passed, str(report)
+
+
+@needs_torch
+def test_trl_dr_grpo_declared_seq_mean_token_mean_is_named():
+    report = check_llm_loss(_trl_loss("dr_grpo", 0.04), advantage="grpo", adv_eps=1e-4,
+                            aggregation="seq-mean-token-mean", kl="k3", kl_coef=0.04, kl_importance="differentiated")
+    (failure,) = [f for f in report.failures if f.check_id == MEAN]
+    assert "aggregation='seq-mean-token-sum-norm'" in failure.message, failure.message
