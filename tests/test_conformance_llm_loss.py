@@ -156,6 +156,8 @@ def test_stage_tree_enumerates_and_lengths_vary():
     (dict(kl="k4", kl_coef=0.1), "kl"),
     (dict(alpha=0.0), "alpha"),
     (dict(seed=-1), "seed"),
+    (dict(group_size=16), "group_size=16"),
+    (dict(n_groups=3), "n_groups=3"),
 ])
 def test_bad_declarations_are_refused_naming_the_option(kw, match):
     with pytest.raises(InvalidInputError, match=match):

@@ -23,10 +23,15 @@ statistics").
 Cheap deterministic checks come first, each with its own id: the loss is one
 scalar (``llm_loss.scalar``), it is differentiable in ``logp``
 (``llm_loss.differentiable``), finite with a finite gradient on degenerate
-groups (``llm_loss.finite``: every reward of a group equal), and blind to
+groups (``llm_loss.finite``: every reward of a group equal), blind to
 masked entries (``llm_loss.masked_positions``: junk in the padding of
 ``logp``, ``old_logp`` and ``ref_logp`` changes neither the loss nor its
-gradient, and the gradient at a masked position is 0).
+gradient, and the gradient at a masked position is 0), and blind to the
+order of the rows (``llm_loss.group_order``: groups are known by their ids).
+
+The policy is tabular on purpose: every prefix has its own logits, so a
+bug that moves the gradient at one prefix cannot be cancelled by another,
+and the per-coordinate test says at which prefix and token the mean is off.
 """
 
 from __future__ import annotations
@@ -57,14 +62,19 @@ LLM_LOSS_CONVENTIONS = {
 }
 #: What the mean gradient is tested against.
 TARGETS = ("declared", "unbiased")
-#: Batches per stage. Measured on the test tree with G = 4 (seeds 0-9): the group mean declared as RLOO
-#: (factor 3/4) is far beyond the threshold; see the module's tests for the power of every planted bug.
+#: Batches per stage. Measured with G = 4 at seeds 0-4, the first stage's largest |t| over its threshold
+#: (5.65): KL sign flipped 15.1-15.6, token-mean computed for seq-mean-token-mean 5.7-6.2, the group mean
+#: computed for RLOO (factor 3/4) 2.9-3.4, k3 as a loss declared unbiased 2.5-3.0, GRPO's std without
+#: Bessel's correction (advantages x 1.15) 1.3-1.7. A scale error of 10% is at the edge (1.2 and 1.0 at
+#: seeds 0, 1), 5% below the test's power (0.7, 0.6); an eps of 1e-4 for 1e-6 in GRPO's std is invisible.
 N_BATCHES = 2000
 #: The fewest batches a stage accepts: the t-test estimates each coordinate's standard error from the
 #: batches' own spread, and a coordinate whose prefix is rare needs many batches to have a spread.
 MIN_BATCHES = 500
 #: A hint names another declaration only when its own mean test passes with room to spare.
 _HINT_MARGIN = 0.75
+#: Time the hint may take to compute other declarations' exact means, after a failure.
+_HINT_SECONDS = 5.0
 #: The off-policy stage: theta_old = theta + noise of this standard deviation, so that ratios fall on
 #: both sides of the clip range.
 _OFF_POLICY_SCALE = 0.35
@@ -526,7 +536,7 @@ def _cosine(a, b) -> float:
     return float(a.ravel() @ b.ravel() / (na * nb)) if na > 0 and nb > 0 else float("nan")
 
 
-def _alternatives(spec, G, target: str, on_policy: bool):
+def _alternatives(spec, G, target: str):
     """(label, spec or marker) of common other declarations, for the hint."""
     rep = dataclasses.replace
     out = []
@@ -577,8 +587,9 @@ def check_llm_loss(fn, *, convention: str = "refpg", backend: str = "torch", dty
           policies'; ``rewards`` (n,), each response's outcome reward; ``mask``
           (n, L) bool, True on a response's own tokens (EOS included);
           ``group`` (n,) int ids, the prompt each response answers. n = G x
-          n_groups; groups are contiguous in the first stage and interleaved
-          (rows shuffled) in the second.
+          n_groups. A group's rows need not be adjacent: the off-policy stage
+          shuffles them when n_groups > 1, and ``llm_loss.group_order`` reorders
+          a two-group batch.
         * ``"verl"``: the same batch under verl's field names: ``log_prob``,
           ``old_log_prob``, ``ref_log_prob``, ``response_mask`` (0./1. floats),
           ``token_level_scores`` (n, L, the reward on the last real token) and
@@ -607,7 +618,7 @@ def check_llm_loss(fn, *, convention: str = "refpg", backend: str = "torch", dty
         The declared loss, the fields of `refpg.sequences.LossSpec`. `norm_length`
         defaults to the test tree's maximum length L.
     alpha : float in (0, 1)
-        Family-wise false-alarm rate of the mean test (alpha / 2 per stage).
+        Family-wise false-alarm rate of the mean test, split evenly between the stages.
     n_batches : int >= `MIN_BATCHES`
         Batches per stage.
     seed : int >= 0
@@ -617,31 +628,43 @@ def check_llm_loss(fn, *, convention: str = "refpg", backend: str = "torch", dty
     -------
     Report
         ``llm_loss.scalar``, ``llm_loss.differentiable``, ``llm_loss.finite``,
-        ``llm_loss.masked_positions``, ``llm_loss.mean_gradient`` and the generic ids.
+        ``llm_loss.masked_positions``, ``llm_loss.group_order``,
+        ``llm_loss.mean_gradient``, ``llm_loss.raised`` and ``llm_loss.input_mutated``.
+        When a deterministic check fails, the mean test is listed as not run.
 
     Raises
     ------
     refpg.errors.InvalidInputError
-        A bad option (named with its value), RLOO with G = 1, too few batches,
-        or the NumPy backend.
+        A bad option (named with its value), RLOO with G = 1, a KL declared with
+        kl_coef 0, too few batches, a group size or group count whose exact
+        target cannot be enumerated, or the NumPy backend.
 
     Notes
     -----
-    Two stages of `n_batches` batches each, at alpha / 2: (1) on-policy
+    The deterministic checks run first, on one drawn batch of ``max(2,
+    n_groups)`` groups, the same batch with its rows reordered, with junk in
+    its masked entries, and with every reward of a group equal. Then two
+    stages of `n_batches` batches each, at alpha / 2: (1) on-policy
     (theta_old = theta), groups contiguous; (2) off-policy, theta_old = theta +
     N(0, 0.35^2) noise so that ratios fall outside the clip range on both
-    sides, ``max(2, n_groups)`` groups with rows interleaved. The test per
-    coordinate of the tabular softmax theta (every prefix, every token but the
-    last): :math:`t_j = (\bar g_j - g^*_j)/(s_j/\sqrt N)`, rejected when
+    sides, rows interleaved when n_groups > 1. In each, ``logp`` is
+    ``log_softmax(theta_b)[s, y]`` for a copy theta_b of theta per batch, so
+    one backward pass through the sum of the losses gives every batch's
+    gradient in theta. The tree is the largest of three (2 prompts, vocabulary
+    3, L = 3; then 1 prompt; then L = 2) whose batches `expected_gradient`
+    enumerates. The test: per coordinate of the tabular softmax theta (every
+    prefix, every token but the last, the row summing to 0) and for the
+    component along the target, :math:`g_b \cdot g^*/\|g^*\|`,
+    :math:`t_j = (\bar g_j - g^*_j)/(s_j/\sqrt N)`, rejected when
     :math:`\max_j |t_j|` exceeds the :math:`1 - \alpha/(4k)` quantile of
-    Student's t with N - 1 degrees of freedom. On failure the message gives
+    Student's t with N - 1 degrees of freedom, k the number of tests. On failure the message gives
     the rejecting coordinates, the exact and estimated means there, the
     relative error :math:`\|\bar g - g^*\|/\|g^*\|` and the cosine of
     :math:`\bar g` and :math:`g^*`, and names any common other declaration
     (RLOO against the group mean, Bessel's std, another aggregation, the KL's
     sign) whose exact mean the estimate matches.
     """
-    from refpg.sequences import LossSpec
+    from refpg.sequences import MAX_TUPLES, LossSpec, count_batches
 
     check_callable(fn)
     check_choice(convention, "convention", tuple(LLM_LOSS_CONVENTIONS))
@@ -678,6 +701,11 @@ def check_llm_loss(fn, *, convention: str = "refpg", backend: str = "torch", dty
     rng = np.random.default_rng(seed)
 
     tree1, B1 = _stage_tree(spec, G, B)
+    if count_batches(tree1, G, B1) > MAX_TUPLES:
+        raise InvalidInputError(
+            f"group_size={G} with n_groups={B} has no exact target on the kit's smallest test tree "
+            f"({count_batches(tree1, G, B1)} batches to enumerate, more than {MAX_TUPLES}): use group_size <= 8, "
+            f"and n_groups=1 for token-mean or reinforce_pp (whose batch couples its groups)")
     pol1, theta1, _ = _parameters(tree1)
     if spec.aggregation == "seq-mean-token-sum-norm" and spec.norm_length is None:
         spec = dataclasses.replace(spec, norm_length=float(tree1.max_length))
@@ -764,7 +792,10 @@ def _message(test, tree, spec, target, label, G, B, N, seed, tested, alpha, n_st
 def _hint(grads, tree, pol, theta, old, spec, G, B, target, tested, alpha, expected) -> str:
     fits = []
     base = None
-    for label, alt in _alternatives(spec, G, target, old is theta):
+    deadline = time.perf_counter() + _HINT_SECONDS
+    for label, alt in _alternatives(spec, G, target):
+        if time.perf_counter() > deadline:  # batches of several coupled groups enumerate slowly
+            break
         try:
             if isinstance(alt, str):  # "flip": the KL term with the opposite sign
                 if base is None:
