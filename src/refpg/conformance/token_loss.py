@@ -162,6 +162,8 @@ def _options(convention: str, o: dict) -> dict:
         opts["geom"] = _Geom(None, cap, None)
     else:
         lo, hi, c = clip_bounds(opts["eps_low"], opts["eps_high"], opts["dual_clip"])
+        if c is not None and c <= 1.0 + hi:
+            raise InvalidInputError(f"dual_clip should be > 1 + eps_high = {1.0 + hi!r}, actual {c!r}")
         opts["eps_low"], opts["eps_high"], opts["dual_clip"] = lo, hi, c
         opts["geom"] = _Geom(1.0 - lo, 1.0 + hi, None if opts["loss"] == "cispo" else c)
     if opts["norm_length"] is not None:
