@@ -38,7 +38,10 @@ def example_report():
 def test_the_zoo_is_large_and_covers_every_kind():
     assert len(examples.BROKEN) >= 25
     kinds = {ex.kind for ex in examples.BROKEN}
-    assert kinds == {"gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step"}
+    from refpg.conformance import KINDS
+
+    assert kinds == set(KINDS) >= {"gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator",
+                                   "trpo_step", "group_advantages", "llm_loss"}
     assert {ex.kind for ex in examples.CORRECT} == kinds
     assert {ex.convention for ex in examples.CORRECT if ex.kind == "gae"} >= {
         "refpg", "sb3", "cleanrl", "torchrl", "rlax", "value_bootstrap", "purejaxrl"}
@@ -70,7 +73,7 @@ def _float32_params():
 
 @pytest.mark.parametrize("ex", _float32_params())
 def test_correct_example_passes_in_float32(ex):
-    statistical = ex.kind in ("kl_estimator", "reinforce_estimator")  # no max_examples: fixed sample sizes
+    statistical = ex.kind in ("kl_estimator", "reinforce_estimator", "llm_loss")  # no max_examples: fixed sample sizes
     report = _run(ex, dtype="float32", **({} if statistical else {"max_examples": 50}))
     assert report.passed, str(report)
 

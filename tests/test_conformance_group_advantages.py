@@ -3,16 +3,10 @@
 import numpy as np
 import pytest
 
-from refpg.examples import _example
 
-# Until the lead registers the kinds in refpg.examples._example._KINDS (the topic modules build Examples
-# at import), the test registers them for this process only.
-if "group_advantages" not in _example._KINDS:
-    _example._KINDS = _example._KINDS + ("group_advantages", "kl_penalty")
-
-from refpg.conformance.group_advantages import OFFSET, check_group_advantages  # noqa: E402
-from refpg.errors import InvalidInputError  # noqa: E402
-from refpg.examples import llm_advantages  # noqa: E402
+from refpg.conformance.group_advantages import OFFSET, check_group_advantages
+from refpg.errors import InvalidInputError
+from refpg.examples import llm_advantages
 
 pytest.importorskip("torch")
 

@@ -12,15 +12,11 @@ import time
 import numpy as np
 import pytest
 
-import refpg.examples._example as _example
 
-if "llm_loss" not in _example._KINDS:  # until the kind is registered with the zoo
-    _example._KINDS = _example._KINDS + ("llm_loss",)
-
-from refpg.conformance import llm_loss as M  # noqa: E402
-from refpg.conformance.llm_loss import LLM_LOSS_CONVENTIONS, check_llm_loss  # noqa: E402
-from refpg.errors import InvalidInputError  # noqa: E402
-from refpg.examples import llm_whole_losses as X  # noqa: E402
+from refpg.conformance import llm_loss as M
+from refpg.conformance.llm_loss import LLM_LOSS_CONVENTIONS, check_llm_loss
+from refpg.errors import InvalidInputError
+from refpg.examples import llm_whole_losses as X
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_JAX = importlib.util.find_spec("jax") is not None

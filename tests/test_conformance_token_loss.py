@@ -4,15 +4,12 @@ seeds 1..5), bad declarations, hints, and the regions that decide correctness dr
 import numpy as np
 import pytest
 
-import refpg.examples._example as _example
 
-if "token_policy_loss" not in _example._KINDS:  # until the lead registers the kind
-    _example._KINDS = _example._KINDS + ("token_policy_loss",)
 
-from refpg.conformance.token_loss import _weights, check_token_policy_loss  # noqa: E402
-from refpg.errors import InvalidInputError  # noqa: E402
-from refpg.examples import llm_token_losses as topic  # noqa: E402
-from refpg.losses.tokens import aggregation_weights  # noqa: E402
+from refpg.conformance.token_loss import _weights, check_token_policy_loss
+from refpg.errors import InvalidInputError
+from refpg.examples import llm_token_losses as topic
+from refpg.losses.tokens import aggregation_weights
 
 torch = pytest.importorskip("torch")
 

@@ -371,6 +371,47 @@ _OPTION_MEANINGS = {
     ("reinforce_estimator", "episodes_per_call"): "episodes per batch (calls x episodes_per_call >= 2000)",
     ("trpo_step", "damping"): "the damping TARGET adds to the Fisher matrix (SB3-contrib's cg_damping)",
     ("trpo_step", "min_cosine"): "least cosine between TARGET's step and the oracle's direction",
+    ("group_advantages", "estimator"): "the group advantage TARGET computes: rloo, group_mean as Dr. GRPO, grpo "
+                                       "normalised by the group's std, or reinforce_pp whitened over the batch",
+    ("group_advantages", "std"): "which std GRPO divides by: bessel as torch's .std() (TRL, verl) or population",
+    ("group_advantages", "eps"): "the eps added to the std; none takes the convention's (1e-6 refpg, verl; 1e-4 trl)",
+    ("group_advantages", "scale_rewards"): "for the trl convention only, divide by the group's std, the batch's "
+                                           "std, or nothing; none means group",
+    ("token_policy_loss", "loss"): "the token loss TARGET computes: ppo_clip, gspo (sequence ratio) or cispo",
+    ("token_policy_loss", "eps_low"): "lower clip range, ratio >= 1 - eps_low",
+    ("token_policy_loss", "eps_high"): "upper clip range, ratio <= 1 + eps_high; none takes eps_low",
+    ("token_policy_loss", "dual_clip"): "the dual-clip bound c for A < 0; default is the convention's, none is off",
+    ("token_policy_loss", "aggregation"): "how token losses are averaged, with verl's loss_agg_mode names",
+    ("token_policy_loss", "norm_length"): "the constant L_norm of seq-mean-token-sum-norm; none is the padded length",
+    ("token_policy_loss", "accumulation"): "how micro-batch losses are combined: global totals passed in, "
+                                           "weighted by tokens or sequences, divided by steps, or none (unchecked)",
+    ("token_policy_loss", "empty_rows"): "whether a response with no token counts in n (count) or is left out (skip)",
+    ("token_policy_loss", "count_eps"): "the eps added to each response's token count in seq-mean-token-mean",
+    ("token_policy_loss", "advantages"): "the advantages TARGET takes: one per token or one per sequence",
+    ("token_policy_loss", "loss_type"): "for the trl convention, TRL's loss_type, which sets the aggregation",
+    ("token_policy_loss", "importance_sampling_level"): "for the trl convention, token ratios or the sequence "
+                                                        "ratio of GSPO",
+    ("llm_loss", "target"): "what the mean gradient is tested against: declared is the exact mean of the "
+                            "declared loss, unbiased is -(grad J - beta grad KL_seq) on-policy",
+    ("llm_loss", "group_size"): "G, responses per prompt",
+    ("llm_loss", "n_groups"): "prompts per batch",
+    ("llm_loss", "advantage"): "the group advantage of the loss: rloo, group_mean as Dr. GRPO, grpo normalised "
+                               "by the std, or reinforce_pp whitened over the batch",
+    ("llm_loss", "std"): "which std GRPO divides by: bessel as torch's .std() or population",
+    ("llm_loss", "adv_eps"): "the eps added to the std; none is 1e-6 for grpo and 1e-8 for reinforce_pp",
+    ("llm_loss", "loss"): "the token loss of TARGET: ppo_clip, gspo with the sequence ratio, or cispo",
+    ("llm_loss", "eps_low"): "lower clip range, ratio >= 1 - eps_low",
+    ("llm_loss", "eps_high"): "upper clip range, ratio <= 1 + eps_high; none takes eps_low",
+    ("llm_loss", "dual_clip"): "the dual-clip bound c > 1 for A < 0; none is off",
+    ("llm_loss", "aggregation"): "how token losses are averaged (verl's loss_agg_mode names)",
+    ("llm_loss", "norm_length"): "the constant L_norm of seq-mean-token-sum-norm; none is the tree's maximum length",
+    ("llm_loss", "kl"): "the per-token KL estimator to the reference policy; none means no KL term",
+    ("llm_loss", "kl_coef"): "beta, the KL coefficient",
+    ("llm_loss", "kl_placement"): "where the KL enters: added to each token's loss, or in the reward as a "
+                                  "return-to-go penalty on each token's advantage",
+    ("llm_loss", "kl_importance"): "the KL penalty in the loss is k, sg(r) k (detached) or r k (differentiated)",
+    ("llm_loss", "alpha"): "false-alarm rate of the mean test",
+    ("llm_loss", "n_batches"): "the number of batches per stage, at least 500",
 }
 
 

@@ -41,10 +41,15 @@ def _checks() -> dict:
     from refpg.conformance.losses import check_ppo_loss, check_value_loss
     from refpg.conformance.reinforce import check_reinforce_estimator
     from refpg.conformance.trpo import check_trpo_step
+    from refpg.conformance.llm_loss import check_llm_loss
+    from refpg.conformance.group_advantages import check_group_advantages
+    from refpg.conformance.token_loss import check_token_policy_loss
 
     return {"gae": check_gae, "ppo_loss": check_ppo_loss, "value_loss": check_value_loss,
             "kl_estimator": check_kl_estimator, "reinforce_estimator": check_reinforce_estimator,
-            "trpo_step": check_trpo_step}
+            "trpo_step": check_trpo_step,
+            "group_advantages": check_group_advantages, "token_policy_loss": check_token_policy_loss,
+            "llm_loss": check_llm_loss}
 
 
 #: The check of each kind: ``CHECKS[kind](fn, **options)`` returns a `refpg.conformance.Report`.
@@ -59,10 +64,15 @@ def _conventions() -> dict:
     from refpg.conformance.losses import PPO_CONVENTIONS, VALUE_CONVENTIONS
     from refpg.conformance.reinforce import REINFORCE_CONVENTIONS
     from refpg.conformance.trpo import TRPO_CONVENTIONS
+    from refpg.conformance.llm_loss import LLM_LOSS_CONVENTIONS
+    from refpg.conformance.group_advantages import GROUP_ADVANTAGE_CONVENTIONS
+    from refpg.conformance.token_loss import TOKEN_LOSS_CONVENTIONS
 
     return {"gae": tuple(GAE_CONVENTIONS), "ppo_loss": tuple(PPO_CONVENTIONS),
             "value_loss": tuple(VALUE_CONVENTIONS), "kl_estimator": tuple(KL_CONVENTIONS),
-            "reinforce_estimator": tuple(REINFORCE_CONVENTIONS), "trpo_step": tuple(TRPO_CONVENTIONS)}
+            "reinforce_estimator": tuple(REINFORCE_CONVENTIONS), "trpo_step": tuple(TRPO_CONVENTIONS),
+            "group_advantages": tuple(GROUP_ADVANTAGE_CONVENTIONS),
+            "token_policy_loss": tuple(TOKEN_LOSS_CONVENTIONS), "llm_loss": tuple(LLM_LOSS_CONVENTIONS)}
 
 
 #: The conventions each kind's check accepts, kind -> tuple of names.
@@ -82,7 +92,12 @@ _VAR_OPTIONS = {
 
 
 #: Options whose None means "off" or "as the function's own argument" (``--option dual_clip=none``).
-NULLABLE_OPTIONS = {("ppo_loss", "dual_clip"), ("ppo_loss", "eps_low"), ("ppo_loss", "eps_high")}
+NULLABLE_OPTIONS = {("ppo_loss", "dual_clip"), ("ppo_loss", "eps_low"), ("ppo_loss", "eps_high")} | {
+    ("llm_loss", k) for k in ("adv_eps", "eps_high", "dual_clip", "norm_length", "kl")} | {
+    ("group_advantages", "eps"), ("group_advantages", "scale_rewards")} | {
+    ("token_policy_loss", k) for k in ("eps_high", "dual_clip", "norm_length", "accumulation", "empty_rows",
+                                       "count_eps", "advantages", "loss", "aggregation", "loss_type",
+                                       "importance_sampling_level")}
 
 
 class Option(NamedTuple):
@@ -101,11 +116,17 @@ def _choices(kind: str, name: str) -> tuple:
     from refpg.conformance.gae import GAE_OUTPUTS
     from refpg.conformance.losses import CLIP_FRACTIONS
     from refpg.conformance.reinforce import NORMALIZATIONS, OBJECTIVES
+    from refpg.losses import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, TOKEN_LOSSES
 
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
             "normalize": ("none", "batch"), "style": VALUE_STYLES, "normalization": NORMALIZATIONS,
             "clip_fraction": CLIP_FRACTIONS, "output": tuple(GAE_OUTPUTS),
-            "whiten_eps_on": ("std", "var", "clamp"), "whiten_single_token": ("zero", "raw")}.get(name, ())
+            "whiten_eps_on": ("std", "var", "clamp"), "whiten_single_token": ("zero", "raw"),
+            # the language-model kinds (refpg.losses' names)
+            "target": ("declared", "unbiased"), "advantage": ADVANTAGE_ESTIMATORS, "std": ("bessel", "population"),
+            "loss": TOKEN_LOSSES, "aggregation": AGGREGATIONS, "kl": KL_ESTIMATORS, "kl_placement": ("loss", "reward"),
+            "kl_importance": ("none", "detached", "differentiated"), "estimator": ADVANTAGE_ESTIMATORS,
+            "scale_rewards": ("group", "batch", "none")}.get(name, ())
 
 
 def options_of(kind: str) -> dict:

@@ -11,7 +11,8 @@ from refpg.errors import InvalidInputError
 
 __all__ = ["Example"]
 
-_KINDS = ("gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step")
+_KINDS = ("gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step", "group_advantages", "token_policy_loss",
+          "llm_loss")
 _BACKENDS = ("numpy", "torch", "jax")
 
 
