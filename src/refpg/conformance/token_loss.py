@@ -98,6 +98,9 @@ ADVANTAGE_SHAPES = ("token", "sequence")
 #: Ratio bands, in the order regions are listed.
 BANDS = ("below", "inside", "above", "beyond")
 _MARGIN = 0.1  # every drawn log-ratio stays 10% (in log space) away from every clip bound
+# Without a declared dual clip the "above" band reaches ratio 5, past the usual dual-clip bound (verl's default
+# clip_ratio_c = 3), so that a dual clip the declaration leaves out is seen.
+_NO_DUAL_TOP = math.log(5.0)
 
 #: Sizes drawn for backend="jax" (a jitted function compiles once per shape): n responses, length L.
 JAX_SHAPE = (4, 5)
@@ -270,6 +273,9 @@ def _alternatives(lp, lpo, adv, mask, opts) -> list:
     if g.dual is not None:
         out.append(("the loss WITHOUT the dual clip (where A < 0 and ratio > c the token's loss should be -c A)",
                     {**opts, "dual_clip": None, "geom": g._replace(dual=None)}))
+    elif opts["loss"] != "cispo" and g.high < 3.0:
+        out.append(("the loss WITH a dual clip at c = 3 (-3 A where A < 0 and ratio > 3; verl's vanilla loss always "
+                    "dual-clips, clip_ratio_c = 3 by default)", {**opts, "dual_clip": 3.0, "geom": g._replace(dual=3.0)}))
     refs = [("the loss with the mask ignored (padding counted as tokens)",
              _reference(lp, lpo, np.where(mask, adv, 0.0), np.ones_like(mask), opts))]
     return refs + [(label, _reference(lp, lpo, adv, mask, alt)) for label, alt in out]
@@ -314,7 +320,7 @@ def _band_interval(band: str, g: _Geom) -> tuple:
     if band == "below":
         return 3.0 * llo, hi * llo
     if band == "above":
-        top = 3.0 * lhi if lc is None else min(3.0 * lhi, lo * lc)
+        top = max(3.0 * lhi, _NO_DUAL_TOP) if lc is None else min(3.0 * lhi, lo * lc)
         return hi * lhi, max(top, hi * lhi)
     return hi * lc, hi * lc + 0.5
 
