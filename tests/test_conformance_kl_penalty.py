@@ -162,7 +162,7 @@ _CLAMP = ("FINDING: verl 0.9.1's low_var_kl clamps k3 to [-10, 10] (and log r to
           "stability), and its gradient is 0 at those tokens")
 
 
-def _verl(name):
+def _verl():
     return pytest.importorskip("verl.trainer.ppo.core_algos")
 
 
@@ -173,7 +173,7 @@ def _verl(name):
     pytest.param("k3", "unbiased", "forward", marks=pytest.mark.xfail(strict=True, reason=_CLAMP)),
 ])
 def test_real_verl_kl_penalty(fn_name, kl_type, value, gradient):
-    ca = _verl(fn_name)
+    ca = _verl()
     report = check_kl_penalty(getattr(ca, fn_name), convention="verl", backend="torch", kl_type=kl_type,
                               value=value, gradient=gradient, max_examples=30)
     assert report.passed, str(report)
@@ -181,7 +181,7 @@ def test_real_verl_kl_penalty(fn_name, kl_type, value, gradient):
 
 @pytest.mark.parametrize("kl_type", ["low_var_kl", "k3"])
 def test_real_verl_low_var_kl_is_exact_where_its_clamp_never_acts(kl_type):
-    ca = _verl("kl_penalty")
+    ca = _verl()
     report = check_kl_penalty(ca.kl_penalty, convention="verl", backend="torch", kl_type=kl_type,
                               gradient="forward", max_log_ratio=2.5, max_examples=30)
     assert report.passed, str(report)
@@ -195,7 +195,7 @@ def test_real_verl_low_var_kl_is_exact_where_its_clamp_never_acts(kl_type):
 @pytest.mark.parametrize("kl_type", ["k3+", "low_var_kl+", "k1+"])
 def test_real_verl_straight_through_forms_have_k2s_gradient(kl_type):
     """'+' forms: the value of the named estimator, the gradient of k2 (g_loc), not the forward-KL one."""
-    ca = _verl("kl_penalty")
+    ca = _verl()
     fn = functools.partial(ca.kl_penalty, kl_penalty=kl_type)
     report = check_kl_penalty(fn, convention="verl", backend="torch", value="unbiased", gradient="local",
                               max_log_ratio=2.5, max_examples=30)
@@ -208,14 +208,14 @@ def test_real_verl_straight_through_forms_have_k2s_gradient(kl_type):
 
 @pytest.mark.xfail(strict=True, reason=_CLAMP.split(";")[0] + ": the value of k3+ is low_var_kl's, clamped")
 def test_real_verl_k3_plus_value_over_every_ratio():
-    ca = _verl("kl_penalty")
+    ca = _verl()
     report = check_kl_penalty(ca.kl_penalty, convention="verl", backend="torch", kl_type="k3+",
                               gradient="local", max_examples=20)
     assert report.passed, str(report)
 
 
 def test_real_verl_abs_is_no_kl_estimate():
-    ca = _verl("kl_penalty")
+    ca = _verl()
     report = check_kl_penalty(ca.kl_penalty, convention="verl", backend="torch", kl_type="abs",
                               gradient="zero", max_examples=20)
     assert "verl 'abs'" in report.failure("kl_penalty.unbiased").message

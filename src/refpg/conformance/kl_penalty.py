@@ -67,7 +67,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from refpg._validation import check_choice, check_positive_int, check_real
-from refpg.conformance._harness import (BadOutput, Outcome, Session, check_callable, check_signature,
+from refpg.conformance._harness import (Outcome, Session, check_callable, check_signature,
                                         convention_parameters, numerics_of_their_own, resolve_backend)
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
