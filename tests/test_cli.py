@@ -662,12 +662,17 @@ def test_a_user_object_in_a_message_shows_its_file_not_an_internal_module_name(t
 
 def test_check_help_gives_every_option_a_meaning(capsys):
     assert main(["check", "--help"]) == 0
-    out = " ".join(capsys.readouterr().out.split())
+    text = capsys.readouterr().out
+    out = " ".join(text.split())
     for kind in runner.KINDS:
+        # each kind's block: from its indented heading to the next heading at that indent
+        block = re.search(rf"^  {kind}\n(.*?)(?=^  \S|\Z)", text, re.M | re.S)
+        assert block, f"--help has no block of options for {kind}"
+        section = " " + " ".join(block.group(1).split())
         for name in runner.options_of(kind):
             if name in runner.FLAG_OPTIONS:
                 continue
-            m = re.search(rf" {name}: (.*?) \(", out)
+            m = re.search(rf" {name}: (.*?) \(", section)
             assert m and len(m.group(1).split()) >= 3, f"{kind} --option {name} has no meaning in --help"
     assert "ddof: delta degrees of freedom of that std" in out
     assert "min_cosine: least cosine between TARGET's step and the oracle's direction" in out

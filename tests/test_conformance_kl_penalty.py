@@ -7,16 +7,10 @@ import functools
 import numpy as np
 import pytest
 
-import refpg.examples._example as _example
-
-# The lead registers the kind in refpg.examples._example; until then the zoo of this kind is tested here.
-if "kl_penalty" not in _example._KINDS:
-    _example._KINDS = _example._KINDS + ("kl_penalty",)
-
-from refpg.conformance.kl_penalty import _build_tree, _five_point, _targets, check_kl_penalty  # noqa: E402
-from refpg.errors import InvalidInputError  # noqa: E402
-from refpg.examples import llm_kl as topic  # noqa: E402
-from refpg.sequences import (TokenTree, expected_gradient, LossSpec, local_kl_gradient, prefix_reach,  # noqa: E402
+from refpg.conformance.kl_penalty import _build_tree, _five_point, _targets, check_kl_penalty
+from refpg.errors import InvalidInputError
+from refpg.examples import llm_kl as topic
+from refpg.sequences import (TokenTree, expected_gradient, LossSpec, local_kl_gradient, prefix_reach,
                              sequence_kl_gradient)
 
 torch = pytest.importorskip("torch")

@@ -44,12 +44,13 @@ def _checks() -> dict:
     from refpg.conformance.llm_loss import check_llm_loss
     from refpg.conformance.group_advantages import check_group_advantages
     from refpg.conformance.token_loss import check_token_policy_loss
+    from refpg.conformance.kl_penalty import check_kl_penalty
 
     return {"gae": check_gae, "ppo_loss": check_ppo_loss, "value_loss": check_value_loss,
             "kl_estimator": check_kl_estimator, "reinforce_estimator": check_reinforce_estimator,
             "trpo_step": check_trpo_step,
             "group_advantages": check_group_advantages, "token_policy_loss": check_token_policy_loss,
-            "llm_loss": check_llm_loss}
+            "llm_loss": check_llm_loss, "kl_penalty": check_kl_penalty}
 
 
 #: The check of each kind: ``CHECKS[kind](fn, **options)`` returns a `refpg.conformance.Report`.
@@ -67,12 +68,14 @@ def _conventions() -> dict:
     from refpg.conformance.llm_loss import LLM_LOSS_CONVENTIONS
     from refpg.conformance.group_advantages import GROUP_ADVANTAGE_CONVENTIONS
     from refpg.conformance.token_loss import TOKEN_LOSS_CONVENTIONS
+    from refpg.conformance.kl_penalty import KL_PENALTY_CONVENTIONS
 
     return {"gae": tuple(GAE_CONVENTIONS), "ppo_loss": tuple(PPO_CONVENTIONS),
             "value_loss": tuple(VALUE_CONVENTIONS), "kl_estimator": tuple(KL_CONVENTIONS),
             "reinforce_estimator": tuple(REINFORCE_CONVENTIONS), "trpo_step": tuple(TRPO_CONVENTIONS),
             "group_advantages": tuple(GROUP_ADVANTAGE_CONVENTIONS),
-            "token_policy_loss": tuple(TOKEN_LOSS_CONVENTIONS), "llm_loss": tuple(LLM_LOSS_CONVENTIONS)}
+            "token_policy_loss": tuple(TOKEN_LOSS_CONVENTIONS), "llm_loss": tuple(LLM_LOSS_CONVENTIONS),
+            "kl_penalty": tuple(KL_PENALTY_CONVENTIONS)}
 
 
 #: The conventions each kind's check accepts, kind -> tuple of names.
@@ -97,7 +100,8 @@ NULLABLE_OPTIONS = {("ppo_loss", "dual_clip"), ("ppo_loss", "eps_low"), ("ppo_lo
     ("group_advantages", "eps"), ("group_advantages", "scale_rewards")} | {
     ("token_policy_loss", k) for k in ("eps_high", "dual_clip", "norm_length", "accumulation", "empty_rows",
                                        "count_eps", "advantages", "loss", "aggregation", "loss_type",
-                                       "importance_sampling_level")}
+                                       "importance_sampling_level")} | {
+    ("kl_penalty", k) for k in ("gradient", "kl_type", "max_log_ratio")}
 
 
 class Option(NamedTuple):
@@ -117,6 +121,7 @@ def _choices(kind: str, name: str) -> tuple:
     from refpg.conformance.losses import CLIP_FRACTIONS
     from refpg.conformance.reinforce import NORMALIZATIONS, OBJECTIVES
     from refpg.losses import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, TOKEN_LOSSES
+    from refpg.conformance.kl_penalty import GRADIENTS, VALUES
 
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
             "normalize": ("none", "batch"), "style": VALUE_STYLES, "normalization": NORMALIZATIONS,
@@ -126,7 +131,8 @@ def _choices(kind: str, name: str) -> tuple:
             "target": ("declared", "unbiased"), "advantage": ADVANTAGE_ESTIMATORS, "std": ("bessel", "population"),
             "loss": TOKEN_LOSSES, "aggregation": AGGREGATIONS, "kl": KL_ESTIMATORS, "kl_placement": ("loss", "reward"),
             "kl_importance": ("none", "detached", "differentiated"), "estimator": ADVANTAGE_ESTIMATORS,
-            "scale_rewards": ("group", "batch", "none")}.get(name, ())
+            "scale_rewards": ("group", "batch", "none"),
+            "value": VALUES, "gradient": GRADIENTS}.get(name, ())
 
 
 def options_of(kind: str) -> dict:

@@ -12,7 +12,7 @@ from refpg.errors import InvalidInputError
 __all__ = ["Example"]
 
 _KINDS = ("gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step", "group_advantages", "token_policy_loss",
-          "llm_loss")
+          "llm_loss", "kl_penalty")
 _BACKENDS = ("numpy", "torch", "jax")
 
 
