@@ -102,7 +102,18 @@ def test_regenerated_files_equal_the_committed_ones_within_their_tolerances(rege
     assert committed == {p.name for p in a.iterdir()}
     for path in CASE_FILES:
         old, new = json.loads(path.read_text()), json.loads((a / path.name).read_text())
-        assert new["inputs"] == old["inputs"], f"{path.name}: regenerated inputs differ"
+        # log pi_old is a float computation whose last bits follow the CPU's exp/log kernels: it is
+        # compared within its documented bound; every other input bit for bit.
+        in_tol = golden.case_outputs(new["inputs"]).input_tolerances
+        if in_tol:
+            assert golden._drop(new["inputs"], in_tol) == golden._drop(old["inputs"], in_tol), \
+                f"{path.name}: regenerated inputs differ"
+            for key, tol in in_tol.items():
+                row = golden._compare(path.stem, f"<inputs>.{key}", golden._get(new["inputs"], key),
+                                      golden._get(old["inputs"], key), tol)
+                assert row.passed, row
+        else:
+            assert new["inputs"] == old["inputs"], f"{path.name}: regenerated inputs differ"
         assert set(new["tolerances"]) == set(old["tolerances"]), path.name
         for field, tol in old["tolerances"].items():
             row = golden._compare(path.stem, field, golden._get(new["outputs"], field),
