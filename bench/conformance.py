@@ -3,6 +3,7 @@
     python bench/conformance.py                    # every bundled example, default settings
     python bench/conformance.py --demo             # the whole `refpg check` demo, wall time
     python bench/conformance.py --false-alarms 200 # statistical checks on correct code, 200 seeds
+    python bench/conformance.py --false-alarms 200 --kind llm_loss   # one kind's statistical checks
 
 Per example it prints the wall time of one check with default settings
 (target: < 10 s on this 2-core machine) and, as the baseline measured in the
@@ -13,9 +14,10 @@ input shape; rlax's real GAE and clipped surrogate loss follow, jitted, when
 rlax is installed.
 
 The false-alarm run checks every correct example of a statistical kind
-(kl_estimator with unbiased=True, reinforce_estimator) with seeds 0..N-1 and
-counts rejections; with the declared alpha = 1e-6 per check, the expected
-number over N seeds is N * 1e-6.
+(kl_estimator with unbiased=True, reinforce_estimator, llm_loss) with seeds
+0..N-1 and counts rejections; with the declared alpha = 1e-6 per check, the
+expected number over N seeds is N * 1e-6 per example. The other kinds are
+exact (no sampling), so a seed changes only which inputs are drawn.
 """
 
 from __future__ import annotations
@@ -85,13 +87,18 @@ def demo() -> int:
     return code
 
 
-def false_alarms(n_seeds: int) -> int:
+def false_alarms(n_seeds: int, kinds=None) -> int:
     from refpg import examples
     from refpg.conformance import check
 
     statistical = [ex for ex in examples.CORRECT
-                   if ex.kind == "reinforce_estimator"
+                   if ex.kind in ("reinforce_estimator", "llm_loss")
                    or ex.kind == "kl_estimator" and dict(ex.options).get("unbiased", True)]
+    if kinds:
+        statistical = [ex for ex in statistical if ex.kind in kinds]
+        if not statistical:
+            raise SystemExit(f"--kind should name a statistical kind (kl_estimator, reinforce_estimator, "
+                             f"llm_loss), actual {kinds}")
     total = 0
     t = time.perf_counter()
     for ex in statistical:
@@ -113,9 +120,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo", action="store_true")
     p.add_argument("--false-alarms", type=int, default=0, metavar="N_SEEDS")
+    p.add_argument("--kind", action="append", help="with --false-alarms: only this kind (repeatable)")
     args = p.parse_args(argv)
     if args.false_alarms:
-        return false_alarms(args.false_alarms)
+        return false_alarms(args.false_alarms, args.kind)
     if args.demo:
         return demo()
     return timings()

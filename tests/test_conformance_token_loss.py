@@ -4,12 +4,11 @@ seeds 1..5), bad declarations, hints, and the regions that decide correctness dr
 import numpy as np
 import pytest
 
-
-
 from refpg.conformance.token_loss import _weights, check_token_policy_loss
 from refpg.errors import InvalidInputError
 from refpg.examples import llm_token_losses as topic
 from refpg.losses.tokens import aggregation_weights
+from tests.helpers import example_report
 
 torch = pytest.importorskip("torch")
 
@@ -26,13 +25,13 @@ def _param(exs):
 def test_correct_example_passes(ex):
     if ex.backend == "jax":
         pytest.importorskip("jax")
-    report = _run(ex)
+    report = example_report(ex)  # seed 0, shared with tests/test_conformance_examples.py
     assert report.passed, str(report)
 
 
 @pytest.mark.parametrize("ex", _param(topic.BROKEN))
 def test_broken_example_fails_with_its_id(ex):
-    report = _run(ex)
+    report = example_report(ex)
     assert ex.expected in report.failed_ids, str(report)
     assert " should " in report.failure(ex.expected).message
 
