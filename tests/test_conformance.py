@@ -815,18 +815,15 @@ def test_a_check_leaves_no_hypothesis_folder_in_the_working_directory(tmp_path):
 # -- the signature is read before any call ------------------------------------------------------
 
 def test_a_function_of_another_convention_is_refused_before_any_call():
-    import time
-
     calls = []
 
     def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda=0.95):  # CleanRL's names
         calls.append(1)
         raise AssertionError("must not be called")
 
-    start = time.perf_counter()
     with pytest.raises(InvalidInputError) as info:
         check_gae(compute_gae)
-    assert time.perf_counter() - start < 1.0 and calls == []
+    assert calls == []
     message = str(info.value)
     assert "cleanrl convention" in message and 'convention="cleanrl"' in message
     assert "--convention cleanrl" in message and "rewards, values, dones, next_value, next_done" in message

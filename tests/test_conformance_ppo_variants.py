@@ -56,18 +56,6 @@ def test_correct_variant_passes_at_every_seed(ex, seed):
     assert report.passed and not report.not_run, str(report)
 
 
-def test_every_correct_variant_stays_under_ten_seconds():
-    import time
-
-    for ex in ppo_variants.CORRECT:
-        if ex.backend in ("torch", "jax") and not _has(ex.backend):
-            continue
-        _run(ex, max_examples=2)  # imports and compilation are not the check's
-        start = time.perf_counter()
-        _run(ex)
-        assert time.perf_counter() - start < 10.0, ex.name
-
-
 # -- regions drawn by construction -----------------------------------------------------------------
 
 def _f64(x):
