@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from refpg._validation import check_choice, check_positive_int, check_real
 from refpg.conformance._harness import (Outcome, Session, check_callable, check_signature, numerics_of_their_own,
                                         resolve_backend)
+from refpg.conformance.losses import _loss_item  # the output forms ppo_loss accepts
 from refpg.conformance.report import Report
 from refpg.errors import InvalidInputError
 from refpg.losses.tokens import AGGREGATIONS, TOKEN_LOSSES, clip_bounds, token_policy_loss
@@ -548,15 +549,6 @@ def _args(convention, lp, lpo, adv, mask, opts, config, micro=None) -> list:
 
 
 _LOGP = {"refpg": "logp", "verl": "log_prob", "trl": "per_token_logps", "openrlhf": "log_probs"}
-
-
-def _loss_item(raw):
-    """The loss out of the function's output: the output, the first item of a tuple, or ``out["loss"]``."""
-    if isinstance(raw, dict):
-        return raw["loss"]
-    if isinstance(raw, (tuple, list)):
-        return raw[0]
-    return raw
 
 
 # -- the check ------------------------------------------------------------------------------------
