@@ -410,14 +410,14 @@ def _picked(output, pick):
         return None
 
 
-def numeric_directional(session: Session, args: list, index: int, v: np.ndarray, pick, f0: float):
-    """(five-point central difference of F(t) = pick(fn(..., x + t v, ...)), the displacement sum_k c_k dx_k it
-    is the derivative along) with x the argument at `index`, nodes rounded to the dtype, or (None, None)
-    if a call failed. The expected value is grad . displacement / (12 h)."""
+def numeric_directional(session: Session, args: list, index: int, v: np.ndarray, pick, step: float | None = None):
+    """(five-point central difference of F(t) = pick(fn(..., x + t v, ...)), the displacement sum_k c_k dx_k / (12 h)
+    it is the derivative along), x the argument at `index`, nodes rounded to the dtype (so the displacement is
+    what the function received); (None, None) if a call failed or returned something unusable."""
     be = session.backend
     name, x = args[index]
-    h = _NUMERIC_STEP[be.dtype]
-    total, disp = 0.0, np.zeros_like(x)
+    h = _NUMERIC_STEP[be.dtype] if step is None else step
+    total, mag, disp = 0.0, 0.0, np.zeros_like(x)
     for c, wgt in _FIVE:
         xc = be.round(x + c * h * v)
         a = list(args)
@@ -430,9 +430,44 @@ def numeric_directional(session: Session, args: list, index: int, v: np.ndarray,
         except Exception:  # a malformed output: the value check reports it
             return None, None
         total += wgt * fc
+        mag += abs(wgt * fc)
         disp += wgt * (xc - x)
-    del f0
-    return total / (12.0 * h), disp / (12.0 * h)
+    # The rounding of the function's values enters the difference quotient as eps |F| / h.
+    noise = 8.0 * float(np.finfo(be.np_dtype).eps) * mag / (12.0 * h)
+    return (total / (12.0 * h), noise), disp / (12.0 * h)
+
+
+def numeric_gradients(session: Session, args: list, items, pick, *, step: float | None = None) -> list:
+    """Outcomes of numerical derivative checks (NumPy backend): `items` lists (check id, argument index, closed-form
+    gradient, its scale, natural step size per entry); the direction is random, scaled entrywise by the natural
+    step so that no entry's move changes the function by more than about one unit per unit of t."""
+    out = []
+    for cid, k, want, sc, natural in items:
+        name, x = args[k]
+        rng = np.random.default_rng(31 * x.size + x.ndim)
+        v = rng.choice([-1.0, 1.0], x.shape) * rng.uniform(0.5, 1.0, x.shape) * np.broadcast_to(natural, x.shape)
+        got, disp = numeric_directional(session, args, k, v, pick, step)
+        if got is None:
+            continue
+        (got, noise) = got
+        o = gradient_outcome(session, cid, f"d(output)/d{name}", None, None, want, sc, {name: x},
+                             directional=(got, float(np.sum(want * disp)), float(np.sum(np.abs(sc * disp))), noise))
+        if o is not None:
+            out.append(o)
+    return out
+
+
+def natural_steps(spec: "Spec", z: np.ndarray, log_std: np.ndarray) -> tuple:
+    """Entrywise step scales for the mean and the scale argument: a move of one unit changes each log-density term
+    by about one (z / sigma and z^2 - 1 set the sensitivities)."""
+    d = z.shape[-1]
+    nat_m = np.exp(log_std) / (1.0 + np.abs(z)) / d
+    nat_s = 1.0 / (1.0 + z * z) / d
+    if spec.scale == "std":
+        nat_s = nat_s * np.exp(log_std)
+    if not spec.state_dependent:
+        nat_s = nat_s.min(axis=0).reshape(spec.scale_shape(*z.shape)) / z.shape[0]
+    return nat_m, nat_s
 
 
 def gradient_outcome(session, check_id, what, grad, problem, expected, scale, inputs, *, zero_means="",
@@ -443,8 +478,8 @@ def gradient_outcome(session, check_id, what, grad, problem, expected, scale, in
     if problem is not None:
         return Outcome(check_id, f"{what}: {problem}", inputs)
     if directional is not None:
-        got, want, sc = directional
-        allowed = _NUMERIC_RTOL[be.dtype] * (1.0 + sc)
+        got, want, sc, noise = directional
+        allowed = _NUMERIC_RTOL[be.dtype] * (1.0 + sc) + noise
         if abs(got - want) <= allowed:
             return None
         return Outcome(check_id, f"{what} along a random direction should be {want:.10g}, actual {got:.10g} "
@@ -675,17 +710,9 @@ def check_gaussian_log_prob(fn, *, convention: str = "refpg", backend: str = "au
                 if o is not None:
                     outcomes.append(o)
         else:
-            rng = np.random.default_rng(31 * n + d)
-            for cid, k, want, sc in ((ids["gradient_mean"], 0, want_m, sc_m), (ids["gradient_scale"], 1, want_s, sc_s)):
-                v = rng.choice([-1.0, 1.0], args[k][1].shape) * rng.uniform(0.5, 1.0, args[k][1].shape)
-                got, disp = numeric_directional(session, args, k, v, pick, 0.0)
-                if got is None:
-                    continue
-                o = gradient_outcome(session, cid, f"d(sum_n w_n log_prob_n)/d{args[k][0]}", None, None, want, sc,
-                                     inputs, directional=(got, float(np.sum(want * disp)),
-                                                          float(np.sum(np.abs(sc * disp)))))
-                if o is not None:
-                    outcomes.append(o)
+            nat_m, nat_s = natural_steps(spec, z, ls)
+            outcomes += numeric_gradients(session, args, ((ids["gradient_mean"], 0, want_m, sc_m, nat_m),
+                                                          (ids["gradient_scale"], 1, want_s, sc_s, nat_s)), pick)
         return outcomes
 
     session.declare(*session.generic_ids())
@@ -884,18 +911,19 @@ def check_gaussian_kl(fn, *, convention: str = "refpg", backend: str = "auto", d
                     outcomes.append(o)
                     break
         else:
-            rng = np.random.default_rng(31 * n + d)
-            for k, name in enumerate(names):
-                v = rng.choice([-1.0, 1.0], args[k][1].shape) * rng.uniform(0.5, 1.0, args[k][1].shape)
-                got, disp = numeric_directional(session, args, k, v, pick, 0.0)
-                if got is None:
-                    continue
-                o = gradient_outcome(session, ids["gradient"], f"d(sum_n w_n kl_n)/d{name}", None, None, want[name],
-                                     sc[name], inputs, directional=(got, float(np.sum(want[name] * disp)),
-                                                                     float(np.sum(np.abs(sc[name] * disp)))))
-                if o is not None:
-                    outcomes.append(o)
-                    break
+            zq = (mp - mq) * np.exp(-lq)
+            nat = {"mean_p": np.exp(lq) / (1.0 + np.abs(zq)), "mean_q": np.exp(lq) / (1.0 + np.abs(zq)),
+                   "log_std_p": 1.0 / (1.0 + np.exp(2.0 * (lp - lq))),
+                   "log_std_q": 1.0 / (1.0 + np.exp(2.0 * (lp - lq)) + zq * zq)}
+            items = []
+            for k, (role, name) in enumerate(zip(roles, names)):
+                step = nat[role] / d
+                if role.startswith("log_std"):
+                    step = step * (np.exp(logs[role]) if spec.scale == "std" else 1.0)
+                    if not spec.state_dependent:
+                        step = step.min(axis=0).reshape(spec.scale_shape(n, d)) / n
+                items.append((ids["gradient"], k, want[name], sc[name], step))
+            outcomes += numeric_gradients(session, args, items, pick)[:1]
         return outcomes
 
     session.declare(*session.generic_ids())
