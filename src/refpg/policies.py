@@ -12,6 +12,20 @@ The policy gradient, Fisher-vector products, surrogate, KL and PPO gradients
 are all built from these two products, so none of them needs to know which
 parameterization it works with.
 
+The same two products at given samples (states s_i and actions a_i) form the
+sample-level interface, which continuous policies share
+(`refpg.lqr.LinearGaussian` has no table over states to offer):
+
+* ``sample_log_probs(theta, states, actions)``: :math:`\log\pi_\theta(a_i|s_i)`;
+* ``sample_log_prob_jvp(theta, v, states, actions)``:
+  :math:`\nabla_\theta \log\pi_\theta(a_i|s_i) \cdot v`;
+* ``sample_log_prob_vjp(theta, w, states, actions)``:
+  :math:`\sum_i w_i \nabla_\theta \log\pi_\theta(a_i|s_i)`.
+
+Code written against these (a score-function gradient over a batch, an
+empirical Fisher-vector product, a sample KL gradient) works on tabular,
+log-linear and linear-Gaussian policies alike.
+
 Policies are *objects* that hold the structure (sizes, features), while theta
 is a plain NumPy array passed alongside: ``policy.probs(theta)``. This keeps
 theta a value that algorithms can copy, compare bit for bit and store.
@@ -22,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from refpg._validation import as_float_array, check_positive_int, entry
-from refpg.errors import NonFiniteError, ShapeError
+from refpg.errors import InvalidInputError, NonFiniteError, ShapeError
 
 __all__ = ["Parameterization", "TabularSoftmax", "LogLinear", "log_softmax"]
 
@@ -107,6 +121,62 @@ class Parameterization:
 
     def _probs(self, theta, pi):
         return self.probs(theta) if pi is None else pi
+
+    # -- the sample-level interface, shared with continuous policies -------------------------
+    def _samples(self, states, actions):
+        """states and actions as int arrays of one shape, every entry a valid index (named if not)."""
+        out = []
+        for name, arr, n in (("states", states, self.n_states), ("actions", actions, self.n_actions)):
+            a = np.asarray(arr)
+            if a.dtype == bool or a.dtype.kind not in "iu":
+                raise InvalidInputError(f"{name} should be an integer array, actual dtype {a.dtype}")
+            bad = (a < 0) | (a >= n)
+            if bad.any():
+                idx = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise InvalidInputError(
+                    f"{entry(name, idx)} is {int(a[idx])} but the policy has {n} {name}; "
+                    f"expected 0 <= {name[:-1]} < {n}")
+            out.append(a)
+        if out[0].shape != out[1].shape:
+            raise ShapeError(f"states and actions should have the same shape, actual {out[0].shape} and "
+                             f"{out[1].shape}")
+        return out
+
+    def sample_log_probs(self, theta, states, actions) -> np.ndarray:
+        r""":math:`\log\pi_\theta(a_i|s_i)` at given samples, shape of `states`.
+
+        Parameters
+        ----------
+        theta : ndarray of shape ``theta_shape``
+        states, actions : array_like of int, one shape
+            State and action indices of the samples.
+        """
+        s, a = self._samples(states, actions)
+        return self.log_probs(theta)[s, a]
+
+    def sample_log_prob_jvp(self, theta, v, states, actions) -> np.ndarray:
+        r""":math:`\nabla_\theta \log\pi_\theta(a_i|s_i) \cdot v` at given samples, shape of `states`."""
+        theta = self.validate_theta(theta)
+        v = self.validate_theta(v, "v")
+        s, a = self._samples(states, actions)
+        return self.log_prob_jvp(theta, v, self.probs(theta))[s, a]
+
+    def sample_log_prob_vjp(self, theta, w, states, actions) -> np.ndarray:
+        r""":math:`\sum_i w_i \nabla_\theta \log\pi_\theta(a_i|s_i)`, shape ``(*lead, *theta_shape)``.
+
+        `w` has shape ``(*lead, *states.shape)``: the sample axes are summed
+        (repeated samples add up), leading axes are kept.
+        """
+        theta = self.validate_theta(theta)
+        s, a = self._samples(states, actions)
+        w = as_float_array(w, "w")
+        if w.ndim < s.ndim or w.shape[w.ndim - s.ndim:] != s.shape:
+            raise ShapeError(f"w should have shape (..., {', '.join(map(str, s.shape))}) to match states, "
+                             f"actual shape {w.shape}")
+        lead = w.shape[:w.ndim - s.ndim]
+        W = np.zeros((int(np.prod(lead)), self.n_states, self.n_actions))
+        np.add.at(W, (slice(None), s.ravel(), a.ravel()), w.reshape(W.shape[0], -1))
+        return self.log_prob_vjp(theta, W.reshape(lead + W.shape[1:]), self.probs(theta))
 
 
 class TabularSoftmax(Parameterization):
