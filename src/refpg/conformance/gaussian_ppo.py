@@ -126,8 +126,8 @@ def _case(seed, n, d, state_dependent, min_log_std, moved):
 
 
 @functools.lru_cache(maxsize=None)
-def _cases(jax, state_dependent, min_log_std, moved):
-    sizes = st.just(JAX_SHAPE) if jax else st.tuples(st.integers(1, 6) if not moved else st.integers(3, 8),
+def _cases(jax, state_dependent, min_log_std, moved, min_n):
+    sizes = st.just(JAX_SHAPE) if jax else st.tuples(st.integers(min_n, 6) if not moved else st.integers(3, 8),
                                                       st.integers(1, 3))
     return st.builds(lambda nd, seed: _case(seed, nd[0], nd[1], state_dependent, min_log_std, moved),
                      sizes, st.integers(0, 2**32 - 2))
@@ -154,11 +154,11 @@ def _bands(a_hat: np.ndarray, case: dict) -> np.ndarray:
     return u
 
 
-def _moves(case, jax, shared):
+def _moves(case, jax, shared, min_n=1):
     keys = ("mean", "log_std", "actions", "advantages", "band_u", "inside_u", "band_pick")
     out = []
     n = case["mean"].shape[0]
-    if not jax and n > (3 if case["moved"] else 1):
+    if not jax and n > (3 if case["moved"] else min_n):
         for i in range(n):
             c = dict(case)
             for k in keys:
@@ -200,7 +200,8 @@ def check_gaussian_ppo_loss(fn, *, convention: str = "refpg", backend: str = "au
         As in `refpg.conformance.check_gaussian_log_prob`.
     normalize : {"none", "batch"} or None
         Per-minibatch advantage normalisation, :math:`(A - \bar A)/(\mathrm{std}_{ddof}(A) + adv\_eps)`,
-        skipped for n <= ddof (SB3's rule for a minibatch of one). None: the convention's.
+        skipped for n <= ddof (SB3's rule for a minibatch of one); with "batch" every drawn minibatch has
+        two samples or more. None: the convention's.
     ddof : int >= 0 or None
     adv_eps : float >= 0 or None
 
@@ -332,9 +333,11 @@ def check_gaussian_ppo_loss(fn, *, convention: str = "refpg", backend: str = "au
                      "differences of the loss), which cannot see a detach")
     half = max(1, max_examples // 2)
     shared = not spec.state_dependent
+    # A minibatch that is normalised has at least two samples (CleanRL's std of one sample is NaN; SB3 skips it).
+    min_n = 2 if opts["normalize"] == "batch" else 1
     for moved, cid in ((False, ids["ratio_one_at_old"]), (True, ids["value"])):
-        session.run_scenario(_cases(jax, spec.state_dependent, min_log_std, moved), evaluate, (cid,),
-                             moves=functools.partial(_moves, jax=jax, shared=shared), max_examples=half)
+        session.run_scenario(_cases(jax, spec.state_dependent, min_log_std, moved, min_n), evaluate, (cid,),
+                             moves=functools.partial(_moves, jax=jax, shared=shared, min_n=min_n), max_examples=half)
     return session.report()
 
 
