@@ -343,13 +343,17 @@ def compare_rows(session: Session, check_id: str, what: str, actual, expected, s
     if below is not None and np.any(below > 0):
         msg += (f" (the declared regulariser allows values down to {expected[idx] - below[idx]:.10g})"
                 if np.ndim(below) else "")
+    best = None  # of the misreadings the values match, the closest one
     for label_c, values in candidates:
         with np.errstate(all="ignore"):
             values = np.asarray(values, dtype=np.float64)
             if values.shape == actual.shape and np.all(np.abs(actual - values) <= allowed) \
                     and np.any(np.abs(values - expected) > allowed):
-                msg += f"; the values are {label_c}"
-                break
+                gap = float(np.max(np.abs(actual - values) / allowed))
+                if best is None or gap < best[0]:
+                    best = (gap, label_c)
+    if best is not None:
+        msg += f"; the values are {best[1]}"
     if why:
         msg += f"; {why}"
     return Outcome(check_id, msg, inputs, expected=expected, actual=actual, where=idx or None)

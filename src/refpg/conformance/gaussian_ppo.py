@@ -9,10 +9,11 @@ and the actions stored at rollout, and returns the clipped loss [Schulman2017]:
     \qquad r_k = \exp\big(\log\pi_\theta(a_k|s_k) - \log\pi_{old}(a_k|s_k)\big),
 
 :math:`\log\pi_\theta` the diagonal-Gaussian log-density summed over dimensions
-(`refpg.conformance.check_gaussian_log_prob`), :math:`\hat A` the advantages, normalised per
+(`refpg.conformance.gaussian.check_gaussian_log_prob`), :math:`\hat A` the advantages, normalised per
 minibatch where the convention does (SB3, CleanRL: :math:`(A - \bar A)/(\mathrm{std}_1(A) + 10^{-8})`).
 The reference takes its clipped terms and their derivative in :math:`\log\pi_\theta` from
-`refpg.losses` (`ratio_clip_terms`, `ppo_clip_grad_logp`), the one home of those formulas.
+`refpg.losses` (`refpg.losses.ratio_clip_terms`, `refpg.losses.ppo_clip_grad_logp`), the one home of
+those formulas.
 
 **Ratios exactly 1 at the old policy** (``gaussian_ppo_loss.ratio_one_at_old``). With
 :math:`\theta = \theta_{old}` and :math:`\log\pi_{old}` the exact log-density of the stored actions,
@@ -197,7 +198,7 @@ def check_gaussian_ppo_loss(fn, *, convention: str = "refpg", backend: str = "au
     backend, dtype, max_examples, seed
         As in `refpg.conformance.check_gae`; NumPy derivatives are numerical.
     scale, state_dependent, min_log_std
-        As in `refpg.conformance.check_gaussian_log_prob`.
+        As in `refpg.conformance.gaussian.check_gaussian_log_prob`.
     normalize : {"none", "batch"} or None
         Per-minibatch advantage normalisation, :math:`(A - \bar A)/(\mathrm{std}_{ddof}(A) + adv\_eps)`,
         skipped for n <= ddof (SB3's rule for a minibatch of one); with "batch" every drawn minibatch has
@@ -216,8 +217,8 @@ def check_gaussian_ppo_loss(fn, *, convention: str = "refpg", backend: str = "au
     ``logp_old`` is the exact log-density of the stored action (rounded to the dtype), so the
     function's log-density must be exact too: one off by a constant (a missing :math:`-\tfrac12\log 2\pi`)
     is harmless in training, where the old log-probabilities come from the same code, and fails here
-    with that named (`check_gaussian_log_prob` checks it on its own). The loss passes within
-    tol (1 + mean_k r_k |A_k| (1 + S_k)), S_k the k-th log-density's term magnitudes.
+    with that named (`refpg.conformance.gaussian.check_gaussian_log_prob` checks it alone). The loss passes within
+    :math:`tol\,(1 + \mathrm{mean}_k\, r_k |\hat A_k| (1 + S_k))`, S_k the k-th log-density's term magnitudes.
 
     References
     ----------

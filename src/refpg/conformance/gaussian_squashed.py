@@ -24,12 +24,13 @@ reference is exact at that action: :math:`u^* = \tfrac12[\log(a - low) - \log(hi
 :math:`\log(1 - \tanh^2 u^*) = \log(high - a) + \log(a - low) - 2\log c`, the differences to the bounds
 exact for an action near them. Near a bound the log-density's last digits depend on the action's last
 bits, so there the function is judged backward stable in the action: it may be off by what moving each
-action entry by 4 units in the last place (of the dtype) changes.
+entry of the normalised action :math:`t = (a - m)/c` by 4 units in the last place (of the dtype)
+changes, evaluated exactly.
 
 **Regions.** ``squashed_log_prob.value`` draws every :math:`|u| \le 4`; ``squashed_log_prob.saturation``
 puts one entry or more at :math:`|u| \in [8, 20]` (``max_pre_tanh`` bounds it; in "not_given", the
 largest action below the bound is drawn too), with a confident policy (mean near u, small std) or a
-wide one. Mean and log-std gradients are checked as in `refpg.conformance.check_gaussian_log_prob`
+wide one. Mean and log-std gradients are checked as in `refpg.conformance.gaussian.check_gaussian_log_prob`
 (the pathwise derivative in u is not: the kit cannot compute the action from u inside the
 function's graph).
 
@@ -272,14 +273,13 @@ def _actions(u, box: _Box, be, inside: bool) -> np.ndarray:
 
 
 def _shifted(a, k: int, box: _Box, dtype) -> np.ndarray:
-    """`a` moved by k units in the last place of `dtype`, kept strictly inside the box."""
-    x = np.asarray(a, dtype=dtype)
-    toward = np.asarray(np.inf if k > 0 else -np.inf, dtype=dtype)
-    for _ in range(abs(k)):
-        x = np.nextafter(x, toward)
-    hi, lo = np.asarray(box.high, dtype=dtype), np.asarray(box.low, dtype=dtype)
-    x = np.where(x >= hi, np.nextafter(hi, lo), np.where(x <= lo, np.nextafter(lo, hi), x))
-    return x.astype(np.float64)
+    """`a` moved by k units in the last place of the normalised action t = (a - m)/c in `dtype` (the coordinate the
+    squashing works in: an action near a bound of [0, 5] is known to the ulps of t, not to those of a value near
+    0), in float64; a move that would leave the box leaves the entry where it is."""
+    t = (np.asarray(a, dtype=np.float64) - box.mid) / box.c
+    step = k * np.spacing(np.abs(t).astype(dtype)).astype(np.float64) * box.c
+    x = np.asarray(a, dtype=np.float64) + step
+    return np.where((x < box.high) & (x > box.low), x, a)
 
 
 def _candidates(m, ls, u, a_box, box: _Box, expected, d, eps, be, given: bool):
@@ -314,9 +314,12 @@ def _candidates(m, ls, u, a_box, box: _Box, expected, d, eps, be, given: bool):
         if eps is None:
             out.append(("the regularised form log N(u) - sum log(1 - tanh(u)^2 + 1e-6) (SB3, CleanRL): declare eps=1e-6 "
                         "if that is intended", (logn - np.log(np.exp(jac) + 1e-6)).sum(-1) - d * box.log_c))
-        for delta, why in ((float(np.finfo(be.np_dtype).eps), "the dtype's machine epsilon (SB3's TanhBijector)"),
-                           (float(np.finfo(be.np_dtype).resolution), "the dtype's resolution (TorchRL's safeatanh; "
-                                                                     "1e-6 in float32 caps u near 7.25, ray PR #65036)")):
+        clamps = [(float(np.finfo(be.np_dtype).eps), "the dtype's machine epsilon (SB3's TanhBijector)"),
+                  (float(np.finfo(be.np_dtype).resolution), "the dtype's resolution (TorchRL's safeatanh; 1e-6 in "
+                                                            "float32 caps u near 7.25)")]
+        if clamps[1][0] != 1e-6:
+            clamps.append((1e-6, "RLlib's SMALL_NUMBER, which caps u near 7.25 (ray-project/ray PR #65036)"))
+        for delta, why in clamps:
             uc = np.arctanh(np.clip(t, -1.0 + delta, 1.0 - delta))
             out.append((f"the log-density at the pre-tanh value re-inverted from the action, atanh(clamp(a, 1 - "
                         f"{delta:.3g})) with {why}{' instead of the given one (pytorch/rl PR #4080)' if given else ''}",
@@ -358,10 +361,10 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
     low, high : float
         The action box; the function's own rescaling (bind it, e.g. TorchRL's ``low``/``high``).
     scale, state_dependent, min_log_std
-        As in `refpg.conformance.check_gaussian_log_prob` (state_dependent defaults to True here).
+        As in `refpg.conformance.gaussian.check_gaussian_log_prob` (state_dependent defaults to True here).
     entropy : bool
         The function also returns the entropy, compared with `squashed_gaussian_entropy` within
-        tol (1 + |H|) plus the quadrature's error bound.
+        :math:`tol\,(1 + |H|)` plus the quadrature's error bound.
     max_pre_tanh : float > 4.5
         The largest :math:`|u|` drawn (default 20). For a function with a documented clamp, to check it
         where the clamp never acts.
@@ -376,8 +379,8 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
     Notes
     -----
     A row passes when :math:`expected - B - A \le actual \le expected + A`, A = tol (1 + S) plus, with
-    "not_given", the change 4 ulps of each action entry make, B the declared regulariser's band (0
-    without eps), S the sum of the magnitudes of the row's terms.
+    "not_given", the change 4 ulps of each normalised action entry make, B the declared regulariser's
+    band (0 without eps), S the sum of the magnitudes of the row's terms.
 
     References
     ----------

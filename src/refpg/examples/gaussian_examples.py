@@ -1,8 +1,9 @@
 r"""Gaussian policy code for the four Gaussian kinds: correct implementations and broken ones from public threads.
 
-The kinds are `refpg.conformance.check_gaussian_log_prob` (``gaussian_log_prob``),
-`check_gaussian_kl` (``gaussian_kl``), `check_squashed_log_prob` (``squashed_log_prob``) and
-`check_gaussian_ppo_loss` (``gaussian_ppo_loss``). The correct functions are written in the style of
+The kinds are `refpg.conformance.gaussian.check_gaussian_log_prob` (``gaussian_log_prob``),
+`refpg.conformance.gaussian.check_gaussian_kl` (``gaussian_kl``),
+`refpg.conformance.gaussian_squashed.check_squashed_log_prob` (``squashed_log_prob``) and
+`refpg.conformance.gaussian_ppo.check_gaussian_ppo_loss` (``gaussian_ppo_loss``). The correct functions are written in the style of
 refpg, SB3, CleanRL and TorchRL, each in that project's convention; every broken one reproduces a
 bug reported in a public thread, cited in its description (docs/conventions.md,
 "Linear-quadratic-Gaussian", states the contract they break). No project's code is copied; the real
