@@ -257,6 +257,32 @@ def test_the_cost_matches_a_plain_sequential_sum_of_expected_per_step_costs():
 
 
 @given(lqr_cases())
+def test_the_doubling_sums_agree_with_bartels_stewart(case):
+    import scipy.linalg as sla
+
+    system, K, log_std = case
+    g, A_K = system.gamma, system.A - system.B @ K
+    N = system.B @ np.diag(np.exp(2 * log_std)) @ system.B.T + system.W
+    P = sla.solve_discrete_lyapunov(np.sqrt(g) * A_K.T, system.Q + K.T @ system.R @ K)
+    Sigma = sla.solve_discrete_lyapunov(np.sqrt(g) * A_K, system.initial_second_moment + g * N / (1 - g))
+    np.testing.assert_allclose(lqr.value_matrix(system, K), P, rtol=1e-10, atol=scaled_atol(P, 1e-10))
+    np.testing.assert_allclose(lqr.second_moment(system, K, log_std), Sigma, rtol=1e-10,
+                               atol=scaled_atol(Sigma, 1e-10))
+
+
+@pytest.mark.filterwarnings("ignore:An ill-conditioned matrix")  # scipy, on entries of 1e130: true and harmless
+def test_a_stable_closed_loop_whose_powers_overflow_is_left_to_bartels_stewart():
+    import scipy.linalg as sla
+
+    # Spectral radius 0.5, but (a^2)[0, 1] ~ 1e260: the doubling gives up, LAPACK solves it.
+    A = np.array([[0.5, 1e130], [0.0, 0.5]])
+    system = LQRSystem(A, np.eye(2), np.eye(2), np.eye(2), np.eye(2), np.zeros(2), np.eye(2), 0.81)
+    P = lqr.value_matrix(system, np.zeros((2, 2)))
+    np.testing.assert_allclose(P, sla.solve_discrete_lyapunov(0.9 * A.T, np.eye(2)), rtol=1e-12)
+    assert np.isfinite(lqr.cost(system, np.zeros((2, 2)), np.zeros(2)))
+
+
+@given(lqr_cases())
 def test_evaluate_bundles_the_same_numbers_as_the_single_functions(case):
     system, K, log_std = case
     ev = lqr.evaluate(system, K, log_std)
@@ -712,3 +738,39 @@ def test_monte_carlo_reinforce_means_are_the_finite_horizon_gradient_and_the_gam
     # and the infinite-horizon gradient is not what H-step episodes estimate
     inf = lqr.cost_gradient(MC_SYSTEM, MC_K, MC_LOG_STD)
     assert mean_test(with_discount, pol.pack(inf.K, inf.log_std), alpha=ALPHA).rejected
+
+
+# -- the slow sweep: larger systems, more examples ---------------------------------------------------
+
+@pytest.mark.slow
+@settings(max_examples=1000)
+@given(lqr_cases(max_state_dim=6, max_action_dim=4, max_gamma=0.98))
+def test_slow_sweep_of_the_identities_and_derivatives_on_larger_systems(case):
+    system, K, log_std = case
+    pol = LinearGaussian.for_system(system)
+    theta = pol.pack(K, log_std)
+    assert_identity(lqr.cost(system, K, log_std), lqr.cost_from_second_moment(system, K, log_std))
+    C_t, gK, glog, Sigma_t = torch_cost_and_gradient(system, K, log_std)
+    np.testing.assert_allclose(lqr.cost(system, K, log_std), C_t, rtol=1e-9)
+    g = lqr.cost_gradient(system, K, log_std)
+    scale = max(1.0, np.abs(gK).max(), np.abs(glog).max())
+    np.testing.assert_allclose(g.K, gK, rtol=1e-9, atol=1e-9 * scale)
+    np.testing.assert_allclose(g.log_std, glog, rtol=1e-9, atol=1e-9 * scale)
+    fd = central_difference(_cost_of_theta(system, pol), theta, h=1e-4)
+    np.testing.assert_allclose(pol.pack(g.K, g.log_std), fd, rtol=1e-6, atol=scaled_atol(fd, 1e-8))
+    F = lqr.fisher_matrix(system, pol, theta)
+    states, actions, w = quadrature_grid(K, log_std, (1 - system.gamma) * Sigma_t)
+    J = pol.sample_log_prob_jacobian(theta, states, actions)
+    assert_identity(J.T @ (w[:, None] * J), F, rtol=1e-9)
+    grad = lqr.policy_gradient(system, pol, theta)
+    assert_identity(F @ lqr.natural_gradient(system, pol, theta), grad, scale=np.abs(grad).max())
+
+
+@pytest.mark.slow
+@settings(max_examples=1000)
+@given(raw_systems())
+def test_slow_sweep_of_the_optimal_gain(system_log_std):
+    system, _ = system_log_std
+    opt = lqr.optimal_gain(system)
+    Huu = system.R + system.gamma * system.B.T @ opt.P @ system.B
+    np.testing.assert_allclose(lqr.gain_error(system, opt.K), 0.0, atol=1e-10 * max(1.0, np.abs(Huu @ opt.K).max()))

@@ -22,15 +22,20 @@ Two families, each labelled with the objective it belongs to:
 Every infinite-horizon quantity needs a gain that stabilises the discounted
 system, :math:`\rho(\sqrt\gamma (A - BK)) < 1`; anything else is refused with
 an error naming the spectral radius. The finite-horizon functions accept any
-gain. Two Lyapunov (Stein) equations, solved by
-`scipy.linalg.solve_discrete_lyapunov`, give everything:
+gain. Two Lyapunov (Stein) equations give everything:
 
 .. math::
     P_K = Q + K^\top R K + \gamma A_K^\top P_K A_K,\qquad
     \Sigma_K = S_0 + \gamma A_K \Sigma_K A_K^\top + \frac{\gamma}{1-\gamma} N,
 
 with :math:`A_K = A - BK`, :math:`N = B\Psi B^\top + W`,
-:math:`\Psi = \mathrm{diag}(e^{2\,\mathrm{log\_std}})`.
+:math:`\Psi = \mathrm{diag}(e^{2\,\mathrm{log\_std}})`. They are solved as the
+series :math:`\sum_t a^t X a^{t\top}`, :math:`a = \sqrt\gamma A_K`, summed by
+doubling (:math:`X \leftarrow X + a X a^\top`, :math:`a \leftarrow a^2`) until
+:math:`\|a^{2^k}\|_F^2 \le 2^{-53}`, where every remaining term is below the
+float64 resolution of the sum; reaching that also certifies the gain stable.
+(Bartels-Stewart, `scipy.linalg.solve_discrete_lyapunov`, agrees to 1e-10
+relative and is used where the powers of a grow past 1e250 before they decay.)
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from refpg._validation import as_float_array, check_positive_int
 from refpg.errors import InvalidInputError, ProblemTooLargeError, ShapeError
 from refpg.fisher import DENSE_FISHER_MAX_PARAMS
 from refpg.lqr.policy import LinearGaussian, _check_log_std_range
-from refpg.lqr.system import LQRSystem
+from refpg.lqr.system import LQRSystem, _unstable_gain_error
 
 __all__ = [
     "LQREvaluation",
@@ -153,22 +158,59 @@ def _log_std(system, log_std, name="log_std"):
     return log_std
 
 
-def _gain_policy(system, K, log_std, K_name="K", log_std_name="log_std"):
+def _gain(system, K, name="K"):
     _check_system(system)
-    K = system.check_gain(K, K_name)
-    return K, _log_std(system, log_std, log_std_name)
+    return as_float_array(K, name, shape=(system.action_dim, system.state_dim))
 
 
-def _stein(a, q):
-    """X = a X a^T + q for a stable a; symmetrised (the solver's last bits are not)."""
-    X = sla.solve_discrete_lyapunov(a, q)
-    return 0.5 * (X + X.T)
+def _gain_policy(system, K, log_std):
+    K = _gain(system, K)
+    return K, _log_std(system, log_std)
 
 
-def _P(system, K):
-    g = system.gamma
+#: The doubling stops once ||a^(2^k)||_F^2 <= 2^-53: every term left is then below the
+#: float64 resolution of the sum (the tail is a^(2^k) X a^(2^k)^T), and rho(a) < 1 is certified.
+_TAIL = 2.0 ** -53
+_MAX_DOUBLINGS = 64
+
+
+def _doubling(a, sigma_q, p_q, name):
+    r"""The two discounted Lyapunov sums of a stable a, by doubling (the squared Smith iteration).
+
+    :math:`\Sigma = \sum_t a^t Q_\Sigma a^{t\top}` (``X = a X a^T + sigma_q``) and
+    :math:`P = \sum_t a^{t\top} Q_P a^t` (``X = a^T X a + p_q``); either query may be None. After k steps
+    the sums hold their first 2^k terms; the powers a^(2^k) are shared. The tail left out is
+    :math:`a^{2^k} X a^{2^k\top}`, at most :math:`\|a^{2^k}\|_2^2 \|X\|_2`, hence the stopping rule,
+    which also certifies the spectral radius of a below 1; a gain for which it fails is refused with
+    that radius (computed then, by ``eigvals``). Three or five matrix products per step, about 9 steps
+    at radius 0.9: several times faster than Bartels-Stewart (`scipy.linalg.solve_discrete_lyapunov`,
+    0.6 ms at n = 50) up to n = 50.
+    """
+    S, P, b = sigma_q, p_q, a
+    size = np.inf
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(_MAX_DOUBLINGS):
+            if S is not None:
+                S = S + b @ S @ b.T
+            if P is not None:
+                P = P + b.T @ P @ b
+            b = b @ b
+            size = float(np.vdot(b, b))
+            if size <= _TAIL or not size < 1e250:
+                break
+    if not size <= _TAIL:
+        radius = float(np.abs(np.linalg.eigvals(a)).max())
+        if not radius < 1.0:
+            raise _unstable_gain_error(name, radius)
+        # Stable, yet the powers grew past 1e250 or would not shrink in 2^64 terms: leave it to LAPACK.
+        S = None if sigma_q is None else sla.solve_discrete_lyapunov(a, sigma_q)
+        P = None if p_q is None else sla.solve_discrete_lyapunov(a.T, p_q)
+    return (None if S is None else 0.5 * (S + S.T)), (None if P is None else 0.5 * (P + P.T))
+
+
+def _P(system, K, name="K"):
     A_K = system.A - system.B @ K
-    return _stein(np.sqrt(g) * A_K.T, system.Q + K.T @ system.R @ K), A_K
+    return _doubling(np.sqrt(system.gamma) * A_K, None, system.Q + K.T @ system.R @ K, name)[1], A_K
 
 
 def _noise(system, psi):
@@ -180,9 +222,42 @@ def _q(system, P, psi, N):
     return float((np.diag(system.R) @ psi + g * np.sum(P * N)) / (1.0 - g))
 
 
-def _Sigma(system, A_K, N):
+def _sigma_q(system, N):
     g = system.gamma
-    return _stein(np.sqrt(g) * A_K, system.initial_second_moment + (g / (1.0 - g)) * N)
+    return system.initial_second_moment + (g / (1.0 - g)) * N
+
+
+def _Sigma(system, A_K, N, name="K"):
+    return _doubling(np.sqrt(system.gamma) * A_K, _sigma_q(system, N), None, name)[0]
+
+
+def _evaluate(system, K, log_std, name="K"):
+    psi = np.exp(2.0 * log_std)
+    A_K = system.A - system.B @ K
+    N = _noise(system, psi)
+    Sigma, P = _doubling(np.sqrt(system.gamma) * A_K, _sigma_q(system, N), system.Q + K.T @ system.R @ K, name)
+    q = _q(system, P, psi, N)
+    Huu, E = _huu_E(system, P, K)
+    return LQREvaluation(K=K, log_std=log_std, P=P, q=q, Sigma=Sigma, Huu=Huu, E=E,
+                         cost=float(np.sum(P * system.initial_second_moment) + q))
+
+
+def _cost(system, K, log_std, name="K"):
+    psi = np.exp(2.0 * log_std)
+    P = _P(system, K, name)[0]
+    return float(np.sum(P * system.initial_second_moment) + _q(system, P, psi, _noise(system, psi)))
+
+
+def _natural(system, K, log_std, name="K"):
+    psi = np.exp(2.0 * log_std)
+    Huu, E = _huu_E(system, _P(system, K, name)[0], K)
+    h = 1.0 / (1.0 - system.gamma)
+    return CostGradient(K=2.0 * h * psi[:, None] * E, log_std=h * psi * np.diag(Huu))
+
+
+def _gradient(ev, gamma):
+    psi = np.exp(2.0 * ev.log_std)
+    return CostGradient(K=2.0 * ev.E @ ev.Sigma, log_std=2.0 * psi * np.diag(ev.Huu) / (1.0 - gamma))
 
 
 def _huu_E(system, P, K):
@@ -237,14 +312,7 @@ def evaluate(system, K, log_std) -> LQREvaluation:
     [Fazel2018] Section 2 (with discount and noise); docs/conventions.md, "Linear-quadratic-Gaussian".
     """
     K, log_std = _gain_policy(system, K, log_std)
-    psi = np.exp(2.0 * log_std)
-    P, A_K = _P(system, K)
-    N = _noise(system, psi)
-    q = _q(system, P, psi, N)
-    Sigma = _Sigma(system, A_K, N)
-    Huu, E = _huu_E(system, P, K)
-    return LQREvaluation(K=K, log_std=log_std, P=P, q=q, Sigma=Sigma, Huu=Huu, E=E,
-                         cost=float(np.sum(P * system.initial_second_moment) + q))
+    return _evaluate(system, K, log_std)
 
 
 def value_matrix(system, K) -> np.ndarray:
@@ -261,8 +329,7 @@ def value_matrix(system, K) -> np.ndarray:
     ----------
     [Fazel2018] Section 2.
     """
-    _check_system(system)
-    return _P(system, system.check_gain(K))[0]
+    return _P(system, _gain(system, K))[0]
 
 
 def value_constant(system, K, log_std) -> float:
@@ -380,9 +447,7 @@ def cost(system, K, log_std) -> float:
     [Fazel2018] Section 2; docs/conventions.md, "Linear-quadratic-Gaussian".
     """
     K, log_std = _gain_policy(system, K, log_std)
-    psi = np.exp(2.0 * log_std)
-    P = _P(system, K)[0]
-    return float(np.sum(P * system.initial_second_moment) + _q(system, P, psi, _noise(system, psi)))
+    return _cost(system, K, log_std)
 
 
 def cost_from_second_moment(system, K, log_std) -> float:
@@ -406,8 +471,7 @@ def gain_error(system, K) -> np.ndarray:
     ----------
     [Fazel2018] Lemma 1 (with discount).
     """
-    _check_system(system)
-    K = system.check_gain(K)
+    K = _gain(system, K)
     return _huu_E(system, _P(system, K)[0], K)[1]
 
 
@@ -427,9 +491,8 @@ def cost_gradient(system, K, log_std) -> CostGradient:
     ----------
     [Fazel2018] Lemma 1, with discount and noise; docs/conventions.md, "Linear-quadratic-Gaussian".
     """
-    ev = evaluate(system, K, log_std)
-    psi = np.exp(2.0 * ev.log_std)
-    return CostGradient(K=2.0 * ev.E @ ev.Sigma, log_std=2.0 * psi * np.diag(ev.Huu) / (1.0 - system.gamma))
+    K, log_std = _gain_policy(system, K, log_std)
+    return _gradient(_evaluate(system, K, log_std), system.gamma)
 
 
 def natural_cost_gradient(system, K, log_std) -> CostGradient:
@@ -451,10 +514,7 @@ def natural_cost_gradient(system, K, log_std) -> CostGradient:
     [Fazel2018] Section 4 (natural policy gradient); [Kakade2001].
     """
     K, log_std = _gain_policy(system, K, log_std)
-    psi = np.exp(2.0 * log_std)
-    Huu, E = _huu_E(system, _P(system, K)[0], K)
-    h = 1.0 / (1.0 - system.gamma)
-    return CostGradient(K=2.0 * h * psi[:, None] * E, log_std=h * psi * np.diag(Huu))
+    return _natural(system, K, log_std)
 
 
 def _riccati_gain(system, Q):
@@ -808,7 +868,7 @@ def _theta(system, policy, theta, name="theta"):
             f"state_dim={system.state_dim}, action_dim={system.action_dim}")
     theta = policy.validate_theta(theta, name)
     K, log_std = policy._split(theta)
-    return system.check_gain(K, f"K (from {name})"), log_std
+    return K, log_std, f"K (from {name})"
 
 
 def objective(system, policy, theta) -> float:
@@ -824,8 +884,7 @@ def objective(system, policy, theta) -> float:
     -------
     float
     """
-    K, log_std = _theta(system, policy, theta)
-    return -cost(system, K, log_std)
+    return -_cost(system, *_theta(system, policy, theta))
 
 
 def policy_gradient(system, policy, theta) -> np.ndarray:
@@ -839,8 +898,7 @@ def policy_gradient(system, policy, theta) -> np.ndarray:
     ----------
     [Fazel2018] Lemma 1; [Sutton2000].
     """
-    K, log_std = _theta(system, policy, theta)
-    g = cost_gradient(system, K, log_std)
+    g = _gradient(_evaluate(system, *_theta(system, policy, theta)), system.gamma)
     return -policy._vec(g.K, g.log_std)
 
 
@@ -870,8 +928,8 @@ def fisher_matrix(system, policy, theta) -> np.ndarray:
         raise ProblemTooLargeError(
             f"fisher_matrix: policy has {policy.n_params} parameters, more than "
             f"DENSE_FISHER_MAX_PARAMS={DENSE_FISHER_MAX_PARAMS}; use fisher_vector_product")
-    K, log_std = _theta(system, policy, theta)
-    Sigma = second_moment(system, K, log_std)
+    K, log_std, name = _theta(system, policy, theta)
+    Sigma = _Sigma(system, system.A - system.B @ K, _noise(system, np.exp(2.0 * log_std)), name)
     m = system.action_dim
     F = np.zeros((policy.n_params, policy.n_params))
     mn = m * system.state_dim
@@ -892,10 +950,10 @@ def fisher_vector_product(system, policy, theta, v) -> np.ndarray:
     ----------
     [Kakade2001]; [Schulman2015] Appendix C.1.
     """
-    K, log_std = _theta(system, policy, theta)
+    K, log_std, name = _theta(system, policy, theta)
     v = as_float_array(v, "v", shape=policy.theta_shape)
     VK, vlog = policy._split(v)
-    Sigma = second_moment(system, K, log_std)
+    Sigma = _Sigma(system, system.A - system.B @ K, _noise(system, np.exp(2.0 * log_std)), name)
     return policy._vec((1.0 - system.gamma) * np.exp(-2.0 * log_std)[:, None] * (VK @ Sigma), 2.0 * vlog)
 
 
@@ -911,16 +969,14 @@ def natural_gradient(system, policy, theta) -> np.ndarray:
     ----------
     [Kakade2001]; [Fazel2018] Section 4.
     """
-    K, log_std = _theta(system, policy, theta)
-    g = natural_cost_gradient(system, K, log_std)
+    g = _natural(system, *_theta(system, policy, theta))
     return -policy._vec(g.K, g.log_std)
 
 
 def _surrogate_pieces(system, policy, theta, theta_old):
-    K_old, log_std_old = _theta(system, policy, theta_old, "theta_old")
+    ev = _evaluate(system, *_theta(system, policy, theta_old, "theta_old"))
     theta = policy.validate_theta(theta, "theta")
     K, log_std = policy._split(theta)
-    ev = evaluate(system, K_old, log_std_old)
     return K, log_std, ev
 
 
@@ -979,11 +1035,11 @@ def surrogate_gradient(system, policy, theta, *, theta_old) -> np.ndarray:
 
 
 def _kl_theta(system, policy, theta, theta_old):
-    K_old, log_std_old = _theta(system, policy, theta_old, "theta_old")
+    K_old, log_std_old, name = _theta(system, policy, theta_old, "theta_old")
     theta = policy.validate_theta(theta, "theta")
     K, log_std = policy._split(theta)
-    M = (1.0 - system.gamma) * second_moment(system, K_old, log_std_old)
-    return K_old, log_std_old, K, log_std, M
+    Sigma = _Sigma(system, system.A - system.B @ K_old, _noise(system, np.exp(2.0 * log_std_old)), name)
+    return K_old, log_std_old, K, log_std, (1.0 - system.gamma) * Sigma
 
 
 @keyword_only_since("theta_old")

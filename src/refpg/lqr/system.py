@@ -258,10 +258,15 @@ class LQRSystem:
         K = as_float_array(K, name, shape=(self.action_dim, self.state_dim))
         radius = float(np.abs(np.linalg.eigvals(np.sqrt(self._gamma) * (self._A - self._B @ K))).max())
         if not radius < 1.0:
-            raise InvalidInputError(
-                f"{name} does not stabilise the system: the spectral radius of sqrt(gamma) (A - B {name}) is "
-                f"{radius!r}; expected < 1 (the discounted cost is infinite otherwise)")
+            raise _unstable_gain_error(name, radius)
         return K
+
+
+def _unstable_gain_error(name: str, radius: float) -> InvalidInputError:
+    """The error for a gain whose spectral radius of sqrt(gamma) A_K is `radius` >= 1."""
+    return InvalidInputError(
+        f"{name} does not stabilise the system: the spectral radius of sqrt(gamma) (A - B K) is "
+        f"{radius!r}; expected < 1 (the discounted cost is infinite otherwise)")
 
 
 def random_system(seed, state_dim: int, action_dim: int, *, gamma: float = 0.9,
