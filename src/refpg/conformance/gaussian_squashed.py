@@ -315,8 +315,8 @@ def _candidates(m, ls, u, a_box, box: _Box, expected, d, eps, be, given: bool):
             out.append(("the regularised form log N(u) - sum log(1 - tanh(u)^2 + 1e-6) (SB3, CleanRL): declare eps=1e-6 "
                         "if that is intended", (logn - np.log(np.exp(jac) + 1e-6)).sum(-1) - d * box.log_c))
         clamps = [(float(np.finfo(be.np_dtype).eps), "the dtype's machine epsilon (SB3's TanhBijector)"),
-                  (float(np.finfo(be.np_dtype).resolution), "the dtype's resolution (TorchRL's safeatanh; 1e-6 in "
-                                                            "float32 caps u near 7.25)")]
+                  (10.0 ** -np.finfo(be.np_dtype).precision, "the dtype's resolution (TorchRL's safeatanh; 1e-6 in "
+                                                             "float32 caps u near 7.25)")]
         if clamps[1][0] != 1e-6:
             clamps.append((1e-6, "RLlib's SMALL_NUMBER, which caps u near 7.25 (ray-project/ray PR #65036)"))
         for delta, why in clamps:
