@@ -715,8 +715,11 @@ def _reinforce(seed, discounted):
     weights = G * (g ** np.arange(MC_H))[:, None] if discounted else G
     pol = LinearGaussian.for_system(MC_SYSTEM)
     theta = pol.pack(MC_K, MC_LOG_STD)
-    per_episode = np.einsum("tn,tnp->np", weights, pol.sample_log_prob_jacobian(theta, X, U))
-    # the vector-Jacobian product gives the batch mean directly
+    episodes = np.broadcast_to(np.arange(MC_N), (MC_H, MC_N))
+    per_episode = pol.sample_log_prob_vjp(theta, weights, X, U, segments=episodes, n_segments=MC_N)
+    # the same through the dense Jacobian, and the batch mean by one vector-Jacobian product
+    dense = np.einsum("tn,tnp->np", weights, pol.sample_log_prob_jacobian(theta, X, U))
+    np.testing.assert_allclose(per_episode, dense, rtol=1e-10, atol=1e-10 * np.abs(dense).max())
     np.testing.assert_allclose(pol.sample_log_prob_vjp(theta, weights / MC_N, X, U), per_episode.mean(axis=0),
                                rtol=1e-10, atol=1e-10 * np.abs(per_episode.mean(axis=0)).max())
     return pol, per_episode

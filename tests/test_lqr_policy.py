@@ -186,3 +186,50 @@ def test_tabular_sample_methods_refuse_bad_samples_by_name(states, actions, w, e
             pol.sample_log_probs(theta, np.asarray(states), np.asarray(actions))
         else:
             pol.sample_log_prob_vjp(theta, w, np.asarray(states), np.asarray(actions))
+
+
+# -- per-segment sums (one gradient per episode) ------------------------------------------------------
+
+def _segment_case(pol, theta, states, actions, rng):
+    batch = np.shape(states) if isinstance(pol, refpg.Parameterization) else np.shape(states)[:-1]
+    w = rng.standard_normal(batch)
+    seg = rng.integers(-1, 3, size=batch)
+    per = pol.sample_log_prob_vjp(theta, w, states, actions, segments=seg, n_segments=4)
+    expected = np.stack([pol.sample_log_prob_vjp(theta, np.where(seg == e, w, 0.0), states, actions)
+                         for e in range(4)])
+    return per, expected
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "tabular", "log_linear"])
+def test_segment_sums_are_the_masked_sums_and_segment_minus_one_is_left_out(kind):
+    rng = np.random.default_rng(7)
+    if kind == "gaussian":
+        pol = LinearGaussian(3, 2)
+        theta = pol.pack(rng.standard_normal((2, 3)), [-0.3, 0.4])
+        states, actions = rng.standard_normal((5, 4, 3)), rng.standard_normal((5, 4, 2))
+    else:
+        pol = refpg.TabularSoftmax(3, 2) if kind == "tabular" else refpg.LogLinear(rng.standard_normal((3, 2, 4)))
+        theta = rng.standard_normal(pol.theta_shape)
+        states, actions = rng.integers(0, 3, (5, 4)), rng.integers(0, 2, (5, 4))
+    per, expected = _segment_case(pol, theta, states, actions, rng)
+    assert per.shape == (4,) + pol.theta_shape
+    np.testing.assert_allclose(per, expected, rtol=1e-12, atol=1e-12)
+    assert np.all(per[3] == 0.0)  # segment 3 drew no sample: rng.integers(-1, 3) < 3
+
+
+@pytest.mark.parametrize("pol, theta, states, actions", [
+    (LinearGaussian(1, 1), np.zeros(2), np.zeros((3, 1)), np.zeros((3, 1))),
+    (refpg.TabularSoftmax(2, 2), np.zeros((2, 2)), np.array([0, 1, 1]), np.array([1, 0, 1])),
+], ids=["gaussian", "tabular"])
+def test_bad_segments_are_refused_by_name(pol, theta, states, actions):
+    w = np.ones(3)
+    with pytest.raises(InvalidInputError, match="segments and n_segments go together"):
+        pol.sample_log_prob_vjp(theta, w, states, actions, segments=np.zeros(3, dtype=int))
+    with pytest.raises(InvalidInputError, match=r"segments\[2\] is 2; expected -1 \(left out\) or 0 <= segment < n_segments = 2"):
+        pol.sample_log_prob_vjp(theta, w, states, actions, segments=np.array([0, 1, 2]), n_segments=2)
+    with pytest.raises(InvalidInputError, match="segments should be an integer array"):
+        pol.sample_log_prob_vjp(theta, w, states, actions, segments=np.zeros(3), n_segments=2)
+    with pytest.raises(ShapeError, match="segments should have the shape"):
+        pol.sample_log_prob_vjp(theta, w, states, actions, segments=np.zeros(2, dtype=int), n_segments=2)
+    with pytest.raises(ShapeError, match="w should have the"):
+        pol.sample_log_prob_vjp(theta, np.ones((2, 3)), states, actions, segments=np.zeros(3, dtype=int), n_segments=2)

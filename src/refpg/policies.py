@@ -20,7 +20,8 @@ sample-level interface, which continuous policies share
 * ``sample_log_prob_jvp(theta, v, states, actions)``:
   :math:`\nabla_\theta \log\pi_\theta(a_i|s_i) \cdot v`;
 * ``sample_log_prob_vjp(theta, w, states, actions)``:
-  :math:`\sum_i w_i \nabla_\theta \log\pi_\theta(a_i|s_i)`.
+  :math:`\sum_i w_i \nabla_\theta \log\pi_\theta(a_i|s_i)`, over the whole
+  batch or, with ``segments=``, per segment (one gradient per episode).
 
 Code written against these (a score-function gradient over a batch, an
 empirical Fisher-vector product, a sample KL gradient) works on tabular,
@@ -161,15 +162,30 @@ class Parameterization:
         s, a = self._samples(states, actions)
         return self.log_prob_jvp(theta, v, self.probs(theta))[s, a]
 
-    def sample_log_prob_vjp(self, theta, w, states, actions) -> np.ndarray:
+    def sample_log_prob_vjp(self, theta, w, states, actions, *, segments=None, n_segments=None) -> np.ndarray:
         r""":math:`\sum_i w_i \nabla_\theta \log\pi_\theta(a_i|s_i)`, shape ``(*lead, *theta_shape)``.
 
         `w` has shape ``(*lead, *states.shape)``: the sample axes are summed
         (repeated samples add up), leading axes are kept.
+
+        With ``segments`` (ints of the shape of `states`, in -1..n_segments-1)
+        and ``n_segments``, `w` has the shape of `states` and the sum is taken
+        per segment instead, shape ``(n_segments, *theta_shape)``: one
+        gradient per episode, say, from `refpg.estimators.episode_ids`;
+        samples of segment -1 are left out.
         """
         theta = self.validate_theta(theta)
         s, a = self._samples(states, actions)
         w = as_float_array(w, "w")
+        if segments is not None or n_segments is not None:
+            seg, E = _check_segments(segments, n_segments, s.shape)
+            if w.shape != s.shape:
+                raise ShapeError(f"w should have the shape {s.shape} of states when segments are given, "
+                                 f"actual shape {w.shape}")
+            keep = seg >= 0
+            W = np.zeros((E, self.n_states, self.n_actions))
+            np.add.at(W, (seg[keep], s[keep], a[keep]), w[keep])
+            return self.log_prob_vjp(theta, W, self.probs(theta))
         if w.ndim < s.ndim or w.shape[w.ndim - s.ndim:] != s.shape:
             raise ShapeError(f"w should have shape (..., {', '.join(map(str, s.shape))}) to match states, "
                              f"actual shape {w.shape}")
@@ -177,6 +193,24 @@ class Parameterization:
         W = np.zeros((int(np.prod(lead)), self.n_states, self.n_actions))
         np.add.at(W, (slice(None), s.ravel(), a.ravel()), w.reshape(W.shape[0], -1))
         return self.log_prob_vjp(theta, W.reshape(lead + W.shape[1:]), self.probs(theta))
+
+
+def _check_segments(segments, n_segments, shape):
+    """(segments as an int array of `shape` in -1..n_segments-1, n_segments), or a named error."""
+    if segments is None or n_segments is None:
+        raise InvalidInputError("segments and n_segments go together: pass both or neither")
+    n = check_positive_int(n_segments, "n_segments", minimum=0)
+    seg = np.asarray(segments)
+    if seg.dtype == bool or seg.dtype.kind not in "iu":
+        raise InvalidInputError(f"segments should be an integer array, actual dtype {seg.dtype}")
+    if seg.shape != shape:
+        raise ShapeError(f"segments should have the shape {shape} of the samples, actual shape {seg.shape}")
+    bad = (seg < -1) | (seg >= n)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InvalidInputError(f"{entry('segments', idx)} is {int(seg[idx])}; expected -1 (left out) or "
+                                f"0 <= segment < n_segments = {n}")
+    return seg, n
 
 
 class TabularSoftmax(Parameterization):

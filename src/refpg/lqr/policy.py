@@ -19,7 +19,8 @@ the Jacobian of :math:`\theta \mapsto \log\pi_\theta(u_i|x_i)`,
 * ``sample_log_prob_jvp(theta, v, states, actions)``: a tangent v in theta to
   :math:`\nabla_\theta\log\pi_\theta(u_i|x_i)\cdot v`, one number per sample;
 * ``sample_log_prob_vjp(theta, w, states, actions)``: weights w over the
-  samples to :math:`\sum_i w_i \nabla_\theta\log\pi_\theta(u_i|x_i)`.
+  samples to :math:`\sum_i w_i \nabla_\theta\log\pi_\theta(u_i|x_i)`, over
+  the whole batch or, with ``segments=``, per segment (one gradient per episode).
 
 So a score-function gradient, a Fisher-vector product or a KL gradient
 written against these works on it without knowing it is Gaussian. There is no
@@ -32,6 +33,7 @@ import numpy as np
 
 from refpg._validation import as_float_array, check_positive_int, entry
 from refpg.errors import InvalidInputError, ShapeError
+from refpg.policies import _check_segments
 
 __all__ = ["LinearGaussian", "LOG_STD_BOUND"]
 
@@ -234,7 +236,7 @@ class LinearGaussian:
         VK, vlog = self._split(v)
         return -np.einsum("...i,...i->...", z * inv_std, x @ VK.T) + (z * z - 1.0) @ vlog
 
-    def sample_log_prob_vjp(self, theta, w, states, actions) -> np.ndarray:
+    def sample_log_prob_vjp(self, theta, w, states, actions, *, segments=None, n_segments=None) -> np.ndarray:
         r""":math:`\sum_i w_i\, \nabla_\theta\log\pi_\theta(u_i|x_i)`, packed like theta.
 
         `w` has shape ``(*lead, *batch)``: leading axes are kept, the
@@ -244,22 +246,39 @@ class LinearGaussian:
         .. math::
             g_K = -\sum_i w_i\, \Psi^{-1/2} z_i\, x_i^\top,\qquad
             g_{\mathrm{log\_std}} = \sum_i w_i\,(z_i^2 - 1)
+
+        With ``segments`` (ints of the batch shape, in -1..n_segments-1) and
+        ``n_segments``, as for `refpg.Parameterization.sample_log_prob_vjp`:
+        `w` has the batch shape, the sums are per segment, shape
+        ``(n_segments, n_params)``, and segment -1 is left out.
         """
         theta = self.validate_theta(theta)
         x, u = self._samples(states, actions)
         batch = x.shape[:-1]
         w = as_float_array(w, "w")
+        z, inv_std, _ = self._standardised(theta, x, u)
+        zs = (z * inv_std).reshape(-1, self.action_dim)
+        xf = x.reshape(-1, self.state_dim)
+        score_log = (z * z - 1.0).reshape(-1, self.action_dim)
+        if segments is not None or n_segments is not None:
+            seg, E = _check_segments(segments, n_segments, batch)
+            if w.shape != batch:
+                raise ShapeError(f"w should have the batch shape {batch} of states when segments are given, "
+                                 f"actual shape {w.shape}")
+            keep = seg.ravel() >= 0
+            ids, wk = seg.ravel()[keep], w.ravel()[keep]
+            gK = np.zeros((E, self.action_dim, self.state_dim))
+            glog = np.zeros((E, self.action_dim))
+            np.add.at(gK, ids, -(wk[:, None] * zs[keep])[:, :, None] * xf[keep][:, None, :])
+            np.add.at(glog, ids, wk[:, None] * score_log[keep])
+            return self._vec(gK, glog)
         if w.shape[w.ndim - len(batch):] != batch or w.ndim < len(batch):
             raise ShapeError(f"w should have shape (..., {', '.join(map(str, batch))}) to match the batch shape "
                              f"{batch} of states, actual shape {w.shape}")
-        z, inv_std, _ = self._standardised(theta, x, u)
         lead = w.shape[:w.ndim - len(batch)]
         wf = w.reshape(lead + (-1,))
-        zs = (z * inv_std).reshape(-1, self.action_dim)
-        xf = x.reshape(-1, self.state_dim)
         gK = -np.einsum("...b,bi,bj->...ij", wf, zs, xf)
-        glog = wf @ (z * z - 1.0).reshape(-1, self.action_dim)
-        return self._vec(gK, glog)
+        return self._vec(gK, wf @ score_log)
 
     def sample_log_prob_jacobian(self, theta, states, actions) -> np.ndarray:
         r"""Dense :math:`\nabla_\theta\log\pi_\theta(u_i|x_i)`, shape ``(*batch, n_params)``."""
