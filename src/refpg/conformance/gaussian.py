@@ -567,8 +567,8 @@ def _entropy_candidates(ls, expected, d):
 
 @numerics_of_their_own
 def check_gaussian_log_prob(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
-                            max_examples: int = 100, seed: int = 0, scale: str | None = None,
-                            state_dependent: bool | None = None, entropy: bool = False,
+                            max_examples: int = 100, seed: int = 0, scale: str = None,
+                            state_dependent: bool = None, entropy: bool = False,
                             min_log_std: float = -12.0) -> Report:
     r"""Check a diagonal-Gaussian log-density (and entropy) exactly, with its gradient in the mean and the scale.
 
@@ -801,8 +801,8 @@ def _kl_candidates(mp, lp, mq, lq, expected, d):
 
 @numerics_of_their_own
 def check_gaussian_kl(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
-                      max_examples: int = 100, seed: int = 0, direction: str = "forward", scale: str | None = None,
-                      state_dependent: bool | None = None, min_log_std: float = -12.0) -> Report:
+                      max_examples: int = 100, seed: int = 0, direction: str = "forward", scale: str = None,
+                      state_dependent: bool = None, min_log_std: float = -12.0) -> Report:
     r"""Check the KL divergence of two diagonal Gaussians exactly, summed over dimensions, in its declared direction.
 
     .. math::

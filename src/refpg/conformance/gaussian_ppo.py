@@ -177,9 +177,9 @@ def _moves(case, jax, shared, min_n=1):
 
 @numerics_of_their_own
 def check_gaussian_ppo_loss(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
-                            max_examples: int = 100, seed: int = 0, scale: str | None = None,
-                            state_dependent: bool | None = None, normalize: str | None = None, ddof: int | None = None,
-                            adv_eps: float | None = None, min_log_std: float = -12.0) -> Report:
+                            max_examples: int = 100, seed: int = 0, scale: str = None, state_dependent: bool = None,
+                            normalize: str = None, ddof: int = None, adv_eps: float = None,
+                            min_log_std: float = -12.0) -> Report:
     r"""Check PPO's clipped loss for a diagonal-Gaussian policy: ratios exactly 1 at the old policy, every band,
     and its gradient in the mean and the scale.
 

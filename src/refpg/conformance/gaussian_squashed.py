@@ -38,8 +38,8 @@ function's graph).
 (:math:`\log(c(1 - \tanh^2 u) + \epsilon)`), :math:`\epsilon = 10^{-6}`, which lowers the density's
 log by up to :math:`\log(1 + \epsilon/(c\,\mathrm{sech}^2 u))` per dimension: 1e-4 at u = 2, 24 at
 u = 20. Declared as ``eps``, the check accepts any value between the exact log-density and that
-much below it (a one-sided band, per dimension summed); undeclared (``eps=None``), the exact form is
-required and a failure that matches the regularised form says to declare it.
+much below it (a one-sided band, per dimension summed); with ``eps=0`` the exact form is required, and a
+failure that matches the regularised form says to declare it.
 
 **Entropy.** The entropy of the squashed Gaussian has no closed form. With ``entropy=True`` the
 function returns ``(log_prob, entropy)`` and the entropy is compared with `squashed_gaussian_entropy`,
@@ -90,8 +90,8 @@ _NAMES = {
     "cleanrl": ("mean", {"log_std": "log_std", "std": "std"}, "action", "x_t"),
     "torchrl": ("loc", {"log_std": "log_scale", "std": "scale"}, "action", "pre_tanh"),
 }
-_DEFAULTS = {"refpg": dict(pre_tanh="given", eps=None), "sb3": dict(pre_tanh="given", eps=1e-6),
-             "cleanrl": dict(pre_tanh="given", eps=1e-6), "torchrl": dict(pre_tanh="not_given", eps=None)}
+_DEFAULTS = {"refpg": dict(pre_tanh="given", eps=0.0), "sb3": dict(pre_tanh="given", eps=1e-6),
+             "cleanrl": dict(pre_tanh="given", eps=1e-6), "torchrl": dict(pre_tanh="not_given", eps=0.0)}
 #: Action entries are judged backward stable to this many units in the last place ("not_given").
 ULPS = 4
 MODERATE = 4.0
@@ -311,7 +311,7 @@ def _candidates(m, ls, u, a_box, box: _Box, expected, d, eps, be, given: bool):
                         "a = tanh(u) has lost the digits of 1 - a^2; compute it from the pre-tanh value, 2 (log 2 - u - "
                         "softplus(-2u)) (rail-berkeley/rlkit #37)",
                         (logn - np.log((1.0 - t) * (1.0 + t))).sum(-1) - d * box.log_c))
-        if eps is None:
+        if eps == 0.0:
             out.append(("the regularised form log N(u) - sum log(1 - tanh(u)^2 + 1e-6) (SB3, CleanRL): declare eps=1e-6 "
                         "if that is intended", (logn - np.log(np.exp(jac) + 1e-6)).sum(-1) - d * box.log_c))
         clamps = [(float(np.finfo(be.np_dtype).eps), "the dtype's machine epsilon (SB3's TanhBijector)"),
@@ -331,10 +331,9 @@ def _candidates(m, ls, u, a_box, box: _Box, expected, d, eps, be, given: bool):
 
 @numerics_of_their_own
 def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
-                            max_examples: int = 100, seed: int = 0, pre_tanh: str | None = None,
-                            eps: float | None = "convention", low: float = -1.0, high: float = 1.0,
-                            scale: str | None = None, state_dependent: bool | None = None, entropy: bool = False,
-                            max_pre_tanh: float = 20.0, min_log_std: float = -12.0) -> Report:
+                            max_examples: int = 100, seed: int = 0, pre_tanh: str = None, eps: float = None,
+                            low: float = -1.0, high: float = 1.0, scale: str = None, state_dependent: bool = None,
+                            entropy: bool = False, max_pre_tanh: float = 20.0, min_log_std: float = -12.0) -> Report:
     r"""Check a tanh-squashed Gaussian log-density against the stable exact form, near saturation too.
 
     .. math::
@@ -348,7 +347,7 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
         ``fn(mean, log_std, actions)`` (``"not_given"``), in the convention's names
         (`SQUASHED_CONVENTIONS`); with ``entropy=True`` it returns ``(log_prob, entropy)``.
     convention : {"refpg", "sb3", "cleanrl", "torchrl"}
-        Defaults: refpg given, eps None; sb3 and cleanrl given, eps 1e-6; torchrl not_given, eps None,
+        Defaults: refpg given, eps 0; sb3 and cleanrl given, eps 1e-6; torchrl not_given, eps 0,
         scale "std". The log-std is per state (SAC's actors) unless ``state_dependent=False``.
     backend, dtype, max_examples, seed
         As in `refpg.conformance.check_gae`.
@@ -357,7 +356,8 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
     eps : float >= 0 or None
         The declared regulariser of :math:`\log(1 - \tanh^2 u + \epsilon)`: values between the exact
         log-density and :math:`\sum_i \log(1 + \epsilon/(\min(c_i, 1)\,\mathrm{sech}^2 u_i))` below it pass.
-        None: the exact form is required. Default: the convention's.
+        0: the exact form is required. None (default): the convention's, 1e-6 for sb3 and cleanrl, 0
+        for refpg and torchrl.
     low, high : float
         The action box; the function's own rescaling (bind it, e.g. TorchRL's ``low``/``high``).
     scale, state_dependent, min_log_std
@@ -380,7 +380,7 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
     -----
     A row passes when :math:`expected - B - A \le actual \le expected + A`, A = tol (1 + S) plus, with
     "not_given", the change 4 ulps of each normalised action entry make, B the declared regulariser's
-    band (0 without eps), S the sum of the magnitudes of the row's terms.
+    band (0 with eps = 0), S the sum of the magnitudes of the row's terms.
 
     References
     ----------
@@ -389,10 +389,7 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
     max_examples, seed = common_arguments(fn, convention, SQUASHED_CONVENTIONS, max_examples, seed)
     defaults = _DEFAULTS[convention]
     pre_tanh = defaults["pre_tanh"] if pre_tanh is None else check_choice(pre_tanh, "pre_tanh", PRE_TANH)
-    if isinstance(eps, str) and eps == "convention":
-        eps = defaults["eps"]
-    elif eps is not None:
-        eps = check_real(eps, "eps", low=0.0)
+    eps = defaults["eps"] if eps is None else check_real(eps, "eps", low=0.0)
     low, high = check_real(low, "low"), check_real(high, "high")
     if not high > low:
         raise InvalidInputError(f"high should be > low, actual low={low!r}, high={high!r}")
@@ -457,7 +454,7 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
             extra_m = np.max([np.abs(zi - z) for (_, zi), _ in moved], axis=0) * np.exp(-ls)
             extra_s = np.max([np.abs(zi * zi - z * z) for (_, zi), _ in moved], axis=0)
         below = None
-        if eps is not None:
+        if eps > 0.0:
             # The regularised form is computed from the action as passed: in "given" mode its rounding moves
             # 1 - tanh(u)^2 by up to 2 |tanh(u) - t| plus the rounding of t^2, which the band takes in too.
             slack = eps / min(box.c, 1.0)
@@ -495,7 +492,7 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
                          candidates=_candidates(m, ls, u, a, box, expected, d, eps, be, given),
                          why=(f"the log-density of the squashed action in {box.describe()}, summed over the d = {d} "
                               f"dimensions" + (f" (declared eps={eps:g}: values down to the regularised form pass)"
-                                               if eps is not None else "")))
+                                               if eps > 0.0 else "")))
         if o is not None:
             outcomes.append(o)
         if entropy:
@@ -552,7 +549,7 @@ def check_squashed_log_prob(fn, *, convention: str = "refpg", backend: str = "au
                              functools.partial(evaluate, region=region), (cid,),
                              moves=functools.partial(_moves, keys=keys, jax=jax, shared=shared, region=region,
                                                      max_pre_tanh=max_pre_tanh), max_examples=half)
-    if eps is not None and worst_band["v"] > 1.0:
+    if eps > 0.0 and worst_band["v"] > 1.0:
         session.warn(f"eps={eps:g} declared: the regularised form may lie up to {worst_band['v']:.3g} nats per "
                      f"dimension below the exact log-density in the drawn cases (near saturation); the check accepts "
                      f"that band by declaration")

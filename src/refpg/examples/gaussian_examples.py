@@ -425,6 +425,24 @@ def torchrl_style_gaussian_ppo_loss(loc, scale, action, action_log_prob, advanta
     return -torch.stack([gain1, gain2], -1).min(dim=-1)[0].mean()
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_ppo_loss():
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def loss(mean, log_std, actions, logp_old, advantages, clip_eps):
+        z = (actions - mean) * jnp.exp(-log_std)
+        ratio = jnp.exp(jnp.sum(-0.5 * z * z - log_std - 0.5 * LOG_2PI, axis=-1) - logp_old)
+        return -jnp.mean(jnp.minimum(ratio * advantages, jnp.clip(ratio, 1 - clip_eps, 1 + clip_eps) * advantages))
+    return loss
+
+
+def gaussian_ppo_loss_jax(mean, log_std, actions, logp_old, advantages, clip_eps):
+    """The clipped loss in JAX under jax.jit (clip_eps traced)."""
+    return _jitted_ppo_loss()(mean, log_std, actions, logp_old, advantages, clip_eps)
+
+
 def gaussian_ppo_scores_clipped_actions_torch(mean, log_std, actions, logp_old, advantages, clip_eps):
     """The new log-probability of the action clipped to [-1, 1], the old one of the action as sampled."""
     import torch
@@ -516,6 +534,7 @@ CORRECT: tuple[Example, ...] = (
              convention="sb3"),
     _correct(_PPO, cleanrl_style_gaussian_ppo_loss, "CleanRL-style ppo_continuous_action policy loss (norm_adv, max of "
              "the negated terms)", convention="cleanrl"),
+    _correct(_PPO, gaussian_ppo_loss_jax, "the clipped loss in JAX under jax.jit", backend="jax"),
     _correct(_PPO, torchrl_style_gaussian_ppo_loss, "TorchRL-style ClipPPOLoss objective for an IndependentNormal "
              "actor", convention="torchrl"),
 )
