@@ -522,6 +522,26 @@ def test_the_optimal_gain_survives_where_scipys_balanced_riccati_solve_goes_wron
     np.testing.assert_allclose(opt.K, lqr.optimal_gain(clean).K, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.xfail(strict=True, reason="FINDING: scipy.linalg.solve_discrete_are (default balanced=True; scipy 1.17.1) "
+                   "returns, without an error or warning, a P of order 1e21 for a system with entries near the "
+                   "underflow threshold whose true P is of order 1; balanced=False gets it right")
+def test_scipy_solve_discrete_are_balanced_matches_the_optimal_value_matrix():
+    import scipy.linalg as sla
+
+    A = np.array([[-5e-324, -1.7839662306578372, -0.5502801038309062],
+                  [0.9228214787223936, 1.1279911901380766, 3.6e-106],
+                  [1.2e-281, -5e-324, -1.5363806856778623]])
+    B = np.array([[1.0, -0.08360828186870693], [-9e-177, 1.0], [1e-132, -1.1754943508e-38]])
+    L = np.array([[0.5, 0.1, 0.3], [-0.4, 1.0, 0.0], [0.2, -0.5, 1.0]])
+    g = 0.1674
+    system = LQRSystem(A, B, L @ L.T, np.diag([1.14, 1.14]), np.eye(3), np.zeros(3), np.eye(3), g)
+    unbalanced = sla.solve_discrete_are(np.sqrt(g) * A, np.sqrt(g) * B, L @ L.T, np.diag([1.14, 1.14]), balanced=False)
+    np.testing.assert_allclose(unbalanced, lqr.optimal_gain(system).P, rtol=1e-10)
+    with np.errstate(all="ignore"):
+        balanced = sla.solve_discrete_are(np.sqrt(g) * A, np.sqrt(g) * B, L @ L.T, np.diag([1.14, 1.14]))
+    np.testing.assert_allclose(balanced, lqr.optimal_gain(system).P, rtol=1e-10)
+
+
 # -- KL ----------------------------------------------------------------------------------------------
 
 @given(lqr_cases(), st.data())
