@@ -54,7 +54,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from refpg._validation import check_choice, check_positive_int, check_real
-from refpg.conformance._harness import Outcome, Session, check_signature, numerics_of_their_own, resolve_backend
+from refpg.conformance._harness import Session, check_signature, numerics_of_their_own, resolve_backend
 from refpg.conformance.gaussian import (LOG_2PI, Spec, _gaussian_moves, autograd, check_min_log_std,
                                         common_arguments, compare_rows, gaussian_case, gradient_outcome,
                                         log_prob_terms, natural_steps, numeric_gradients)

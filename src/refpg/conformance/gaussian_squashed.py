@@ -60,7 +60,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from refpg._validation import check_choice, check_real
-from refpg.conformance._harness import Outcome, Session, check_signature, numerics_of_their_own, resolve_backend
+from refpg.conformance._harness import Session, check_signature, numerics_of_their_own, resolve_backend
 from refpg.conformance.gaussian import (JAX_SHAPE, LOG_2PI, Spec, _log_std_draw, _gaussian_moves, autograd,
                                         check_min_log_std, common_arguments, compare_rows, gradient_outcome,
                                         natural_steps, numeric_gradients, shape_outcome, split_pair, weighted_sum, weights)
