@@ -1,12 +1,9 @@
 """The Gaussian conformance kinds: gaussian_log_prob, gaussian_kl, squashed_log_prob, gaussian_ppo_loss.
 
-Bundled examples (correct pass, broken fail with their id; seed 0 at max_examples=40, seeds 1..5 at the
-default slow), the references against torch.distributions and high-precision quadrature, hints that name
+Bundled examples (correct pass, broken fail with their id; seed 0 as the zoo checks them, seeds 1..5
+slow), the references against torch.distributions and high-precision quadrature, hints that name
 the misreading, bad declarations refused before any call, float32, the NumPy numerical derivative, the
 declared regulariser band, backward stability in the action (with its power), and shrinking.
-
-The kinds are registered with the runner, the CLI and the zoo's list of kinds by the lead; until then
-refpg.examples.gaussian_examples admits them itself when it builds its examples.
 """
 
 import math
@@ -21,6 +18,7 @@ from refpg.conformance.gaussian_squashed import (_expected_log_sech2, _inverse, 
                                                  log_sech2, squashed_gaussian_entropy)
 from refpg.errors import InvalidInputError
 from refpg.examples import gaussian_examples as G
+from tests.helpers import example_report
 
 torch = pytest.importorskip("torch")
 
@@ -46,13 +44,13 @@ def _param(exs):
 def test_correct_example_passes(ex):
     if ex.backend == "jax":
         pytest.importorskip("jax")
-    report = _run(ex, max_examples=40)
+    report = example_report(ex)  # seed 0, shared with tests/test_conformance_examples.py
     assert report.passed, str(report)
 
 
 @pytest.mark.parametrize("ex", _param(G.BROKEN))
 def test_broken_example_fails_with_its_id(ex):
-    report = _run(ex, max_examples=40)
+    report = example_report(ex)
     assert ex.expected in report.failed_ids, str(report)
     assert " should " in report.failure(ex.expected).message
 

@@ -419,6 +419,31 @@ _OPTION_MEANINGS = {
     ("kl_penalty", "kl_type"): "the library's estimator name, passed as verl's kl_penalty= or OpenRLHF's "
                                "kl_estimator= (verl and openrlhf conventions only)",
     ("kl_penalty", "max_log_ratio"): "the largest |log pi_ref - log pi| any drawn case holds (none: no bound)",
+    ("gaussian_log_prob", "scale"): "what the scale argument holds: log_std or std; none is the convention's",
+    ("gaussian_log_prob", "state_dependent"): "one scale row per action row (true) or one shared vector",
+    ("gaussian_log_prob", "min_log_std"): "the smallest log-std the drawn cases hold",
+    ("gaussian_kl", "scale"): "what the scale argument holds: log_std or std; none is the convention's",
+    ("gaussian_kl", "state_dependent"): "one scale row per action row (true) or one shared vector",
+    ("gaussian_kl", "min_log_std"): "the smallest log-std the drawn cases hold",
+    ("squashed_log_prob", "scale"): "what the scale argument holds: log_std or std; none is the convention's",
+    ("squashed_log_prob", "state_dependent"): "one scale row per action row (true) or one shared vector",
+    ("squashed_log_prob", "min_log_std"): "the smallest log-std the drawn cases hold",
+    ("gaussian_ppo_loss", "scale"): "what the scale argument holds: log_std or std; none is the convention's",
+    ("gaussian_ppo_loss", "state_dependent"): "one scale row per action row (true) or one shared vector",
+    ("gaussian_ppo_loss", "min_log_std"): "the smallest log-std the drawn cases hold",
+    ("gaussian_log_prob", "entropy"): "TARGET also returns the entropy (summed over dimensions), checked too",
+    ("gaussian_kl", "direction"): "which KL TARGET computes: forward is KL(first || second), reverse the other",
+    ("squashed_log_prob", "pre_tanh"): "whether TARGET is given the pre-tanh value u or only the action; none is the "
+                                        "convention's",
+    ("squashed_log_prob", "eps"): "the declared eps of log(1 - tanh^2 + eps); 0 requires the exact form, none is "
+                                   "the convention's (SB3: 1e-6)",
+    ("squashed_log_prob", "low"): "lower bound of the action box (rescaling adds -sum log((high - low)/2))",
+    ("squashed_log_prob", "high"): "upper bound of the action box",
+    ("squashed_log_prob", "entropy"): "TARGET also returns the entropy, checked against quadrature",
+    ("squashed_log_prob", "max_pre_tanh"): "the largest |pre-tanh value| the drawn cases hold (saturation)",
+    ("gaussian_ppo_loss", "normalize"): "per-minibatch advantage normalisation, none or batch",
+    ("gaussian_ppo_loss", "ddof"): "delta degrees of freedom of the normalising std; none is the convention's",
+    ("gaussian_ppo_loss", "adv_eps"): "the eps added to the advantages' std; none is the convention's",
 }
 
 

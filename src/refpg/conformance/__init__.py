@@ -22,10 +22,17 @@ from refpg.conformance.llm_loss import LLM_LOSS_CONVENTIONS, check_llm_loss
 from refpg.conformance.group_advantages import GROUP_ADVANTAGE_CONVENTIONS, check_group_advantages
 from refpg.conformance.token_loss import TOKEN_LOSS_CONVENTIONS, check_token_policy_loss
 from refpg.conformance.kl_penalty import KL_PENALTY_CONVENTIONS, check_kl_penalty
+from refpg.conformance.gaussian import (GAUSSIAN_KL_CONVENTIONS, GAUSSIAN_LOG_PROB_CONVENTIONS, check_gaussian_kl,
+                                        check_gaussian_log_prob)
+from refpg.conformance.gaussian_ppo import GAUSSIAN_PPO_CONVENTIONS, check_gaussian_ppo_loss
+from refpg.conformance.gaussian_squashed import SQUASHED_CONVENTIONS, check_squashed_log_prob
 from refpg.conformance.report import Counterexample, Failure, Report, assert_conforms
 
 __all__ = ["CHECKS", "KINDS", "check", "register", "Counterexample", "Failure", "GAE_CONVENTIONS", "PPO_CONVENTIONS", "Report", "VALUE_CONVENTIONS",
            "assert_conforms", "check_gae", "check_kl_estimator", "check_ppo_loss", "check_reinforce_estimator", "check_trpo_step",
            "check_value_loss", "LLM_LOSS_CONVENTIONS", "check_llm_loss",
            "GROUP_ADVANTAGE_CONVENTIONS", "check_group_advantages", "TOKEN_LOSS_CONVENTIONS",
-           "check_token_policy_loss", "KL_PENALTY_CONVENTIONS", "check_kl_penalty"]
+           "check_token_policy_loss", "KL_PENALTY_CONVENTIONS", "check_kl_penalty",
+           "GAUSSIAN_LOG_PROB_CONVENTIONS", "check_gaussian_log_prob", "GAUSSIAN_KL_CONVENTIONS",
+           "check_gaussian_kl", "SQUASHED_CONVENTIONS", "check_squashed_log_prob", "GAUSSIAN_PPO_CONVENTIONS",
+           "check_gaussian_ppo_loss"]

@@ -45,12 +45,17 @@ def _checks() -> dict:
     from refpg.conformance.group_advantages import check_group_advantages
     from refpg.conformance.token_loss import check_token_policy_loss
     from refpg.conformance.kl_penalty import check_kl_penalty
+    from refpg.conformance.gaussian import check_gaussian_kl, check_gaussian_log_prob
+    from refpg.conformance.gaussian_ppo import check_gaussian_ppo_loss
+    from refpg.conformance.gaussian_squashed import check_squashed_log_prob
 
     return {"gae": check_gae, "ppo_loss": check_ppo_loss, "value_loss": check_value_loss,
             "kl_estimator": check_kl_estimator, "reinforce_estimator": check_reinforce_estimator,
             "trpo_step": check_trpo_step,
             "group_advantages": check_group_advantages, "token_policy_loss": check_token_policy_loss,
-            "llm_loss": check_llm_loss, "kl_penalty": check_kl_penalty}
+            "llm_loss": check_llm_loss, "kl_penalty": check_kl_penalty,
+            "gaussian_log_prob": check_gaussian_log_prob, "gaussian_kl": check_gaussian_kl,
+            "squashed_log_prob": check_squashed_log_prob, "gaussian_ppo_loss": check_gaussian_ppo_loss}
 
 
 #: The check of each kind: ``CHECKS[kind](fn, **options)`` returns a `refpg.conformance.Report`.
@@ -69,13 +74,18 @@ def _conventions() -> dict:
     from refpg.conformance.group_advantages import GROUP_ADVANTAGE_CONVENTIONS
     from refpg.conformance.token_loss import TOKEN_LOSS_CONVENTIONS
     from refpg.conformance.kl_penalty import KL_PENALTY_CONVENTIONS
+    from refpg.conformance.gaussian import GAUSSIAN_KL_CONVENTIONS, GAUSSIAN_LOG_PROB_CONVENTIONS
+    from refpg.conformance.gaussian_ppo import GAUSSIAN_PPO_CONVENTIONS
+    from refpg.conformance.gaussian_squashed import SQUASHED_CONVENTIONS
 
     return {"gae": tuple(GAE_CONVENTIONS), "ppo_loss": tuple(PPO_CONVENTIONS),
             "value_loss": tuple(VALUE_CONVENTIONS), "kl_estimator": tuple(KL_CONVENTIONS),
             "reinforce_estimator": tuple(REINFORCE_CONVENTIONS), "trpo_step": tuple(TRPO_CONVENTIONS),
             "group_advantages": tuple(GROUP_ADVANTAGE_CONVENTIONS),
             "token_policy_loss": tuple(TOKEN_LOSS_CONVENTIONS), "llm_loss": tuple(LLM_LOSS_CONVENTIONS),
-            "kl_penalty": tuple(KL_PENALTY_CONVENTIONS)}
+            "kl_penalty": tuple(KL_PENALTY_CONVENTIONS),
+            "gaussian_log_prob": tuple(GAUSSIAN_LOG_PROB_CONVENTIONS), "gaussian_kl": tuple(GAUSSIAN_KL_CONVENTIONS),
+            "squashed_log_prob": tuple(SQUASHED_CONVENTIONS), "gaussian_ppo_loss": tuple(GAUSSIAN_PPO_CONVENTIONS)}
 
 
 #: The conventions each kind's check accepts, kind -> tuple of names.
@@ -101,7 +111,12 @@ NULLABLE_OPTIONS = {("ppo_loss", "dual_clip"), ("ppo_loss", "eps_low"), ("ppo_lo
     ("token_policy_loss", k) for k in ("eps_high", "dual_clip", "norm_length", "accumulation", "empty_rows",
                                        "count_eps", "advantages", "loss", "aggregation", "loss_type",
                                        "importance_sampling_level")} | {
-    ("kl_penalty", k) for k in ("gradient", "kl_type", "max_log_ratio")}
+    ("kl_penalty", k) for k in ("gradient", "kl_type", "max_log_ratio")} | {
+    # the Gaussian kinds: None is the convention's default
+    (kind, k) for kind in ("gaussian_log_prob", "gaussian_kl", "squashed_log_prob", "gaussian_ppo_loss")
+    for k in ("scale", "state_dependent")} | {
+    ("squashed_log_prob", "pre_tanh"), ("squashed_log_prob", "eps")} | {
+    ("gaussian_ppo_loss", k) for k in ("normalize", "ddof", "adv_eps")}
 
 
 class Option(NamedTuple):
@@ -122,6 +137,8 @@ def _choices(kind: str, name: str) -> tuple:
     from refpg.conformance.reinforce import NORMALIZATIONS, OBJECTIVES
     from refpg.losses import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, TOKEN_LOSSES
     from refpg.conformance.kl_penalty import GRADIENTS, VALUES
+    from refpg.conformance.gaussian import KL_DIRECTIONS, SCALES
+    from refpg.conformance.gaussian_squashed import PRE_TANH
 
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
             "normalize": ("none", "batch"), "style": VALUE_STYLES, "normalization": NORMALIZATIONS,
@@ -132,7 +149,9 @@ def _choices(kind: str, name: str) -> tuple:
             "loss": TOKEN_LOSSES, "aggregation": AGGREGATIONS, "kl": KL_ESTIMATORS, "kl_placement": ("loss", "reward"),
             "kl_importance": ("none", "detached", "differentiated"), "estimator": ADVANTAGE_ESTIMATORS,
             "scale_rewards": ("group", "batch", "none"),
-            "value": VALUES, "gradient": GRADIENTS}.get(name, ())
+            "value": VALUES, "gradient": GRADIENTS,
+            # the Gaussian kinds
+            "scale": SCALES, "direction": KL_DIRECTIONS, "pre_tanh": PRE_TANH}.get(name, ())
 
 
 def options_of(kind: str) -> dict:

@@ -12,7 +12,8 @@ from refpg.errors import InvalidInputError
 __all__ = ["Example"]
 
 _KINDS = ("gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step", "group_advantages", "token_policy_loss",
-          "llm_loss", "kl_penalty")
+          "llm_loss", "kl_penalty", "gaussian_log_prob", "gaussian_kl", "squashed_log_prob",
+          "gaussian_ppo_loss")
 _BACKENDS = ("numpy", "torch", "jax")
 
 

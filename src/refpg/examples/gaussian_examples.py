@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 
-from refpg.examples import _example
 from refpg.examples._example import Example
 
 __all__ = ["CORRECT", "BROKEN", "KINDS"]
@@ -468,16 +467,7 @@ def gaussian_ppo_log_prob_averaged_torch(mean, log_std, actions, logp_old, advan
 # -- the registry ------------------------------------------------------------------------------------------
 
 def _new(name, kind, fn, convention, backend, options, expected, description) -> Example:
-    """An `Example`; while the zoo's list of kinds does not name the Gaussian kinds yet (the lead registers them in
-    refpg.examples._example), it is admitted for the construction only and the list is left as it was."""
-    if kind in _example._KINDS:
-        return Example(name, kind, fn, convention, backend, options, expected, description)
-    saved = _example._KINDS
-    _example._KINDS = saved + (kind,)
-    try:
-        return Example(name, kind, fn, convention, backend, options, expected, description)
-    finally:
-        _example._KINDS = saved
+    return Example(name, kind, fn, convention, backend, options, expected, description)
 
 
 def _correct(kind, fn, description, *, convention="refpg", backend="torch", name=None, **options):
