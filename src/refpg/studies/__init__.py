@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from refpg.studies import kl_estimators, mei2020_bandit, npg_bound
 from refpg.studies import cen2022_entropy_npg, gradient_estimates
-from refpg.studies import llm_pg, ppo_ratio_kl, seed_story
+from refpg.studies import llm_pg, lqr, ppo_ratio_kl, seed_story
 
 __all__ = ["STUDIES", "run_study"]
 
@@ -23,6 +23,7 @@ STUDIES = {
     "seed_story": seed_story,
     "ppo_ratio_kl": ppo_ratio_kl,
     "llm_pg": llm_pg,
+    "lqr": lqr,
 }
 
 
