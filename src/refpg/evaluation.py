@@ -105,6 +105,49 @@ def check_policy(policy, mdp: TabularMDP) -> Parameterization:
     return policy
 
 
+#: The kinds of problem `check_problem` tells apart.
+PROBLEM_KINDS = ("tabular", "lqr")
+
+
+def check_problem(mdp, policy) -> str:
+    """Which kind of problem (mdp, policy) is, after checking that the two fit together.
+
+    Returns
+    -------
+    {"tabular", "lqr"}
+        ``"tabular"`` for a `TabularMDP` with a `refpg.Parameterization` of its
+        sizes, ``"lqr"`` for a `refpg.lqr.LQRSystem` with a
+        `refpg.lqr.LinearGaussian` of its dimensions. The algorithms of
+        `refpg.algorithms` run on both.
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        Anything else, naming the argument and what it should be.
+    """
+    # Imported here: refpg.lqr builds on this module.
+    from refpg.lqr import LinearGaussian, LQRSystem
+
+    if isinstance(mdp, LQRSystem):
+        if not isinstance(policy, LinearGaussian):
+            raise InvalidInputError(
+                f"policy should be a refpg.lqr.LinearGaussian on an LQRSystem, actual {type(policy).__name__}")
+        if (policy.state_dim, policy.action_dim) != (mdp.state_dim, mdp.action_dim):
+            raise InvalidInputError(
+                f"policy has (state_dim, action_dim) = ({policy.state_dim}, {policy.action_dim}) but the "
+                f"system has ({mdp.state_dim}, {mdp.action_dim})")
+        return "lqr"
+    if not isinstance(mdp, TabularMDP):
+        raise InvalidInputError(
+            f"mdp should be a refpg.TabularMDP or a refpg.lqr.LQRSystem, actual {type(mdp).__name__}")
+    if isinstance(policy, LinearGaussian):
+        raise InvalidInputError(
+            "policy should be a refpg parameterization (TabularSoftmax or LogLinear) on a TabularMDP, actual "
+            "LinearGaussian (a linear-Gaussian policy acts on a refpg.lqr.LQRSystem)")
+    check_policy(policy, mdp)
+    return "tabular"
+
+
 def evaluate(mdp: TabularMDP, pi) -> Evaluation:
     r"""Evaluate a policy exactly: V, Q, A, d and J from one factorization.
 

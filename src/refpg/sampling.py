@@ -53,6 +53,10 @@ class Episode(NamedTuple):
 class Batch:
     """A time-major batch of transitions; every array has shape (T, N).
 
+    On a `refpg.lqr.LQRSystem` (`refpg.lqr.sample_steps`) the states and
+    actions are vectors: ``states`` and ``next_states`` are float64
+    (T, N, n) and ``actions`` float64 (T, N, m); every other array is (T, N).
+
     Attributes
     ----------
     states, actions, next_states : int64 arrays
@@ -84,7 +88,7 @@ class Batch:
     @property
     def shape(self) -> tuple:
         """(T, N)."""
-        return self.states.shape
+        return self.rewards.shape
 
     @property
     def dones(self) -> np.ndarray:

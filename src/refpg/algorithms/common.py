@@ -74,15 +74,18 @@ class SampledData:
     ----------
     batch : Batch
         The raw time-major batch.
-    states, actions : int64 (M,)
+    states, actions : int64 (M,), or float64 (M, n) and (M, m)
+        Integer states and actions on a TabularMDP; state and action vectors
+        on an LQR system.
     logp_old : float64 (M,)
         log pi_old(a|s) of the sampling policy.
     advantages : float64 (M,)
         GAE(gamma, lam) advantages.
     returns : float64 (M,)
         lambda-returns (advantages + V(s)), the critic's regression target.
-    values : float64 (S,)
-        The critic V used.
+    values : float64 (S,), or refpg.lqr.QuadraticValue
+        The critic V used: a table, or on an LQR system the quadratic
+        :math:`V(x) = x^\top P x + c`.
     """
 
     batch: Batch
@@ -94,22 +97,44 @@ class SampledData:
     values: np.ndarray
 
 
-def collect(mdp, pi, config: SampleConfig, *, rng, values=None) -> SampledData:
+def collect(mdp, pi, config: SampleConfig, *, rng, values=None, theta=None) -> SampledData:
     """Sample one batch under pi and compute its GAE advantages.
 
     Parameters
     ----------
-    mdp : TabularMDP
-    pi : ndarray (S, A)
+    mdp : TabularMDP or refpg.lqr.LQRSystem
+    pi : ndarray (S, A), or a refpg.lqr.LinearGaussian
+        The policy's probabilities on a TabularMDP; on an LQRSystem the
+        linear-Gaussian policy, whose parameters are `theta`.
     config : SampleConfig
     rng : numpy.random.Generator
-    values : ndarray (S,), optional
-        The previous batch critic (``critic="batch"``); zeros if None.
+    values : ndarray (S,) or refpg.lqr.QuadraticValue, optional
+        The previous batch critic (``critic="batch"``); zero if None.
+    theta : ndarray, keyword-only
+        On an LQRSystem only (required there): the parameters of `pi`.
 
     Returns
     -------
     SampledData
+
+    Notes
+    -----
+    On an LQRSystem the batch comes from `refpg.lqr.sample_steps` (float
+    states and actions; episodes never terminate, so each is cut by
+    ``config.max_episode_steps`` and GAE bootstraps there), the exact
+    critic is the reward value :math:`-(x^\top P_K x + q_K)`
+    (`refpg.lqr.exact_value`), and the batch critic is the least-squares
+    quadratic :math:`x^\top P x + c` through the lambda-returns computed with
+    the previous critic (`refpg.lqr.fit_quadratic_value`), the counterpart of
+    the tabular per-state mean.
     """
+    from refpg.lqr import LQRSystem
+
+    if isinstance(mdp, LQRSystem):
+        return _collect_lqr(mdp, pi, theta, config, rng, values)
+    if theta is not None:
+        raise InvalidInputError("theta is only used on an LQRSystem (with a LinearGaussian pi); on a TabularMDP "
+                                "pi holds the probabilities")
     batch = Sampler(mdp, pi).steps(config.n_envs, config.n_steps, rng=rng,
                                    max_episode_steps=config.max_episode_steps)
     if config.critic == "exact":
@@ -129,6 +154,39 @@ def collect(mdp, pi, config: SampleConfig, *, rng, values=None) -> SampledData:
     return SampledData(batch=batch, states=batch.states[v], actions=batch.actions[v],
                        logp_old=batch.log_probs[v], advantages=adv[v], returns=(adv + V[batch.states])[v],
                        values=V)
+
+
+def _collect_lqr(system, policy, theta, config, rng, values) -> SampledData:
+    from refpg.evaluation import check_problem
+    from refpg.lqr import sampling as lqr_sampling
+
+    check_problem(system, policy)
+    if theta is None:
+        raise InvalidInputError("theta is required on an LQRSystem: collect(system, policy, config, rng=rng, "
+                                "theta=theta)")
+    if not isinstance(config, SampleConfig):
+        raise InvalidInputError(f"config should be a refpg.algorithms.SampleConfig, actual {type(config).__name__}")
+    batch = lqr_sampling.sample_steps(system, policy, theta, config.n_envs, config.n_steps, rng=rng,
+                                      max_episode_steps=config.max_episode_steps)
+    g, n = system.gamma, system.state_dim
+    if config.critic == "exact":
+        V = lqr_sampling.exact_value(system, policy, theta)
+    else:
+        if values is None:
+            V0 = lqr_sampling.QuadraticValue(P=np.zeros((n, n)), c=0.0)
+        elif isinstance(values, lqr_sampling.QuadraticValue):
+            V0 = values
+        else:
+            raise InvalidInputError(f"values should be a refpg.lqr.QuadraticValue or None on an LQRSystem, "
+                                    f"actual {type(values).__name__}")
+        lam_ret = gae(batch.rewards, V0(batch.states), V0(batch.next_states), batch.terminated, batch.truncated,
+                      g, config.lam) + V0(batch.states)
+        V = lqr_sampling.fit_quadratic_value(batch.states.reshape(-1, n), lam_ret.ravel())
+    v_now = V(batch.states)
+    adv = gae(batch.rewards, v_now, V(batch.next_states), batch.terminated, batch.truncated, g, config.lam)
+    v = batch.valid
+    return SampledData(batch=batch, states=batch.states[v], actions=batch.actions[v],
+                       logp_old=batch.log_probs[v], advantages=adv[v], returns=(adv + v_now)[v], values=V)
 
 
 # -- shared by the sampled modes of TRPO, NPG and REINFORCE ------------------------

@@ -15,10 +15,10 @@ from typing import NamedTuple
 import numpy as np
 
 from refpg._validation import check_choice, check_positive_int, did_you_mean
+from refpg.algorithms._problems import problem
 from refpg.algorithms.common import check_mode
 from refpg.errors import InvalidInputError
-from refpg.evaluation import check_mdp, check_policy, policy_evaluation
-from refpg.kl import kl_divergence
+from refpg.evaluation import check_problem
 
 __all__ = ["ALGORITHMS", "IterationRecord", "History", "run"]
 
@@ -130,8 +130,8 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     Parameters
     ----------
     algorithm : {"reinforce", "npg", "trpo", "ppo", "ppo_kl_penalty"}
-    mdp : TabularMDP
-    policy : TabularSoftmax or LogLinear
+    mdp : TabularMDP or refpg.lqr.LQRSystem
+    policy : TabularSoftmax or LogLinear; refpg.lqr.LinearGaussian on an LQRSystem
     theta0 : ndarray of shape ``policy.theta_shape``
     n_iters : int >= 1
     mode : {"exact", "sampled"}
@@ -239,6 +239,14 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     sample_config                  refused                                  as for npg
     ============================== ======================================== ==========================================
 
+    **On an LQR system** every record is exact too (`refpg.lqr`): J (-inf
+    once a gain stops stabilising the system, after which the next
+    iteration is refused), the mean KL under :math:`d_{old}`, and the
+    supremum of the per-state KL and range of the ratio over all states and
+    actions (inf, 0 and inf as soon as the gain moves on the states
+    :math:`d_{old}` reaches). Exact PPO's clipped term is the one quantity
+    estimated, by Monte Carlo (`ppo_update`).
+
     **Where the limits still differ.** The batch's advantages are GAE
     estimates: unbiased only with ``SampleConfig(critic="exact")``; the
     default ``critic="batch"`` fits a Monte Carlo critic on the batch itself,
@@ -264,8 +272,7 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     [Williams1992]; [Kakade2001]; [Schulman2015]; [Schulman2017]; [Nota2020].
     """
     check_choice(algorithm, "algorithm", ALGORITHMS)
-    check_mdp(mdp)
-    check_policy(policy, mdp)
+    check_problem(mdp, policy)
     check_mode(mode)
     n_iters = check_positive_int(n_iters, "n_iters")
     seed = check_positive_int(seed, "seed", minimum=0)
@@ -273,8 +280,8 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
     _check_options(algorithm, step, options)
     theta = policy.validate_theta(theta0, "theta0").copy()
     rng = np.random.default_rng(seed) if mode == "sampled" else None
-    ev = policy_evaluation(mdp, policy.probs(theta))
-    J0 = ev.J
+    prob = problem(mdp, policy, theta, name="theta0")
+    J0 = prob.J_old
     records, results = [], []
     kwargs = dict(options)
     if mode == "sampled":
@@ -286,24 +293,22 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
         if algorithm == "ppo_kl_penalty":
             kwargs["beta"] = res.beta  # the adaptive coefficient, for the next update
         new = np.asarray(res.theta)
-        pi_new = policy.probs(new)
-        ev_new = policy_evaluation(mdp, pi_new)
-        logp_old, logp_new = policy.log_probs(theta), policy.log_probs(new)
-        kl = kl_divergence(mdp, policy, new, theta_old=theta, reduction="none", evaluation_old=ev)
-        visited = ev.support
-        # From log-probabilities: finite even where pi_old has underflowed to 0.
-        ratio = np.exp(logp_new[visited] - logp_old[visited])
+        div = prob.divergence(new)
+        J_new = prob.J(new)
         inner = getattr(res, "update", res)  # ppo_kl_penalty wraps a PPOResult
         data, batch = getattr(inner, "data", None), getattr(inner, "batch", None)
-        samples = (int(data.states.size) if data is not None
+        samples = (int(data.advantages.size) if data is not None
                    else int(batch.valid.sum()) if batch is not None else 0)
         records.append(IterationRecord(
-            iteration=it, J=ev_new.J, J_before=ev.J, mean_kl=float(ev.d @ kl), max_kl=float(kl[visited].max()),
-            ratio_min=float(ratio.min()), ratio_max=float(ratio.max()),
+            iteration=it, J=J_new, J_before=prob.J_old, mean_kl=div.mean_kl, max_kl=div.max_kl,
+            ratio_min=div.ratio_min, ratio_max=div.ratio_max,
             step_norm=float(np.linalg.norm(new - theta)),
             accepted=getattr(res, "accepted", None), step_fraction=getattr(res, "step_fraction", None),
             samples=samples, seconds=seconds))
         results.append(res)
-        theta, ev = new.copy(), ev_new
+        theta = new.copy()
+        if it < n_iters:
+            # The next iteration starts here (an LQR gain that no longer stabilises is refused, naming its radius).
+            prob = prob.at(theta)
     return History(algorithm=algorithm, mode=mode, records=tuple(records), theta=theta, J0=J0,
                    results=tuple(results))

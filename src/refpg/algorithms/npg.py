@@ -16,22 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from refpg._validation import check_positive_int, check_real
+from refpg.algorithms._problems import problem
 from refpg.algorithms.common import (
     SampleConfig,
     SampledData,
-    batch_pieces,
     check_fisher,
     check_mode,
     check_sample_config,
     check_sampled_arguments,
-    horizon_estimate,
-    sampled_data,
 )
 from refpg.algorithms.trpo import CGResult, conjugate_gradient
 from refpg.errors import InvalidInputError
-from refpg.evaluation import check_mdp, policy_evaluation, prepare
-from refpg.fisher import _fvp, natural_gradient
-from refpg.gradient import gradient_from_evaluation
+from refpg.evaluation import check_mdp
 
 __all__ = ["NPGResult", "npg_step", "npg_bound"]
 
@@ -87,17 +83,20 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
 
     Parameters
     ----------
-    mdp : TabularMDP
-    policy : TabularSoftmax or LogLinear
+    mdp : TabularMDP or refpg.lqr.LQRSystem
+    policy : TabularSoftmax or LogLinear; refpg.lqr.LinearGaussian on an LQRSystem
     theta : ndarray of shape ``policy.theta_shape``
-        theta_old.
+        theta_old (on an LQRSystem, a stabilising gain).
     eta : float
         Step size, > 0.
     mode : {"exact", "sampled"}
         Exact: the natural gradient of `refpg.natural_gradient` (closed form
         :math:`(A - \bar A)/(1-\gamma)` on visited states for tabular softmax,
         minimum-norm least squares for log-linear), or conjugate gradient on
-        the exact Fisher matrix when `cg_iters` or `damping` is given.
+        the exact Fisher matrix when `cg_iters` or `damping` is given. On an
+        LQR system the closed form is `refpg.lqr.natural_gradient`, in K
+        :math:`-2\Psi E_K/(1-\gamma)` ([Fazel2018] Section 4), and F is
+        `refpg.lqr.fisher_matrix` (used matrix-free).
         Sampled: conjugate gradient on a batch Fisher with the batch estimate
         of the policy gradient (Notes). Both are the same step: the sampled
         one estimates the exact one.
@@ -175,31 +174,27 @@ def npg_step(mdp, policy, theta, *, eta: float, mode: str = "exact", cg_iters: i
             "damping=0 asks for the minimum-norm solve of the batch Fisher, which estimates F^+ grad J but "
             "whose variance grows without bound as some pi(a|s) nears 0 (FrozenLake, 262,144 transitions a "
             "batch: a step of norm 2e3 by iteration 6 where the exact step is 3.7)")
-    theta_old, pi_old, ev_old = prepare(mdp, policy, theta)
-    theta_old = theta_old.copy()
+    prob = problem(mdp, policy, theta)
+    theta_old = prob.theta_old
     max_iter = policy.n_params if cg_iters is None else cg_iters
     if mode == "exact":
-        gradient = gradient_from_evaluation(policy, theta_old, pi_old, ev_old)
+        gradient = prob.gradient()
         if cg_iters is None and damping == 0.0:
-            direction = natural_gradient(mdp, policy, theta_old, evaluation=ev_old)
+            direction = prob.natural_gradient()
             cg = None
         else:
-            cg = conjugate_gradient(lambda v: _fvp(policy, theta_old, pi_old, ev_old.d, v) + damping * v,
-                                    gradient, max_iter=max_iter, rtol=cg_rtol)
+            cg = conjugate_gradient(lambda v: prob.fvp(v) + damping * v, gradient, max_iter=max_iter,
+                                    rtol=cg_rtol)
             direction = cg.x
     else:
-        log_pi_old = policy.log_probs(theta_old)
-        data = sampled_data(mdp, policy, theta_old, log_pi_old, rng, sample_config, data)
-        pieces = batch_pieces(policy, theta_old, pi_old, log_pi_old, data, fisher,
-                              horizon_estimate(mdp.gamma, data))
+        data, pieces = prob.sampled(rng, sample_config, data, fisher)
         gradient = pieces.gradient
         cg = conjugate_gradient(lambda v: pieces.fvp(v) + damping * v, gradient, max_iter=max_iter,
                                 rtol=cg_rtol)
         direction = cg.x
     theta_new = theta_old + eta * direction
-    J_after = policy_evaluation(mdp, policy.probs(theta_new)).J
     return NPGResult(theta=theta_new, theta_old=theta_old, eta=eta, gradient=gradient, direction=direction,
-                     cg=cg, J_before=ev_old.J, J_after=J_after, mode=mode, data=data)
+                     cg=cg, J_before=prob.J_old, J_after=prob.J(theta_new), mode=mode, data=data)
 
 
 def npg_bound(mdp, eta: float, T: int, *, reward_span: float | None = None) -> float:

@@ -40,13 +40,17 @@ from refpg._deprecation import keyword_only_since
 from refpg._validation import as_float_array, check_choice, check_positive_int, check_real, entry
 from refpg.algorithms.common import SampleConfig, SampledData, check_mode, collect
 from refpg.errors import InvalidInputError, ShapeError
-from refpg.evaluation import check_mdp, check_policy, policy_evaluation, prepare
+from refpg.algorithms._problems import LQRProblem
+from refpg.evaluation import check_mdp, check_policy, check_problem, policy_evaluation, prepare
 from refpg.kl import weighted_kl_gradient
 from refpg.kl_estimators import kl_k3
 # The sample level lives in refpg.losses.sample; its public names stay importable from here.
 from refpg.losses.sample import (ClipTerms, _check_clip_eps, _normalize, _terms, approx_kl, clip_fraction,
                                  normalized_advantages, ppo_clip_grad_logp, ppo_clip_loss, ppo_clip_terms,
                                  ratio_outside_fraction)
+from refpg.lqr import LinearGaussian, LQRSystem
+from refpg.lqr import exact as lqr_exact
+from refpg.lqr import sampling as lqr_sampling
 from refpg.policies import Parameterization
 
 __all__ = [
@@ -75,6 +79,8 @@ __all__ = [
     "OPTIMIZERS",
     "NORMALIZATIONS",
     "KL_STOP_FACTOR",
+    "DEFAULT_MONTE_CARLO_SAMPLES",
+    "MONTE_CARLO_SEED",
 ]
 
 #: Values of ``optimizer`` in `ppo_update` and `ppo_kl_penalty_update`.
@@ -115,12 +121,17 @@ class PPOSamples(NamedTuple):
     advantages: np.ndarray
 
 
-def _check_parameterization(policy) -> Parameterization:
-    if not isinstance(policy, Parameterization):
+def _check_parameterization(policy):
+    if not isinstance(policy, (Parameterization, LinearGaussian)):
         raise InvalidInputError(
-            "policy should be a refpg parameterization (TabularSoftmax or LogLinear), "
-            f"actual {type(policy).__name__}")
+            "policy should be a refpg parameterization (TabularSoftmax or LogLinear) or a "
+            f"refpg.lqr.LinearGaussian, actual {type(policy).__name__}")
     return policy
+
+
+def _gaussian(policy) -> bool:
+    """Whether the policy acts on state and action vectors (the linear-Gaussian policy of an LQR system)."""
+    return isinstance(policy, LinearGaussian)
 
 
 def _index_array(x, name: str, n: int, size: int | None = None) -> np.ndarray:
@@ -137,6 +148,14 @@ def _index_array(x, name: str, n: int, size: int | None = None) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def _vector_array(x, name: str, dim: int, size: int | None = None) -> np.ndarray:
+    arr = as_float_array(x, name)
+    if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0 or (size is not None and arr.shape[0] != size):
+        want = f"(M, {dim}) with M >= 1" if size is None else f"({size}, {dim})"
+        raise ShapeError(f"{name} should have shape {want}, actual shape {arr.shape}")
+    return arr
+
+
 def _check_samples(data, policy, name: str = "data") -> PPOSamples:
     if isinstance(data, SampledData):
         fields = (data.states, data.actions, data.logp_old, data.advantages)
@@ -146,9 +165,14 @@ def _check_samples(data, policy, name: str = "data") -> PPOSamples:
         raise InvalidInputError(
             f"{name} should be a refpg.algorithms.SampledData or a PPOSamples "
             f"(states, actions, logp_old, advantages), actual {type(data).__name__}")
-    states = _index_array(fields[0], f"{name}.states", policy.n_states)
-    M = states.size
-    actions = _index_array(fields[1], f"{name}.actions", policy.n_actions, M)
+    if _gaussian(policy):
+        states = _vector_array(fields[0], f"{name}.states", policy.state_dim)
+        M = states.shape[0]
+        actions = _vector_array(fields[1], f"{name}.actions", policy.action_dim, M)
+    else:
+        states = _index_array(fields[0], f"{name}.states", policy.n_states)
+        M = states.size
+        actions = _index_array(fields[1], f"{name}.actions", policy.n_actions, M)
     logp_old = as_float_array(fields[2], f"{name}.logp_old", shape=(M,))
     adv = as_float_array(fields[3], f"{name}.advantages", shape=(M,))
     return PPOSamples(states, actions, logp_old, adv)
@@ -162,6 +186,16 @@ def _add_at(shape, states, actions, w) -> np.ndarray:
 
 
 def _sampled_pieces(policy, theta, samples: PPOSamples, eps, *, grad: bool):
+    if _gaussian(policy):
+        # Through the sample-level interface: there is no table over continuous states.
+        logp_i = policy.sample_log_probs(theta, samples.states, samples.actions)
+        terms = _terms(logp_i - samples.logp_old, samples.advantages, eps)
+        g = None
+        if grad:
+            with np.errstate(invalid="ignore"):
+                w = np.where(terms.clipped | (samples.advantages == 0), 0.0, terms.ratio * samples.advantages)
+            g = policy.sample_log_prob_vjp(theta, w / samples.advantages.size, samples.states, samples.actions)
+        return terms, g
     logp = policy.log_probs(theta)
     terms = _terms(logp[samples.states, samples.actions] - samples.logp_old, samples.advantages, eps)
     g = None
@@ -185,10 +219,12 @@ def clipped_surrogate(policy, theta, data, clip_eps) -> float:
 
     Parameters
     ----------
-    policy : TabularSoftmax or LogLinear
+    policy : TabularSoftmax, LogLinear or refpg.lqr.LinearGaussian
     theta : ndarray of shape ``policy.theta_shape``
     data : PPOSamples, 4-tuple or SampledData
-        States, actions, logp_old (which defines pi_old) and advantages.
+        States, actions, logp_old (which defines pi_old) and advantages:
+        integer states and actions (M,) for a tabular policy, state and
+        action vectors (M, n) and (M, m) for a linear-Gaussian one.
     clip_eps : float > 0 or None
         None: no clipping, :math:`L^{CPI} = \frac1M\sum_i r_i A_i` (Eq. 6).
 
@@ -215,8 +251,10 @@ def clipped_surrogate_gradient(policy, theta, data, clip_eps) -> np.ndarray:
         \nabla_\theta L^{CLIP} = \sum_{s,a} W[s,a]\,\nabla_\theta\log\pi_\theta(a|s),
         \qquad W[s,a] = \frac1M \sum_{i:\,(s_i,a_i)=(s,a),\ i\ \text{not clipped}} r_i A_i
 
-    (``np.add.at`` over the samples, then one ``policy.log_prob_vjp``);
-    "clipped" as in `ClipTerms`, ratios on the boundary counting as unclipped.
+    (``np.add.at`` over the samples, then one ``policy.log_prob_vjp``; for a
+    linear-Gaussian policy one ``policy.sample_log_prob_vjp`` with weights
+    :math:`r_i A_i / M`); "clipped" as in `ClipTerms`, ratios on the boundary
+    counting as unclipped.
 
     Parameters
     ----------
@@ -238,7 +276,22 @@ def clipped_surrogate_gradient(policy, theta, data, clip_eps) -> np.ndarray:
 
 
 def _check_states(states, policy) -> np.ndarray:
+    if _gaussian(policy):
+        return _vector_array(states, "states", policy.state_dim)
     return _index_array(states, "states", policy.n_states)
+
+
+def _gaussian_batch_kl(policy, theta, theta_old, states) -> float:
+    """Mean over `states` (M, n) of the exact per-state Gaussian KL(pi_old || pi_theta): quadratic in x."""
+    K_old, log_std_old = policy._split(theta_old)
+    K, log_std = policy._split(theta)
+    return lqr_exact._kl_under(K_old, log_std_old, K, log_std, states.T @ states / states.shape[0])
+
+
+def _gaussian_batch_kl_gradient(policy, theta, theta_old, states) -> np.ndarray:
+    K_old, log_std_old = policy._split(theta_old)
+    K, log_std = policy._split(theta)
+    return lqr_exact._kl_gradient_under(policy, K_old, log_std_old, K, log_std, states.T @ states / states.shape[0])
 
 
 def _state_kl(logp_old, logp, pi_old) -> np.ndarray:
@@ -255,16 +308,20 @@ def batch_kl(policy, theta, *, theta_old, states) -> float:
         D_{KL}\big(\pi_{old}(\cdot|s_i)\,\|\,\pi_\theta(\cdot|s_i)\big)
 
     The KL term of the penalty variant in sampled mode: the categorical KL is
-    summed over actions exactly, only the states come from the batch.
+    summed over actions exactly, only the states come from the batch. For a
+    linear-Gaussian policy the per-state KL is the closed form of
+    `refpg.lqr.state_kl` (exact over actions too), whose mean over the batch
+    is `refpg.lqr.mean_kl` under the batch's second moment
+    :math:`\frac1M\sum_i x_i x_i^\top`.
 
     Parameters
     ----------
-    policy : TabularSoftmax or LogLinear
+    policy : TabularSoftmax, LogLinear or refpg.lqr.LinearGaussian
     theta : ndarray of shape ``policy.theta_shape``
         The new policy: the second argument of the KL.
     theta_old : ndarray of shape ``policy.theta_shape``, keyword-only
         The old policy: the first argument of the KL.
-    states : int array (M,), keyword-only
+    states : int array (M,), or float array (M, n) for a linear-Gaussian policy; keyword-only
 
     The earlier positional form ``batch_kl(policy, theta, theta_old, states)``
     means the same, with a `refpg.errors.RefpgDeprecationWarning`.
@@ -286,6 +343,8 @@ def batch_kl(policy, theta, *, theta_old, states) -> float:
     theta = policy.validate_theta(theta)
     theta_old = policy.validate_theta(theta_old, "theta_old")
     s = _check_states(states, policy)
+    if _gaussian(policy):
+        return _gaussian_batch_kl(policy, theta, theta_old, s)
     logp_old = policy.log_probs(theta_old)
     return float(np.mean(_state_kl(logp_old, policy.log_probs(theta), np.exp(logp_old))[s]))
 
@@ -311,6 +370,8 @@ def batch_kl_gradient(policy, theta, *, theta_old, states) -> np.ndarray:
     theta = policy.validate_theta(theta)
     theta_old = policy.validate_theta(theta_old, "theta_old")
     s = _check_states(states, policy)
+    if _gaussian(policy):
+        return _gaussian_batch_kl_gradient(policy, theta, theta_old, s)
     c = np.bincount(s, minlength=policy.n_states) / s.size
     return weighted_kl_gradient(policy, theta, c, policy.probs(theta_old))
 
@@ -335,6 +396,10 @@ def _exact_pieces(policy, theta, logp_old, d, adv, eps, *, grad: bool):
 
 
 def _exact_old(mdp, policy, theta, theta_old, clip_eps, evaluation_old):
+    if isinstance(mdp, LQRSystem):
+        raise InvalidInputError(
+            "the clipped surrogate has no closed form on an LQRSystem (an expectation of a minimum of Gaussian "
+            "ratios); refpg.lqr.clipped_surrogate_estimate computes it by Monte Carlo with a standard error")
     check_mdp(mdp)
     check_policy(policy, mdp)
     theta_old, pi_old, ev_old = prepare(mdp, policy, theta_old, evaluation_old, name="theta_old",
@@ -553,6 +618,21 @@ class PPOResult:
         The batch used (sampled mode).
     optimizer_state : AdamState or None
         Adam's state after the last step (None for SGD).
+    surrogate_stderr : tuple of float or None
+        Exact mode on an LQR system only: the clipped objective has no closed
+        form there, so each epoch's ``surrogate`` (and ``clip_fraction``) is a
+        **Monte Carlo estimate** over `monte_carlo_samples` draws from
+        :math:`d_{old}\\times\\pi_{old}` with exact advantages; this is its
+        standard error, one per epoch. None wherever the surrogate is exact
+        (tabular exact mode) or a batch mean (sampled mode).
+    monte_carlo_samples : int or None
+        The number of those draws; None elsewhere.
+
+    On an LQR system J, the KLs and the ratio range are exact in both modes:
+    ``max_kl`` and the ratio range are the supremum and infimum over every
+    state (the per-state KL grows without bound in x once the gain moves:
+    ``max_kl`` is then inf, ``ratio_min`` 0 and ``ratio_max`` inf), and
+    ``J_after`` is -inf for a gain that does not stabilise the system.
     """
 
     theta: np.ndarray
@@ -570,6 +650,8 @@ class PPOResult:
     ratio_max: float
     data: object
     optimizer_state: AdamState | None
+    surrogate_stderr: tuple | None = None
+    monte_carlo_samples: int | None = None
 
 
 def _check_betas(betas):
@@ -605,58 +687,118 @@ class _Exact:
         return value, kl, kl, kl, frac, float(r.min()), float(r.max())
 
 
-class _Sampled:
-    """The sampled-mode objective on a fixed batch; pi_old = pi of theta_old."""
+class _LQRExact:
+    """The exact-mode objective on an LQR system, at theta_old.
 
-    def __init__(self, policy, logp_old, samples: PPOSamples, eps, beta):
+    The clipped term has no closed form: it is the mean over one fixed draw
+    of M samples from d_old x pi_old (`refpg.lqr.sampling`) with their exact
+    advantages, the same draw at every step (common random numbers), so the
+    ascent follows one function of theta. The KL terms are the closed forms
+    under d_old (`refpg.lqr.kl_divergence` and its gradient).
+    """
+
+    def __init__(self, lqr, sample, eps, beta):
+        self.lqr, self.sample, self.eps, self.beta = lqr, sample, eps, beta
+        self.stderr = []
+
+    def kl_check(self, theta, idx):
+        return self.lqr.kl(theta)
+
+    def gradient(self, theta, idx, adv):
+        g = self.sample.gradient(theta, adv, self.eps)
+        if self.beta:
+            g = g - self.beta * self.lqr.kl_gradient(theta)
+        return g
+
+    def record(self, theta, adv):
+        terms = self.sample.terms(theta, adv, self.eps)
+        self.stderr.append(float(np.std(terms.objective, ddof=1) / np.sqrt(self.sample.M)))
+        kl = self.lqr.kl(theta)
+        div = self.lqr.divergence(theta)
+        return (float(np.mean(terms.objective)), kl, kl, kl, float(np.mean(terms.clipped)),
+                div.ratio_min, div.ratio_max)
+
+
+class _Sampled:
+    """The sampled-mode objective on a fixed batch; pi_old = pi of theta_old.
+
+    Tabular policies look their samples up in the table of log pi; a
+    linear-Gaussian policy goes through its sample-level interface, and its
+    per-state KL (exact over actions) is averaged over the batch's states in
+    closed form.
+    """
+
+    def __init__(self, policy, theta_old, samples: PPOSamples, eps, beta):
         self.policy, self.samples, self.eps, self.beta = policy, samples, eps, beta
-        self.logp_old_table, self.pi_old = logp_old, np.exp(logp_old)
+        self.theta_old = theta_old
+        self.gaussian = _gaussian(policy)
+        if not self.gaussian:
+            self.logp_old_table = policy.log_probs(theta_old)
+            self.pi_old = np.exp(self.logp_old_table)
 
     def _sub(self, idx, adv):
         s = self.samples
         return PPOSamples(s.states[idx], s.actions[idx], s.logp_old[idx], adv)
 
+    def _logp(self, theta, states, actions):
+        if self.gaussian:
+            return self.policy.sample_log_probs(theta, states, actions)
+        return self.policy.log_probs(theta)[states, actions]
+
     def kl_check(self, theta, idx):
         s = self.samples
-        logp = self.policy.log_probs(theta)[s.states[idx], s.actions[idx]]
+        logp = self._logp(theta, s.states[idx], s.actions[idx])
         return float(np.mean(kl_k3(logp, s.logp_old[idx])))
 
     def gradient(self, theta, idx, adv):
         sub = self._sub(idx, adv)
         _, g = _sampled_pieces(self.policy, theta, sub, self.eps, grad=True)
         if self.beta:
-            c = np.bincount(sub.states, minlength=self.policy.n_states) / sub.states.size
-            g = g - self.beta * weighted_kl_gradient(self.policy, theta, c, self.pi_old)
+            if self.gaussian:
+                g = g - self.beta * _gaussian_batch_kl_gradient(self.policy, theta, self.theta_old, sub.states)
+            else:
+                c = np.bincount(sub.states, minlength=self.policy.n_states) / sub.states.size
+                g = g - self.beta * weighted_kl_gradient(self.policy, theta, c, self.pi_old)
         return g
 
     def record(self, theta, adv):
         s = self.samples
-        logp = self.policy.log_probs(theta)
-        log_r = logp[s.states, s.actions] - s.logp_old
+        if self.gaussian:
+            log_r = self.policy.sample_log_probs(theta, s.states, s.actions) - s.logp_old
+            kl = _gaussian_batch_kl(self.policy, theta, self.theta_old, s.states)
+        else:
+            logp = self.policy.log_probs(theta)
+            log_r = logp[s.states, s.actions] - s.logp_old
+            kl = float(np.mean(_state_kl(self.logp_old_table, logp, self.pi_old)[s.states]))
         terms = _terms(log_r, adv, self.eps)
-        kl = float(np.mean(_state_kl(self.logp_old_table, logp, self.pi_old)[s.states]))
         return (float(np.mean(terms.objective)), kl, float(np.mean(kl_k3(log_r, np.zeros_like(log_r)))),
                 float(np.mean(-log_r)), float(np.mean(terms.clipped)),
                 float(terms.ratio.min()), float(terms.ratio.max()))
 
 
-def _check_logp_old(samples: PPOSamples, logp_table, name="data"):
-    expected = logp_table[samples.states, samples.actions]
+def _check_logp_old(samples: PPOSamples, expected, name="data"):
     err = np.abs(samples.logp_old - expected)
     bad = err > LOGP_OLD_RTOL * np.maximum(1.0, np.abs(expected))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        where = ("" if samples.states.ndim > 1 else
+                 f" at (s, a) = ({samples.states[i]}, {samples.actions[i]})")
         raise InvalidInputError(
-            f"{name}.logp_old[{i}] is {samples.logp_old[i]!r} but log pi_theta(a|s) at "
-            f"(s, a) = ({samples.states[i]}, {samples.actions[i]}) is {expected[i]!r}; expected equal "
-            f"within rtol={LOGP_OLD_RTOL:g}: the batch must come from the policy of theta")
+            f"{name}.logp_old[{i}] is {samples.logp_old[i]!r} but log pi_theta(a|s){where} is {expected[i]!r}; "
+            f"expected equal within rtol={LOGP_OLD_RTOL:g}: the batch must come from the policy of theta")
+
+
+#: Draws from d_old x pi_old that exact mode on an LQR system averages PPO's clipped term over (the
+#: Monte Carlo standard error is reported in `PPOResult.surrogate_stderr`).
+DEFAULT_MONTE_CARLO_SAMPLES = 100_000
+#: The seed of those draws when no rng is given, so that exact mode is deterministic.
+MONTE_CARLO_SEED = 0
 
 
 def _run(mdp, policy, theta, *, mode, clip_eps, epochs, minibatch_size, optimizer, lr, adam_betas,
          adam_eps, normalize_advantages, norm_ddof, norm_eps, target_kl, rng, sample_config, data,
-         penalty, optimizer_state) -> PPOResult:
-    check_mdp(mdp)
-    check_policy(policy, mdp)
+         penalty, optimizer_state, monte_carlo_samples) -> PPOResult:
+    kind = check_problem(mdp, policy)
     theta_old = policy.validate_theta(theta).copy()
     check_mode(mode)
     eps = _check_clip_eps(clip_eps, allow_none=True)
@@ -679,10 +821,21 @@ def _run(mdp, policy, theta, *, mode, clip_eps, epochs, minibatch_size, optimize
     state = _check_optimizer_state(optimizer_state, theta_old.shape) if optimizer == "adam" else None
     if optimizer == "sgd" and optimizer_state is not None:
         raise InvalidInputError("optimizer_state is Adam's state; it should be None with optimizer='sgd'")
+    if monte_carlo_samples is not None:
+        if not (kind == "lqr" and mode == "exact"):
+            raise InvalidInputError(
+                "monte_carlo_samples is only used in exact mode on an LQRSystem (where the clipped objective "
+                f"has no closed form), actual mode={mode!r} on a {type(mdp).__name__}")
+        monte_carlo_samples = check_positive_int(monte_carlo_samples, "monte_carlo_samples", minimum=2)
 
-    logp_old = policy.log_probs(theta_old)
-    pi_old = np.exp(logp_old)
-    ev_old = policy_evaluation(mdp, pi_old)
+    if kind == "lqr":
+        lqr = LQRProblem(mdp, policy, theta_old)
+        J_before = lqr.J_old
+    else:
+        logp_old = policy.log_probs(theta_old)
+        pi_old = np.exp(logp_old)
+        ev_old = policy_evaluation(mdp, pi_old)
+        J_before = ev_old.J
 
     if mode == "exact":
         for name, value in (("minibatch_size", minibatch_size), ("data", data), ("sample_config", sample_config)):
@@ -694,19 +847,29 @@ def _run(mdp, policy, theta, *, mode, clip_eps, epochs, minibatch_size, optimize
             raise InvalidInputError(
                 "normalize_advantages='minibatch' does not apply in exact mode (no minibatches); "
                 "use None or 'batch'")
-        adv = ev_old.A
-        if normalize_advantages == "batch":
-            # The infinite-sample limit of batch normalisation: moments under d_old x pi_old
-            # (the mean is 0 up to round-off; any ddof has the same limit).
-            w = ev_old.d[:, None] * pi_old
-            mu = float(np.sum(w * adv))
-            denom = float(np.sqrt(np.sum(w * (adv - mu) ** 2))) + norm_eps
-            if denom == 0.0:
-                raise InvalidInputError(
-                    f"the exact advantages have zero spread under d_old x pi_old, so std + norm_eps is 0 "
-                    f"with norm_eps={norm_eps!r}; expected norm_eps > 0")
-            adv = (adv - mu) / denom
-        problem = _Exact(policy, logp_old, ev_old, adv, eps, beta)
+        if kind == "lqr":
+            n_mc = DEFAULT_MONTE_CARLO_SAMPLES if monte_carlo_samples is None else monte_carlo_samples
+            draw_rng = np.random.default_rng(MONTE_CARLO_SEED) if rng is None else rng
+            sample = lqr_sampling._ClipSample(mdp, policy, theta_old, n_mc, draw_rng)
+            adv = sample.advantages
+            if normalize_advantages == "batch":
+                # Moments under d_old x pi_old, estimated on the same draws.
+                adv = _normalize(adv, 0, norm_eps, "the Monte Carlo advantages (normalize_advantages='batch')")
+            problem = _LQRExact(lqr, sample, eps, beta)
+        else:
+            adv = ev_old.A
+            if normalize_advantages == "batch":
+                # The infinite-sample limit of batch normalisation: moments under d_old x pi_old
+                # (the mean is 0 up to round-off; any ddof has the same limit).
+                w = ev_old.d[:, None] * pi_old
+                mu = float(np.sum(w * adv))
+                denom = float(np.sqrt(np.sum(w * (adv - mu) ** 2))) + norm_eps
+                if denom == 0.0:
+                    raise InvalidInputError(
+                        f"the exact advantages have zero spread under d_old x pi_old, so std + norm_eps is 0 "
+                        f"with norm_eps={norm_eps!r}; expected norm_eps > 0")
+                adv = (adv - mu) / denom
+            problem = _Exact(policy, logp_old, ev_old, adv, eps, beta)
         M = None
         used = None
     else:
@@ -719,15 +882,18 @@ def _run(mdp, policy, theta, *, mode, clip_eps, epochs, minibatch_size, optimize
             if not isinstance(config, SampleConfig):
                 raise InvalidInputError(
                     f"sample_config should be a refpg.algorithms.SampleConfig, actual {type(config).__name__}")
-            used = collect(mdp, pi_old, config, rng=rng)
+            used = (collect(mdp, policy, config, rng=rng, theta=theta_old) if kind == "lqr"
+                    else collect(mdp, pi_old, config, rng=rng))
         else:
             if sample_config is not None:
                 raise InvalidInputError(
                     "sample_config should be None when data is given (it only configures collection)")
             used = data
         samples = _check_samples(used, policy)
-        _check_logp_old(samples, logp_old)
-        M = samples.states.size
+        expected = (policy.sample_log_probs(theta_old, samples.states, samples.actions) if kind == "lqr"
+                    else logp_old[samples.states, samples.actions])
+        _check_logp_old(samples, expected)
+        M = samples.advantages.size
         if minibatch_size is not None and rng is None:
             raise InvalidInputError(
                 "rng should be a numpy.random.Generator when minibatch_size is set "
@@ -743,7 +909,7 @@ def _run(mdp, policy, theta, *, mode, clip_eps, epochs, minibatch_size, optimize
         if normalize_advantages == "batch":
             adv = _normalize(adv, ddof, norm_eps, "the batch's advantages (normalize_advantages='batch')")
         samples = samples._replace(advantages=adv)
-        problem = _Sampled(policy, logp_old, samples, eps, beta)
+        problem = _Sampled(policy, theta_old, samples, eps, beta)
 
     theta_cur = theta_old.copy()
     history = []
@@ -786,24 +952,31 @@ def _run(mdp, policy, theta, *, mode, clip_eps, epochs, minibatch_size, optimize
         if stopped:
             break
 
+    common = dict(theta=theta_cur, theta_old=theta_old, mode=mode, history=tuple(history),
+                  stopped_early=stop_kl is not None, stop_kl=stop_kl, n_updates=n_total, J_before=J_before,
+                  data=used, optimizer_state=state)
+    if kind == "lqr":
+        div = lqr.divergence(theta_cur)
+        stderr = tuple(problem.stderr) if isinstance(problem, _LQRExact) else None
+        return PPOResult(**common, J_after=lqr.J(theta_cur), mean_kl=div.mean_kl, max_kl=div.max_kl,
+                         ratio_min=div.ratio_min, ratio_max=div.ratio_max, surrogate_stderr=stderr,
+                         monte_carlo_samples=problem.sample.M if stderr is not None else None)
     logp_new = policy.log_probs(theta_cur)
     per_state = _state_kl(logp_old, logp_new, pi_old)
     pairs = ev_old.support[:, None] & (pi_old > 0)
     with np.errstate(over="ignore"):
         ratios = np.exp(logp_new - logp_old)[pairs]
-    return PPOResult(
-        theta=theta_cur, theta_old=theta_old, mode=mode, history=tuple(history), stopped_early=stop_kl is not None,
-        stop_kl=stop_kl, n_updates=n_total, J_before=ev_old.J, J_after=policy_evaluation(mdp, np.exp(logp_new)).J,
-        mean_kl=float(ev_old.d @ per_state), max_kl=float(per_state[ev_old.support].max()),
-        ratio_min=float(ratios.min()), ratio_max=float(ratios.max()), data=used,
-        optimizer_state=state)
+    return PPOResult(**common, J_after=policy_evaluation(mdp, np.exp(logp_new)).J,
+                     mean_kl=float(ev_old.d @ per_state), max_kl=float(per_state[ev_old.support].max()),
+                     ratio_min=float(ratios.min()), ratio_max=float(ratios.max()))
 
 
 def ppo_update(mdp, policy, theta, *, mode: str = "exact", clip_eps=0.2, epochs: int = 10,
                minibatch_size: int | None = None, optimizer: str = "adam", lr: float = 3e-4,
                adam_betas=(0.9, 0.999), adam_eps: float = 1e-8, normalize_advantages=None,
                norm_ddof: int = 0, norm_eps: float = 1e-8, target_kl=None, rng=None,
-               sample_config=None, data=None, penalty=None, optimizer_state=None) -> PPOResult:
+               sample_config=None, data=None, penalty=None, optimizer_state=None,
+               monte_carlo_samples: int | None = None) -> PPOResult:
     r"""One PPO update: several epochs of ascent on :math:`L^{CLIP}` from theta_old = theta.
 
     .. math::
@@ -819,11 +992,13 @@ def ppo_update(mdp, policy, theta, *, mode: str = "exact", clip_eps=0.2, epochs:
 
     Parameters
     ----------
-    mdp : TabularMDP
-    policy : TabularSoftmax or LogLinear
+    mdp : TabularMDP or refpg.lqr.LQRSystem
+    policy : TabularSoftmax, LogLinear, or refpg.lqr.LinearGaussian on an LQRSystem
     theta : ndarray of shape ``policy.theta_shape``
-        The starting point, theta_old.
+        The starting point, theta_old (on an LQRSystem a stabilising gain).
     mode : {"exact", "sampled"}
+        On an LQRSystem, exact mode's clipped term is a Monte Carlo estimate
+        (Notes); everything else it uses is exact.
     clip_eps : float > 0 or None
         None: no clipping (:math:`L^{CPI}`).
     epochs : int >= 1
@@ -857,8 +1032,11 @@ def ppo_update(mdp, policy, theta, *, mode: str = "exact", clip_eps=0.2, epochs:
         step is not taken), as SB3's PPO. CleanRL instead compares the last
         minibatch's KL with target_kl itself, after each epoch.
     rng : numpy.random.Generator or None
-        Needed in sampled mode to collect data or shuffle minibatches; unused
-        in exact mode.
+        Needed in sampled mode to collect data or shuffle minibatches. Exact
+        mode on a TabularMDP draws nothing; on an LQRSystem it draws its
+        Monte Carlo sample from rng, or from
+        ``np.random.default_rng(MONTE_CARLO_SEED)`` (seed 0) if None, so that
+        exact mode is deterministic.
     sample_config : SampleConfig or None
         Sampled mode without data; default ``SampleConfig()``.
     data : SampledData, PPOSamples or None
@@ -868,6 +1046,10 @@ def ppo_update(mdp, policy, theta, *, mode: str = "exact", clip_eps=0.2, epochs:
     optimizer_state : AdamState or None
         Continue Adam from an earlier update (libraries keep one optimizer
         across updates); None starts from zero moments.
+    monte_carlo_samples : int >= 2 or None
+        Exact mode on an LQRSystem only: the draws the clipped term is
+        averaged over (default `DEFAULT_MONTE_CARLO_SAMPLES`, 100,000);
+        refused elsewhere.
 
     Returns
     -------
@@ -889,6 +1071,21 @@ def ppo_update(mdp, policy, theta, *, mode: str = "exact", clip_eps=0.2, epochs:
     other samples' unclipped terms still move the shared parameters
     ([Wang2019]). `PPOResult.ratio_min`/``ratio_max`` show by how much.
 
+    **On an LQR system** (`refpg.lqr.LQRSystem` with a
+    `refpg.lqr.LinearGaussian`), the expectation of
+    :math:`\min(rA, \mathrm{clip}(r)A)` under :math:`d_{old}\times\pi_{old}`
+    has no closed form. Exact mode therefore estimates it by **Monte Carlo**:
+    one draw of M = `monte_carlo_samples` exact samples of
+    :math:`d_{old}\times\pi_{old}` (`refpg.lqr.sample_occupancy`) with their
+    exact advantages, held fixed over the epochs (its gradient is that of
+    the same sample mean); each epoch's standard error is in
+    `PPOResult.surrogate_stderr` (`refpg.lqr.clipped_surrogate_estimate`
+    computes the same estimate on its own). The KL check, the KL penalty and
+    every reported KL, J and ratio range are exact closed forms.
+    Sampled mode collects episodes with `refpg.lqr.sample_steps` and GAE
+    (`refpg.algorithms.collect`) and uses the policy's sample-level
+    log-probabilities and vector-Jacobian products.
+
     Every option means the same update in both modes (the table in
     `refpg.algorithms.run`), with one limit that differs by nature: sampled
     mode clips each sample's advantage estimate, exact mode the exact
@@ -904,7 +1101,7 @@ def ppo_update(mdp, policy, theta, *, mode: str = "exact", clip_eps=0.2, epochs:
                 optimizer=optimizer, lr=lr, adam_betas=adam_betas, adam_eps=adam_eps,
                 normalize_advantages=normalize_advantages, norm_ddof=norm_ddof, norm_eps=norm_eps,
                 target_kl=target_kl, rng=rng, sample_config=sample_config, data=data, penalty=penalty,
-                optimizer_state=optimizer_state)
+                optimizer_state=optimizer_state, monte_carlo_samples=monte_carlo_samples)
 
 
 def adapt_kl_coefficient(beta, kl, d_targ) -> float:
@@ -970,7 +1167,8 @@ def ppo_kl_penalty_update(mdp, policy, theta, *, beta, d_targ, mode: str = "exac
                           epochs: int = 10, minibatch_size: int | None = None, optimizer: str = "adam",
                           lr: float = 3e-4, adam_betas=(0.9, 0.999), adam_eps: float = 1e-8,
                           normalize_advantages=None, norm_ddof: int = 0, norm_eps: float = 1e-8, rng=None,
-                          sample_config=None, data=None, optimizer_state=None) -> KLPenaltyResult:
+                          sample_config=None, data=None, optimizer_state=None,
+                          monte_carlo_samples: int | None = None) -> KLPenaltyResult:
     r"""PPO with an adaptive KL penalty ([Schulman2017] Section 4, Eq. 8).
 
     .. math::
@@ -994,7 +1192,8 @@ def ppo_kl_penalty_update(mdp, policy, theta, *, beta, d_targ, mode: str = "exac
     d_targ : float > 0
         Target KL.
     mode, clip_eps, epochs, minibatch_size, optimizer, lr, adam_betas, adam_eps,
-    normalize_advantages, norm_ddof, norm_eps, rng, sample_config, data, optimizer_state
+    normalize_advantages, norm_ddof, norm_eps, rng, sample_config, data, optimizer_state,
+    monte_carlo_samples
         As in `ppo_update` (clip_eps defaults to None here).
 
     Returns
@@ -1011,7 +1210,7 @@ def ppo_kl_penalty_update(mdp, policy, theta, *, beta, d_targ, mode: str = "exac
                   optimizer=optimizer, lr=lr, adam_betas=adam_betas, adam_eps=adam_eps,
                   normalize_advantages=normalize_advantages, norm_ddof=norm_ddof, norm_eps=norm_eps,
                   target_kl=None, rng=rng, sample_config=sample_config, data=data, penalty=beta,
-                  optimizer_state=optimizer_state)
+                  optimizer_state=optimizer_state, monte_carlo_samples=monte_carlo_samples)
     kl = result.history[-1].mean_kl
     return KLPenaltyResult(theta=result.theta, kl=kl, beta=adapt_kl_coefficient(beta, kl, d_targ),
                            beta_old=beta, update=result)

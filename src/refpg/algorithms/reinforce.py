@@ -12,18 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refpg._validation import as_float_array, check_positive_int, check_real
+from refpg._validation import check_real
+# DEFAULT_EPISODES (episodes sampled per step when neither n_episodes nor batch is given) lives with the problems.
+from refpg.algorithms._problems import DEFAULT_EPISODES, problem
 from refpg.algorithms.common import check_mode, check_sampled_arguments
 from refpg.errors import InvalidInputError
-from refpg.estimators import _check_batch, reinforce_gradient_estimate
-from refpg.evaluation import policy_evaluation, prepare
-from refpg.gradient import gradient_from_evaluation
-from refpg.sampling import Batch, sample_episodes
+from refpg.sampling import Batch
 
 __all__ = ["ReinforceResult", "reinforce_step", "DEFAULT_EPISODES"]
-
-#: Episodes sampled per step when neither n_episodes nor batch is given.
-DEFAULT_EPISODES = 100
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +58,8 @@ def reinforce_step(mdp, policy, theta, *, lr: float, mode: str = "exact", rng=No
                    variant: str = "reward_to_go", max_episode_steps: int | None = None) -> ReinforceResult:
     r"""One REINFORCE step, :math:`\theta = \theta_{old} + \alpha\,\hat g`.
 
-    Exact mode: :math:`\hat g = \nabla J` (`refpg.policy_gradient`). Sampled
+    Exact mode: :math:`\hat g = \nabla J` (`refpg.policy_gradient`; on an
+    LQR system the closed form of `refpg.lqr.policy_gradient`). Sampled
     mode: the mean over complete episodes of
 
     .. math:: \hat g_e = \sum_t \gamma^t\, \nabla\log\pi(a_t|s_t)\,(G_t - b(s_t))
@@ -71,15 +68,17 @@ def reinforce_step(mdp, policy, theta, *, lr: float, mode: str = "exact", rng=No
 
     Parameters
     ----------
-    mdp : TabularMDP
-    policy : TabularSoftmax or LogLinear
+    mdp : TabularMDP or refpg.lqr.LQRSystem
+    policy : TabularSoftmax or LogLinear; refpg.lqr.LinearGaussian on an LQRSystem
     theta : ndarray of shape ``policy.theta_shape``
+        On an LQRSystem, a gain that stabilises the discounted system.
     lr : float
         Step size alpha, > 0.
     mode : {"exact", "sampled"}
     rng : numpy.random.Generator
         Sampled mode: draws `n_episodes` episodes with `refpg.sample_episodes`
-        (required unless `batch` is given).
+        (`refpg.lqr.sample_episodes` on an LQRSystem; required unless
+        `batch` is given).
     n_episodes : int, optional
         Sampled mode: episodes to sample, default `DEFAULT_EPISODES` (100).
     batch : Batch, optional
@@ -88,12 +87,20 @@ def reinforce_step(mdp, policy, theta, *, lr: float, mode: str = "exact", rng=No
         used (an unfinished tail is dropped).
     baseline : array_like (S,) or "exact", optional
         Sampled mode: state baseline b(s); "exact" uses the exact
-        :math:`V^{\pi_{old}}`. Default none (b = 0).
+        :math:`V^{\pi_{old}}`. Default none (b = 0). On an LQRSystem:
+        "exact" (the exact value of the steps left in the episode,
+        :math:`-(x^\top P_t x + q_t)` of `refpg.lqr.finite_horizon`), a
+        callable ``b(states)`` of the states alone (e.g. a
+        `refpg.lqr.QuadraticValue`), or None.
     variant : {"reward_to_go", "total"}
         Sampled mode: as in `refpg.reinforce_estimates`.
     max_episode_steps : int, optional
         Sampled mode: time limit for `sample_episodes`. Needed on MDPs where
-        episodes need not end, at the price of truncation bias.
+        episodes need not end, at the price of truncation bias. Required on
+        an LQRSystem (whose episodes never end): the estimate is then
+        unbiased for the gradient of the H-step objective,
+        :math:`-`\ `refpg.lqr.finite_horizon_cost_gradient`, not of the
+        infinite-horizon J.
 
     Returns
     -------
@@ -119,43 +126,13 @@ def reinforce_step(mdp, policy, theta, *, lr: float, mode: str = "exact", rng=No
                             baseline=baseline, max_episode_steps=max_episode_steps)
     if mode == "exact" and variant != "reward_to_go":
         raise InvalidInputError(f"variant is only used in mode='sampled', actual variant={variant!r}")
-    theta_old, pi_old, ev_old = prepare(mdp, policy, theta)
-    theta_old = theta_old.copy()
+    prob = problem(mdp, policy, theta)
+    theta_old = prob.theta_old
     if mode == "exact":
-        gradient = gradient_from_evaluation(policy, theta_old, pi_old, ev_old)
+        gradient = prob.gradient()
     else:
-        if isinstance(baseline, str):
-            if baseline != "exact":
-                raise InvalidInputError(f"baseline should be an array (S,), 'exact' or None, actual {baseline!r}")
-            baseline = ev_old.V
-        elif baseline is not None:
-            baseline = as_float_array(baseline, "baseline", shape=(mdp.n_states,))
-        if batch is None:
-            n = DEFAULT_EPISODES if n_episodes is None else check_positive_int(n_episodes, "n_episodes")
-            batch = sample_episodes(mdp, pi_old, n, rng=rng, max_episode_steps=max_episode_steps)
-        else:
-            if n_episodes is not None or max_episode_steps is not None:
-                raise InvalidInputError("n_episodes and max_episode_steps describe sampling; they cannot "
-                                        "be combined with a given batch")
-            _check_batch_policy(batch, policy.log_probs(theta_old))
-        gradient = reinforce_gradient_estimate(policy, theta_old, batch, mdp.gamma, variant=variant,
-                                               baseline=baseline)
+        gradient, batch = prob.reinforce_gradient(rng=rng, n_episodes=n_episodes, batch=batch, baseline=baseline,
+                                                  variant=variant, max_episode_steps=max_episode_steps)
     theta_new = theta_old + lr * gradient
-    J_after = policy_evaluation(mdp, policy.probs(theta_new)).J
     return ReinforceResult(theta=theta_new, theta_old=theta_old, lr=lr, gradient=gradient,
-                           J_before=ev_old.J, J_after=J_after, mode=mode, batch=batch)
-
-
-def _check_batch_policy(batch, log_pi):
-    """Refuse a batch that was not sampled under the policy being updated."""
-    S, A = log_pi.shape
-    _check_batch(batch, S, A)
-    s, a, logp = batch.states[batch.valid], batch.actions[batch.valid], batch.log_probs[batch.valid]
-    if s.size == 0:
-        raise InvalidInputError("batch holds no valid transition")
-    gap = np.abs(log_pi[s, a] - logp)
-    i = int(np.argmax(gap))
-    if not gap[i] <= 1e-9:
-        raise InvalidInputError(
-            f"batch.log_probs of valid transition {i} is {logp[i]!r} but the policy of theta gives "
-            f"log pi({a[i]}|{s[i]}) = {log_pi[s[i], a[i]]!r}; batch should be sampled under theta (atol=1e-09)")
+                           J_before=prob.J_old, J_after=prob.J(theta_new), mode=mode, batch=batch)

@@ -24,23 +24,17 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from refpg._validation import as_float_array, check_choice, check_positive_int, check_real
+from refpg.algorithms._problems import problem
 from refpg.algorithms.common import (
     FISHER_ESTIMATES,
-    batch_pieces,
     check_fisher,
     check_sample_config,
     check_sampled_arguments,
-    horizon_estimate,
-    sampled_data,
     SampleConfig,
     SampledData,
     check_mode,
 )
 from refpg.errors import InvalidInputError, NonPositiveCurvatureError, ShapeError
-from refpg.evaluation import policy_evaluation, prepare
-from refpg.fisher import _fvp
-from refpg.gradient import gradient_from_evaluation
-from refpg.kl import _categorical_kl
 
 __all__ = [
     "CGResult",
@@ -522,17 +516,22 @@ def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", 
 
     Parameters
     ----------
-    mdp : TabularMDP
-    policy : TabularSoftmax or LogLinear
+    mdp : TabularMDP or refpg.lqr.LQRSystem
+    policy : TabularSoftmax or LogLinear; refpg.lqr.LinearGaussian on an LQRSystem
     theta : ndarray of shape ``policy.theta_shape``
-        theta_old.
+        theta_old (on an LQRSystem, a stabilising gain).
     max_kl : float, default 0.01
         :math:`\delta > 0`.
     mode : {"exact", "sampled"}
         Exact: g = `refpg.policy_gradient`, F = exact Fisher under
         :math:`d^{\pi_{old}}`, L = `refpg.surrogate`, KL = mean KL under
-        :math:`d^{\pi_{old}}` (`refpg.kl_divergence`). Sampled: the batch
-        estimates of the same four (Notes).
+        :math:`d^{\pi_{old}}` (`refpg.kl_divergence`). On an LQR system the
+        four are the closed forms of `refpg.lqr` (`refpg.lqr.policy_gradient`,
+        `refpg.lqr.fisher_vector_product`, `refpg.lqr.surrogate`,
+        `refpg.lqr.kl_divergence`), so the line search tests the exact
+        surrogate or J and the exact KL; a candidate gain that does not
+        stabilise the system has J = -inf and is never accepted under
+        "true_J". Sampled: the batch estimates of the same four (Notes).
     cg_iters : int, default 10
         `conjugate_gradient`'s max_iter.
     cg_rtol : float, default 1e-10
@@ -607,27 +606,12 @@ def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", 
     max_backtracks = check_positive_int(max_backtracks, "max_backtracks", minimum=0)
     check_sampled_arguments(mode, rng, data, sample_config=sample_config)
     check_sample_config(sample_config, data)
-    theta_old, pi_old, ev_old = prepare(mdp, policy, theta)
-    # A private copy: the result is frozen, the caller's array is not.
-    theta_old = theta_old.copy()
-    log_pi_old = policy.log_probs(theta_old)
-
+    prob = problem(mdp, policy, theta)
+    theta_old = prob.theta_old
     if mode == "exact":
-        gradient = gradient_from_evaluation(policy, theta_old, pi_old, ev_old)
-
-        def fvp(v):
-            return _fvp(policy, theta_old, pi_old, ev_old.d, v)
-
-        def surrogate_fn(th):
-            # L - J_old without the J_old term: the same differences, less round-off.
-            return float(ev_old.horizon * np.einsum("s,sa,sa->", ev_old.d, policy.probs(th), ev_old.A))
-
-        def kl_fn(th):
-            return float(ev_old.d @ _categorical_kl(log_pi_old, policy.log_probs(th), pi_old))
+        gradient, fvp, surrogate_fn, kl_fn = prob.gradient(), prob.fvp, prob.surrogate, prob.kl
     else:
-        data = sampled_data(mdp, policy, theta_old, log_pi_old, rng, sample_config, data)
-        pieces = batch_pieces(policy, theta_old, pi_old, log_pi_old, data, fisher,
-                              horizon_estimate(mdp.gamma, data))
+        data, pieces = prob.sampled(rng, sample_config, data, fisher)
         gradient, fvp, surrogate_fn, kl_fn = pieces.gradient, pieces.fvp, pieces.surrogate, pieces.kl
 
     def damped(v):
@@ -636,8 +620,7 @@ def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", 
     cg = conjugate_gradient(damped, gradient, max_iter=cg_iters, rtol=cg_rtol)
     _, beta, full_step = _scaled_step(cg.x, damped, max_kl, 0.0)
     if beta is not None:
-        objective = surrogate_fn if line_search_objective == "surrogate" else (
-            lambda th: policy_evaluation(mdp, policy.probs(th)).J)
+        objective = surrogate_fn if line_search_objective == "surrogate" else prob.J
         ls = backtracking_line_search(theta_old, full_step, objective, kl_fn, max_kl,
                                       shrink=shrink, max_backtracks=max_backtracks)
     else:
@@ -648,8 +631,8 @@ def trpo_step(mdp, policy, theta, *, max_kl: float = 0.01, mode: str = "exact", 
         improvement = ls.improvement
     else:
         improvement = surrogate_fn(ls.theta) - surrogate_fn(theta_old) if ls.accepted else 0.0
-    J_after = policy_evaluation(mdp, policy.probs(ls.theta)).J if ls.accepted else ev_old.J
+    J_after = prob.J(ls.theta) if ls.accepted else prob.J_old
     return TRPOResult(theta=ls.theta, theta_old=theta_old, gradient=gradient, direction=cg.x, cg=cg,
                       beta=beta, full_step=full_step, step_fraction=ls.fraction, kl=ls.kl,
                       surrogate_improvement=improvement, accepted=ls.accepted, line_search=ls.trace,
-                      J_before=ev_old.J, J_after=J_after, mode=mode, data=data)
+                      J_before=prob.J_old, J_after=J_after, mode=mode, data=data)

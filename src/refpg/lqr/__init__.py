@@ -15,6 +15,16 @@ gain, the KL between two policies. See docs/conventions.md,
   that `refpg.Parameterization` shares.
 * `refpg.lqr.exact`: every exact quantity, cost side ``(system, K, log_std)``
   and reward side ``(system, policy, theta)``, each labelled with its objective.
+* `refpg.lqr.sampling`: vectorised rollouts (`sample_steps`,
+  `sample_episodes`), exact draws from the discounted occupancy
+  (`sample_occupancy`), PPO's clipped objective by Monte Carlo with its
+  standard error (`clipped_surrogate_estimate`: it has no closed form), and
+  the quadratic critic of sampled-mode GAE.
+
+`refpg.algorithms` (REINFORCE, NPG, TRPO, PPO and `run`) accepts an
+``(LQRSystem, LinearGaussian)`` pair wherever it accepts ``(TabularMDP,
+policy)``, in exact mode (these closed forms) and in sampled mode (these
+rollouts).
 
 Example::
 
@@ -67,6 +77,17 @@ from refpg.lqr.exact import (
     value_constant,
     value_matrix,
 )
+from refpg.lqr.sampling import (
+    MonteCarloEstimate,
+    OccupancySample,
+    QuadraticValue,
+    clipped_surrogate_estimate,
+    exact_value,
+    fit_quadratic_value,
+    sample_episodes,
+    sample_occupancy,
+    sample_steps,
+)
 
 __all__ = [
     "LQRSystem",
@@ -109,4 +130,13 @@ __all__ = [
     "surrogate_gradient",
     "kl_divergence",
     "kl_gradient",
+    "sample_steps",
+    "sample_episodes",
+    "OccupancySample",
+    "sample_occupancy",
+    "MonteCarloEstimate",
+    "clipped_surrogate_estimate",
+    "QuadraticValue",
+    "fit_quadratic_value",
+    "exact_value",
 ]

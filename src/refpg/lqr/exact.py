@@ -1074,3 +1074,71 @@ def kl_gradient(system, policy, theta, *, theta_old) -> np.ndarray:
     gK = -inv_psi[:, None] * (dK @ M)
     glog = 1.0 - (np.exp(2.0 * log_std_old) + np.einsum("ij,jk,ik->i", dK, M, dK)) * inv_psi
     return policy._vec(gK, glog)
+
+
+# -- pieces for the algorithms (refpg.algorithms), on validated arguments -------------------------------
+
+def _surrogate_improvement(system, ev, K, log_std) -> float:
+    r""":math:`L_{old}(\theta) - J_{old}` of `surrogate`, without the :math:`J_{old}` term (less round-off)."""
+    g = system.gamma
+    Delta = K - ev.K
+    APB = system.A.T @ ev.P @ system.B
+    D = K.T @ ev.Huu @ K - ev.K.T @ ev.Huu @ ev.K - g * (APB @ Delta + Delta.T @ APB.T)
+    dpsi = np.exp(2.0 * log_std) - np.exp(2.0 * ev.log_std)
+    return -(float(np.sum(D * ev.Sigma)) + float(np.diag(ev.Huu) @ dpsi) / (1.0 - g))
+
+
+def _kl_under(K_old, log_std_old, K, log_std, M) -> float:
+    r"""`mean_kl` on validated arrays: :math:`\tfrac12[c + \mathrm{tr}(\Delta K^\top\Psi^{-1}\Delta K M)]`."""
+    D = (K_old - K) * np.exp(-log_std)[:, None]
+    return 0.5 * (_kl_constant(log_std_old, log_std) + float(np.sum((D.T @ D) * M)))
+
+
+def _kl_gradient_under(policy, K_old, log_std_old, K, log_std, M) -> np.ndarray:
+    """Gradient in the new theta of `_kl_under` (the formula of `kl_gradient` for any M)."""
+    inv_psi = np.exp(-2.0 * log_std)
+    dK = K_old - K
+    gK = -inv_psi[:, None] * (dK @ M)
+    glog = 1.0 - (np.exp(2.0 * log_std_old) + np.einsum("ij,jk,ik->i", dK, M, dK)) * inv_psi
+    return policy._vec(gK, glog)
+
+
+def _fvp_under(policy, log_std, v, M) -> np.ndarray:
+    r""":math:`F v` for states of second moment M: :math:`(\mathrm{vec}(\Psi^{-1} V_K M),\ 2 v_{\mathrm{log\_std}})`.
+
+    The Hessian at theta_old of `_kl_under` with that M, i.e. the Fisher
+    matrix with the expectation over actions exact and over states given by M.
+    """
+    VK, vlog = policy._split(v)
+    return policy._vec(np.exp(-2.0 * log_std)[:, None] * (VK @ M), 2.0 * vlog)
+
+
+class _Divergence(NamedTuple):
+    mean_kl: float
+    max_kl: float
+    ratio_min: float
+    ratio_max: float
+
+
+def _divergence(K_old, log_std_old, K, log_std, M) -> _Divergence:
+    r"""Mean and largest KL, and the range of :math:`\pi_{new}(u|x)/\pi_{old}(u|x)`, over states of second moment M.
+
+    Over the support of M (its range) and every action u. The gain change
+    acts there iff :math:`\mathrm{tr}(\Delta K M \Delta K^\top) > 0`; then the
+    per-state KL and the log-ratio, being unbounded in x, have supremum
+    :math:`+\infty` (and the ratio infimum 0). Otherwise, per action
+    dimension, :math:`\log r_i = -\tfrac12 z^2 (\sigma_{new}^{-2} - \sigma_{old}^{-2}) - \log(\sigma_{new}/\sigma_{old})`
+    in :math:`z = u_i + K x`, extreme at z = 0 with value :math:`\log(\sigma_{old}/\sigma_{new})`:
+    a maximum where the new policy is narrower (the ratio falls to 0 in the
+    tails), a minimum where it is wider (the ratio grows without bound).
+    """
+    mean = _kl_under(K_old, log_std_old, K, log_std, M)
+    dK = K_old - K
+    moves = float(np.sum((dK @ M) * dK)) > 0.0
+    if moves:
+        return _Divergence(mean, np.inf, 0.0, np.inf)
+    wider, narrower = log_std > log_std_old, log_std < log_std_old
+    at_mean = float(np.exp(np.sum(log_std_old - log_std)))
+    ratio_min = 0.0 if narrower.any() else at_mean
+    ratio_max = np.inf if wider.any() else at_mean
+    return _Divergence(mean, 0.5 * _kl_constant(log_std_old, log_std), ratio_min, ratio_max)
