@@ -17,9 +17,12 @@ import pytest
 from hypothesis import given, settings
 
 from refpg import lqr
+from refpg import empirical_fisher_estimate, empirical_fisher_vector_product, reinforce_estimates
 from refpg.algorithms import (
     SampleConfig,
     adapt_kl_coefficient,
+    clipped_surrogate,
+    clipped_surrogate_gradient,
     collect,
     exact_clipped_surrogate,
     npg_step,
@@ -30,8 +33,10 @@ from refpg.algorithms import (
     trpo_step,
 )
 from refpg.algorithms._problems import problem
+from refpg.algorithms.ppo import batch_kl, batch_kl_gradient
 from refpg.errors import InvalidInputError, ShapeError
 from refpg.lqr import LinearGaussian, LQRSystem
+from refpg.stats import mean_test
 from tests.helpers import assert_identity
 from tests.test_lqr import lqr_cases
 
@@ -282,3 +287,171 @@ def test_options_that_do_not_apply_are_refused_with_the_reason():
     with pytest.raises(InvalidInputError, match="theta_old.*does not stabilise"):
         lqr.clipped_surrogate_estimate(SYSTEM, POLICY, THETA, theta_old=POLICY.pack([[0.0, -3.0]], [0.0]),
                                        clip_eps=0.2, n_samples=10, rng=np.random.default_rng(0))
+
+
+# -- sampled mode --------------------------------------------------------------------------------------
+
+H = 8
+K0, LOG_STD0 = POLICY.unpack(THETA)
+
+
+def _pack(g):
+    return POLICY.pack(g.K, g.log_std)
+
+
+def test_sampled_reinforce_is_unbiased_for_the_h_step_gradient_and_the_same_test_rejects_the_gamma_free_one():
+    batch = lqr.sample_episodes(SYSTEM, POLICY, THETA, 20_000, horizon=H, rng=np.random.default_rng(0))
+    g = SYSTEM.gamma
+    grad_H = -_pack(lqr.finite_horizon_cost_gradient(SYSTEM, K0, LOG_STD0, H))  # rewards: minus the cost side
+    free = -_pack(lqr.gamma_free_direction(SYSTEM, K0, LOG_STD0, H))
+    est = reinforce_estimates(POLICY, THETA, batch, g)
+    free_est = reinforce_estimates(POLICY, THETA, batch, g, discount_weighting=False)
+    assert est.shape == (20_000, POLICY.n_params)
+    result = mean_test(est, grad_H, alpha=ALPHA)
+    assert not result.rejected, str(result)
+    assert mean_test(est, free, alpha=ALPHA).rejected
+    assert not mean_test(free_est, free, alpha=ALPHA).rejected
+    assert mean_test(free_est, grad_H, alpha=ALPHA).rejected
+    # nor is it the infinite-horizon gradient
+    assert mean_test(est, lqr.policy_gradient(SYSTEM, POLICY, THETA), alpha=ALPHA).rejected
+    # the exact baseline (the value of the steps left): still unbiased, and far less spread
+    fh = lqr.finite_horizon(SYSTEM, K0, LOG_STD0, H)
+    values = -(np.einsum("tni,tij,tnj->tn", batch.states, fh.P[:H], batch.states) + fh.q[:H, None])
+    with_b = reinforce_estimates(POLICY, THETA, batch, g, baseline=values)
+    assert not mean_test(with_b, grad_H, alpha=ALPHA).rejected
+    assert np.all(with_b.std(axis=0) < 0.7 * est.std(axis=0))
+    # reinforce_step's sampled gradient is that estimator's mean on its batch
+    step = reinforce_step(SYSTEM, POLICY, THETA, lr=1e-3, mode="sampled", batch=batch, baseline="exact")
+    assert_identity(step.gradient, with_b.mean(axis=0))
+    assert_identity(step.theta, THETA + 1e-3 * step.gradient)
+    assert_identity(step.J_after, lqr.objective(SYSTEM, POLICY, step.theta))
+    drawn = reinforce_step(SYSTEM, POLICY, THETA, lr=1e-3, mode="sampled", rng=np.random.default_rng(1),
+                           n_episodes=50, max_episode_steps=H)
+    assert drawn.batch.shape == (H, 50) and drawn.batch.truncated[-1].all()
+
+
+def test_the_empirical_fisher_product_is_unbiased_for_the_rollouts_visitation_not_the_occupancy():
+    batch = lqr.sample_episodes(SYSTEM, POLICY, THETA, 100_000, horizon=H, rng=np.random.default_rng(2))
+    v = np.array([0.5, -1.0, 0.3])
+    jac = POLICY.sample_log_prob_jacobian(THETA, batch.states, batch.actions)  # (H, N, p)
+    per_episode = np.einsum("tnp,tn->np", jac, jac @ v) / H  # the episodes are independent
+    VK, vlog = POLICY.unpack(v)
+    psi_inv = np.exp(-2 * LOG_STD0)[:, None]
+    M_rollouts = lqr.finite_horizon(SYSTEM, K0, LOG_STD0, H).S.mean(axis=0)
+    expected = POLICY.pack(psi_inv * (VK @ M_rollouts), 2 * vlog)
+    result = mean_test(per_episode, expected, alpha=ALPHA)
+    assert not result.rejected, str(result)
+    # power: the Fisher under the discounted occupancy d (what exact mode uses; not what rollouts sample),
+    # and a log_std block read as a log-variance's (I instead of 2 I)
+    assert mean_test(per_episode, lqr.fisher_vector_product(SYSTEM, POLICY, THETA, v), alpha=ALPHA).rejected
+    assert mean_test(per_episode, POLICY.pack(psi_inv * (VK @ M_rollouts), vlog), alpha=ALPHA).rejected
+    # refpg's estimator is exactly that batch mean, through one sample JVP and one VJP
+    assert_identity(empirical_fisher_vector_product(POLICY, THETA, batch, v), per_episode.mean(axis=0))
+    F = empirical_fisher_estimate(POLICY, THETA, batch)
+    assert_identity(F @ v, per_episode.mean(axis=0))
+
+
+CONFIG = SampleConfig(n_envs=32, n_steps=32, max_episode_steps=16, critic="exact")
+
+
+def _data(seed=0, config=CONFIG):
+    return collect(SYSTEM, POLICY, config, rng=np.random.default_rng(seed), theta=THETA)
+
+
+def test_collect_on_lqr_flattens_a_batch_with_gae_from_the_exact_or_a_fitted_quadratic_critic():
+    data = _data()
+    M = 32 * 32
+    assert data.states.shape == (M, 2) and data.actions.shape == (M, 1) and data.advantages.shape == (M,)
+    V = lqr.exact_value(SYSTEM, POLICY, THETA)
+    assert_identity(data.values.P, V.P)
+    assert_identity(data.returns - data.advantages, V(data.states))
+    b = data.batch
+    delta = b.rewards + SYSTEM.gamma * V(b.next_states) - V(b.states)
+    lam_one = collect(SYSTEM, POLICY, SampleConfig(n_envs=4, n_steps=16, max_episode_steps=16, lam=0.0,
+                                                   critic="exact"), rng=np.random.default_rng(0), theta=THETA)
+    lb = lam_one.batch
+    assert_identity(lam_one.advantages, (lb.rewards + SYSTEM.gamma * V(lb.next_states) - V(lb.states)).ravel())
+    assert delta.shape == b.rewards.shape
+    fitted = _data(config=SampleConfig(n_envs=32, n_steps=32, max_episode_steps=16, critic="batch"))
+    assert isinstance(fitted.values, lqr.QuadraticValue)
+    assert np.isfinite(fitted.advantages).all()
+
+
+def test_sampled_trpo_and_npg_solve_with_the_batch_fisher_and_bound_the_exact_batch_kl():
+    data = _data()
+    M, g = data.advantages.size, SYSTEM.gamma
+    jac = POLICY.sample_log_prob_jacobian(THETA, data.states, data.actions)
+    grad = jac.T @ data.advantages / (M * (1 - g))
+    M_hat = data.states.T @ data.states / M
+    F_kl = np.zeros((3, 3))
+    F_kl[:2, :2] = np.exp(-2 * LOG_STD0[0]) * M_hat
+    F_kl[2, 2] = 2.0
+    F_emp = jac.T @ jac / M
+    for fisher, F in (("kl_hessian", F_kl), ("empirical", F_emp)):
+        res = trpo_step(SYSTEM, POLICY, THETA, max_kl=0.01, mode="sampled", data=data, fisher=fisher)
+        assert_identity(res.gradient, grad)
+        assert_identity(res.direction, np.linalg.solve(F, grad))
+        assert res.accepted and res.kl <= 0.01
+        K1, s1 = POLICY.unpack(res.theta)
+        per_state = lqr.state_kl(data.states, K_old=K0, log_std_old=LOG_STD0, K_new=K1, log_std_new=s1)
+        assert_identity(res.kl, per_state.mean())
+        assert_identity(res.J_after, lqr.objective(SYSTEM, POLICY, res.theta))
+        npg = npg_step(SYSTEM, POLICY, THETA, eta=0.01, mode="sampled", data=data, fisher=fisher, cg_iters=10)
+        assert_identity(npg.direction, np.linalg.solve(F, grad))
+
+
+def test_sampled_ppo_on_lqr_steps_along_the_batch_clipped_gradient_and_measures_the_batch_kl():
+    data = _data(1)
+    samples = (data.states, data.actions, data.logp_old, data.advantages)
+    g0 = clipped_surrogate_gradient(POLICY, THETA, samples, 0.2)
+    jac = POLICY.sample_log_prob_jacobian(THETA, data.states, data.actions)
+    assert_identity(g0, jac.T @ data.advantages / data.advantages.size)
+    one = ppo_update(SYSTEM, POLICY, THETA, mode="sampled", data=data, epochs=1, optimizer="sgd", lr=1e-4)
+    assert_identity(one.theta, THETA + 1e-4 * g0)
+    res = ppo_update(SYSTEM, POLICY, THETA, mode="sampled", data=data, epochs=4, minibatch_size=256, lr=0.01,
+                     rng=np.random.default_rng(0), penalty=0.5)
+    K1, s1 = POLICY.unpack(res.theta)
+    per_state = lqr.state_kl(data.states, K_old=K0, log_std_old=LOG_STD0, K_new=K1, log_std_new=s1)
+    assert_identity(res.history[-1].mean_kl, per_state.mean())
+    assert_identity(batch_kl(POLICY, res.theta, theta_old=THETA, states=data.states), per_state.mean())
+    assert_identity(res.mean_kl, lqr.kl_divergence(SYSTEM, POLICY, res.theta, theta_old=THETA))
+    assert res.surrogate_stderr is None and res.monte_carlo_samples is None
+    # the penalty's gradient is the gradient of the batch KL
+    from tests.helpers import central_difference
+
+    fd = central_difference(lambda th: batch_kl(POLICY, th, theta_old=THETA, states=data.states), res.theta)
+    np.testing.assert_allclose(batch_kl_gradient(POLICY, res.theta, theta_old=THETA, states=data.states), fd,
+                               rtol=1e-6, atol=1e-9)
+    sur = clipped_surrogate(POLICY, res.theta, samples, 0.2)
+    fd = central_difference(lambda th: clipped_surrogate(POLICY, th, samples, None), res.theta, h=1e-4)
+    np.testing.assert_allclose(clipped_surrogate_gradient(POLICY, res.theta, samples, None), fd, rtol=1e-6)
+    assert np.isfinite(sur)
+
+
+def test_run_in_sampled_mode_on_lqr_records_exact_diagnostics():
+    hist = run("trpo", SYSTEM, POLICY, THETA, n_iters=3, mode="sampled", seed=0, max_kl=0.01,
+               sample_config=CONFIG)
+    assert [r.samples for r in hist.records] == [32 * 32] * 3
+    theta = THETA
+    for rec, res in zip(hist.records, hist.results):
+        assert_identity(rec.J, lqr.objective(SYSTEM, POLICY, res.theta))
+        assert_identity(rec.mean_kl, lqr.kl_divergence(SYSTEM, POLICY, res.theta, theta_old=theta))
+        theta = res.theta
+    again = run("trpo", SYSTEM, POLICY, THETA, n_iters=3, mode="sampled", seed=0, max_kl=0.01,
+                sample_config=CONFIG)
+    np.testing.assert_array_equal(again.theta, hist.theta)
+
+
+def test_sampled_mode_refuses_a_batch_from_another_policy():
+    data = _data()
+    other = POLICY.pack(K0 + 0.1, LOG_STD0)
+    with pytest.raises(InvalidInputError, match="data should be collected under theta"):
+        trpo_step(SYSTEM, POLICY, other, mode="sampled", data=data)
+    with pytest.raises(InvalidInputError, match="the batch must come from the policy of theta"):
+        ppo_update(SYSTEM, POLICY, other, mode="sampled", data=data)
+    batch = lqr.sample_episodes(SYSTEM, POLICY, THETA, 5, horizon=4, rng=np.random.default_rng(0))
+    with pytest.raises(InvalidInputError, match="batch should be sampled under theta"):
+        reinforce_step(SYSTEM, POLICY, other, lr=0.1, mode="sampled", batch=batch)
+    with pytest.raises(ShapeError, match=r"data.states should have shape \(M, 2\)"):
+        ppo_update(SYSTEM, POLICY, THETA, mode="sampled", data=(np.zeros((3, 3)), np.zeros((3, 1)),
+                                                                np.zeros(3), np.zeros(3)))

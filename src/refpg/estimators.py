@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from refpg._validation import as_float_array, check_choice, check_discount, entry
-from refpg.errors import ImproperMDPError, InvalidInputError, ProblemTooLargeError
+from refpg.errors import ImproperMDPError, InvalidInputError, ProblemTooLargeError, ShapeError
 from refpg.evaluation import prepare, solve_pair
 from refpg.fisher import DENSE_FISHER_MAX_PARAMS
 from refpg.returns import discounted_returns
@@ -66,12 +66,17 @@ def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: s
 
     Parameters
     ----------
-    policy : TabularSoftmax or LogLinear
+    policy : TabularSoftmax, LogLinear or refpg.lqr.LinearGaussian
     theta : ndarray of shape ``policy.theta_shape``
         The parameters the batch was sampled with.
     batch : Batch
-        Typically from `refpg.sampling.sample_episodes`. Only complete
-        episodes are used.
+        Typically from `refpg.sampling.sample_episodes` (or
+        `refpg.lqr.sample_episodes`, states (T, N, n) and actions (T, N, m)).
+        Only complete episodes are used: on an LQR system every episode is
+        cut by its time limit H, and the estimate is unbiased for the
+        gradient of the H-step objective (`refpg.lqr.finite_horizon_cost_gradient`,
+        with the sign of a reward), and without :math:`\gamma^t` for
+        `refpg.lqr.gamma_free_direction`.
     gamma : float in [0, 1]
     variant : {"reward_to_go", "total"}
     discount_weighting : bool
@@ -80,6 +85,9 @@ def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: s
         exact expectation is `gamma_free_gradient`.
     baseline : array_like of shape (S,), optional
         State baseline b(s). It cannot depend on the action, by construction.
+        For a linear-Gaussian policy, the baseline's value at every
+        transition, shape (T, N) (a function of the state and the step only,
+        which the caller guarantees).
 
     Returns
     -------
@@ -106,9 +114,15 @@ def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: s
     check_choice(variant, "variant", _VARIANTS)
     if variant == "total" and not discount_weighting:
         raise InvalidInputError("discount_weighting=False applies to variant='reward_to_go' only")
-    S, A = policy.n_states, policy.n_actions
-    b = np.zeros(S) if baseline is None else as_float_array(baseline, "baseline", shape=(S,))
-    _check_batch(batch, S, A)
+    if _vector_policy(policy):
+        _check_vector_batch(batch, policy)
+        b_t = (np.zeros(batch.rewards.shape) if baseline is None
+               else as_float_array(baseline, "baseline", shape=batch.rewards.shape))
+    else:
+        S, A = policy.n_states, policy.n_actions
+        b = np.zeros(S) if baseline is None else as_float_array(baseline, "baseline", shape=(S,))
+        _check_batch(batch, S, A)
+        b_t = b[batch.states]
 
     ids, E = episode_ids(batch)
     G = discounted_returns(batch.rewards, batch.terminated, batch.truncated, gamma)
@@ -117,15 +131,14 @@ def reinforce_estimates(policy, theta, batch: Batch, gamma: float, *, variant: s
         first = (batch.step == 0) & (ids >= 0)
         G0[ids[first]] = G[first]
         ret = np.where(ids >= 0, G0[np.maximum(ids, 0)], 0.0)
-        weight = ret - b[batch.states]
+        weight = ret - b_t
     else:
-        weight = G - b[batch.states]
+        weight = G - b_t
         if discount_weighting:
             weight = weight * gamma ** batch.step
-    mask = ids >= 0
-    W = np.zeros((E, S, A))
-    np.add.at(W, (ids[mask], batch.states[mask], batch.actions[mask]), weight[mask])
-    return policy.log_prob_vjp(theta, W)
+    # One gradient per complete episode; padding and unfinished tails (id -1) are left out.
+    return policy.sample_log_prob_vjp(theta, np.where(ids >= 0, weight, 0.0), batch.states, batch.actions,
+                                      segments=ids, n_segments=E)
 
 
 def reinforce_gradient_estimate(policy, theta, batch: Batch, gamma: float, **kwargs) -> np.ndarray:
@@ -176,6 +189,24 @@ def gamma_free_gradient(mdp, policy, theta, *, evaluation=None) -> np.ndarray:
     return policy.log_prob_vjp(theta, mu1[:, None] * pi * ev.A, pi)
 
 
+def _vector_policy(policy) -> bool:
+    """A policy on state and action vectors (refpg.lqr.LinearGaussian) rather than on a table."""
+    from refpg.lqr import LinearGaussian
+
+    return isinstance(policy, LinearGaussian)
+
+
+def _check_vector_batch(batch, policy):
+    """Refuse anything but a Batch of state vectors (T, N, n) and action vectors (T, N, m) for `policy`."""
+    if not isinstance(batch, Batch):
+        raise InvalidInputError(f"batch should be a refpg.sampling.Batch, actual {type(batch).__name__}")
+    T_N = np.shape(batch.rewards)
+    for name, arr, d in (("states", batch.states, policy.state_dim), ("actions", batch.actions, policy.action_dim)):
+        if np.shape(arr) != T_N + (d,):
+            raise ShapeError(f"batch.{name} should have shape {T_N + (d,)} (batch.rewards has shape {T_N}) for "
+                             f"{policy!r}, actual shape {np.shape(arr)}")
+
+
 def _counts(policy, batch):
     S, A = policy.n_states, policy.n_actions
     C = np.zeros((S, A))
@@ -205,6 +236,11 @@ def empirical_fisher_estimate(policy, theta, batch: Batch) -> np.ndarray:
             f"empirical_fisher_estimate: {policy.n_params} parameters, more than "
             f"DENSE_FISHER_MAX_PARAMS={DENSE_FISHER_MAX_PARAMS}; use empirical_fisher_vector_product")
     theta = policy.validate_theta(theta)
+    if _vector_policy(policy):
+        X, U = _valid_samples(batch, policy)
+        jac = policy.sample_log_prob_jacobian(theta, X, U)
+        F = jac.T @ jac / X.shape[0]
+        return 0.5 * (F + F.T)
     _check_batch(batch, policy.n_states, policy.n_actions)
     w = _counts(policy, batch).ravel()
     jac = policy.log_prob_jacobian(theta)
@@ -213,13 +249,29 @@ def empirical_fisher_estimate(policy, theta, batch: Batch) -> np.ndarray:
 
 
 def empirical_fisher_vector_product(policy, theta, batch: Batch, v) -> np.ndarray:
-    r"""Matrix-free :math:`\hat F v`, as used by sampled TRPO and NPG."""
+    r"""Matrix-free :math:`\hat F v`, as used by sampled TRPO and NPG.
+
+    For a linear-Gaussian policy, one sample JVP and one sample VJP:
+    :math:`\frac1M\sum_i \nabla\log\pi(u_i|x_i)\,(\nabla\log\pi(u_i|x_i)^\top v)`.
+    """
     theta = policy.validate_theta(theta)
     v = policy.validate_theta(v, "v")
+    if _vector_policy(policy):
+        X, U = _valid_samples(batch, policy)
+        return policy.sample_log_prob_vjp(theta, policy.sample_log_prob_jvp(theta, v, X, U) / X.shape[0], X, U)
     _check_batch(batch, policy.n_states, policy.n_actions)
     pi = policy.probs(theta)
     w = _counts(policy, batch)
     return policy.log_prob_vjp(theta, w * policy.log_prob_jvp(theta, v, pi), pi)
+
+
+def _valid_samples(batch, policy):
+    """The valid transitions' state and action vectors, (M, n) and (M, m), M >= 1."""
+    _check_vector_batch(batch, policy)
+    valid = np.asarray(batch.valid, dtype=bool)
+    if not valid.any():
+        raise InvalidInputError("batch holds no valid transition")
+    return batch.states[valid], batch.actions[valid]
 
 
 def _check_batch(batch, S, A):

@@ -1,6 +1,8 @@
 """Canonical finite MDPs, with their matrices in the docstrings.
 
-Every builder returns a validated `refpg.TabularMDP`.
+Every builder returns a validated `refpg.TabularMDP`. The Gymnasium faces,
+loaded on first use (gymnasium is optional): `TabularEnv` samples a
+TabularMDP, `LQREnv` a `refpg.lqr.LQRSystem`.
 """
 
 from refpg.envs.classic import (bandit, chain, episodic_garnet, frozen_lake, garnet, gridworld, high_signal,
@@ -26,6 +28,7 @@ BUILTIN = {
 }
 
 _GYM_ENV_NAMES = ("TabularEnv", "ResetNeededError", "register_envs")
+_LQR_ENV_NAMES = ("LQREnv",)
 
 
 def __getattr__(name):
@@ -34,8 +37,12 @@ def __getattr__(name):
         from refpg.envs import gym_env
 
         return getattr(gym_env, name)
+    if name in _LQR_ENV_NAMES:
+        from refpg.envs import lqr_env
+
+        return getattr(lqr_env, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_GYM_ENV_NAMES])
+    return sorted([*globals(), *_GYM_ENV_NAMES, *_LQR_ENV_NAMES])
