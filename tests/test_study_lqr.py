@@ -76,6 +76,20 @@ def test_gamma_free_gap(outputs):
     assert all(fp[a] > fp[b] > 0 for a, b in zip(hs, hs[1:]))    # its zero approaches K* as H grows
 
 
+def test_trpo_on_log_std_spends_its_kl_there(outputs):
+    _, h = outputs("lqr")
+    assert h["trpo_full_log_std_kl_share"] > 0.5
+    assert h["trpo_full_max_kl_over_delta"] <= 1.0 + 1e-12
+    assert h["trpo_full_gain_gap_quarter"] > 5 * h["trpo_K_gain_gap_quarter"]
+    drops = h["log_std_drop_per_step"]
+    assert all(first > 0 and second > 0 for first, second in drops.values())
+    first, second = drops["TRPO"]
+    assert second > 0.8 * first                       # linear: a fixed KL moves log_std by a fixed amount
+    for label in ("PG", "NPG", "PPO"):
+        first, second = drops[label]
+        assert second < 0.8 * first, label            # slows down as the gradient shrinks with sigma^2
+
+
 def test_log_std_collapses_under_ppo(outputs):
     _, h = outputs("lqr")
     start, end = h["ppo_log_std"]
@@ -148,17 +162,20 @@ def _gradient_z(system, K, log_std, x, u, *, advantage_scale=1.0):
     return (G.mean(axis=0) - target) / (G.std(axis=0, ddof=1) / np.sqrt(len(G)))
 
 
-def test_occupancy_samples_give_the_exact_policy_gradient():
-    """On samples of `occupancy_samples` and exact advantages, the mean of (1/(1-gamma)) A grad log pi is the
-    exact gradient: two-sided z-tests, alpha = 1e-6 over 9 statistics (Bonferroni), fixed seeds 0 and 1. The
-    same test rejects a critic 10% too small and states shifted one step later in the episode."""
+def test_occupancy_draws_give_the_exact_policy_gradient():
+    """On the PPO runs' draws (`refpg.lqr.sample_occupancy`) with exact advantages, the mean of
+    (1/(1-gamma)) A grad log pi is the exact gradient: two-sided z-tests, alpha = 1e-6 over 9 statistics
+    (Bonferroni), fixed seeds 0 and 1. The same test rejects a critic 10% too small and states shifted one
+    step later in the episode."""
     system, K0, ls0 = study.study_system()
+    pol = lqr.LinearGaussian.for_system(system)
     crit = norm.isf(ALPHA / (2 * (K0.size + ls0.size + 1)))
     for seed in (0, 1):
-        x, u = study.occupancy_samples(system, K0, ls0, np.random.default_rng(seed), N_SAMPLES)
+        draw = lqr.sample_occupancy(system, pol, pol.pack(K0, ls0), N_SAMPLES, rng=np.random.default_rng(seed))
+        x, u = draw.states, draw.actions
         z = _gradient_z(system, K0, ls0, x, u)
         assert np.abs(z).max() < crit, z
-    # Power: the same samples with a biased advantage, and the occupancy off by one step.
+    # Power: the same draws with a biased advantage, and the occupancy off by one step.
     assert np.abs(_gradient_z(system, K0, ls0, x, u, advantage_scale=0.9)).max() > crit
     rng = np.random.default_rng(2)
     x1 = (x @ (system.A - system.B @ K0).T + (np.exp(ls0) * rng.standard_normal(u.shape)) @ system.B.T
@@ -167,16 +184,28 @@ def test_occupancy_samples_give_the_exact_policy_gradient():
     assert np.abs(_gradient_z(system, K0, ls0, x1, u1)).max() > crit
 
 
-def test_ppo_runs_share_their_random_numbers():
-    """Same seed: the first batch, hence the first update's K with log_std fixed or trained, starts alike;
-    the fixed run never moves log_std."""
+def test_ppo_in_K_alone_is_ppo_update_with_log_std_held():
+    """The fixed-log_std update assembled from public pieces and `ppo_update` (which trains log_std too) draw
+    the same samples from the same seed: after one Adam epoch their K agree; log_std moves only in the second."""
     system, K0, ls0 = study.study_system()
-    a = study.ppo_descent(system, K0, ls0, n_updates=2, n_samples=256, train_log_std=False)
-    b = study.ppo_descent(system, K0, ls0, n_updates=2, n_samples=256, train_log_std=True)
-    np.testing.assert_array_equal(a.log_std, np.broadcast_to(ls0, a.log_std.shape))
-    assert np.all(b.log_std[1:] < ls0)
-    # The K parts of the gradients agree at the first epoch (same batch, same theta): Adam's first step is
-    # lr * sign(g) in each coordinate, so both runs take the same first K step up to later epochs.
-    c = study.ppo_descent(system, K0, ls0, n_updates=1, n_samples=256, train_log_std=False, epochs=1)
-    d = study.ppo_descent(system, K0, ls0, n_updates=1, n_samples=256, train_log_std=True, epochs=1)
-    np.testing.assert_allclose(c.K[1], d.K[1], rtol=0, atol=1e-15)
+    fixed = study.ppo_descent(system, K0, ls0, n_updates=1, n_samples=256, train_log_std=False, epochs=1)
+    trained = study.ppo_descent(system, K0, ls0, n_updates=1, n_samples=256, train_log_std=True, epochs=1)
+    np.testing.assert_allclose(fixed.K[1], trained.K[1], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(fixed.log_std, np.broadcast_to(ls0, fixed.log_std.shape))
+    assert np.all(trained.log_std[1] < ls0)
+    longer = study.ppo_descent(system, K0, ls0, n_updates=3, n_samples=256, train_log_std=False)
+    np.testing.assert_array_equal(longer.log_std, np.broadcast_to(ls0, longer.log_std.shape))
+
+
+def test_exact_descent_with_log_std_is_reinforce_step_and_npg_step():
+    """`descent` (the study's closed forms) and `refpg.algorithms` in exact mode take the same step on (K, log_std)."""
+    from refpg.algorithms import npg_step, reinforce_step
+
+    system, K0, ls0 = study.study_system()
+    pol = lqr.LinearGaussian.for_system(system)
+    theta = pol.pack(K0, ls0)
+    for method, step in (("pg", lambda: reinforce_step(system, pol, theta, lr=0.01).theta),
+                         ("npg", lambda: npg_step(system, pol, theta, eta=0.05).theta)):
+        eta = 0.01 if method == "pg" else 0.05
+        res = study.descent(system, K0, ls0, method=method, eta=eta, n_iters=1, train_log_std=True)
+        np.testing.assert_allclose(pol.pack(res.K[1], res.log_std[1]), step(), rtol=1e-12, atol=1e-15)

@@ -13,7 +13,9 @@ initial gain K0, isotropic exploration noise). Three parts:
    Fisher-vector product, surrogate and mean KL, and PPO's clipped objective
    estimated by Monte Carlo (exact advantages, states and actions sampled from
    :math:`d_{old}\times\pi_{old}`). log_std is held at its initial value here, so
-   that every method minimises the same function of K. The sub-optimality is
+   that every method minimises the same function of K; `refpg.algorithms`'
+   `trpo_step` and `ppo_update` train log_std too, so part 1 assembles the same
+   updates in K from their public pieces, and part 3 calls them. The sub-optimality is
    computed without cancellation (`suboptimality`), so the curves reach
    :math:`10^{-30}`. The measured linear rates are set beside the rates that
    [Fazel2018]'s exact-gradient argument gives once carried to the discounted,
@@ -22,13 +24,15 @@ initial gain K0, isotropic exploration noise). Three parts:
    the mean of REINFORCE without the :math:`\gamma^t` factor
    (`refpg.lqr.gamma_free_direction`) against :math:`\nabla C_H`
    (`refpg.lqr.finite_horizon_cost_gradient`), by cosine and relative norm gap,
-   over gamma and H (`gamma_free_gap`). Exact.
-3. **log_std collapse.** PPO on (K, log_std) together, with no entropy bonus,
-   from the same start and on the same random numbers as part 1's PPO: log_std,
-   its exact gradient :math:`\partial C/\partial\,\mathrm{log\_std}_i = 2\sigma_i^2[H_{uu}]_{ii}/(1-\gamma)`,
+   over gamma and H (`gamma_free_gap`); and the zeros in K of both directions,
+   found by root finding (`fixed_points`), with their discounted sub-optimality. Exact.
+3. **log_std collapse.** `refpg.algorithms.ppo_update` on (K, log_std)
+   together, with no entropy bonus, from the same start and on the same random
+   numbers as part 1's PPO: log_std, its exact gradient
+   :math:`\partial C/\partial\,\mathrm{log\_std}_i = 2\sigma_i^2[H_{uu}]_{ii}/(1-\gamma)`,
    the score's scale :math:`\mathrm{tr}\,F_{KK} = \mathbb{E}\|\nabla_K\log\pi\|^2`
-   and the exact KL per update; against exact gradient descent on the same
-   (K, log_std).
+   and the exact KL per update; against `reinforce_step`, `npg_step` and
+   `trpo_step` in exact mode on the same (K, log_std) (`full_parameter_runs`).
 
 The rates of part 1 follow from two identities, both with discount and noise
 (same :math:`\Psi` for K and K'; :math:`H = H_{uu}(K)`, :math:`E = E_K`):
@@ -76,9 +80,10 @@ __all__ = [
     "linear_rate",
     "TRPORun",
     "trpo_descent",
-    "occupancy_samples",
     "PPORun",
     "ppo_descent",
+    "FullRun",
+    "full_parameter_runs",
     "gamma_free_gap",
     "FixedPoints",
     "fixed_points",
@@ -400,34 +405,6 @@ def trpo_descent(system, K0, log_std, *, max_kl: float = TRPO_MAX_KL, n_iters: i
 
 # -- PPO by Monte Carlo -------------------------------------------------------------------------------
 
-def occupancy_samples(system, K, log_std, rng, n_samples: int):
-    r"""n states from the normalised discounted occupancy of :math:`\pi_K`, and one action each: ``(x, u)``.
-
-    t ~ Geometric: :math:`\Pr(t) = (1-\gamma)\gamma^t`; then
-    :math:`x_t \sim N(m_t, C_t)` with :math:`m_{t+1} = A_K m_t`,
-    :math:`C_{t+1} = A_K C_t A_K^\top + N` from :math:`(\mu_0, \Sigma_0)`,
-    which is the law of :math:`x_t` when :math:`x_0` is Gaussian; then
-    :math:`u \sim \pi_K(\cdot|x)`. So :math:`\mathbb{E}[x x^\top] = (1-\gamma)\Sigma_K`.
-    """
-    g = system.gamma
-    n, m = system.state_dim, system.action_dim
-    t = rng.geometric(1.0 - g, n_samples) - 1
-    xi = rng.standard_normal((n_samples, n))
-    eps = rng.standard_normal((n_samples, m))
-    A_K = system.A - system.B @ K
-    N = (system.B * np.exp(2.0 * log_std)) @ system.B.T + system.W
-    means, roots = [system.mu0], []
-    C = system.Sigma0
-    for _ in range(int(t.max()) + 1):
-        w, V = np.linalg.eigh(C)
-        roots.append(V * np.sqrt(np.clip(w, 0.0, None)))
-        C = A_K @ C @ A_K.T + N
-        C = 0.5 * (C + C.T)
-        means.append(A_K @ means[-1])
-    x = np.array(means)[t] + np.einsum("sij,sj->si", np.array(roots)[t], xi)
-    return x, -x @ K.T + np.exp(log_std) * eps
-
-
 class PPORun(NamedTuple):
     """A run of `ppo_descent`; per-update arrays have length n_updates (+ 1 where the start is included)."""
 
@@ -442,17 +419,18 @@ class PPORun(NamedTuple):
     dC_dlog_std: np.ndarray
     r"""Exact :math:`\partial C/\partial\,\mathrm{log\_std}`, (n_updates + 1, m)."""
     score_scale: np.ndarray
-    r""":math:`\mathrm{tr}\,F_{KK} = \mathbb{E}_{d,\pi}\|\nabla_K\log\pi\|^2 = (1-\gamma)\mathrm{tr}(\Sigma_K)\,\mathrm{tr}(\Psi^{-1})`, (n_updates + 1,)."""
+    r"""The score's scale, (n_updates + 1,):
+    :math:`\mathrm{tr}\,F_{KK} = \mathbb{E}_{d,\pi}\|\nabla_K\log\pi\|^2 = (1-\gamma)\mathrm{tr}(\Sigma_K)\,\mathrm{tr}(\Psi^{-1})`."""
     kl: np.ndarray
     """Exact mean KL(pi_old || pi_new) of each update under the old occupancy, (n_updates,)."""
     clip_fraction: np.ndarray
-    """Fraction of the batch outside [1 - eps, 1 + eps] after the update, (n_updates,)."""
+    """Fraction of the update's draws whose ratio ends outside [1 - eps, 1 + eps], (n_updates,)."""
     lclip: np.ndarray
     r"""Monte Carlo estimate of :math:`L^{CLIP}(\theta_{new}) - L^{CLIP}(\theta_{old})`, exact mode's objective
     (:math:`\frac{1}{1-\gamma}\mathbb{E}_{d_{old},\pi_{old}}[\min(rA, \mathrm{clip}(r)A)]`, which is 0 at
-    theta_old), on an independent batch, (n_updates,)."""
+    theta_old), on draws independent of the update's (`refpg.lqr.clipped_surrogate_estimate`), (n_updates,)."""
     lclip_se: np.ndarray
-    """Its standard error (sample standard deviation / sqrt(n)), (n_updates,)."""
+    """Its standard error, (n_updates,)."""
     surrogate_gain: np.ndarray
     """Exact TRPO surrogate L_old(theta_new) - J(theta_old) (no clip), (n_updates,)."""
     J_gain: np.ndarray
@@ -460,6 +438,7 @@ class PPORun(NamedTuple):
 
 
 def _adam(theta, g, state, lr, b1=0.9, b2=0.999, eps=1e-8):
+    # Kingma & Ba (2015), Algorithm 1, as refpg.algorithms.ppo_update and torch.optim.Adam take it.
     m, v, k = state
     k += 1
     m = b1 * m + (1.0 - b1) * g
@@ -467,39 +446,54 @@ def _adam(theta, g, state, lr, b1=0.9, b2=0.999, eps=1e-8):
     return theta + lr * (m / (1.0 - b1 ** k)) / (np.sqrt(v / (1.0 - b2 ** k)) + eps), (m, v, k)
 
 
-def _clip_batch(system, pol, theta_old, rng, n_samples):
+def _ppo_fixed_log_std(system, pol, theta_old, state, draw, *, epochs, lr, clip_eps):
+    """One PPO update in K alone: `ppo_update`'s exact-mode steps with the log_std entries of the gradient zeroed."""
     from refpg import lqr
+    from refpg.algorithms import PPOSamples, clipped_surrogate_gradient
 
     K, log_std = pol.unpack(theta_old)
-    x, u = occupancy_samples(system, K, log_std, rng, n_samples)
-    return x, u, pol.sample_log_probs(theta_old, x, u), -lqr.advantage(system, K, log_std, x, u)
+    batch = PPOSamples(draw.states, draw.actions, pol.sample_log_probs(theta_old, draw.states, draw.actions),
+                       -lqr.advantage(system, K, log_std, draw.states, draw.actions))
+    theta = theta_old.copy()
+    mn = system.action_dim * system.state_dim
+    for _ in range(epochs):
+        grad = clipped_surrogate_gradient(pol, theta, batch, clip_eps)
+        grad[mn:] = 0.0
+        theta, state = _adam(theta, grad, state, lr)
+    return theta, state
 
 
 def ppo_descent(system, K0, log_std0, *, n_updates: int, n_samples: int, train_log_std: bool, seed: int = 0,
                 epochs: int = PPO_EPOCHS, lr: float = PPO_LR, clip_eps: float = PPO_CLIP) -> PPORun:
     r"""PPO with exact advantages, its clipped objective estimated by Monte Carlo ([Schulman2017] Eq. 7).
 
-    Each update draws n_samples (x, u) from :math:`d_{old}\times\pi_{old}`
-    (`occupancy_samples`), takes the exact reward advantage
-    :math:`-A^{cost}_{old}(x, u)` (`refpg.lqr.advantage`) and runs `epochs`
+    With ``train_log_std``, each update is `refpg.algorithms.ppo_update` in
+    exact mode on the LQR: n_samples draws from :math:`d_{old}\times\pi_{old}`
+    (`refpg.lqr.sample_occupancy`) with exact advantages, and `epochs`
     full-batch Adam steps on the sample mean of
-    :math:`\frac{1}{1-\gamma}\min(rA, \mathrm{clip}(r, 1\pm\epsilon)A)`, its gradient
-    by `refpg.losses.ppo_clip_grad_logp` and the policy's
-    ``sample_log_prob_vjp``; one Adam state over the whole run, as libraries
-    keep it. No entropy bonus. Without ``train_log_std`` the log_std entries of
-    the gradient are zeroed, so log_std stays at log_std0.
+    :math:`\min(rA, \mathrm{clip}(r, 1\pm\epsilon)A)`, no entropy bonus; one
+    Adam state over the whole run, as libraries keep it. Without it, the same
+    update in K alone (`ppo_update` has no way to hold log_std): the same
+    draws, the gradient `refpg.algorithms.clipped_surrogate_gradient` with its
+    log_std entries zeroed, the same Adam.
 
-    Update k draws from ``numpy.random.default_rng([seed, k])`` (and its
-    evaluation batch from ``[seed, k, 1]``): two runs with the same seed see
-    the same random numbers (common random numbers), whatever they train.
+    Update k draws from ``numpy.random.default_rng([seed, k])``: two runs with
+    the same seed draw the same random numbers (common random numbers),
+    whatever they train. The clipped objective's gain is then estimated on
+    independent draws, from ``[seed, k, 1]``.
 
     Returns
     -------
     PPORun
+
+    Raises
+    ------
+    refpg.errors.InvalidInputError
+        An update that leaves the stabilising set.
     """
     from refpg import lqr
+    from refpg.algorithms import ppo_update
     from refpg.errors import InvalidInputError
-    from refpg.losses import ppo_clip_grad_logp, ppo_clip_terms
 
     pol = lqr.LinearGaussian.for_system(system)
     g = system.gamma
@@ -521,31 +515,96 @@ def ppo_descent(system, K0, log_std0, *, n_updates: int, n_samples: int, train_l
 
     record_policy(theta)
     for k in range(n_updates):
-        theta_old = theta.copy()
-        x, u, logp_old, adv = _clip_batch(system, pol, theta_old, np.random.default_rng([seed, k]), n_samples)
-        for _ in range(epochs):
-            logp = pol.sample_log_probs(theta, x, u)
-            w = -ppo_clip_grad_logp(logp, logp_old, adv, clip_eps) / (1.0 - g)  # d objective / d log pi
-            grad = pol.sample_log_prob_vjp(theta, w, x, u)
-            if not train_log_std:
-                grad[mn:] = 0.0
-            theta, state = _adam(theta, grad, state, lr)
-        K, _ = pol.unpack(theta)
-        radius = system.spectral_radius(K)
+        theta_old = theta
+        # ppo_update draws with lqr.sample_occupancy's order from the same seed: the same draws.
+        draw = lqr.sample_occupancy(system, pol, theta_old, n_samples, rng=np.random.default_rng([seed, k]))
+        if train_log_std:
+            res = ppo_update(system, pol, theta_old, mode="exact", clip_eps=clip_eps, epochs=epochs, lr=lr,
+                             rng=np.random.default_rng([seed, k]), monte_carlo_samples=n_samples,
+                             optimizer_state=None if k == 0 else state)
+            theta, state = res.theta, res.optimizer_state
+        else:
+            theta, state = _ppo_fixed_log_std(system, pol, theta_old, state, draw, epochs=epochs, lr=lr,
+                                              clip_eps=clip_eps)
+        logp_old = pol.sample_log_probs(theta_old, draw.states, draw.actions)
+        r = np.exp(pol.sample_log_probs(theta, draw.states, draw.actions) - logp_old)
+        frac = float(np.mean(np.abs(r - 1.0) > clip_eps))
+        radius = system.spectral_radius(pol.unpack(theta)[0])
         if not radius < 1.0:
             raise InvalidInputError(f"PPO update {k + 1} left the stabilising set (spectral radius {radius!r})")
-        r = np.exp(pol.sample_log_probs(theta, x, u) - logp_old)
-        rec["clip_fraction"].append(float(np.mean(np.abs(r - 1.0) > clip_eps)))
-        xe, ue, lpe, adve = _clip_batch(system, pol, theta_old, np.random.default_rng([seed, k, 1]), n_samples)
-        terms = ppo_clip_terms(pol.sample_log_probs(theta, xe, ue), lpe, adve, clip_eps).objective / (1.0 - g)
-        rec["lclip"].append(float(terms.mean()))
-        rec["lclip_se"].append(float(terms.std(ddof=1) / np.sqrt(terms.size)))
+        rec["clip_fraction"].append(float(frac))
+        est = lqr.clipped_surrogate_estimate(system, pol, theta, theta_old=theta_old, clip_eps=clip_eps,
+                                             n_samples=n_samples, rng=np.random.default_rng([seed, k, 1]))
+        rec["lclip"].append(est.value / (1.0 - g))
+        rec["lclip_se"].append(est.stderr / (1.0 - g))
         J_old = lqr.objective(system, pol, theta_old)
         rec["surrogate_gain"].append(lqr.surrogate(system, pol, theta, theta_old=theta_old) - J_old)
         rec["J_gain"].append(lqr.objective(system, pol, theta) - J_old)
         rec["kl"].append(lqr.kl_divergence(system, pol, theta, theta_old=theta_old))
         record_policy(theta)
     return PPORun(**{k: np.array(v) for k, v in rec.items()})
+
+
+class FullRun(NamedTuple):
+    """A run of `full_parameter_runs`: the library's exact steps on (K, log_std)."""
+
+    log_std: np.ndarray
+    """(n_iters + 1, m)."""
+    cost: np.ndarray
+    """Exact C, (n_iters + 1,)."""
+    gap: np.ndarray
+    """`suboptimality` of each gain at the initial log_std, (n_iters + 1,)."""
+    kl: np.ndarray
+    """Exact mean KL(pi_old || pi_new) of each step, (n_iters,)."""
+    kl_log_std: np.ndarray
+    r"""The log_std part of each step's KL, :math:`\frac12\sum_i(e^{d_i} - 1 - d_i)`,
+    :math:`d = 2(\mathrm{log\_std}_{old} - \mathrm{log\_std}_{new})` (the rest is the K part), (n_iters,)."""
+    fraction: np.ndarray
+    """TRPO: the accepted fraction of each full step (0: none); NaN for PG and NPG, (n_iters,)."""
+
+
+def full_parameter_runs(system, K0, log_std0, *, n_iters: int, lr: float, eta: float,
+                        max_kl: float = TRPO_MAX_KL) -> dict:
+    r"""Exact PG, NPG and TRPO on (K, log_std) together, through `refpg.algorithms`: label -> `FullRun`.
+
+    ``"PG"``: `refpg.algorithms.reinforce_step` in exact mode
+    (:math:`\theta \leftarrow \theta + \mathrm{lr}\,\nabla_\theta J`); ``"NPG"``:
+    `refpg.algorithms.npg_step` (:math:`\theta \leftarrow \theta + \eta F^{-1}\nabla_\theta J`);
+    ``"TRPO"``: `refpg.algorithms.trpo_step` (exact surrogate and KL, CG to
+    convergence). No entropy term in any.
+    """
+    from refpg import lqr
+    from refpg.algorithms import npg_step, reinforce_step, trpo_step
+
+    pol = lqr.LinearGaussian.for_system(system)
+    log_std0 = np.asarray(log_std0, dtype=np.float64)
+    optimum = lqr.evaluate(system, lqr.optimal_gain(system).K, log_std0)
+    def trpo(th):
+        res = trpo_step(system, pol, th, max_kl=max_kl, cg_iters=pol.n_params)
+        return res.theta, res.step_fraction
+
+    steps = {"PG": lambda th: (reinforce_step(system, pol, th, lr=lr).theta, np.nan),
+             "NPG": lambda th: (npg_step(system, pol, th, eta=eta).theta, np.nan),
+             "TRPO": trpo}
+    out = {}
+    for label, step in steps.items():
+        theta = pol.pack(K0, log_std0)
+        thetas, kls, kls_log_std, fractions = [theta], [], [], []
+        for _ in range(n_iters):
+            new, fraction = step(theta)
+            fractions.append(fraction)
+            kls.append(lqr.kl_divergence(system, pol, new, theta_old=theta))
+            # The same KL with K held at its old value: the log_std term alone (the two add up).
+            same_K = np.concatenate([theta[:-system.action_dim], new[-system.action_dim:]])
+            kls_log_std.append(lqr.kl_divergence(system, pol, same_K, theta_old=theta))
+            theta = new
+            thetas.append(theta)
+        parts = [pol.unpack(th) for th in thetas]
+        out[label] = FullRun(log_std=np.array([ls for _, ls in parts]),
+                             cost=np.array([lqr.cost(system, K, ls) for K, ls in parts]),
+                             gap=np.array([suboptimality(system, K, log_std0, optimum=optimum) for K, _ in parts]),
+                             kl=np.array(kls), kl_log_std=np.array(kls_log_std), fraction=np.array(fractions))
+    return out
 
 
 # -- the gamma^t-free direction ------------------------------------------------------------------------
@@ -644,10 +703,6 @@ def _fmt(x, spec=".3g"):
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
-def _fmt(x, spec=".3g"):
-    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
-
-
 def _worst_ratio(gap) -> float:
     """The largest g_(t+1)/g_t while g_t is above 1e-14 g_0 (well above the round-off of `suboptimality`)."""
     g = np.asarray(gap)
@@ -667,6 +722,7 @@ EXACT_RUNS = {
 
 def run(*, quick: bool = False, out_dir="analysis/lqr") -> dict:
     from refpg import lqr
+    from refpg.algorithms import trpo_step
 
     out = prepare_out_dir(out_dir)
     T = 60 if quick else 200
@@ -700,7 +756,6 @@ def run(*, quick: bool = False, out_dir="analysis/lqr") -> dict:
     # A step that accepts nothing leaves K, and so every later step, unchanged.
     trpo_stall = None if accepted.all() else int(np.argmin(accepted))
     rates["TRPO"] = linear_rate(trpo.gap if trpo_stall is None else trpo.gap[:trpo_stall + 1])
-    floor = RATE_WINDOW[0] * C0
     pi_steps = int(np.argmax(runs["GN, eta = 1 (policy iteration)"].gap <= RATE_WINDOW[0] * runs["PG"].gap[0]))
     worst = {label: _worst_ratio(runs[label].gap) for label in runs}
     bound = {"NPG (Fazel step)": bounds["npg"], "GN, eta = 1/2": bounds["gn"][0.5],
@@ -767,8 +822,8 @@ def run(*, quick: bool = False, out_dir="analysis/lqr") -> dict:
 
     # -- part 3: log_std collapse (same seed as the fixed-log_std PPO run: the same random numbers)
     ppo_free = ppo_descent(system, K0, ls0, n_updates=T_ppo, n_samples=n_samples, train_log_std=True)
-    pg_free = descent(system, K0, ls0, method="pg", eta=etas["PG"], n_iters=T_ppo, train_log_std=True)
-    npg_free = descent(system, K0, ls0, method="npg", eta=etas["NPG (tuned)"], n_iters=T_ppo, train_log_std=True)
+    full = full_parameter_runs(system, K0, ls0, n_iters=T_ppo, lr=etas["PG"], eta=etas["NPG (tuned)"])
+    pg_free, npg_free, trpo_free = full["PG"], full["NPG"], full["TRPO"]
     progress.update(10)
     tail = slice(3 * T_ppo // 4, T_ppo)
     drop = -np.diff(ppo_free.log_std, axis=0)[tail]
@@ -781,6 +836,7 @@ def run(*, quick: bool = False, out_dir="analysis/lqr") -> dict:
     axes[0].plot(u, pg_free.log_std.mean(axis=1), color="tab:red", label=f"exact PG (eta = {etas['PG']:.3g})")
     axes[0].plot(u, npg_free.log_std.mean(axis=1), color="tab:blue",
                  label=f"exact NPG (eta = {etas['NPG (tuned)']:.3g})")
+    axes[0].plot(u, trpo_free.log_std.mean(axis=1), color="tab:purple", label=f"exact TRPO (delta = {TRPO_MAX_KL:g})")
     axes[0].set_title("mean log_std, no entropy bonus")
     axes[0].legend(fontsize=7)
     axes[1].semilogy(u, ppo_free.dC_dlog_std.mean(axis=1), label="dC/dlog_std (exact, mean over dimensions)")
@@ -816,9 +872,20 @@ def run(*, quick: bool = False, out_dir="analysis/lqr") -> dict:
     collapse_rows = [[k, f"{ppo_free.log_std[k].mean():.3f}", f"{np.exp(ppo_free.log_std[k]).mean():.4f}",
                       f"{ppo_free.dC_dlog_std[k].mean():.4g}", f"{ppo_free.score_scale[k]:.4g}",
                       f"{ppo_free.cost[k]:.4f}", f"{ppo_free.gap[k]:.3g}", f"{ppo_fixed.gap[k]:.3g}",
-                      f"{pg_free.log_std[k].mean():.3f}", f"{npg_free.log_std[k].mean():.3f}"]
+                      f"{pg_free.log_std[k].mean():.3f}", f"{npg_free.log_std[k].mean():.3f}",
+                      f"{trpo_free.log_std[k].mean():.3f}", f"{trpo_free.gap[k]:.3g}", f"{trpo.gap[k]:.3g}"]
                      for k in sorted({0, T_ppo // 4, T_ppo // 2, 3 * T_ppo // 4, T_ppo})]
     monotone = bool(np.all(np.diff(ppo_free.log_std, axis=0) < 0))
+    trpo_ls_share = float(np.mean(trpo_free.kl_log_std / trpo_free.kl))
+    trpo_fracs = sorted(set(trpo_free.fraction.tolist()))
+    half, quarter = T_ppo // 2, T_ppo // 4
+    # Mean fall of log_std per step over the first and the second half of each run.
+    drop_rates = {label: (float((r.log_std[0] - r.log_std[half]).mean() / half),
+                          float((r.log_std[half] - r.log_std[-1]).mean() / (T_ppo - half)))
+                  for label, r in (("PPO", ppo_free), ("PG", pg_free), ("NPG", npg_free), ("TRPO", trpo_free))}
+    pol = lqr.LinearGaussian.for_system(system)
+    first_full_kl = trpo_step(system, pol, pol.pack(K0, ls0), max_kl=TRPO_MAX_KL,
+                              cg_iters=pol.n_params).line_search[0].kl
     npg_rate, pg_rate, gn_rate, trpo_rate = (rates["NPG (tuned)"], rates["PG"], rates["GN, eta = 1/2"],
                                              rates["TRPO"])
     arr = lambda a: np.array2string(a, precision=4, suppress_small=True)  # noqa: E731
@@ -875,13 +942,14 @@ and {worst['GN, eta = 1/2']:.4f} <= {bound['GN, eta = 1/2']:.4f}. The bounds are
 TRPO (delta = {TRPO_MAX_KL:g}) uses the exact gradient, Fisher-vector products, surrogate and KL,
 with CG run to convergence. The exact mean KL of every step is at most {trpo.kl.max():.6g}
 ({trpo.kl.max() / TRPO_MAX_KL:.6f} delta), and C rose at {int(np.sum(trpo.cost_change > 0))} of {T} steps.
-Before it stalls it converges linearly at {trpo_rate:.4f} per step. Then {stall_txt},
+Before it stalls it converges linearly at {trpo_rate:.4f} per step, faster than NPG at its fixed tuned
+step: TRPO is the natural gradient with a step length chosen anew at every iteration. Then {stall_txt},
 at sub-optimality {trpo.gap[-1]:.3g}. Each full step has KL exactly delta, so near K* the
 improving steps are shorter than 2^-10 of it, and the paper's 10 halvings never reach them.
 
 PPO (fixed log_std, Monte Carlo) brings the gain's sub-optimality from {ppo_fixed.gap[0]:.3g} down to
-{ppo_fixed.gap.min():.3g} at best; after {T_ppo} updates it is {ppo_fixed.gap[-1]:.3g}. It stalls there, at the
-Monte Carlo noise floor of N = {n_samples}. The exact mean KL of an update reaches {ppo_fixed.kl.max() / TRPO_MAX_KL:.3g} delta.
+{ppo_fixed.gap.min():.3g} at best; after {T_ppo} updates it is {ppo_fixed.gap[-1]:.3g}. It levels off
+and wanders at the Monte Carlo noise floor of N = {n_samples} draws per update. The exact mean KL of an update reaches {ppo_fixed.kl.max() / TRPO_MAX_KL:.3g} delta.
 The clipped objective's gain is estimated by Monte Carlo on an independent batch, with a standard
 error. It exceeds TRPO's exact unclipped surrogate gain by at most {lclip_z.max():.2f} standard errors
 (median {np.median(lclip_z):.2f}), as expected since L^CLIP <= L^CPI sample by sample.
@@ -918,23 +986,45 @@ at H = {fp_horizons[-1]}.
 
 ## 3. log_std collapse under PPO without an entropy bonus
 
-PPO is run on (K, log_std) by Monte Carlo, with the same random numbers as the fixed-log_std run:
-eps = {PPO_CLIP}, {PPO_EPOCHS} full-batch Adam epochs per update, lr = {PPO_LR}. Beside it run exact
-gradient descent (PG) and natural gradient descent (NPG) on (K, log_std), at part 1's tuned steps.
+Here every run trains (K, log_std) together and calls the algorithm code of `refpg.algorithms`
+on the LQR. PPO is `ppo_update` in exact mode, which estimates the clipped objective by Monte
+Carlo, on the same random numbers as part 1's fixed-log_std run: eps = {PPO_CLIP}, {PPO_EPOCHS}
+full-batch Adam epochs per update, lr = {PPO_LR}. Beside it run exact gradient ascent
+(`reinforce_step`, lr = {etas['PG']:.4g}), the exact natural gradient (`npg_step`, eta = {etas['NPG (tuned)']:.4g};
+part 1's tuned steps) and exact TRPO (`trpo_step`, delta = {TRPO_MAX_KL:g}). None has an entropy term.
+
 The cost's exact log_std gradient, 2 sigma_i^2 [H_uu]_ii / (1 - gamma), is positive at every K.
-So without an entropy term every method lowers log_std, and the infimum of C is at sigma -> 0:
-C(K*) = {C_inf:.4f} there (log_std = -30).
+So every method lowers log_std, and the infimum of C is at sigma -> 0, where C(K*) = {C_inf:.4f}
+(evaluated at log_std = -30).
 
 {md_table(["update", "mean log_std", "mean sigma", "dC/dlog_std (exact)", "tr F_KK (exact)", "C (exact)",
-           "gain gap, log_std trained", "gain gap, log_std fixed", "PG: mean log_std", "NPG: mean log_std"],
+           "gain gap, log_std trained", "gain gap, log_std fixed", "PG: mean log_std", "NPG: mean log_std",
+           "TRPO: mean log_std", "TRPO: gain gap", "TRPO in K alone: gain gap"],
           collapse_rows)}
 
 **Headline.** Over {T_ppo} PPO updates the mean log_std falls from {ls_start:.3f} to {ls_end:.3f}, so sigma goes
 from {np.exp(ls_start):.3f} to {np.exp(ls_end):.4f}. It falls at {'every' if monotone else 'not every'} update in every
 dimension. Its exact gradient shrinks with sigma^2 (from {dls_start:.3g} to {dls_end:.3g}). Over the last quarter
 of the run, each PPO update still moves log_std by {ppo_effective_step:.3g} times that gradient: Adam
-divides by the gradient's running scale. Exact PG, whose log_std step is eta = {etas['PG']:.3g} times the
-gradient, and NPG end at mean log_std {pg_free.log_std[-1].mean():.3f} and {npg_free.log_std[-1].mean():.3f}.
+divides by the gradient's running scale. Exact PG, whose log_std step is lr = {etas['PG']:.3g} times the
+gradient, ends at mean log_std {pg_free.log_std[-1].mean():.3f}; NPG, whose log_std step is also proportional to
+sigma^2, at {npg_free.log_std[-1].mean():.3f}; TRPO at {trpo_free.log_std[-1].mean():.3f}.
+
+Mean fall of log_std per step, first half of the run / second half:
+{', '.join(f'{k} {a:.4f} / {b:.4f}' for k, (a, b) in drop_rates.items())}. PG, NPG and PPO slow down;
+TRPO does not.
+
+TRPO on (K, log_std) spends on average {100 * trpo_ls_share:.0f}% of each step's exact KL on log_std. The
+log_std block of the Fisher matrix is 2I whatever sigma is, so a step of KL delta moves log_std by about
+the same amount every time, and its log_std falls linearly. Its accepted fractions of the full step are
+{', '.join(f'{f:g}' for f in trpo_fracs)}. The log_std part of the KL, (e^d - 1 - d)/2 with
+d = 2 (log_std_old - log_std_new) > 0, is steeper than its quadratic model, so a full step overshoots
+delta (its exact KL is {first_full_kl / TRPO_MAX_KL:.3f} delta at the first step) and the line search halves it.
+With most of the KL going to log_std, its gain converges more slowly than part 1's TRPO in K alone
+(gain gap {trpo_free.gap[quarter]:.3g} against {trpo.gap[quarter]:.3g} after {quarter} steps). Later its line search
+never stalls, because lowering log_std always improves the surrogate, and the shrinking sigma makes the
+same KL buy ever smaller K steps. After {T_ppo} steps its gain gap is {trpo_free.gap[-1]:.3g}, against
+{trpo.gap[T_ppo]:.3g} for TRPO in K alone.
 
 As sigma falls, the score's scale E||grad_K log pi||^2 = (1 - gamma) tr(Sigma_K) tr(Psi^-1) grows from
 {ppo_free.score_scale[0]:.4g} to {ppo_free.score_scale[-1]:.4g}. Two consequences follow from the formulas:
@@ -980,5 +1070,12 @@ shrinks with sigma. That is why the trained-log_std run ends with a gain gap
         "ppo_log_std_effective_step": ppo_effective_step,
         "pg_log_std_end": float(pg_free.log_std[-1].mean()),
         "npg_log_std_end": float(npg_free.log_std[-1].mean()),
+        "trpo_log_std_end": float(trpo_free.log_std[-1].mean()),
+        "trpo_full_max_kl_over_delta": float(trpo_free.kl.max() / TRPO_MAX_KL),
+        "trpo_full_log_std_kl_share": trpo_ls_share,
+        "trpo_full_gain_gap_end": float(trpo_free.gap[-1]),
+        "trpo_full_gain_gap_quarter": float(trpo_free.gap[quarter]),
+        "trpo_K_gain_gap_quarter": float(trpo.gap[quarter]),
+        "log_std_drop_per_step": drop_rates,
         "ppo_gain_gap_end": {"fixed": float(ppo_fixed.gap[-1]), "trained": float(ppo_free.gap[-1])},
     }
