@@ -7,6 +7,12 @@
   policy update's sampling error) or a tabular Monte Carlo critic fitted on
   the batch itself (``critic="batch"``: per-state mean of the lambda-returns
   computed with the previous critic, starting from zero).
+
+On a `refpg.lqr.LQRSystem` the batch comes from `refpg.lqr.sample_steps`
+(state and action vectors), the exact critic is the quadratic reward value
+of `refpg.lqr.exact_value`, and the batch critic the least-squares quadratic
+through the lambda-returns (`refpg.lqr.fit_quadratic_value`): the function
+class the exact value belongs to, where a table over states cannot exist.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ class SampleConfig:
     lam : float
         GAE lambda.
     critic : {"exact", "batch"}
-        Source of V for GAE (see module docstring).
+        Source of V for GAE (see module docstring; on an LQR system the
+        exact quadratic value, or a quadratic fitted to the batch).
     """
 
     n_envs: int = 64

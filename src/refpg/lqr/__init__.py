@@ -24,7 +24,7 @@ gain, the KL between two policies. See docs/conventions.md,
 `refpg.algorithms` (REINFORCE, NPG, TRPO, PPO and `run`) accepts an
 ``(LQRSystem, LinearGaussian)`` pair wherever it accepts ``(TabularMDP,
 policy)``, in exact mode (these closed forms) and in sampled mode (these
-rollouts).
+rollouts), and `refpg.envs.LQREnv` is the system as a Gymnasium environment.
 
 Example::
 
