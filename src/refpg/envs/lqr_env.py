@@ -93,7 +93,9 @@ class LQREnv(gymnasium.Env):
     a spec (id ``"refpg/LQR-v0"``) so that ``env.spec.make()`` rebuilds it
     and ``gymnasium.utils.env_checker.check_env`` can test it completely; the
     checker warns that the boxes are unbounded and the action box not
-    normalised, which is the problem's nature, not a defect.
+    normalised, which is the problem's nature, not a defect (and it refuses
+    any env that truncates after one step, so check it with
+    ``max_episode_steps`` >= 2 or None).
 
     Examples
     --------

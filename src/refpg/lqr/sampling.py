@@ -41,6 +41,7 @@ __all__ = [
     "QuadraticValue",
     "fit_quadratic_value",
     "exact_value",
+    "psd_sqrt",
 ]
 
 
@@ -56,6 +57,17 @@ def psd_sqrt(M: np.ndarray) -> np.ndarray:
 
     From the eigendecomposition (round-off negatives set to 0), so a singular
     covariance (W = 0, a deterministic start) is fine where Cholesky fails.
+    The samplers draw :math:`\mu_0 + L_0 z` and :math:`L_W z` with it, and so
+    does `refpg.envs.LQREnv`.
+
+    Parameters
+    ----------
+    M : ndarray of shape (n, n)
+        Symmetric positive semidefinite (not checked: the system's matrices already are).
+
+    Returns
+    -------
+    ndarray of shape (n, n)
     """
     w, V = np.linalg.eigh(M)
     return V * np.sqrt(np.maximum(w, 0.0))
