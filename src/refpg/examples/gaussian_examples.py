@@ -165,6 +165,24 @@ def diag_gaussian_kl_torch(mean_p, log_std_p, mean_q, log_std_q):
     return torch.distributions.kl_divergence(p, q).sum(-1)
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_kl():
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def kl(mean_p, log_std_p, mean_q, log_std_q):
+        delta = log_std_p - log_std_q
+        q = (mean_p - mean_q) * jnp.exp(-log_std_q)
+        return jnp.sum(0.5 * (jnp.expm1(2.0 * delta) - 2.0 * delta) + 0.5 * q * q, axis=-1)
+    return kl
+
+
+def diag_gaussian_kl_jax(mean_p, log_std_p, mean_q, log_std_q):
+    """KL(N_p || N_q) in JAX under jax.jit, expm1 for nearly equal scales."""
+    return _jitted_kl()(mean_p, log_std_p, mean_q, log_std_q)
+
+
 def sb3_style_kl(mean_true, log_std_true, mean_pred, log_std_pred):
     """KL(dist_true || dist_pred) of two DiagGaussianDistribution-like Normals, summed over dimension 1."""
     import torch
@@ -250,6 +268,24 @@ def squashed_log_prob_numpy(mean, log_std, actions, pre_tanh):
     z = (pre_tanh - mean) * np.exp(-log_std)
     log_jac = 2.0 * (LOG2 - pre_tanh - np.logaddexp(0.0, -2.0 * pre_tanh))
     return np.sum(-0.5 * z * z - log_std - 0.5 * LOG_2PI - log_jac, axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_squashed():
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def log_prob(mean, log_std, actions, pre_tanh):
+        z = (pre_tanh - mean) * jnp.exp(-log_std)
+        log_jac = 2.0 * (LOG2 - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh))
+        return jnp.sum(-0.5 * z * z - log_std - 0.5 * LOG_2PI - log_jac, axis=-1)
+    return log_prob
+
+
+def squashed_log_prob_jax(mean, log_std, actions, pre_tanh):
+    """The stable form in JAX under jax.jit, from the pre-tanh value."""
+    return _jitted_squashed()(mean, log_std, actions, pre_tanh)
 
 
 def squashed_log_prob_torch(mean, log_std, actions, pre_tanh):
@@ -498,6 +534,7 @@ CORRECT: tuple[Example, ...] = (
     _correct(_KL, diag_gaussian_kl_numpy, "KL(N_p || N_q) in NumPy, summed, expm1 for nearly equal scales",
              backend="numpy"),
     _correct(_KL, diag_gaussian_kl_torch, "torch.distributions.kl_divergence of two Normals, summed over dimensions"),
+    _correct(_KL, diag_gaussian_kl_jax, "KL(N_p || N_q) in JAX under jax.jit", backend="jax"),
     _correct(_KL, sb3_style_kl, "SB3-style KL(dist_true || dist_pred) of two diagonal Gaussians, summed over dim 1",
              convention="sb3"),
     _correct(_KL, cleanrl_style_kl, "the KL of two Normals built CleanRL's way ((1, d) log-std), summed over dim 1",
@@ -509,6 +546,7 @@ CORRECT: tuple[Example, ...] = (
     _correct(_SQ, squashed_log_prob_numpy, "the stable form 2 (log 2 - u - softplus(-2u)) in NumPy, pre-tanh value "
              "given", backend="numpy"),
     _correct(_SQ, squashed_log_prob_torch, "Normal.log_prob(u) minus the stable log-Jacobian in torch"),
+    _correct(_SQ, squashed_log_prob_jax, "the stable form in JAX under jax.jit, pre-tanh value given", backend="jax"),
     _correct(_SQ, sb3_style_squashed_log_prob, "SB3-style SquashedDiagGaussianDistribution.log_prob(actions, "
              "gaussian_actions): log(1 - a^2 + 1e-6), exact within the declared regulariser", convention="sb3"),
     _correct(_SQ, cleanrl_style_squashed_log_prob, "CleanRL-style SAC actor for a box [-2, 2]: log(action_scale (1 - "
