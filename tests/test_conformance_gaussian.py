@@ -387,3 +387,23 @@ def test_ppo_counterexample_at_the_old_policy_shrinks_to_one_sample():
     ce = _run(_by_name("gaussian_ppo_scores_clipped_actions_torch")).failure(
         "gaussian_ppo_loss.ratio_one_at_old").counterexample
     assert ce.shrunk and ce.inputs["actions"].shape[0] == 1
+
+
+def test_a_wrong_kl_gradient_hides_in_no_bound_that_grows_both_ways():
+    """A KL exact in value whose d/dlog_std_p is tripled only where log_std_p - log_std_q < -11, where
+    sigma_p^2 / sigma_q^2 is ~1e-10 and the true derivative is -1: the tolerance there is set by terms
+    of size 1, not by exp(2 |log_std_p - log_std_q|) ~ 1e10 (a bound that once let it pass)."""
+    torch = pytest.importorskip("torch")
+
+    def kl(mean_p, log_std_p, mean_q, log_std_q):
+        lp = log_std_p.expand_as(mean_p)
+        lq = log_std_q.expand_as(mean_q)
+        lp2 = torch.where((lp - lq) < -11, 3 * lp - 2 * lp.detach(), lp)
+        p = torch.distributions.Normal(mean_p, lp2.exp())
+        q = torch.distributions.Normal(mean_q, lq.exp())
+        return torch.distributions.kl_divergence(p, q).sum(-1)
+
+    for state_dependent in (False, True):
+        report = check_gaussian_kl(kl, backend="torch", state_dependent=state_dependent)
+        assert "gaussian_kl.gradient" in report.failed_ids, str(report)
+        assert "gaussian_kl.value" not in report.failed_ids

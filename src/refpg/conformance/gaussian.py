@@ -255,6 +255,18 @@ def kl_gradients(mp, lp, mq, lq) -> dict:
     return {"mean_p": dm, "log_std_p": np.expm1(2.0 * (lp - lq)), "mean_q": -dm, "log_std_q": 1.0 - r2 - q2}
 
 
+def kl_gradient_scales(mp, lp, mq, lq) -> dict:
+    """The size of the terms each derivative of KL(N_p || N_q) is a sum of, per entry: what its rounding
+    error is relative to. Directional: sigma_p^2 / sigma_q^2 enters, never its inverse, so a large
+    ratio the other way widens no bound (a wrong derivative hides in a bound that grows both ways)."""
+    r2 = np.exp(2.0 * (lp - lq))
+    q2 = (mp - mq) ** 2 * np.exp(-2.0 * lq)
+    g = kl_gradients(mp, lp, mq, lq)
+    mean = (np.abs(g["mean_p"]) + (1.0 + np.abs(mp - mq) * np.exp(-lq))) * np.exp(-lq)
+    return {"mean_p": mean, "log_std_p": np.abs(g["log_std_p"]) + 1.0 + r2, "mean_q": mean,
+            "log_std_q": np.abs(g["log_std_q"]) + 1.0 + r2 + q2}
+
+
 # -- drawing cases -----------------------------------------------------------------------------------------
 
 def _log_std_draw(rng, shape, min_log_std: float) -> np.ndarray:
@@ -889,19 +901,22 @@ def check_gaussian_kl(fn, *, convention: str = "refpg", backend: str = "auto", d
         if o is not None:
             outcomes.append(o)
         w = weights(n)
-        g = kl_gradients(*src)
+        g, scales = kl_gradients(*src), kl_gradient_scales(*src)
         if direction == "reverse":  # the roles of the two pairs swap back
-            g = {"mean_p": g["mean_q"], "log_std_p": g["log_std_q"], "mean_q": g["mean_p"], "log_std_q": g["log_std_p"]}
+            def swap(t):
+                return {"mean_p": t["mean_q"], "log_std_p": t["log_std_q"], "mean_q": t["mean_p"],
+                        "log_std_q": t["log_std_p"]}
+            g, scales = swap(g), swap(scales)
         logs = {"log_std_p": lp, "log_std_q": lq}
         want, sc = {}, {}
         for role, name in zip(roles, names):
             gw = w[:, None] * g[role]
-            bound = w[:, None] * (np.abs(g[role]) + 1.0 + np.exp(2.0 * np.abs(lp - lq)))
+            bound = w[:, None] * scales[role]
             if role.startswith("log_std"):
                 want[name] = spec.reduce(spec.scale_derivative(gw, logs[role]))
                 sc[name] = spec.reduce(np.abs(spec.scale_derivative(bound, logs[role])))
             else:
-                want[name], sc[name] = gw, bound * np.exp(-lq)
+                want[name], sc[name] = gw, bound
         pick = weighted_sum(tuple(w))
         if be.differentiable:
             grads = autograd(session, args, call, names, pick)
