@@ -290,3 +290,15 @@ def test_gradient_counterexample_shrinks_to_the_smallest_tree():
     assert ce.shrunk
     assert "n_prompts=1, vocab_size=2, max_length=2" in ce.inputs["tree"]
     assert ce.inputs["policy"] == "tabular moderate"
+
+
+def test_an_undeclared_gradient_is_unchecked_and_the_report_says_what_to_declare():
+    # The default: a correct k1, k2 or k3 passes, and the warning lists each estimator's target.
+    for fn, value in ((topic.k1_torch, "unbiased"), (topic.k2_torch, "any"), (topic.k3_torch, "unbiased")):
+        report = check_kl_penalty(fn, backend="torch", value=value, max_examples=10)
+        assert report.passed, str(report)
+        assert "kl_penalty.loss_gradient" not in report.checks
+        assert any("gradient not declared" in w and "'forward' (k3" in w for w in report.warnings)
+    # "none", as the CLI and a config file write it, is None
+    report = check_kl_penalty(topic.k3_torch, backend="torch", gradient="none", max_examples=10)
+    assert "kl_penalty.loss_gradient" not in report.checks

@@ -415,7 +415,8 @@ _OPTION_MEANINGS = {
     ("kl_penalty", "value"): "what the estimates' mean under pi is: unbiased (the KL exactly, and 0 at "
                              "pi = pi_ref; k1, k3) or any (unchecked; k2)",
     ("kl_penalty", "gradient"): "the expected gradient TARGET has as a loss: reverse (grad KL_seq), local "
-                                "(g_loc, k2), forward (the forward-KL gradient, k3), zero (k1), or none (unchecked)",
+                                "(g_loc, k2), forward (the forward-KL gradient, k3), zero (k1); none (default) leaves it "
+                                "unchecked, with a warning",
     ("kl_penalty", "kl_type"): "the library's estimator name, passed as verl's kl_penalty= or OpenRLHF's "
                                "kl_estimator= (verl and openrlhf conventions only)",
     ("kl_penalty", "max_log_ratio"): "the largest |log pi_ref - log pi| any drawn case holds (none: no bound)",

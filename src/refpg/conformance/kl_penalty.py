@@ -368,7 +368,7 @@ def _total(out):
 
 @numerics_of_their_own
 def check_kl_penalty(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
-                     max_examples: int = 100, seed: int = 0, value: str = "unbiased", gradient: str = "reverse",
+                     max_examples: int = 100, seed: int = 0, value: str = "unbiased", gradient: str = None,
                      kl_type: str = None, max_log_ratio: float = None) -> Report:
     r"""Check a per-token KL penalty exactly: its values' mean under pi, and its expected gradient as a loss.
 
@@ -393,7 +393,9 @@ def check_kl_penalty(fn, *, convention: str = "refpg", backend: str = "auto", dt
         The expected gradient the estimate has when it is used as a loss (module docstring):
         "reverse" grad KL_seq (no per-token loss meets it on a tree of depth > 1; the failure says
         which target the loss meets), "local" g_loc (k2), "forward" the forward-KL gradient (k3),
-        "zero" (k1). None: not checked (a penalty used in the reward, detached).
+        "zero" (k1). None (the default; also the string "none"): not checked, and the report's warning
+        says so and lists what to declare. A penalty used in the reward, detached, needs none; one
+        used as a loss should declare the gradient it is meant to have.
     kl_type : str, optional
         verl and openrlhf only: the library's estimator name, passed to the function as
         ``kl_penalty=kl_type`` (verl: "kl", "k1", "mse", "k2", "low_var_kl", "k3", "abs", and their
@@ -426,8 +428,10 @@ def check_kl_penalty(fn, *, convention: str = "refpg", backend: str = "auto", dt
     check_callable(fn)
     check_choice(convention, "convention", tuple(KL_PENALTY_CONVENTIONS))
     check_choice(value, "value", VALUES)
+    if isinstance(gradient, str) and gradient.lower() == "none":  # as the CLI writes it
+        gradient = None
     if gradient is not None:
-        check_choice(gradient, "gradient", GRADIENTS)
+        check_choice(gradient, "gradient", GRADIENTS + ("none",))
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
     if kl_type is not None:
@@ -629,7 +633,12 @@ def check_kl_penalty(fn, *, convention: str = "refpg", backend: str = "auto", dt
                              moves=functools.partial(_pair_moves, jax=jax), max_examples=per_pairs)
     session.run_scenario(_array_cases(jax), evaluate_arrays, (ids["elementwise"],),
                          moves=functools.partial(_array_moves, jax=jax), max_examples=per_arrays)
-    if gradient is not None:
+    if gradient is None:
+        session.warn("gradient not declared: the expected gradient of fn used as a loss was not checked. Declare "
+                     "the one it is meant to have: gradient='zero' (k1), 'local' (k2, g_loc), 'forward' (k3, the "
+                     "forward-KL gradient) or 'reverse' (grad KL_seq, which no per-token loss meets beyond one "
+                     "token: put the penalty in the reward for it)")
+    else:
         session.declare(ids["loss_gradient"], tracked=True)
         if not be.differentiable:
             session.warn("backend='numpy': d fn / d logp is a five-point central difference of the function's "
