@@ -254,3 +254,15 @@ def test_random_system_refuses_bad_arguments(kwargs, match):
 def test_random_system_has_the_requested_open_loop_radius():
     sys1 = lqr.random_system(3, 4, 2, gamma=0.8, radius=0.7)
     np.testing.assert_allclose(sys1.spectral_radius(np.zeros((2, 4))), 0.7, rtol=1e-12)
+
+
+@pytest.mark.parametrize("M, match", [
+    ([[1.0, 0.0], [0.0, -5.0]], r"second_moment should be positive semidefinite, actual second_moment\[1, 1\] = -5.0"),
+    ([[1.0, 3.0], [-3.0, 1.0]], r"second_moment should be symmetric, actual second_moment\[0, 1\] = 3.0"),
+    ([[1.0, 2.0], [2.0, 1.0]], "second_moment should be positive semidefinite, actual smallest eigenvalue -1.0"),
+])
+def test_mean_kl_refuses_a_second_moment_that_is_not_one(M, match):
+    # Such an M gives a negative or meaningless "KL" (-2.0 for the first): never a silent number.
+    with pytest.raises(InvalidInputError, match=match):
+        lqr.mean_kl(K_old=np.zeros((1, 2)), log_std_old=np.zeros(1), K_new=np.ones((1, 2)),
+                    log_std_new=np.zeros(1), second_moment=M)

@@ -50,7 +50,7 @@ from refpg._validation import as_float_array, check_positive_int
 from refpg.errors import InvalidInputError, ProblemTooLargeError, ShapeError
 from refpg.fisher import DENSE_FISHER_MAX_PARAMS
 from refpg.lqr.policy import LinearGaussian, _check_log_std_range
-from refpg.lqr.system import LQRSystem, _unstable_gain_error
+from refpg.lqr.system import LQRSystem, _check_psd, _symmetric, _unstable_gain_error
 
 __all__ = [
     "LQREvaluation",
@@ -700,15 +700,17 @@ def mean_kl(*, K_old, log_std_old, K_new, log_std_new, second_moment) -> float:
     K_old, K_new : array_like, shape (m, n)
     log_std_old, log_std_new : array_like, shape (m,)
     second_moment : array_like, shape (n, n)
-        M, symmetric positive semidefinite (not checked beyond shape and finiteness).
+        M, symmetric positive semidefinite (checked as `LQRSystem` checks Sigma0: a matrix that is not
+        gives a negative or meaningless "KL", and is refused with its offending entry or eigenvalue).
 
     Returns
     -------
-    float, non-negative for a positive semidefinite M
+    float, non-negative
     """
     K_old, log_std_old, K_new, log_std_new = _kl_args(K_old, log_std_old, K_new, log_std_new)
     n = K_old.shape[1]
-    M = as_float_array(second_moment, "second_moment", shape=(n, n))
+    M = _symmetric(as_float_array(second_moment, "second_moment", shape=(n, n)), "second_moment")
+    _check_psd(M, "second_moment")
     D = (K_old - K_new) * np.exp(-log_std_new)[:, None]
     return 0.5 * (_kl_constant(log_std_old, log_std_new) + float(np.sum((D.T @ D) * M)))
 
