@@ -223,3 +223,11 @@ def test_the_sampler_refuses_bad_input_and_an_overflowing_rollout():
         lqr.sample_occupancy(SYSTEM, POLICY, unstable, 10, rng=np.random.default_rng(0))
     with pytest.raises(ShapeError, match="targets should have shape"):
         lqr.fit_quadratic_value(np.zeros((3, 2)), np.zeros(2))
+
+
+def test_a_step_that_overflows_float64_is_refused_by_name_not_returned_as_inf():
+    env = LQREnv(lqr.random_system(0, 2, 1))
+    env.reset(seed=0)
+    with pytest.raises(InvalidInputError, match="overflows float64 at step"):
+        for _ in range(10):
+            env.step(np.array([1e200]))

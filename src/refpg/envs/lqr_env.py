@@ -178,8 +178,15 @@ class LQREnv(gymnasium.Env):
                 "call env.reset() to start a new one")
         u = self._check_action(action)
         s, x = self._system, self._state
-        cost = float(x @ s.Q @ x + u @ s.R @ u)
-        x2 = s.A @ x + s.B @ u + self._Lw @ self.np_random.standard_normal(s.state_dim)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cost = float(x @ s.Q @ x + u @ s.R @ u)
+            x2 = s.A @ x + s.B @ u + self._Lw @ self.np_random.standard_normal(s.state_dim)
+        if not (np.isfinite(cost) and np.isfinite(x2).all()):
+            # An infinite or NaN reward would poison every return computed from it, silently.
+            raise InvalidInputError(
+                f"the LQR step overflows float64 at step {self._elapsed} (max |x| = {float(np.abs(x).max()):.3g}, "
+                f"max |action| = {float(np.abs(u).max()):.3g}): the actions or the policy make the state "
+                f"grow without bound; use a stabilising policy, smaller actions or a time limit")
         self._elapsed += 1
         truncated = self._limit is not None and self._elapsed >= self._limit
         self._state, self._done = x2, truncated
