@@ -126,8 +126,8 @@ GAUSSIAN_LOG_PROB_CONVENTIONS = {
 #: Convention -> signature of the KL function.
 GAUSSIAN_KL_CONVENTIONS = {
     "refpg": "fn(mean_p, log_std_p, mean_q, log_std_q) -> kl (n,), KL(N_p || N_q) summed over the d dimensions",
-    "sb3": "fn(mean_true, log_std_true, mean_pred, log_std_pred) -> kl (n,), as SB3's kl_divergence(dist_true, "
-           "dist_pred) of two DiagGaussianDistribution",
+    "sb3": "fn(mean_true, log_std_true, mean_pred, log_std_pred) -> kl (n,), SB3's names: kl_divergence(dist_true, "
+           "dist_pred) of two DiagGaussianDistribution summed over dim 1 (SB3 2.9.2's own returns (n, d), unsummed)",
     "cleanrl": "fn(action_mean_p, action_logstd_p, action_mean_q, action_logstd_q) -> kl (n,), "
                "kl_divergence(Normal(...), Normal(...)).sum(1) in CleanRL's style, action_logstd (1, d)",
     "torchrl": "fn(loc_p, scale_p, loc_q, scale_q) -> kl (n,), kl_divergence of two IndependentNormal, as "
@@ -514,6 +514,10 @@ def gradient_outcome(session, check_id, what, grad, problem, expected, scale, in
     return o
 
 
+_SB3_KL_NOTE = ("; SB3 2.9.2's kl_divergence of two DiagGaussianDistribution does not sum: apply "
+                "sum_independent_dims to it")
+
+
 def shape_outcome(session, outcomes: list, raw, what: str, n: int, d: int):
     """Add to an output-shape failure what an (n, d) output means: per-dimension values, not summed."""
     shape = _shape_of(raw)
@@ -522,7 +526,8 @@ def shape_outcome(session, outcomes: list, raw, what: str, n: int, d: int):
             o.message += (f"; one {what} per action dimension{' (or a trailing axis kept, keepdim=True)' if d == 1 else ''}"
                           f": the {what} of a diagonal Gaussian is the SUM over the d = {d} dimension"
                           f"{'s' if d > 1 else ''}, one value per row (SB3's sum_independent_dims, CleanRL's .sum(1); "
-                          f"tianshou #40 and ElegantRL PR #273 lost that sum)")
+                          f"tianshou #40 and ElegantRL PR #273 lost that sum"
+                          f"{_SB3_KL_NOTE if what == 'KL' else ''})")
     return outcomes
 
 
