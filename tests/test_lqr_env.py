@@ -231,3 +231,8 @@ def test_a_step_that_overflows_float64_is_refused_by_name_not_returned_as_inf():
     with pytest.raises(InvalidInputError, match="overflows float64 at step"):
         for _ in range(10):
             env.step(np.array([1e200]))
+
+
+def test_make_without_a_system_says_what_to_pass():
+    with pytest.raises(InvalidInputError, match="system should be a refpg.lqr.LQRSystem, actual none given"):
+        gymnasium.make("refpg/LQR-v0")

@@ -113,8 +113,12 @@ class LQREnv(gymnasium.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def __init__(self, system: LQRSystem, max_episode_steps: int | None = None, *,
+    def __init__(self, system: LQRSystem = None, max_episode_steps: int | None = None, *,
                  render_mode: str | None = None):
+        if system is None:  # gymnasium.make(LQR_ID) with no system: say what to pass, not a bare TypeError
+            raise InvalidInputError(f"system should be a refpg.lqr.LQRSystem, actual none given: "
+                                    f"gymnasium.make({LQR_ID!r}, system=refpg.lqr.LQRSystem(...)) or "
+                                    f"LQREnv(system)")
         if not isinstance(system, LQRSystem):
             raise InvalidInputError(f"system should be a refpg.lqr.LQRSystem, actual {type(system).__name__}")
         limit = None if max_episode_steps is None else check_positive_int(max_episode_steps, "max_episode_steps")
