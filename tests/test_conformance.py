@@ -1139,3 +1139,9 @@ def test_shrinking_never_puts_a_ratio_on_a_clip_bound():
     # The check draws ratios at least 10% (in log) away from the clip bounds; so does shrinking.
     u = np.where(ratio >= 1, np.log(ratio) / np.log1p(eps), -np.log(ratio) / np.log1p(-eps))
     assert np.all((np.abs(u) <= 0.9 + 1e-9) | (np.abs(u) >= 1.1 - 1e-9)), u
+
+
+def test_check_names_a_misspelt_option_with_a_suggestion():
+    from refpg.conformance import check
+    with pytest.raises(InvalidInputError, match="unknown option 'directon'.*'direction'"):
+        check("gaussian_kl", lambda mean_p, log_std_p, mean_q, log_std_q: None, directon="reverse")

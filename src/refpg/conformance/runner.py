@@ -253,6 +253,11 @@ def parse_option(kind: str, key: str, text: str):
 def check(kind: str, fn: Callable, **kwargs):
     """Run ``check_<kind>(fn, **kwargs)``; `kind` is one of `KINDS`."""
     check_choice(kind, "kind", KINDS)
+    accepted = options_of(kind)
+    for key in kwargs:  # a misspelt option gets a suggestion, not Python's bare TypeError
+        if key not in accepted:
+            raise InvalidInputError(f"check({kind!r}, ...): unknown option {key!r}{did_you_mean(key, accepted)} "
+                                    f"(the options of kind {kind!r}: {', '.join(accepted)})")
     return CHECKS[kind](fn, **kwargs)
 
 
