@@ -455,3 +455,13 @@ def test_sampled_mode_refuses_a_batch_from_another_policy():
     with pytest.raises(ShapeError, match=r"data.states should have shape \(M, 2\)"):
         ppo_update(SYSTEM, POLICY, THETA, mode="sampled", data=(np.zeros((3, 3)), np.zeros((3, 1)),
                                                                 np.zeros(3), np.zeros(3)))
+
+
+def test_a_run_refused_midway_names_the_iteration_and_keeps_its_history():
+    from refpg.algorithms import run
+    system, policy = lqr.random_system(0, 3, 2), LinearGaussian(3, 2)
+    theta0 = policy.pack(np.zeros((2, 3)), np.full(2, -0.5))
+    with pytest.raises(InvalidInputError, match=r"stopped at iteration 3 of 3: .*spectral radius") as info:
+        run("reinforce", system, policy, theta0, n_iters=3, lr=0.01)
+    history = info.value.history
+    assert len(history.records) == 2 and history.J[0] > -np.inf and history.J[-1] == -np.inf

@@ -72,6 +72,16 @@ class IterationRecord(NamedTuple):
     """Wall time of the update."""
 
 
+def _stopped(algorithm, it, n_iters, exc, history) -> InvalidInputError:
+    """The error of a run refused at iteration `it` > 1: it names the iteration and carries the history of
+    the iterations done as ``.history`` (theta0 itself was accepted)."""
+    err = InvalidInputError(f"run({algorithm!r}) stopped at iteration {it} of {n_iters}: the parameters "
+                            f"after iteration {it - 1} are refused: {exc} (theta0 was accepted; the "
+                            f"{it - 1} iteration{'s' if it > 2 else ''} done are in this error's .history)")
+    err.history = history
+    return err
+
+
 @dataclass(frozen=True, eq=False)
 class History:
     """A run: the records and the final parameters."""
@@ -241,7 +251,8 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
 
     **On an LQR system** every record is exact too (`refpg.lqr`): J (-inf
     once a gain stops stabilising the system, after which the next
-    iteration is refused), the mean KL under :math:`d_{old}`, and the
+    iteration is refused with an `refpg.errors.InvalidInputError` that names
+    it and carries the iterations done as ``.history``), the mean KL under :math:`d_{old}`, and the
     supremum of the per-state KL and range of the ratio over all states and
     actions (inf, 0 and inf as soon as the gain moves on the states
     :math:`d_{old}` reaches). Exact PPO's clipped term is the one quantity
@@ -288,7 +299,13 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
         kwargs["rng"] = rng
     for it in range(1, n_iters + 1):
         start = time.perf_counter()
-        res = step(mdp, policy, theta, mode=mode, **kwargs)
+        try:
+            res = step(mdp, policy, theta, mode=mode, **kwargs)
+        except InvalidInputError as exc:
+            if it == 1:
+                raise
+            raise _stopped(algorithm, it, n_iters, exc, History(algorithm=algorithm, mode=mode, records=tuple(records),
+                                                                 theta=theta, J0=J0, results=tuple(results))) from exc
         seconds = time.perf_counter() - start
         if algorithm == "ppo_kl_penalty":
             kwargs["beta"] = res.beta  # the adaptive coefficient, for the next update
@@ -309,6 +326,11 @@ def run(algorithm: str, mdp, policy, theta0, *, n_iters: int, mode: str = "exact
         theta = new.copy()
         if it < n_iters:
             # The next iteration starts here (an LQR gain that no longer stabilises is refused, naming its radius).
-            prob = prob.at(theta)
+            try:
+                prob = prob.at(theta)
+            except InvalidInputError as exc:
+                raise _stopped(algorithm, it + 1, n_iters, exc, History(
+                    algorithm=algorithm, mode=mode, records=tuple(records), theta=theta, J0=J0,
+                    results=tuple(results))) from exc
     return History(algorithm=algorithm, mode=mode, records=tuple(records), theta=theta, J0=J0,
                    results=tuple(results))
