@@ -294,5 +294,6 @@ def _check_log_std_range(log_std: np.ndarray, name: str, offset: int = 0) -> Non
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise InvalidInputError(
-            f"{entry(name, (k + offset,))} (log_std[{k}]) is {float(log_std[k])!r}; expected |log_std| <= "
+            f"{entry(name, (k + offset,))}{'' if name == 'log_std' and not offset else f' (log_std[{k}])'} is "
+            f"{float(log_std[k])!r}; expected |log_std| <= "
             f"{LOG_STD_BOUND:g} (sigma^2 = exp(2 log_std) and its inverse must stay finite in float64 products)")
