@@ -518,13 +518,15 @@ class AdamState(NamedTuple):
 
 
 def _adam_ascent(theta, g, state: AdamState, lr, beta1, beta2, eps):
-    # Kingma & Ba (2015), Algorithm 1, as torch.optim.Adam (eps outside the sqrt).
-    t = state.t + 1
-    m = beta1 * state.m + (1.0 - beta1) * g
-    v = beta2 * state.v + (1.0 - beta2) * g * g
-    m_hat = m / (1.0 - beta1 ** t)
-    v_hat = v / (1.0 - beta2 ** t)
-    return theta + lr * m_hat / (np.sqrt(v_hat) + eps), AdamState(m, v, t)
+    # torch.optim.Adam (refpg.optim.adam_step). AdamState keeps the moments of
+    # the ascent gradient g, whereas torch's maximize=True would store those of
+    # -g; a descent step on phi = -theta, whose gradient is g, is the same
+    # ascent with g's moments (negation is exact in floating point).
+    from refpg import optim  # here, so the optimiser module stays the one home of the step
+
+    phi, st = optim.adam_step(-theta, g, optim.AdamState(state.m, state.v, state.t),
+                              lr=lr, beta1=beta1, beta2=beta2, eps=eps, convention="torch")
+    return -phi, AdamState(st.m, st.v, st.t)
 
 
 def _check_optimizer_state(state, shape):
