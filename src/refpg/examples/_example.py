@@ -13,7 +13,7 @@ __all__ = ["Example"]
 
 _KINDS = ("gae", "ppo_loss", "value_loss", "kl_estimator", "reinforce_estimator", "trpo_step", "group_advantages", "token_policy_loss",
           "llm_loss", "kl_penalty", "gaussian_log_prob", "gaussian_kl", "squashed_log_prob",
-          "gaussian_ppo_loss")
+          "gaussian_ppo_loss", "update", "pipeline_gradient")
 _BACKENDS = ("numpy", "torch", "jax")
 
 
