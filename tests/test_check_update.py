@@ -1,0 +1,176 @@
+"""check_update: a whole update, step by step; correct updates pass, each planted bug is named by its component.
+
+The implementation checked here is written the way a CleanRL user writes the update loop, in torch
+(independent of refpg's reference), with switches that plant one bug each.
+"""
+
+import numpy as np
+import pytest
+
+from refpg.conformance import check_update
+from refpg.errors import InvalidInputError
+
+torch = pytest.importorskip("torch")
+
+HP = dict(n_epochs=2, minibatch_size=4, normalize_advantage="minibatch", clip_range_vf=0.2, value_clip="max",
+          value_loss="half_mse", vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, lr=0.05, eps=1e-5,
+          gamma=0.9, gae_lambda=0.8)
+SHAPE = dict(n_states=3, n_actions=2, n_steps=4, n_envs=2, actor_bias=True, critic_bias=True)
+
+
+def cleanrl_like(*, bug=None, trace=True, gamma=0.9, lam=0.8, seed=0):
+    """A CleanRL-structured update of a linear actor-critic; `bug` plants one bug."""
+    def update(batch, params):
+        rng = np.random.default_rng(seed)  # the same order on every call, as a seeded run
+        dt = batch["rewards"].dtype
+        tp = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        opt = torch.optim.Adam(tp.values(), lr=0.05, eps=1e-8 if bug == "adam_eps" else 1e-5)
+        T, N = batch["rewards"].shape
+        r, v, nv = batch["rewards"], batch["values"], batch["next_values"]
+        term, trunc = batch["terminated"].to(dt), batch["truncated"].to(dt)
+        if bug == "truncation_as_termination":
+            term = torch.clamp(term + trunc, max=1.0)
+        adv = torch.zeros_like(r)
+        last = torch.zeros(N, dtype=dt)
+        for t in reversed(range(T)):
+            delta = r[t] + gamma * (1 - term[t]) * nv[t] - v[t]
+            last = delta + gamma * lam * (1 - term[t]) * (1 - trunc[t]) * last
+            adv[t] = last
+        ret = adv + v
+        b_s, b_a = batch["states"].reshape(-1), batch["actions"].reshape(-1)
+        b_lp, b_v = batch["logp_old"].reshape(-1), batch["values"].reshape(-1)
+        b_adv, b_ret = adv.reshape(-1), ret.reshape(-1)
+        M = b_s.numel()
+        inds = np.arange(M)
+        steps = []
+        perm0 = rng.permutation(M)
+        for epoch in range(2):
+            if bug == "same_order":
+                inds = perm0.copy()
+            else:
+                rng.shuffle(inds)
+            for start in range(0, M, 4):
+                mb = inds[start:start + 4]
+                logits = tp["actor_w"][b_s[mb]] + tp["actor_b"]
+                dist = torch.distributions.Categorical(logits=logits)
+                newlp = dist.log_prob(b_a[mb])
+                ratio = (newlp - b_lp[mb]).exp()
+                a = b_adv[mb]
+                a = (a - a.mean()) / (a.std() + 1e-8)
+                pg = torch.max(-a * ratio, -a * torch.clamp(ratio, 0.8, 1.2)).mean()
+                newv = tp["critic_w"][b_s[mb]] + tp["critic_b"]
+                target = b_adv[mb] if bug == "value_on_advantages" else b_ret[mb]
+                unclipped = (newv - target) ** 2
+                clipped_v = b_v[mb] + torch.clamp(newv - b_v[mb], -0.2, 0.2)
+                vloss = 0.5 * torch.max(unclipped, (clipped_v - target) ** 2).mean()
+                ent = dist.entropy().mean()
+                sign = 1.0 if bug == "entropy_sign" else -1.0
+                loss = pg + sign * 0.01 * ent + 0.5 * vloss
+                if bug != "no_zero_grad":
+                    opt.zero_grad()
+                loss.backward()
+                grad = {k: t.grad.detach().clone() for k, t in tp.items()}
+                if bug == "clip_each_tensor":
+                    norms = [torch.nn.utils.clip_grad_norm_([t], 0.5) for t in tp.values()]
+                    norm = torch.linalg.vector_norm(torch.stack(norms))
+                else:
+                    norm = torch.nn.utils.clip_grad_norm_(list(tp.values()), 0.5)
+                clipped = {k: t.grad.detach().clone() for k, t in tp.items()}
+                opt.step()
+                steps.append({"params": {k: t.detach().clone() for k, t in tp.items()}, "indices": mb.copy(),
+                              "loss": loss.detach(), "grad": grad, "grad_norm": norm, "clipped_grad": clipped})
+        if not trace:
+            return steps[-1]["params"]
+        return {"advantages": adv, "returns": ret, "steps": steps}
+
+    return update
+
+
+def run(fn, **kw):
+    return check_update(fn, backend="torch", max_examples=8, **{**SHAPE, **HP, **kw})
+
+
+def test_a_correct_update_passes_with_every_component_compared():
+    rep = run(cleanrl_like())
+    assert rep.passed, rep
+    for cid in ("update.advantages", "update.loss", "update.gradient", "update.grad_norm", "update.optimizer_step",
+                "update.minibatch_order", "update.step_count"):
+        assert cid in rep.checks and cid not in [n.check_id for n in rep.not_run], cid
+
+
+def test_a_correct_update_passes_in_float32():
+    rep = run(cleanrl_like(), dtype="float32")
+    assert rep.passed, rep
+
+
+def test_only_final_parameters_are_compared_against_a_given_order():
+    M = 8
+    rng = np.random.default_rng(0)
+    perm0 = rng.permutation(M)  # what cleanrl_like draws first; then it shuffles its own array twice
+    inds = np.arange(M)
+    order = []
+    for _ in range(2):
+        rng.shuffle(inds)
+        order.append(inds.copy())
+    rep = run(cleanrl_like(trace=False), order=np.stack(order))
+    assert rep.passed and "update.final_params" not in rep.not_run_ids, rep
+    broken = run(cleanrl_like(trace=False, bug="entropy_sign"), order=np.stack(order))
+    assert broken.failed_ids == ("update.final_params",) and "return a trace" in broken.failures[0].message
+    assert perm0.shape == (M,)
+
+
+@pytest.mark.parametrize("bug, cid, words", [
+    ("truncation_as_termination", "update.advantages", "truncated"),
+    ("entropy_sign", "update.loss", "ent_coef"),
+    ("value_on_advantages", "update.loss", "value"),
+    ("no_zero_grad", "update.gradient", "gradient"),
+    ("clip_each_tensor", "update.grad_norm", "norm"),
+    ("adam_eps", "update.optimizer_step", "adam"),
+    ("same_order", "update.minibatch_order", "reused across epochs"),
+])
+def test_each_planted_bug_is_named_by_its_component(bug, cid, words):
+    rep = run(cleanrl_like(bug=bug))
+    ids = [f.check_id for f in rep.failures]
+    assert ids and ids[0] == cid, rep
+    assert words in rep.failures[0].message, rep.failures[0].message
+    if cid not in ("update.minibatch_order",):
+        assert "epoch" in rep.failures[0].message or cid == "update.advantages"
+
+
+def test_a_failure_shows_a_shrunk_batch_and_the_step():
+    rep = run(cleanrl_like(bug="no_zero_grad"))
+    ce = rep.failures[0].counterexample
+    assert ce.shrunk and "step" in ce.inputs and "indices" in ce.inputs
+    assert "epoch 0, minibatch 1" in rep.failures[0].message  # the first step that accumulates
+
+
+def test_a_trace_without_indices_of_a_shuffling_update_is_not_judged_silently():
+    def no_indices(batch, params):
+        out = cleanrl_like()(batch, params)
+        for s in out["steps"]:
+            del s["indices"]
+        return out
+
+    rep = run(no_indices)
+    assert not rep.failures and "update.gradient" in [n.check_id for n in rep.not_run]
+    assert "indices" in next(n.reason for n in rep.not_run if n.check_id == "update.gradient")
+
+
+def test_a_malformed_trace_is_named():
+    def no_params(batch, params):
+        out = cleanrl_like()(batch, params)
+        del out["steps"][1]["params"]
+        return out
+
+    rep = run(no_params)
+    assert rep.failures[0].check_id == "update.output_shape"
+    assert "trace['steps'][1]" in rep.failures[0].message
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(InvalidInputError, match="no option 'clip_vf'"):
+        check_update(cleanrl_like(), clip_vf=0.2)
+    with pytest.raises(InvalidInputError, match="minibatch_size should be at most"):
+        check_update(cleanrl_like(), n_steps=2, n_envs=1, minibatch_size=4)
+    with pytest.raises(InvalidInputError, match="n_actions should be >= 2"):
+        check_update(cleanrl_like(), n_actions=1)
