@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refpg.errors import InvalidInputError, NonFiniteError, ShapeError
-from refpg.optim import AdamState, SGDState, adam_step, clip_grad_norm, sgd_step
+from refpg.optim import AdamState, RMSpropState, SGDState, adam_step, clip_grad_norm, rmsprop_step, sgd_step
 
 RTOL = 1e-12
 SHAPES = [(3, 2), (4,), ()]
@@ -57,10 +57,16 @@ def _ref_run(step, params, grads, **kw):
     return history
 
 
-def _assert_runs(actual, desired):
+def _assert_runs(actual, desired, *, tensorwise=False):
+    """Entrywise to RTOL; `tensorwise` adds atol = RTOL * max|desired| over the tensor.
+
+    The tensorwise test allows for an entry that a step brings near 0 by cancellation (p - lr*d with
+    p ~ lr*d), where the libraries' last-bit differences in the step are large relative to the entry.
+    """
     for k, (a_step, d_step) in enumerate(zip(actual, desired)):
         for i, (a, d) in enumerate(zip(a_step, d_step)):
-            np.testing.assert_allclose(a, d, rtol=RTOL, atol=0, err_msg=f"step {k + 1}, tensor {i}")
+            atol = RTOL * float(np.max(np.abs(d), initial=0.0)) if tensorwise else 0.0
+            np.testing.assert_allclose(a, d, rtol=RTOL, atol=atol, err_msg=f"step {k + 1}, tensor {i}")
 
 
 # -- SGD ---------------------------------------------------------------------------------
@@ -179,6 +185,96 @@ def test_adam_state_continues_a_run():
     assert resumed.t == STEPS
 
 
+# -- RMSprop -----------------------------------------------------------------------------
+
+rmsprop_torch_settings = st.fixed_dictionaries({
+    "lr": st.floats(1e-4, 0.5),
+    "alpha": st.sampled_from([0.0, 0.5, 0.9, 0.99]),
+    "eps": st.sampled_from([1e-8, 1e-3, 0.1]),
+    "weight_decay": st.sampled_from([0.0, 0.05]),
+    "momentum": st.sampled_from([0.0, 0.5, 0.9]),
+    "centered": st.booleans(),
+    "maximize": st.booleans(),
+}).filter(lambda s: not (s["centered"] and s["alpha"] == 0.0))
+# Centred with alpha = 0 is degenerate: v - gbar^2 = g^2 - g^2 is 0 exactly in arithmetic, so the step is
+# decided by rounding (torch's fused multiply-add makes it slightly negative, hence NaN).
+
+
+@settings(max_examples=30, deadline=None)
+@given(kw=rmsprop_torch_settings, seed=st.integers(0, 2**16))
+def test_rmsprop_step_matches_torch_rmsprop(kw, seed):
+    params, grads = _problem(seed)
+    _assert_runs(_ref_run(rmsprop_step, params, grads, **kw),
+                 _torch_run(torch.optim.RMSprop, params, grads, **kw), tensorwise=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lr=st.floats(1e-4, 0.5), decay=st.sampled_from([0.0, 0.5, 0.9, 0.99]), eps=st.sampled_from([1e-8, 1e-3, 0.1]),
+       initial_scale=st.sampled_from([0.0, 1.0]), eps_in_sqrt=st.booleans(), centered=st.booleans(),
+       momentum=st.sampled_from([None, 0.5, 0.9]), nesterov=st.booleans(), bias_correction=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_rmsprop_step_matches_optax_rmsprop(lr, decay, eps, initial_scale, eps_in_sqrt, centered, momentum, nesterov,
+                                            bias_correction, seed):
+    nesterov = nesterov and momentum is not None
+    # The degenerate cases (see rmsprop_step's docstring): a zero variance whose sign rounding decides.
+    decay = 0.5 if centered and decay == 0.0 else decay
+    eps_in_sqrt = eps_in_sqrt or (centered and bias_correction)
+    params, grads = _problem(seed)
+    desired = _optax_run(lambda optax: optax.rmsprop(
+        lr, decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt, centered=centered,
+        momentum=momentum, nesterov=nesterov, bias_correction=bias_correction), params, grads)
+    actual = _ref_run(rmsprop_step, params, grads, lr=lr, alpha=decay, eps=eps, initial_scale=initial_scale,
+                      eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum or 0.0, nesterov=nesterov,
+                      bias_correction=bias_correction, convention="optax")
+    _assert_runs(actual, desired, tensorwise=True)
+
+
+def test_rmsprop_defaults_are_each_librarys_defaults():
+    # alpha=None and eps_in_sqrt=None mean torch's (0.99, outside) or optax's (0.9, inside).
+    params, grads = _problem(5)
+    _assert_runs(_ref_run(rmsprop_step, params, grads, lr=0.01),
+                 _torch_run(torch.optim.RMSprop, params, grads, lr=0.01))
+    _assert_runs(_ref_run(rmsprop_step, params, grads, lr=0.01, convention="optax"),
+                 _optax_run(lambda optax: optax.rmsprop(0.01), params, grads))
+
+
+def test_rmsprop_eps_placement_decides_the_step_where_the_square_average_is_small():
+    # One step from v_0 = 0 with alpha = 0: v_1 = g^2, so the step is g / (|g| + eps) or g / sqrt(g^2 + eps).
+    g = np.array([1e-4])
+    out, _ = rmsprop_step(np.zeros(1), g, lr=1.0, alpha=0.0, eps=1e-8)
+    inn, _ = rmsprop_step(np.zeros(1), g, lr=1.0, alpha=0.0, eps=1e-8, convention="optax")
+    np.testing.assert_allclose(out, -g / (1e-4 + 1e-8), rtol=RTOL)
+    np.testing.assert_allclose(inn, -g / np.sqrt(1e-8 + 1e-8), rtol=RTOL)
+    assert abs(inn[0] - out[0]) > 0.2
+
+
+def test_rmsprop_initial_scale_is_the_first_square_average():
+    g = np.array([2.0, -1.0])
+    p, s = rmsprop_step(np.zeros(2), g, lr=0.1, alpha=0.9, eps=0.0, initial_scale=1.0, convention="optax")
+    v1 = 0.9 * 1.0 + 0.1 * g ** 2
+    np.testing.assert_allclose(s.square_avg, v1, rtol=RTOL)
+    np.testing.assert_allclose(p, -0.1 * g / np.sqrt(v1), rtol=RTOL)
+
+
+def test_rmsprop_state_continues_a_run():
+    params, grads = _problem(7)
+    kw = dict(lr=0.05, momentum=0.9, centered=True)
+    whole = _ref_run(rmsprop_step, params, grads, **kw)
+    ps, state = params, None
+    for gs in grads[:2]:
+        ps, state = rmsprop_step(ps, gs, state, **kw)
+    resumed = RMSpropState(*state)
+    for gs in grads[2:]:
+        ps, resumed = rmsprop_step(ps, gs, resumed, **kw)
+    _assert_runs([ps], [whole[-1]])
+    assert resumed.t == STEPS
+
+
+def test_rmsprop_single_array_in_gives_single_array_out():
+    p, s = rmsprop_step(np.ones((2, 2)), np.ones((2, 2)), None, lr=0.5, momentum=0.9, centered=True)
+    assert all(isinstance(x, np.ndarray) for x in (p, s.square_avg, s.grad_avg, s.momentum_buffer))
+
+
 # -- clipping ----------------------------------------------------------------------------
 
 @settings(max_examples=25, deadline=None)
@@ -241,6 +337,31 @@ def test_clip_conventions_differ_just_below_the_threshold():
     (lambda: adam_step(np.ones(2), np.ones(2), AdamState(np.zeros(3), np.zeros(3), 1), lr=0.1), "state.m"),
     (lambda: adam_step(np.ones(2), np.ones(2), AdamState(np.zeros(2), np.zeros(2), -1), lr=0.1), "state.t"),
     (lambda: adam_step(np.ones(2), np.ones(2), SGDState(None), lr=0.1), "state"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=-0.1), "lr"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, alpha=1.5), "alpha"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, eps=-1e-8), "eps"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, momentum=-0.5), "momentum"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, centered=1), "centered"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(3), lr=0.1), "grad"),
+    (lambda: rmsprop_step(np.ones(2), np.array([np.inf, 1.0]), lr=0.1), r"grad\[0\]"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, momentum=0.5, nesterov=True), "nesterov"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, eps_in_sqrt=True), "eps_in_sqrt"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, initial_scale=1.0), "initial_scale"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, bias_correction=True), "bias_correction"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, nesterov=True, convention="optax"), "nesterov"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, weight_decay=0.1, convention="optax"), "weight_decay"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, maximize=True, convention="optax"), "maximize"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), lr=0.1, initial_scale=-1.0, convention="optax"), "initial_scale"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), RMSpropState(-np.ones(2), None, None, 1), lr=0.1),
+     "state.square_avg"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), RMSpropState(np.ones(3), None, None, 1), lr=0.1),
+     "state.square_avg"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), RMSpropState(np.ones(2), None, None, 1), lr=0.1, centered=True),
+     "state.grad_avg"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), RMSpropState(np.ones(2), None, np.ones(2), 1), lr=0.1),
+     "state.momentum_buffer"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), RMSpropState(np.ones(2), None, None, -2), lr=0.1), "state.t"),
+    (lambda: rmsprop_step(np.ones(2), np.ones(2), AdamState(np.ones(2), np.ones(2), 1), lr=0.1), "state"),
     (lambda: clip_grad_norm(np.ones(2), 0.0), "max_norm"),
     (lambda: clip_grad_norm([np.ones(2), np.array([np.inf])], 1.0), r"grads\[1\]"),
 ])
@@ -254,3 +375,16 @@ def test_shape_mismatch_is_a_shape_error_and_overflow_a_nonfinite_error():
         adam_step((np.ones(2), np.ones(3)), (np.ones(2), np.ones(2)), lr=0.1)
     with pytest.raises(NonFiniteError):
         clip_grad_norm([np.full(2, 1e308), np.full(2, 1e308)], 1.0)
+
+
+def test_rmsprop_zero_denominator_is_a_nonfinite_error_naming_the_entry():
+    # eps = 0 and a coordinate whose gradient has always been 0: torch would give 0/0 = NaN.
+    with pytest.raises(NonFiniteError, match=r"params\[1\]\[0\].*eps=0.0"):
+        rmsprop_step((np.ones(2), np.ones(2)), (np.ones(2), np.array([0.0, 1.0])), lr=0.1, eps=0.0)
+
+
+def test_rmsprop_negative_variance_estimate_is_refused_not_nan():
+    # An inconsistent state (gbar^2 > v) makes v - gbar^2 < 0: torch and optax return NaN.
+    state = RMSpropState(np.zeros(2), np.ones(2), None, 3)
+    with pytest.raises(NonFiniteError, match=r"v - gbar\^2 is .* at params\[0\]"):
+        rmsprop_step(np.ones(2), np.array([0.5, 0.5]), state, lr=0.1, centered=True)

@@ -1,4 +1,4 @@
-"""Reference optimiser steps: SGD, Adam (AdamW) and global gradient-norm clipping.
+"""Reference optimiser steps: SGD, Adam (AdamW), RMSprop and global gradient-norm clipping.
 
 Each function takes one step exactly as the named library defines it, in
 float64, so that a library's update can be compared with the reference step by
@@ -21,6 +21,11 @@ Regularization", ICLR 2019.
 momentum in deep learning", ICML 2013.
 [Pascanu2013] R. Pascanu, T. Mikolov and Y. Bengio, "On the difficulty of
 training recurrent neural networks", ICML 2013.
+[Tieleman2012] T. Tieleman and G. Hinton, "Lecture 6.5 - rmsprop: Divide the
+gradient by a running average of its recent magnitude", COURSERA: Neural
+Networks for Machine Learning, 2012.
+[Graves2013] A. Graves, "Generating Sequences With Recurrent Neural Networks",
+arXiv:1308.0850, 2013 (the centred variant).
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from typing import NamedTuple, Union
 
 import numpy as np
 
-from refpg._validation import as_float_array, check_choice, check_positive_int, check_real
+from refpg._validation import as_float_array, check_choice, check_positive_int, check_real, entry
 from refpg.errors import InvalidInputError, NonFiniteError, ShapeError
 
-__all__ = ["AdamState", "ClipResult", "SGDState", "adam_step", "clip_grad_norm", "sgd_step"]
+__all__ = ["AdamState", "ClipResult", "RMSpropState", "SGDState", "adam_step", "clip_grad_norm", "rmsprop_step",
+           "sgd_step"]
 
 _CONVENTIONS = ("torch", "optax")
 
@@ -70,6 +76,33 @@ class AdamState(NamedTuple):
 
     m: object
     v: object
+    t: int
+
+
+class RMSpropState(NamedTuple):
+    r"""RMSprop's buffers after `t` steps (pass it back to continue a run).
+
+    Attributes
+    ----------
+    square_avg : ndarray or tuple of ndarray
+        The running average :math:`v` of the squared gradient, in the form of
+        the parameters.
+    grad_avg : ndarray, tuple of ndarray, or None
+        The running average :math:`\bar g` of the gradient (centred runs
+        only; ``None`` otherwise).
+    momentum_buffer : ndarray, tuple of ndarray, or None
+        The momentum buffer :math:`b` (runs with momentum only; ``None``
+        otherwise). With ``convention="torch"`` it accumulates the scaled
+        gradient :math:`g/D`; with ``convention="optax"`` it is the negated
+        trace of ``optax.trace``, which accumulates :math:`\eta\,g/D`
+        (the learning rate inside, as optax scales before the trace).
+    t : int
+        Number of steps taken.
+    """
+
+    square_avg: object
+    grad_avg: object
+    momentum_buffer: object
     t: int
 
 
@@ -378,6 +411,235 @@ def adam_step(params, grad, state: AdamState | None = None, *, lr, beta1=0.9, be
         new_m.append(m_t)
         new_v.append(v_t)
     return _out(new_p, single), AdamState(_out(new_m, single), _out(new_v, single), t)
+
+
+# -- RMSprop -------------------------------------------------------------------------
+
+_RMSPROP_DEFAULT_ALPHA = {"torch": 0.99, "optax": 0.9}
+_RMSPROP_DEFAULT_EPS_IN_SQRT = {"torch": False, "optax": True}
+
+
+def _optional_state(x, name: str, ref, single: bool, wanted: bool, why: str):
+    if wanted and x is None:
+        raise InvalidInputError(f"{name} should hold arrays (as params) since {why}, actual None; "
+                                "pass the state of a run with the same settings, or state=None to start")
+    if not wanted and x is not None:
+        raise InvalidInputError(f"{name} should be None unless {why}, actual {type(x).__name__}; "
+                                "the state comes from a run with other settings")
+    return _state_tensors(x, name, ref, single) if wanted else None
+
+
+def _torch_lerp(start, end, weight: float):
+    # torch's lerp switches formula at weight 0.5 so that weight 1 gives `end` exactly;
+    # the centred variance v - gbar^2 cancels, so the rounding of gbar matters.
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1.0 - weight)
+
+
+def rmsprop_step(params, grad, state: RMSpropState | None = None, *, lr, alpha=None, eps=1e-8,
+                 weight_decay=0.0, momentum=0.0, centered=False, maximize=False, nesterov=False,
+                 initial_scale=0.0, eps_in_sqrt=None, bias_correction=False, convention="torch"):
+    r"""One RMSprop step, as torch.optim.RMSprop or optax.rmsprop.
+
+    With :math:`g_t` the gradient (negated first if `maximize`, then plus
+    :math:`\lambda p_{t-1}` with weight decay :math:`\lambda`) and decay
+    :math:`\alpha` [Tieleman2012],
+
+    .. math::
+
+        v_t &= \alpha\,v_{t-1} + (1 - \alpha)\,g_t^2, \qquad
+        \bar g_t = \alpha\,\bar g_{t-1} + (1 - \alpha)\,g_t \ \text{(centred)}, \\
+        s_t &= v_t \ \text{(plain)}, \qquad s_t = v_t - \bar g_t^2 \ \text{(centred [Graves2013])}, \\
+        D_t &= \sqrt{s_t} + \epsilon \ \text{(eps outside the root)}, \qquad
+        D_t = \sqrt{s_t + \epsilon} \ \text{(eps inside)}, \\
+        b_t &= \mu\,b_{t-1} + g_t / D_t, \qquad
+        p_t = p_{t-1} - \eta\,b_t \ \text{(momentum } \mu > 0\text{)}, \qquad
+        p_t = p_{t-1} - \eta\,g_t / D_t \ \text{(otherwise)},
+
+    from :math:`\bar g_0 = b_0 = 0` and :math:`v_0` = `initial_scale`.
+
+    torch.optim.RMSprop puts `eps` outside the root, starts from
+    :math:`v_0 = 0` and has no bias correction and no Nesterov momentum.
+    optax.rmsprop puts `eps` inside the root by default (``eps_in_sqrt=True``,
+    so its default differs from torch's even with equal `eps`), starts from
+    :math:`v_0` = `initial_scale` (TF1 used 1), has no weight decay or
+    maximize, and scales by :math:`\eta` before its momentum trace
+    (``optax.trace``), so its buffer is :math:`b_t = \mu b_{t-1} + \eta g_t / D_t`
+    and :math:`p_t = p_{t-1} - b_t`; with Nesterov
+    :math:`p_t = p_{t-1} - (\eta g_t / D_t + \mu b_t)`. For a constant
+    :math:`\eta` the two momentum forms agree. With `bias_correction`
+    (optax only), :math:`v_t` and :math:`\bar g_t` are divided by
+    :math:`1 - \alpha^t` before :math:`s_t` is formed. Each convention refuses
+    the other library's settings rather than ignore them.
+
+    The centred estimate :math:`s_t` is 0 in exact arithmetic with
+    :math:`\alpha = 0`, and at the first step with `bias_correction`
+    (:math:`\hat{\bar g}_1 = g_1`, :math:`\hat v_1 = g_1^2`); the step is
+    then :math:`\eta g / \epsilon` or :math:`\eta g / \sqrt{\epsilon}`,
+    and rounding may make :math:`s_t` negative, where the libraries return
+    NaN and this function raises.
+
+    Parameters
+    ----------
+    params, grad : ndarray or tuple/list of ndarray
+        Parameters and the gradient of the loss, of equal form and shapes.
+    state : RMSpropState or None
+        The state returned by the previous step; ``None`` for the first.
+    lr : float
+        Learning rate :math:`\eta \ge 0`.
+    alpha : float or None
+        Decay :math:`\alpha \in [0, 1]` (torch's `alpha`, optax's `decay`);
+        ``None`` takes the library's default: 0.99 (torch), 0.9 (optax).
+    eps : float
+        :math:`\epsilon \ge 0`.
+    weight_decay : float
+        L2 coefficient :math:`\lambda \ge 0`, added to the gradient (torch only).
+    momentum : float
+        :math:`\mu \ge 0`; 0 is no momentum (optax's ``momentum=None``).
+    centered : bool
+        Divide by the root of the variance estimate instead of the second moment.
+    maximize : bool
+        Ascend instead of descend (torch only).
+    nesterov : bool
+        Nesterov momentum (optax only); needs :math:`\mu > 0`.
+    initial_scale : float
+        :math:`v_0 \ge 0` for a fresh state (optax only; torch starts at 0).
+    eps_in_sqrt : bool or None
+        `eps` inside the root; ``None`` takes the library's default: False
+        (torch, which has no other), True (optax).
+    bias_correction : bool
+        Divide the averages by :math:`1 - \alpha^t` (optax only).
+    convention : {"torch", "optax"}
+        Which library's definition (see above).
+
+    Returns
+    -------
+    params : ndarray or tuple of ndarray
+        The parameters after the step, in the form given.
+    state : RMSpropState
+        Pass it to the next step (with the same settings).
+
+    Raises
+    ------
+    InvalidInputError
+        A setting outside its range or foreign to the convention, a form or
+        shape mismatch, a negative square average, a state from a run with
+        other settings, a non-finite entry.
+    NonFiniteError
+        The denominator :math:`D_t` is 0 (``eps=0`` with a zero
+        :math:`s_t`), or the step overflows.
+
+    References
+    ----------
+    [Tieleman2012]; [Graves2013] Eq. 38-41 (centred); torch.optim.RMSprop and
+    optax.rmsprop documentation.
+    """
+    convention = check_choice(convention, "convention", _CONVENTIONS)
+    lr = check_real(lr, "lr", low=0.0)
+    alpha = _RMSPROP_DEFAULT_ALPHA[convention] if alpha is None else check_real(alpha, "alpha", low=0.0, high=1.0)
+    eps = check_real(eps, "eps", low=0.0)
+    weight_decay = check_real(weight_decay, "weight_decay", low=0.0)
+    momentum = check_real(momentum, "momentum", low=0.0)
+    initial_scale = check_real(initial_scale, "initial_scale", low=0.0)
+    centered = _check_bool(centered, "centered")
+    maximize = _check_bool(maximize, "maximize")
+    nesterov = _check_bool(nesterov, "nesterov")
+    bias_correction = _check_bool(bias_correction, "bias_correction")
+    eps_in_sqrt = (_RMSPROP_DEFAULT_EPS_IN_SQRT[convention] if eps_in_sqrt is None
+                   else _check_bool(eps_in_sqrt, "eps_in_sqrt"))
+    if nesterov and momentum <= 0.0:
+        raise InvalidInputError(f"nesterov=True needs momentum > 0, actual momentum={momentum!r}")
+    if convention == "torch":
+        for name, bad, why in (("nesterov", nesterov, "no Nesterov momentum"),
+                               ("eps_in_sqrt", eps_in_sqrt, "eps outside the root only"),
+                               ("bias_correction", bias_correction, "no bias correction")):
+            if bad:
+                raise InvalidInputError(f"{name} should be False with convention='torch' "
+                                        f"(torch.optim.RMSprop has {why})")
+        if initial_scale != 0.0:
+            raise InvalidInputError(f"initial_scale should be 0 with convention='torch' (torch.optim.RMSprop "
+                                    f"starts its square average at 0), actual {initial_scale!r}")
+    else:
+        if weight_decay != 0.0:
+            raise InvalidInputError(f"weight_decay should be 0 with convention='optax' (optax.rmsprop has none; "
+                                    f"chain optax.add_decayed_weights yourself), actual {weight_decay!r}")
+        if maximize:
+            raise InvalidInputError("maximize should be False with convention='optax' "
+                                    "(optax.rmsprop has no such flag)")
+    p, g, single = _params_and_grad(params, grad)
+    if state is None:
+        zeros = _out([np.zeros_like(a) for a in p], single)
+        state = RMSpropState(_out([np.full_like(a, initial_scale) for a in p], single),
+                             zeros if centered else None, zeros if momentum != 0.0 else None, 0)
+    if not isinstance(state, RMSpropState):
+        raise InvalidInputError(f"state should be an RMSpropState or None, actual {type(state).__name__}")
+    v = _state_tensors(state.square_avg, "state.square_avg", p, single)
+    for i, vi in enumerate(v):
+        if (vi < 0).any():
+            label = "state.square_avg" if single else f"state.square_avg[{i}]"
+            raise InvalidInputError(f"{label} should be >= 0 (an average of squares), actual min {vi.min()!r}")
+    gbar = _optional_state(state.grad_avg, "state.grad_avg", p, single, centered, "centered=True")
+    buf = _optional_state(state.momentum_buffer, "state.momentum_buffer", p, single, momentum != 0.0,
+                          "momentum > 0")
+    t = check_positive_int(state.t, "state.t", minimum=0) + 1
+    bc = 1.0 - alpha ** t if bias_correction else 1.0
+
+    new_p, new_v, new_gbar, new_buf = [], [], [], []
+    for i, (pi, gi) in enumerate(zip(p, g)):
+        d = -gi if maximize else gi
+        if weight_decay != 0.0:
+            d = d + weight_decay * pi
+        if convention == "torch":
+            v_t = alpha * v[i] + (1.0 - alpha) * (d * d)
+            s_t = v_t
+            if centered:
+                gb_t = _torch_lerp(gbar[i], d, 1.0 - alpha)
+                s_t = v_t - gb_t * gb_t
+        else:
+            v_t = (1.0 - alpha) * (d * d) + alpha * v[i]
+            s_t = v_t / bc if bias_correction else v_t
+            if centered:
+                gb_t = (1.0 - alpha) * d + alpha * gbar[i]
+                gb_hat = gb_t / bc if bias_correction else gb_t
+                s_t = s_t - gb_hat * gb_hat
+        with np.errstate(invalid="ignore"):
+            denom = np.sqrt(s_t + eps) if eps_in_sqrt else np.sqrt(s_t) + eps
+        bad = ~(denom > 0)
+        if bad.any():
+            idx = np.unravel_index(int(np.flatnonzero(bad)[0]), pi.shape)
+            label = entry("params" if single else f"params[{i}]", idx)
+            if s_t[idx] < 0:
+                raise NonFiniteError(
+                    f"the centred variance estimate v - gbar^2 is {float(s_t[idx])!r} < 0 at {label}, so its "
+                    "root is NaN: the state is inconsistent, or rounding made a zero variance negative (it is "
+                    "0 in exact arithmetic with alpha = 0, and at the first bias-corrected step)")
+            raise NonFiniteError(
+                f"the RMSprop denominator is 0 at {label} ({'variance estimate' if centered else 'square average'} "
+                f"{float(s_t[idx])!r}, eps={eps!r}): the step would be 0/0; use eps > 0")
+        if convention == "torch":
+            if momentum != 0.0:
+                b = momentum * buf[i] + d / denom
+                new_buf.append(b)
+                p_t = pi - lr * b
+            else:
+                p_t = pi - lr * (d / denom)
+        else:
+            u = lr * (d / denom)
+            if momentum != 0.0:
+                b = u + momentum * buf[i]
+                new_buf.append(b)
+                u = u + momentum * b if nesterov else b
+            p_t = pi - u
+        if not np.all(np.isfinite(p_t)):
+            raise NonFiniteError("the RMSprop step overflowed to a non-finite parameter; "
+                                 "gradients or lr are too large (or eps too small) for float64")
+        new_p.append(p_t)
+        new_v.append(v_t)
+        if centered:
+            new_gbar.append(gb_t)
+    return _out(new_p, single), RMSpropState(_out(new_v, single), _out(new_gbar, single) if centered else None,
+                                             _out(new_buf, single) if momentum != 0.0 else None, t)
 
 
 # -- clipping ------------------------------------------------------------------------
