@@ -445,6 +445,46 @@ _OPTION_MEANINGS = {
     ("gaussian_ppo_loss", "normalize"): "advantage normalisation, none or batch; unset: the convention's",
     ("gaussian_ppo_loss", "ddof"): "delta degrees of freedom of the normalising std; none is the convention's",
     ("gaussian_ppo_loss", "adv_eps"): "the eps added to the advantages' std; none is the convention's",
+    # check_update: the drawn problem, then the update's hyperparameters (UpdateConfig)
+    ("update", "n_states"): "states S of the drawn tabular problems (one-hot observations of length S)",
+    ("update", "n_actions"): "actions A of the drawn problems, at least 2",
+    ("update", "n_steps"): "rollout length T of the batch (a library's n_steps)",
+    ("update", "n_envs"): "parallel environments N of the batch (a library's n_envs)",
+    ("update", "actor_bias"): "the actor's logits have a bias vector (SB3's action_net does)",
+    ("update", "critic_bias"): "the critic's value has a bias (SB3's value_net does)",
+    ("update", "order"): "each epoch's permutation of the flat samples, from Python only; unset: read from the "
+                         "trace's indices",
+    ("update", "reshuffle"): "TARGET draws a fresh permutation every epoch; false accepts one reused order",
+    ("update", "algorithm"): "ppo: epochs of minibatch steps on the clipped surrogate; a2c: one step on "
+                             "-mean(log pi * A)",
+    ("update", "gamma"): "the discount of the batch's GAE",
+    ("update", "gae_lambda"): "the lambda of the batch's GAE",
+    ("update", "clip_range"): "PPO's epsilon: the ratio is clipped to [1 - eps, 1 + eps]",
+    ("update", "clip_range_vf"): "the value prediction is clipped to old value +- this; none: no clipping",
+    ("update", "value_clip"): "with clip_range_vf: the loss of the clipped prediction only (SB3), or the larger "
+                              "of both losses (CleanRL, TorchRL)",
+    ("update", "n_epochs"): "passes over the batch in one update",
+    ("update", "minibatch_size"): "samples per optimiser step; none: the whole batch",
+    ("update", "normalize_advantage"): "advantage normalisation once per batch or per minibatch (SB3, CleanRL); "
+                                       "none: off",
+    ("update", "norm_ddof"): "delta degrees of freedom of that std (1: torch's .std())",
+    ("update", "norm_eps"): "added to the std before dividing",
+    ("update", "value_loss"): "the per-sample value loss: mse (SB3), half_mse (CleanRL) or smooth_l1 (TorchRL)",
+    ("update", "vf_coef"): "the value loss's coefficient in the total loss",
+    ("update", "ent_coef"): "the entropy bonus's coefficient (the loss subtracts ent_coef x entropy)",
+    ("update", "max_grad_norm"): "global gradient-norm clipping over every parameter; none: off",
+    ("update", "optimizer"): "the optimiser TARGET steps: adam, sgd or rmsprop",
+    ("update", "lr"): "the optimiser's learning rate (the actor's when critic_lr is set)",
+    ("update", "betas"): "Adam's moment decay rates, given as beta1,beta2",
+    ("update", "eps"): "Adam's or RMSprop's epsilon (SB3 and CleanRL: 1e-5)",
+    ("update", "alpha"): "RMSprop's smoothing constant (optax: decay)",
+    ("update", "momentum"): "momentum of SGD or RMSprop",
+    ("update", "weight_decay"): "the optimiser's coupled weight decay",
+    ("update", "optimizer_convention"): "whose optimiser and clipping definitions: torch or optax",
+    ("update", "critic_lr"): "a second optimiser for the critic with this learning rate; none: one optimiser",
+    ("update", "target_kl"): "stop the update before a step whose approximate KL exceeds 1.5 target_kl (SB3)",
+    ("update", "flatten"): "how the trace's indices number sample t of env n: time_major is t N + n "
+                           "(CleanRL), env_major n T + t (SB3)",
 }
 
 

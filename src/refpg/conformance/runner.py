@@ -48,6 +48,7 @@ def _checks() -> dict:
     from refpg.conformance.gaussian import check_gaussian_kl, check_gaussian_log_prob
     from refpg.conformance.gaussian_ppo import check_gaussian_ppo_loss
     from refpg.conformance.gaussian_squashed import check_squashed_log_prob
+    from refpg.conformance.update import check_update
 
     return {"gae": check_gae, "ppo_loss": check_ppo_loss, "value_loss": check_value_loss,
             "kl_estimator": check_kl_estimator, "reinforce_estimator": check_reinforce_estimator,
@@ -55,7 +56,8 @@ def _checks() -> dict:
             "group_advantages": check_group_advantages, "token_policy_loss": check_token_policy_loss,
             "llm_loss": check_llm_loss, "kl_penalty": check_kl_penalty,
             "gaussian_log_prob": check_gaussian_log_prob, "gaussian_kl": check_gaussian_kl,
-            "squashed_log_prob": check_squashed_log_prob, "gaussian_ppo_loss": check_gaussian_ppo_loss}
+            "squashed_log_prob": check_squashed_log_prob, "gaussian_ppo_loss": check_gaussian_ppo_loss,
+            "update": check_update}
 
 
 #: The check of each kind: ``CHECKS[kind](fn, **options)`` returns a `refpg.conformance.Report`.
@@ -77,6 +79,7 @@ def _conventions() -> dict:
     from refpg.conformance.gaussian import GAUSSIAN_KL_CONVENTIONS, GAUSSIAN_LOG_PROB_CONVENTIONS
     from refpg.conformance.gaussian_ppo import GAUSSIAN_PPO_CONVENTIONS
     from refpg.conformance.gaussian_squashed import SQUASHED_CONVENTIONS
+    from refpg.conformance.update import UPDATE_CONVENTIONS
 
     return {"gae": tuple(GAE_CONVENTIONS), "ppo_loss": tuple(PPO_CONVENTIONS),
             "value_loss": tuple(VALUE_CONVENTIONS), "kl_estimator": tuple(KL_CONVENTIONS),
@@ -85,7 +88,8 @@ def _conventions() -> dict:
             "token_policy_loss": tuple(TOKEN_LOSS_CONVENTIONS), "llm_loss": tuple(LLM_LOSS_CONVENTIONS),
             "kl_penalty": tuple(KL_PENALTY_CONVENTIONS),
             "gaussian_log_prob": tuple(GAUSSIAN_LOG_PROB_CONVENTIONS), "gaussian_kl": tuple(GAUSSIAN_KL_CONVENTIONS),
-            "squashed_log_prob": tuple(SQUASHED_CONVENTIONS), "gaussian_ppo_loss": tuple(GAUSSIAN_PPO_CONVENTIONS)}
+            "squashed_log_prob": tuple(SQUASHED_CONVENTIONS), "gaussian_ppo_loss": tuple(GAUSSIAN_PPO_CONVENTIONS),
+            "update": tuple(UPDATE_CONVENTIONS)}
 
 
 #: The conventions each kind's check accepts, kind -> tuple of names.
@@ -104,6 +108,21 @@ _VAR_OPTIONS = {
 }
 
 
+def _update_options() -> tuple:
+    """check_update's hyperparameters: the fields of `refpg.algorithms.actor_critic.UpdateConfig`."""
+    from dataclasses import fields
+
+    from refpg.algorithms.actor_critic import UpdateConfig
+
+    types = {"betas": "pair", "n_epochs": "int", "norm_ddof": "int", "minibatch_size": "int",
+             "normalize_advantage": "str"}
+    return tuple((f.name, types.get(f.name, "str" if isinstance(f.default, str) else "float"), f.default)
+                 for f in fields(UpdateConfig))
+
+
+_VAR_OPTIONS["update"] = _update_options()
+
+
 #: Options whose None means "off" or "as the function's own argument" (``--option dual_clip=none``).
 NULLABLE_OPTIONS = {("ppo_loss", "dual_clip"), ("ppo_loss", "eps_low"), ("ppo_loss", "eps_high")} | {
     ("llm_loss", k) for k in ("adv_eps", "eps_high", "dual_clip", "norm_length", "kl")} | {
@@ -116,7 +135,9 @@ NULLABLE_OPTIONS = {("ppo_loss", "dual_clip"), ("ppo_loss", "eps_low"), ("ppo_lo
     (kind, k) for kind in ("gaussian_log_prob", "gaussian_kl", "squashed_log_prob", "gaussian_ppo_loss")
     for k in ("scale", "state_dependent")} | {
     ("squashed_log_prob", "pre_tanh"), ("squashed_log_prob", "eps")} | {
-    ("gaussian_ppo_loss", k) for k in ("normalize", "ddof", "adv_eps")}
+    ("gaussian_ppo_loss", k) for k in ("normalize", "ddof", "adv_eps")} | {
+    ("update", k) for k in ("order", "clip_range_vf", "minibatch_size", "normalize_advantage", "max_grad_norm",
+                            "critic_lr", "target_kl")}
 
 
 class Option(NamedTuple):
@@ -140,6 +161,13 @@ def _choices(kind: str, name: str) -> tuple:
     from refpg.conformance.gaussian import KL_DIRECTIONS, SCALES
     from refpg.conformance.gaussian_squashed import PRE_TANH
 
+    if kind == "update":
+        from refpg.algorithms import actor_critic as ac
+        choices = {"algorithm": ac.ALGORITHMS, "value_loss": ac.VALUE_LOSSES, "value_clip": ac.VALUE_CLIPS,
+                   "optimizer": ac.AC_OPTIMIZERS, "flatten": ac.FLATTENS, "normalize_advantage": ("batch", "minibatch"),
+                   "optimizer_convention": ("torch", "optax")}
+        if name in choices:
+            return tuple(choices[name])
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
             "normalize": ("none", "batch"), "style": VALUE_STYLES, "normalization": NORMALIZATIONS,
             "clip_fraction": CLIP_FRACTIONS, "output": tuple(GAE_OUTPUTS),
@@ -165,6 +193,8 @@ def options_of(kind: str) -> dict:
     for p in inspect.signature(CHECKS[kind]).parameters.values():
         if p.kind is p.KEYWORD_ONLY:
             type_ = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "str")
+            if "ndarray" in type_:
+                type_ = "array"
             out[p.name] = Option(p.name, type_, _choices(kind, p.name), p.default)
         elif p.kind is p.VAR_KEYWORD:
             for name, type_, default in _VAR_OPTIONS.get(kind, ()):
@@ -191,6 +221,12 @@ def check_options(kind: str, options: dict, *, where: str) -> dict:
         elif opt.type == "float":
             ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
                   and math.isfinite(value))
+        elif opt.type == "pair":
+            ok = (isinstance(value, (tuple, list)) and len(value) == 2
+                  and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+                          for v in value))
+        elif opt.type == "array":
+            ok = True  # validated by the check itself, which names the offending entry
         else:
             ok = isinstance(value, str)
         if not ok:
@@ -203,7 +239,8 @@ def check_options(kind: str, options: dict, *, where: str) -> dict:
 
 
 def _a(opt: Option) -> str:
-    return {"bool": "True or False", "int": "an integer", "float": "a finite number"}.get(opt.type, "a string")
+    return {"bool": "True or False", "int": "an integer", "float": "a finite number",
+            "pair": "two finite numbers", "array": "an array"}.get(opt.type, "a string")
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -235,6 +272,17 @@ def parse_option(kind: str, key: str, text: str):
             value = raw.lower() in _TRUE
         else:
             raise InvalidInputError(f"--option {key} should be true or false, actual {text!r}")
+    elif opt.type == "array":
+        raise InvalidInputError(f"--option {key}: an array cannot be given on the command line; pass it from "
+                                f"Python (check_update(fn, {key}=...)) or return it in the function's output")
+    elif opt.type == "pair":
+        try:
+            value = tuple(float(v) for v in raw.strip("()[]").split(","))
+        except ValueError:
+            value = ()
+        if len(value) != 2 or not all(map(math.isfinite, value)):
+            raise InvalidInputError(f"--option {key} should be two numbers separated by a comma (e.g. 0.9,0.999), "
+                                    f"actual {text!r}")
     elif opt.type in ("int", "float"):
         try:
             value = int(raw) if opt.type == "int" else float(raw)

@@ -37,7 +37,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from refpg._validation import check_positive_int
+from refpg._validation import check_choice, check_positive_int
 from refpg.algorithms.actor_critic import (ACParams, UpdateBatch, UpdateConfig, _flatten, _normalize,
                                            actor_critic_update, batch_advantages, check_order, clip_gradient,
                                            epoch_minibatches, minibatch_loss, optimizer_step, policy_tables,
@@ -218,7 +218,7 @@ def _read(be, out, like: ACParams, shape: tuple) -> dict:
 
 def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
                  n_states: int = 3, n_actions: int = 2, n_steps: int = 8, n_envs: int = 2,
-                 actor_bias: bool = False, critic_bias: bool = False, order=None, reshuffle: bool = True,
+                 actor_bias: bool = False, critic_bias: bool = False, order: np.ndarray | None = None, reshuffle: bool = True,
                  max_examples: int = 10, seed: int = 0, **hyperparameters) -> Report:
     r"""Check a whole PPO or A2C update, step by step, against `refpg.algorithms.actor_critic`.
 
@@ -277,8 +277,7 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
         A bad argument or hyperparameter, named.
     """
     check_callable(fn)
-    if convention not in _PARAMS:
-        raise InvalidInputError(f"convention should be one of {list(_PARAMS)}, actual {convention!r}")
+    check_choice(convention, "convention", UPDATE_CONVENTIONS)
     S = check_positive_int(n_states, "n_states")
     A = check_positive_int(n_actions, "n_actions", minimum=2)
     T = check_positive_int(n_steps, "n_steps")
