@@ -282,3 +282,115 @@ def test_bad_configs_and_orders_are_named():
                             order=np.stack([np.arange(12), np.zeros(12, dtype=int)]))
     with pytest.raises(ShapeError, match=r"order should have shape \(n_epochs, M\) = \(2, 12\)"):
         actor_critic_update(batch, p, UpdateConfig(minibatch_size=4, n_epochs=2), order=np.arange(12)[None])
+
+
+# -- exact mode --------------------------------------------------------------------------------------
+
+def _exact_case(seed, terminal=False):
+    from refpg.envs.classic import episodic_garnet, garnet
+
+    mdp = episodic_garnet(5, 3, 2, seed=seed) if terminal else garnet(5, 3, 2, seed=seed, gamma=0.9)
+    rng = np.random.default_rng(seed)
+    p = ACParams(rng.normal(size=(mdp.n_states, mdp.n_actions)), rng.normal(size=mdp.n_actions),
+                 rng.normal(size=mdp.n_states), np.asarray(0.2))
+    return mdp, p
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_exact_gae_identities(terminal):
+    from refpg.algorithms.actor_critic import exact_gae
+    from refpg.evaluation import policy_evaluation
+
+    mdp, p = _exact_case(12, terminal)
+    ev = policy_evaluation(mdp, policy_tables(p)[1])
+    live = ~mdp.terminal
+    # lambda = 1: the mean advantage plus the critic is Q, whatever the critic.
+    a1 = exact_gae(mdp, p, UpdateConfig(gamma=mdp.gamma, gae_lambda=1.0))
+    np.testing.assert_allclose((a1 + p.state_values()[:, None])[live], ev.Q[live], rtol=1e-10, atol=1e-12)
+    # The exact critic: the mean advantage is A^pi for every lambda.
+    exact = p._replace(critic_w=ev.V.copy(), critic_b=None)
+    for lam in (0.0, 0.5, 0.95):
+        np.testing.assert_allclose(exact_gae(mdp, exact, UpdateConfig(gamma=mdp.gamma, gae_lambda=lam))[live],
+                                   ev.A[live], rtol=1e-10, atol=1e-12)
+
+
+def test_exact_a2c_gradient_is_the_policy_gradient():
+    from refpg.algorithms.actor_critic import exact_actor_critic_update
+    from refpg.evaluation import policy_evaluation
+    from refpg.gradient import policy_gradient
+    from refpg.policies import TabularSoftmax
+
+    mdp, p = _exact_case(13)
+    p = p._replace(actor_b=None)  # a logits table: TabularSoftmax's parameters
+    ev = policy_evaluation(mdp, policy_tables(p)[1])
+    exact = p._replace(critic_w=ev.V.copy(), critic_b=None)
+    res = exact_actor_critic_update(mdp, exact, UpdateConfig(algorithm="a2c", gamma=mdp.gamma, vf_coef=0.0,
+                                                             optimizer="sgd", lr=1.0))
+    grad_J = policy_gradient(mdp, TabularSoftmax(mdp.n_states, mdp.n_actions), exact.actor_w)
+    np.testing.assert_allclose(res.steps[0].grad.actor_w, -(1 - mdp.gamma) * grad_J, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(res.params.actor_w, exact.actor_w + (1 - mdp.gamma) * grad_J, rtol=1e-10, atol=1e-13)
+
+
+def test_exact_ppo_policy_loss_is_the_exact_clipped_surrogate():
+    from refpg.algorithms.actor_critic import exact_actor_critic_update
+    from refpg.algorithms.ppo import exact_clipped_surrogate
+    from refpg.evaluation import policy_evaluation
+    from refpg.policies import TabularSoftmax
+
+    mdp, p = _exact_case(14)
+    p = p._replace(actor_b=None)
+    ev = policy_evaluation(mdp, policy_tables(p)[1])
+    exact = p._replace(critic_w=ev.V.copy(), critic_b=None)
+    res = exact_actor_critic_update(mdp, exact, UpdateConfig(gamma=mdp.gamma, n_epochs=3, lr=0.3, vf_coef=0.7,
+                                                             ent_coef=0.05, max_grad_norm=0.4))
+    pol = TabularSoftmax(mdp.n_states, mdp.n_actions)
+    for before, step in zip((exact,) + tuple(s.params for s in res.steps), res.steps):
+        L = exact_clipped_surrogate(mdp, pol, before.actor_w, theta_old=exact.actor_w, clip_eps=0.2)
+        assert step.policy_loss == pytest.approx(-L, rel=1e-10, abs=1e-13)
+    # The exact critic: the value loss is the variance of Q around V, and its gradient is zero.
+    np.testing.assert_allclose(res.steps[0].grad.critic_w, 0.0, atol=1e-14)
+    assert res.steps[1].grad_norm > 0 and len(res.steps) == 3
+
+
+def test_exact_mode_gradient_matches_central_differences():
+    from refpg.algorithms.actor_critic import exact_actor_critic_update
+
+    mdp, p = _exact_case(15, terminal=True)
+    cfg = UpdateConfig(gamma=0.9, gae_lambda=0.7, clip_range_vf=0.3, value_clip="max", ent_coef=0.03,
+                       optimizer="sgd", lr=0.0, n_epochs=1)
+    step = exact_actor_critic_update(mdp, p, cfg).steps[0]
+    # Through the weighted minibatch loss at moved parameters (the same expectation the step uses).
+    from refpg.algorithms.actor_critic import exact_gae
+    logp_old, pi_old = policy_tables(p)
+    from refpg.evaluation import policy_evaluation
+    d = policy_evaluation(mdp, pi_old).d
+    om = d[:, None] * pi_old
+    s, a = np.nonzero(om > 0)
+    w = om[s, a] / om[s, a].sum()
+    A_ = exact_gae(mdp, p, cfg)
+    samples = {"states": s, "actions": a, "logp_old": logp_old[s, a], "values": p.state_values()[s]}
+    adv, ret = A_[s, a], (A_ + p.state_values()[:, None])[s, a]
+    assert minibatch_loss(p, samples, adv, ret, cfg, weights=w).loss == pytest.approx(step.loss, rel=1e-12)
+    rng = np.random.default_rng(0)
+    moved = ACParams(*(np.asarray(t + 0.3 * rng.normal(size=np.shape(t))) for t in p))
+    g = minibatch_loss(moved, samples, adv, ret, cfg, weights=w).grad
+    h = 1e-6
+    for name in moved.present():
+        base = getattr(moved, name)
+        for i in np.ndindex(base.shape):
+            up, dn = base.copy(), base.copy()
+            up[i] += h
+            dn[i] -= h
+            fd = (minibatch_loss(moved._replace(**{name: up}), samples, adv, ret, cfg, weights=w).loss
+                  - minibatch_loss(moved._replace(**{name: dn}), samples, adv, ret, cfg, weights=w).loss) / (2 * h)
+            assert getattr(g, name)[i] == pytest.approx(fd, rel=1e-6, abs=1e-9), (name, i)
+
+
+def test_exact_mode_refuses_minibatches_and_a_wrong_shape():
+    from refpg.algorithms.actor_critic import exact_actor_critic_update
+
+    mdp, p = _exact_case(16)
+    with pytest.raises(InvalidInputError, match="exact mode has no minibatches"):
+        exact_actor_critic_update(mdp, p, UpdateConfig(minibatch_size=4))
+    with pytest.raises(ShapeError, match=r"params\['actor_w'\] should have shape \(S, A\) = \(5, 3\)"):
+        exact_actor_critic_update(mdp, {"actor_w": np.zeros((4, 3)), "critic_w": np.zeros(4)})

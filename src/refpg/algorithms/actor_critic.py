@@ -59,7 +59,8 @@ from refpg.returns import gae
 __all__ = ["ACParams", "UpdateBatch", "UpdateConfig", "LossTerms", "StepRecord", "UpdateResult", "OptimizerState",
            "ALGORITHMS", "VALUE_LOSSES", "VALUE_CLIPS", "FLATTENS", "AC_OPTIMIZERS", "check_params",
            "check_batch", "batch_advantages", "flat_index", "minibatch_loss", "clip_gradient", "optimizer_step",
-           "epoch_minibatches", "actor_critic_update", "policy_tables"]
+           "epoch_minibatches", "actor_critic_update", "policy_tables", "exact_gae", "exact_actor_critic_update",
+           "check_order", "KL_STOP_FACTOR"]
 
 #: `UpdateConfig.algorithm`: PPO's clipped surrogate over epochs and minibatches, or A2C's single step.
 ALGORITHMS = ("ppo", "a2c")
@@ -485,7 +486,7 @@ def _value_terms(v, R, kind):
 
 
 def minibatch_loss(params: ACParams, samples: dict, advantages: np.ndarray, returns: np.ndarray,
-                   config: UpdateConfig) -> LossTerms:
+                   config: UpdateConfig, *, weights: np.ndarray | None = None) -> LossTerms:
     r"""The total loss of one step on a minibatch and its analytic gradient.
 
     .. math::
@@ -506,6 +507,10 @@ def minibatch_loss(params: ACParams, samples: dict, advantages: np.ndarray, retu
         The advantages as the loss uses them (already normalised if so
         configured) and the value targets.
     config : UpdateConfig
+    weights : ndarray (B,) or None
+        The weight of each sample in every mean; None: 1/B each (a
+        minibatch). Exact mode passes :math:`d_{old}(s)\pi_{old}(a|s)` over
+        the pairs (s, a), which turns each mean into its expectation.
 
     Returns
     -------
@@ -520,29 +525,31 @@ def minibatch_loss(params: ACParams, samples: dict, advantages: np.ndarray, retu
     """
     s, a = samples["states"], samples["actions"]
     B = s.size
+    w = np.full(B, 1.0 / B) if weights is None else weights
+    mean = (lambda x: float(np.mean(x))) if weights is None else (lambda x: float(np.dot(w, x)))  # noqa: E731
     logp_all, pi_all = policy_tables(params)
     logp_s, pi_s = logp_all[s], pi_all[s]          # (B, A)
     logp = logp_s[np.arange(B), a]
     log_ratio = logp - samples["logp_old"]
     ratio = np.exp(log_ratio)
-    approx_kl = float(np.mean((ratio - 1.0) - log_ratio))
+    approx_kl = mean((ratio - 1.0) - log_ratio)
     if config.algorithm == "ppo":
         terms = ppo_clip_terms(logp, samples["logp_old"], advantages, config.clip_range)
-        policy_loss = -float(np.mean(terms.objective))
-        dlogp = np.where(terms.clipped, 0.0, -ratio * advantages / B)
-        clip_frac = float(np.mean(np.abs(ratio - 1.0) > config.clip_range))
+        policy_loss = -mean(terms.objective)
+        dlogp = np.where(terms.clipped, 0.0, -ratio * advantages * w)
+        clip_frac = mean(np.abs(ratio - 1.0) > config.clip_range)
     else:
-        policy_loss = -float(np.mean(logp * advantages))
-        dlogp = -advantages / B
+        policy_loss = -mean(logp * advantages)
+        dlogp = -advantages * w
         clip_frac = 0.0
     # d log pi(a|s) / d logits = e_a - pi(.|s).
     dlogits = -dlogp[:, None] * pi_s
     dlogits[np.arange(B), a] += dlogp
     # Entropy H = -sum pi log pi; dH/dlogits = -pi (log pi + H).
     H = -np.sum(pi_s * logp_s, axis=1)
-    entropy = float(np.mean(H))
+    entropy = mean(H)
     if config.ent_coef != 0.0:
-        dlogits += (config.ent_coef / B) * pi_s * (logp_s + H[:, None])
+        dlogits += (config.ent_coef * w)[:, None] * pi_s * (logp_s + H[:, None])
 
     v = params.critic_w[s] + (0.0 if params.critic_b is None else params.critic_b)
     loss_v, dl_v = _value_terms(v, returns, config.value_loss)
@@ -559,8 +566,8 @@ def minibatch_loss(params: ACParams, samples: dict, advantages: np.ndarray, retu
             # Inside the band both losses are equal and so are their derivatives; outside, the larger wins.
             use_c = loss_c > loss_v
             loss_v, dl_v = np.where(use_c, loss_c, loss_v), np.where(use_c, dl_c, dl_v)
-    value_loss = float(np.mean(loss_v))
-    dv = (config.vf_coef / B) * dl_v
+    value_loss = mean(loss_v)
+    dv = config.vf_coef * w * dl_v
 
     S, A = params.actor_w.shape
     gw = np.zeros((S, A))
@@ -811,4 +818,128 @@ def actor_critic_update(batch, params, config: UpdateConfig | None = None, *, or
                                     terms.grad, norm, clipped, params))
         if stopped:
             break
+    return UpdateResult(params, adv2, ret2, tuple(steps), stopped, state)
+
+
+# -- exact mode ----------------------------------------------------------------------------
+
+def exact_gae(mdp, params, config: UpdateConfig, pi: np.ndarray | None = None) -> np.ndarray:
+    r"""The infinite-sample GAE advantage :math:`\bar A(s, a) = \mathbb E[\hat A_t \mid s_t = s, a_t = a]` (S, A).
+
+    With the critic :math:`V_w` of `params`, :math:`\ell(s') = 1 - \mathrm{terminal}(s')`,
+
+    .. math::
+        \bar\delta(s,a) = r(s,a) + \gamma \textstyle\sum_{s'} P(s'|s,a)\,\ell(s') V_w(s') - V_w(s), \qquad
+        \bar A = \bar\delta + \gamma\lambda\, P_\ell \Pi\, \bar A,
+
+    a linear system over the S A pairs ([Schulman2016] Eq. 16 in
+    expectation, with no time limit and terminal states not bootstrapped).
+    :math:`\gamma, \lambda` are the config's. With :math:`\lambda = 1` and
+    the MDP's :math:`\gamma`, :math:`\bar A + V_w = Q^\pi` for any critic;
+    with the exact critic :math:`V_w = V^\pi`, :math:`\bar A = A^\pi` for any
+    :math:`\lambda`.
+    """
+    from refpg.evaluation import check_mdp
+
+    check_mdp(mdp)
+    pi = policy_tables(params)[1] if pi is None else pi
+    S, A = pi.shape
+    Vw = params.state_values()
+    live = (~mdp.terminal).astype(np.float64)
+    P = mdp.dense_P() * live[None, None, :]
+    delta = mdp.r + config.gamma * P @ Vw - Vw[:, None]
+    K = (P.reshape(S * A, S)[:, :, None] * pi[None, :, :]).reshape(S * A, S * A)
+    # Terminal states are absorbing with zero reward: their pairs carry no advantage.
+    delta[mdp.terminal] = 0.0
+    lhs = np.eye(S * A) - config.gamma * config.gae_lambda * K
+    return np.linalg.solve(lhs, delta.reshape(-1)).reshape(S, A)
+
+
+def exact_actor_critic_update(mdp, params, config: UpdateConfig | None = None, *,
+                              optimizer_state: OptimizerState | None = None) -> UpdateResult:
+    r"""The infinite-sample limit of `actor_critic_update`: one full-batch step per epoch on expectations.
+
+    Every sample mean of the loss becomes its expectation under
+    :math:`d^{\pi_{old}}_\rho(s)\,\pi_{old}(a|s)` (the MDP's normalised
+    occupancy), and each sampled advantage and return its conditional mean
+    `exact_gae` :math:`\bar A(s,a)`, :math:`\bar R = \bar A + V_{w_{old}}(s)`:
+
+    .. math::
+        \mathcal L = -\mathbb E[\min(r\bar A, \mathrm{clip}(r)\bar A)]
+        + c_v\,\mathbb E[\ell(\tilde v(s), \bar R)] - c_e\,\mathbb E_{s\sim d}[H(\pi(\cdot|s))],
+
+    with the same value clipping, gradient-norm clipping and optimiser as the
+    sampled mode (`minibatch_loss` with weights). ``normalize_advantage="batch"``
+    uses the moments of :math:`\bar A` under the same weights; ``target_kl``
+    compares :math:`\mathbb E_{s\sim d}[KL(\pi_{old}\|\pi)]` (the mean of k3).
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+    params : ACParams or dict
+        ``actor_w`` of shape (S, A) of the MDP.
+    config : UpdateConfig or None
+        ``minibatch_size`` and ``normalize_advantage="minibatch"`` are
+        refused (there are no minibatches); ``flatten`` is unused.
+    optimizer_state : OptimizerState or None
+
+    Returns
+    -------
+    UpdateResult
+        ``advantages`` and ``returns`` are :math:`\bar A` and :math:`\bar R`
+        (S, A); each step's ``indices`` are the flat pairs s A + a with
+        positive weight.
+
+    Notes
+    -----
+    As `refpg.algorithms.ppo_update`'s exact mode, the clipped term takes the
+    minimum of the exact ratio times the *mean* advantage: the mean of
+    :math:`\min(r\hat A, \mathrm{clip}(r)\hat A)` differs once a clipped pair's
+    estimates take both signs. Linear terms (A2C's loss, the squared value
+    loss's gradient) are exact limits. GAE uses the config's gamma and lambda;
+    the occupancy uses the MDP's gamma.
+
+    References
+    ----------
+    [Schulman2017] Eq. 9; [Schulman2016].
+    """
+    from refpg.evaluation import check_mdp, policy_evaluation
+
+    config = UpdateConfig() if config is None else config
+    if not isinstance(config, UpdateConfig):
+        raise InvalidInputError(f"config should be an UpdateConfig or None, actual {type(config).__name__}")
+    if config.minibatch_size is not None or config.normalize_advantage == "minibatch":
+        raise InvalidInputError("exact mode has no minibatches: minibatch_size should be None and "
+                                f"normalize_advantage None or 'batch', actual {config.minibatch_size!r} and "
+                                f"{config.normalize_advantage!r}")
+    check_mdp(mdp)
+    params = check_params(params)
+    if params.actor_w.shape != (mdp.n_states, mdp.n_actions):
+        raise ShapeError(f"params['actor_w'] should have shape (S, A) = ({mdp.n_states}, {mdp.n_actions}) of the "
+                         f"MDP, actual {params.actor_w.shape}")
+    logp_old, pi_old = policy_tables(params)
+    ev = policy_evaluation(mdp, pi_old)
+    adv2 = exact_gae(mdp, params, config, pi_old)
+    ret2 = adv2 + params.state_values()[:, None]
+    omega = ev.d[:, None] * pi_old
+    s, a = np.nonzero(omega > 0)
+    w = omega[s, a] / omega[s, a].sum()
+    samples = {"states": s, "actions": a, "logp_old": logp_old[s, a], "values": params.state_values()[s]}
+    adv, ret = adv2[s, a], ret2[s, a]
+    if config.normalize_advantage == "batch":
+        m = float(np.dot(w, adv))
+        adv = (adv - m) / (math.sqrt(float(np.dot(w, (adv - m) ** 2))) + config.norm_eps)
+    idx = s * mdp.n_actions + a
+    epochs = 1 if config.algorithm == "a2c" else config.n_epochs
+    steps, state, stopped = [], optimizer_state, False
+    for e in range(epochs):
+        terms = minibatch_loss(params, samples, adv, ret, config, weights=w)
+        if config.target_kl is not None and terms.approx_kl > KL_STOP_FACTOR * config.target_kl:
+            stopped = True
+            break
+        clipped, norm = clip_gradient(terms.grad, config)
+        params, state = optimizer_step(params, clipped, state, config)
+        steps.append(StepRecord(e, 0, idx, adv, ret, terms.loss, terms.policy_loss, terms.value_loss,
+                                terms.entropy, terms.approx_kl, terms.clip_fraction, terms.grad, norm, clipped,
+                                params))
     return UpdateResult(params, adv2, ret2, tuple(steps), stopped, state)
