@@ -483,6 +483,14 @@ _OPTION_MEANINGS = {
     ("update", "optimizer_convention"): "whose optimiser and clipping definitions: torch or optax",
     ("update", "critic_lr"): "a second optimiser for the critic with this learning rate; none: one optimiser",
     ("update", "target_kl"): "stop the update before a step whose approximate KL exceeds 1.5 target_kl (SB3)",
+    ("update", "max_kl"): "TRPO's trust region delta on the batch's mean KL (sb3-contrib's target_kl)",
+    ("update", "cg_max_steps"): "TRPO's conjugate-gradient iterations",
+    ("update", "cg_damping"): "TRPO's damping added to the Fisher matrix, F + damping I",
+    ("update", "line_search_shrinking_factor"): "TRPO's backtracking factor of the step",
+    ("update", "line_search_max_iter"): "TRPO's number of line-search tries before the step is rejected",
+    ("update", "n_critic_updates"): "TRPO's epochs of minibatch value regression after the policy step",
+    ("update", "kl_direction"): "the KL of TRPO's constraint: old_new is KL(pi_old || pi) as the paper, new_old "
+                                "KL(pi || pi_old) as sb3-contrib",
     ("update", "flatten"): "how the trace's indices number sample t of env n: time_major is t N + n "
                            "(CleanRL), env_major n T + t (SB3)",
 }

@@ -63,7 +63,10 @@ __all__ = ["ACParams", "UpdateBatch", "UpdateConfig", "LossTerms", "StepRecord",
            "check_order", "KL_STOP_FACTOR"]
 
 #: `UpdateConfig.algorithm`: PPO's clipped surrogate over epochs and minibatches, or A2C's single step.
-ALGORITHMS = ("ppo", "a2c")
+ALGORITHMS = ("ppo", "a2c", "trpo")
+#: `UpdateConfig.kl_direction` of TRPO's constraint: KL(pi_old || pi) as [Schulman2015], or KL(pi || pi_old)
+#: as sb3-contrib's TRPO computes it (the two have the same Hessian at pi_old, so the same direction).
+KL_DIRECTIONS = ("old_new", "new_old")
 #: `UpdateConfig.value_loss`: (R - v)^2 (SB3), half of it (CleanRL), Huber with delta 1 (TorchRL's default).
 VALUE_LOSSES = ("mse", "half_mse", "smooth_l1")
 #: `UpdateConfig.value_clip`: the loss of the clipped prediction only (SB3), or the larger of the two
@@ -323,6 +326,14 @@ class UpdateConfig:
     flatten : {"time_major", "env_major"}
         Sample (t, n) of the (T, N) batch is number t N + n (CleanRL's
         ``reshape(-1)``) or n T + t (SB3's ``swap_and_flatten``).
+    max_kl, cg_max_steps, cg_damping, line_search_shrinking_factor, line_search_max_iter, n_critic_updates
+        TRPO only ([Schulman2015]; sb3-contrib's names ``target_kl``, ...):
+        the trust region :math:`\delta`, conjugate-gradient iterations, the
+        damping added to the Fisher matrix, the backtracking factor and
+        number of tries, and the critic's epochs of minibatch regression
+        (`minibatch_size`, `lr`) after the policy step.
+    kl_direction : {"old_new", "new_old"}
+        TRPO only: the KL of the line search's constraint.
 
     References
     ----------
@@ -355,6 +366,13 @@ class UpdateConfig:
     critic_lr: float | None = None
     target_kl: float | None = None
     flatten: str = "time_major"
+    max_kl: float = 0.01
+    cg_max_steps: int = 15
+    cg_damping: float = 0.1
+    line_search_shrinking_factor: float = 0.8
+    line_search_max_iter: int = 10
+    n_critic_updates: int = 10
+    kl_direction: str = "old_new"
 
     def __post_init__(self):
         s = object.__setattr__
@@ -395,6 +413,15 @@ class UpdateConfig:
         if self.target_kl is not None:
             s(self, "target_kl", check_real(self.target_kl, "target_kl", low=0.0, low_open=True))
         s(self, "flatten", check_choice(self.flatten, "flatten", FLATTENS))
+        s(self, "max_kl", check_real(self.max_kl, "max_kl", low=0.0, low_open=True))
+        s(self, "cg_max_steps", check_positive_int(self.cg_max_steps, "cg_max_steps"))
+        s(self, "cg_damping", check_real(self.cg_damping, "cg_damping", low=0.0))
+        s(self, "line_search_shrinking_factor", check_real(self.line_search_shrinking_factor,
+                                                           "line_search_shrinking_factor", low=0.0, high=1.0,
+                                                           low_open=True, high_open=True))
+        s(self, "line_search_max_iter", check_positive_int(self.line_search_max_iter, "line_search_max_iter"))
+        s(self, "n_critic_updates", check_positive_int(self.n_critic_updates, "n_critic_updates", minimum=0))
+        s(self, "kl_direction", check_choice(self.kl_direction, "kl_direction", KL_DIRECTIONS))
 
     @classmethod
     def from_options(cls, options: dict, *, name: str = "hyperparameters") -> "UpdateConfig":
@@ -778,6 +805,9 @@ def actor_critic_update(batch, params, config: UpdateConfig | None = None, *, or
     config = UpdateConfig() if config is None else config
     if not isinstance(config, UpdateConfig):
         raise InvalidInputError(f"config should be an UpdateConfig or None, actual {type(config).__name__}")
+    if config.algorithm == "trpo":
+        from refpg.algorithms.actor_critic_trpo import trpo_actor_critic_update
+        return trpo_actor_critic_update(batch, params, config, order=order, rng=rng, optimizer_state=optimizer_state)
     params = check_params(params)
     S, A = params.actor_w.shape
     batch = check_batch(batch, S, A)

@@ -115,7 +115,8 @@ def _update_options() -> tuple:
     from refpg.algorithms.actor_critic import UpdateConfig
 
     types = {"betas": "pair", "n_epochs": "int", "norm_ddof": "int", "minibatch_size": "int",
-             "normalize_advantage": "str"}
+             "normalize_advantage": "str", "cg_max_steps": "int", "line_search_max_iter": "int",
+             "n_critic_updates": "int"}
     return tuple((f.name, types.get(f.name, "str" if isinstance(f.default, str) else "float"), f.default)
                  for f in fields(UpdateConfig))
 
@@ -165,7 +166,7 @@ def _choices(kind: str, name: str) -> tuple:
         from refpg.algorithms import actor_critic as ac
         choices = {"algorithm": ac.ALGORITHMS, "value_loss": ac.VALUE_LOSSES, "value_clip": ac.VALUE_CLIPS,
                    "optimizer": ac.AC_OPTIMIZERS, "flatten": ac.FLATTENS, "normalize_advantage": ("batch", "minibatch"),
-                   "optimizer_convention": ("torch", "optax")}
+                   "optimizer_convention": ("torch", "optax"), "kl_direction": ac.KL_DIRECTIONS}
         if name in choices:
             return tuple(choices[name])
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,

@@ -376,6 +376,9 @@ class _Checker:
                    "update.output_finite" if "should be finite" in msg else "update.output_shape")
             return outcomes + [Outcome(cid, msg, inputs)]
         self.s.usable += 1
+        if self.cfg.algorithm == "trpo" and "final" not in out:
+            from refpg.conformance.update_trpo import trpo_trace_outcomes
+            return outcomes + trpo_trace_outcomes(self, out, batch, params0, inputs)
         if "final" in out:
             return outcomes + self._final(out["final"], batch, params0, inputs)
         return outcomes + self._trace(out, batch, params0, inputs)
