@@ -245,3 +245,61 @@ def test_declared_options_are_update_config_fields():
     names = [ex.name for ex in ut.CORRECT + ut.BROKEN]
     assert len(names) == len(set(names))
     assert all("issue" in ex.description or "PR" in ex.description for ex in ut.BROKEN)
+
+
+# -- check_update ------------------------------------------------------------------------------------
+
+def _check(fn, options, **kwargs):
+    from refpg.conformance import check_update
+
+    return check_update(fn, backend="torch", **{**dict(options), **kwargs})
+
+
+def _examples(examples):
+    return [pytest.param(ex, id=ex.name) for ex in examples]
+
+
+@pytest.mark.parametrize("ex", _examples(ut.CORRECT if HAS_TORCHRL else ()))
+def test_correct_examples_pass_check_update(ex):
+    report = _check(ex.fn, ex.options)
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize("ex", _examples(ut.BROKEN if HAS_TORCHRL else ()))
+def test_broken_examples_fail_check_update_with_their_id(ex):
+    report = _check(ex.fn, ex.options)
+    assert not report.passed
+    assert [f.check_id for f in report.failures][0] == ex.expected, str(report)
+
+
+def _fails_only_with(report, ids):
+    """The report's failures are exactly `ids` (else an error, which a strict xfail with raises=AssertionError
+    does not accept: the xfail holds for its stated reason only); then assert that it passed."""
+    got = {f.check_id for f in report.failures}
+    if got and got != set(ids):
+        raise RuntimeError(f"failed with {sorted(got)}, not the expected {sorted(ids)}:\n{report}")
+    assert report.passed
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="CleanRL's ppo.py cuts a time limit like a "
+                   "termination (vwxyzjn/cleanrl issue #198): update.advantages")
+def test_check_update_on_cleanrl_as_written():
+    _fails_only_with(_check(ut.update_cleanrl_cut_truncation_torch, ut.CLEANRL_OPTIONS), ["update.advantages"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="TorchRL's tutorial recomputes GAE every epoch "
+                   "(pytorch/rl PR #1225): update.loss from epoch 1 on")
+def test_check_update_on_the_torchrl_tutorial_loop():
+    _fails_only_with(_check(ut.update_torchrl_tutorial_torch, {**ut.TORCHRL_OPTIONS, "dtype": "float32"}),
+                     ["update.loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="TorchRL keeps its coefficients as float32 "
+                   "tensors on float64 data (finding): update.advantages from gamma and lmbda, update.loss and "
+                   "update.gradient from those advantages, clip_epsilon and entropy_coeff")
+def test_check_update_on_torchrl_in_float64_with_python_float_coefficients():
+    _fails_only_with(_check(ut.update_torchrl_torch, ut.TORCHRL_OPTIONS),
+                     ["update.advantages", "update.loss", "update.gradient"])

@@ -255,9 +255,9 @@ def _cleanrl_update(batch, params, *, truncation="bootstrap", bug=None, args=Non
 
     advantages, returns = _cleanrl_gae(agent, b, args, truncation=truncation)
     if bug == "returns_from_normalized":
-        # Advantages whitened over the batch in place before the returns are formed from them.
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        returns = advantages + b["values"]
+        # The value targets formed from a whitened copy of the advantages (the advantages stay raw).
+        whitened = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        returns = whitened + b["values"]
 
     # flatten the batch (time-major: row t * N + n)
     b_obs = b["obs"].reshape((-1, n_states))
@@ -406,7 +406,7 @@ def update_cleanrl_clip_after_step_torch(batch, params):
 
 
 def update_cleanrl_returns_from_normalized_torch(batch, params):
-    """CleanRL's loop with the returns formed after the advantages are whitened: the critic's targets are wrong."""
+    """CleanRL's loop with the returns formed from whitened advantages: the critic learns normalised targets."""
     return _cleanrl_update(batch, params, bug="returns_from_normalized")
 
 
