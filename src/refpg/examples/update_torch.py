@@ -254,10 +254,9 @@ def _cleanrl_update(batch, params, *, truncation="bootstrap", bug=None, args=Non
     optimizer = optim.Adam(agent.parameters(), lr=args["learning_rate"], eps=1e-5)
 
     advantages, returns = _cleanrl_gae(agent, b, args, truncation=truncation)
-    if bug == "returns_from_normalized":
-        # The value targets formed from a whitened copy of the advantages (the advantages stay raw).
-        whitened = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        returns = whitened + b["values"]
+    if bug == "normalized_returns":
+        # The value targets standardised like the advantages: the critic learns normalised returns.
+        returns = (returns - returns.mean()) / (returns.std() + 1e-8)
 
     # flatten the batch (time-major: row t * N + n)
     b_obs = b["obs"].reshape((-1, n_states))
@@ -405,9 +404,9 @@ def update_cleanrl_clip_after_step_torch(batch, params):
     return _cleanrl_update(batch, params, bug="clip_after_step")
 
 
-def update_cleanrl_returns_from_normalized_torch(batch, params):
-    """CleanRL's loop with the returns formed from whitened advantages: the critic learns normalised targets."""
-    return _cleanrl_update(batch, params, bug="returns_from_normalized")
+def update_cleanrl_normalized_returns_torch(batch, params):
+    """CleanRL's loop with the returns standardised before the value loss: the critic learns normalised targets."""
+    return _cleanrl_update(batch, params, bug="normalized_returns")
 
 
 # -- TorchRL ---------------------------------------------------------------------------------------
@@ -659,29 +658,32 @@ BROKEN: tuple[Example, ...] = (
     Example("update_cleanrl_no_zero_grad_torch", "update", update_cleanrl_no_zero_grad_torch, "refpg",
             "torch", CLEANRL_OPTIONS, "update.gradient",
             "optimizer.zero_grad() left out: gradients accumulate across minibatches (the bug fixed in "
-            "meta-pytorch/torchforge PR #71; pytorch/pytorch issue #47175 asks for a warning)"),
+            "https://github.com/meta-pytorch/torchforge/pull/71; a warning asked for in "
+            "https://github.com/pytorch/pytorch/issues/47175)"),
     Example("update_cleanrl_same_minibatches_torch", "update", update_cleanrl_same_minibatches_torch, "refpg",
             "torch", CLEANRL_OPTIONS, "update.minibatch_order",
-            "minibatch indices drawn once before the epoch loop, so every epoch repeats them "
-            "(leggedrobotics/rsl_rl issue #26)"),
+            "minibatch indices shuffled once, before the epoch loop, so every epoch repeats them "
+            "(https://github.com/leggedrobotics/rsl_rl/issues/26)"),
     Example("update_cleanrl_ratio_one_torch", "update", update_cleanrl_ratio_one_torch, "refpg", "torch",
             CLEANRL_OPTIONS, "update.loss",
             "old log-probabilities recomputed from the policy being trained, so the ratio is always 1 "
-            "and clipping never acts (tensorforce/tensorforce issue #312)"),
+            "and clipping never acts (https://github.com/tensorforce/tensorforce/issues/312; "
+            "https://github.com/higgsfield-ai/higgsfield/issues/20)"),
     Example("update_cleanrl_clip_after_step_torch", "update", update_cleanrl_clip_after_step_torch, "refpg",
             "torch", CLEANRL_OPTIONS, "update.optimizer_step",
             "clip_grad_norm_ called after optimizer.step(): the step uses the unclipped gradient "
-            "(VGraphRNN/VGRNN issue #4; awslabs/graphstorm issue #1366)"),
-    Example("update_cleanrl_returns_from_normalized_torch", "update", update_cleanrl_returns_from_normalized_torch,
+            "(https://github.com/VGraphRNN/VGRNN/issues/4; https://github.com/awslabs/graphstorm/issues/1366)"),
+    Example("update_cleanrl_normalized_returns_torch", "update", update_cleanrl_normalized_returns_torch,
             "refpg", "torch", CLEANRL_OPTIONS, "update.returns",
-            "returns formed from the whitened advantages, so the critic learns normalised targets "
-            "(luchris429/model-free-opponent-shaping issue #1)"),
+            "the value targets standardised like advantages, so the critic learns normalised returns "
+            "(https://github.com/luchris429/model-free-opponent-shaping/issues/1)"),
     Example("update_torchrl_no_zero_grad_torch", "update", update_torchrl_no_zero_grad_torch, "refpg", "torch",
             {**TORCHRL_OPTIONS, "dtype": "float32"}, "update.gradient",
             "the tutorial loop without optim.zero_grad(): gradients accumulate across minibatches "
-            "(meta-pytorch/torchforge PR #71)"),
+            "(https://github.com/meta-pytorch/torchforge/pull/71)"),
     Example("update_torchrl_no_terminated_torch", "update", update_torchrl_no_terminated_torch, "refpg", "torch",
             {**TORCHRL_OPTIONS, "dtype": "float32"}, "update.advantages",
-            "the rollout without a ('next', 'terminated') entry: TorchRL's GAE falls back to done, so a "
-            "time limit is cut like a termination (the fallback of pytorch/rl PR #1581)"),
+            "the rollout without a ('next', 'terminated') entry: TorchRL's GAE takes done for it, so a time "
+            "limit is cut like a termination (the fallback of https://github.com/pytorch/rl/pull/1581; the "
+            "same done-for-terminated mix-up inside the vectorised GAE, https://github.com/pytorch/rl/pull/2773)"),
 )
