@@ -70,10 +70,12 @@ __all__ = [
     "BROKEN",
     "CLEANRL_OPTIONS",
     "TORCHRL_OPTIONS",
+    "TORCHRL_NORMALIZED_OPTIONS",
     "update_cleanrl_torch",
     "update_cleanrl_cut_truncation_torch",
     "update_torchrl_torch",
     "update_torchrl_float64_torch",
+    "update_torchrl_normalized_torch",
     "update_torchrl_onehot_torch",
     "update_torchrl_tutorial_torch",
 ]
@@ -426,6 +428,11 @@ TORCHRL_OPTIONS = {"algorithm": "ppo", "gamma": 0.99, "gae_lambda": 0.95, "clip_
                    "optimizer": "adam", "lr": 0.05, "eps": 1e-8, "flatten": "env_major"}
 
 
+#: `update_torchrl_normalized_torch`'s hyperparameters (float32: TorchRL's std floor is not norm_eps).
+TORCHRL_NORMALIZED_OPTIONS = {**TORCHRL_OPTIONS, "normalize_advantage": "minibatch", "norm_ddof": 1, "norm_eps": 1e-8,
+                              "clip_range_vf": 0.2, "value_clip": "max", "dtype": "float32"}
+
+
 def _torchrl_modules(n_states, n_actions, actor_bias, critic_bias, dtype, distribution):
     """(actor layer, critic layer, policy_module, value_module) as TorchRL's examples build them."""
     import torch
@@ -468,9 +475,9 @@ def _torchrl_data(b, n_actions, distribution, log_prob_key, *, with_terminated=T
 
 
 def _torchrl_update(batch, params, *, distribution="categorical", per_epoch_gae=False, exact_coefficients=False,
-                    bug=None, args=None):
+                    loss_kwargs=None, bug=None, args=None):
     """The TorchRL PPO loop on one batch; `exact_coefficients` passes every coefficient as a tensor of the
-    parameters' dtype; `bug` selects one of the planted bugs."""
+    parameters' dtype; `loss_kwargs` go to ClipPPOLoss; `bug` selects one of the planted bugs."""
     import torch
     from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
     from torchrl.objectives import ClipPPOLoss
@@ -493,7 +500,8 @@ def _torchrl_update(batch, params, *, distribution="categorical", per_epoch_gae=
     with warnings.catch_warnings():
         # ClipPPOLoss copies a tensor clip_epsilon with torch.tensor(), which warns and keeps its value.
         warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-        loss_module = ClipPPOLoss(actor_network=policy_module, critic_network=value_module, **coefficients)
+        loss_module = ClipPPOLoss(actor_network=policy_module, critic_network=value_module, **coefficients,
+                                  **(loss_kwargs or {}))
     optim = torch.optim.Adam(loss_module.parameters(), args["lr"])
 
     data = _torchrl_data(b, n_actions, distribution, loss_module.tensor_keys.sample_log_prob,
@@ -605,6 +613,21 @@ def update_torchrl_float64_torch(batch, params):
     return _torchrl_update(batch, params, exact_coefficients=True)
 
 
+def update_torchrl_normalized_torch(batch, params):
+    r"""`update_torchrl_torch` with ``ClipPPOLoss(normalize_advantage=True, clip_value=True)``.
+
+    Each minibatch's advantages become :math:`(A - \mathrm{mean}) / \max(\mathrm{std}, 10^{-6})`
+    (Bessel's std; ``torch.finfo(float).resolution`` as the floor; none for a minibatch of one), and the
+    value loss is the per-sample larger of the smooth-L1 losses of :math:`V` and of
+    :math:`V_{old} + \mathrm{clip}(V - V_{old}, \pm 0.2)` (``clip_value=True`` takes clip_epsilon),
+    :math:`V_{old}` being the ``state_value`` GAE wrote. As `UpdateConfig` fields: ``normalize_advantage=
+    "minibatch"``, ``clip_range_vf=0.2``, ``value_clip="max"``; the floor is not ``norm_eps`` (it replaces
+    the std instead of adding to it), so the example is registered at float32, where ``norm_eps=1e-8``
+    is within tolerance of it.
+    """
+    return _torchrl_update(batch, params, loss_kwargs={"normalize_advantage": True, "clip_value": True})
+
+
 def update_torchrl_onehot_torch(batch, params):
     """`update_torchrl_torch` with ``torchrl.modules.OneHotCategorical`` and one-hot actions (TorchRL's Atari PPO)."""
     return _torchrl_update(batch, params, distribution="onehot")
@@ -651,6 +674,10 @@ CORRECT: tuple[Example, ...] = (
     Example("update_torchrl_onehot_torch", "update", update_torchrl_onehot_torch, "refpg", "torch",
             {**TORCHRL_OPTIONS, "dtype": "float32"}, None,
             "the TorchRL update with torchrl.modules.OneHotCategorical and one-hot actions, float32"),
+    Example("update_torchrl_normalized_torch", "update", update_torchrl_normalized_torch, "refpg", "torch",
+            TORCHRL_NORMALIZED_OPTIONS, None,
+            "the TorchRL update with ClipPPOLoss(normalize_advantage=True, clip_value=True): minibatch "
+            "advantage normalisation and the max-clipped smooth-L1 value loss, float32"),
 )
 
 #: Broken examples: each fails check_update with its ``expected`` check id.
