@@ -392,3 +392,18 @@ def test_exact_mode_refuses_minibatches_and_a_wrong_shape():
         exact_actor_critic_update(mdp, p, UpdateConfig(minibatch_size=4))
     with pytest.raises(ShapeError, match=r"params\['actor_w'\] should have shape \(S, A\) = \(5, 3\)"):
         exact_actor_critic_update(mdp, {"actor_w": np.zeros((4, 3)), "critic_w": np.zeros(4)})
+
+
+def test_declared_library_conventions_cut_time_limits_and_clamp_the_std():
+    p, batch, rng = make(17)
+    cut = batch_advantages(batch, UpdateConfig(truncation="cut", gamma=0.9, gae_lambda=0.7))[0]
+    as_done = batch_advantages(batch._replace(terminated=batch.terminated | batch.truncated),
+                               UpdateConfig(gamma=0.9, gae_lambda=0.7))[0]
+    np.testing.assert_array_equal(cut, as_done)
+    from refpg.algorithms.actor_critic import _normalize
+    a = np.array([1.0, 1.0 + 1e-9, 1.0])
+    clamp = _normalize(a, UpdateConfig(normalize_advantage="minibatch", norm_eps=1e-6, norm_eps_on="clamp"))
+    np.testing.assert_allclose(clamp, (a - a.mean()) / 1e-6, rtol=1e-12)
+    with pytest.raises(InvalidInputError, match="norm_eps should be > 0 when normalize_advantage is set"):
+        UpdateConfig(normalize_advantage="minibatch", norm_eps=0.0)
+

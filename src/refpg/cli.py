@@ -469,6 +469,10 @@ _OPTION_MEANINGS = {
                                        "none: off",
     ("update", "norm_ddof"): "delta degrees of freedom of that std (1: torch's .std())",
     ("update", "norm_eps"): "added to the std before dividing",
+    ("update", "norm_eps_on"): "where norm_eps enters: std (std + eps, SB3 and CleanRL) or clamp (max(std, eps), "
+                               "TorchRL)",
+    ("update", "truncation"): "bootstrap a time limit from next_values (the contract), or cut it like a "
+                              "termination as CleanRL's and PureJaxRL's scripts do",
     ("update", "value_loss"): "the per-sample value loss: mse (SB3), half_mse (CleanRL) or smooth_l1 (TorchRL)",
     ("update", "vf_coef"): "the value loss's coefficient in the total loss",
     ("update", "ent_coef"): "the entropy bonus's coefficient (the loss subtracts ent_coef x entropy)",

@@ -295,6 +295,17 @@ class UpdateConfig:
     norm_ddof : int >= 0
         torch's ``std()`` (SB3, CleanRL): 1.
     norm_eps : float >= 0
+    norm_eps_on : {"std", "clamp"}
+        Where `norm_eps` enters: :math:`\mathrm{std} + \epsilon` (SB3,
+        CleanRL) or :math:`\max(\mathrm{std}, \epsilon)` (TorchRL's
+        ``clamp_min``). With ``norm_eps=0`` a minibatch of equal advantages
+        has std 0 and is refused.
+    truncation : {"bootstrap", "cut"}
+        "bootstrap": GAE as the contract defines it (a time limit bootstraps
+        from ``next_values``). "cut": a time limit is treated as a termination,
+        as CleanRL's and PureJaxRL's scripts pass ``terminated | truncated`` as
+        done; the update is then the library's, and its bias shows in
+        `refpg.conformance.check_pipeline_gradient`, not here.
     value_loss : {"mse", "half_mse", "smooth_l1"}
         :math:`\ell(v, R)`: :math:`(R - v)^2` (SB3), half of it (CleanRL,
         PureJaxRL), Huber with :math:`\delta = 1` (TorchRL's default).
@@ -351,6 +362,8 @@ class UpdateConfig:
     normalize_advantage: str | None = None
     norm_ddof: int = 1
     norm_eps: float = 1e-8
+    norm_eps_on: str = "std"
+    truncation: str = "bootstrap"
     value_loss: str = "mse"
     vf_coef: float = 0.5
     ent_coef: float = 0.0
@@ -390,6 +403,12 @@ class UpdateConfig:
                                                     _NORMALIZATIONS))
         s(self, "norm_ddof", check_positive_int(self.norm_ddof, "norm_ddof", minimum=0))
         s(self, "norm_eps", check_real(self.norm_eps, "norm_eps", low=0.0))
+        s(self, "norm_eps_on", check_choice(self.norm_eps_on, "norm_eps_on", ("std", "clamp")))
+        s(self, "truncation", check_choice(self.truncation, "truncation", ("bootstrap", "cut")))
+        if self.normalize_advantage is not None and self.norm_eps == 0.0:
+            raise InvalidInputError(
+                "norm_eps should be > 0 when normalize_advantage is set (a minibatch of equal advantages has "
+                "std 0): declare the library's (SB3, CleanRL: 1e-8; TorchRL: 1e-6 with norm_eps_on='clamp')")
         s(self, "value_loss", check_choice(self.value_loss, "value_loss", VALUE_LOSSES))
         s(self, "vf_coef", check_real(self.vf_coef, "vf_coef", low=0.0))
         s(self, "ent_coef", check_real(self.ent_coef, "ent_coef", low=0.0))
@@ -454,7 +473,8 @@ def batch_advantages(batch: UpdateBatch, config: UpdateConfig) -> tuple[np.ndarr
     ([Schulman2016] Eq. 16; the returns are the value targets of SB3,
     CleanRL and TorchRL).
     """
-    adv = gae(batch.rewards, batch.values, batch.next_values, batch.terminated, batch.truncated,
+    terminated = batch.terminated | batch.truncated if config.truncation == "cut" else batch.terminated
+    adv = gae(batch.rewards, batch.values, batch.next_values, terminated, batch.truncated,
               config.gamma, config.gae_lambda)
     return adv, adv + batch.values
 
@@ -473,7 +493,10 @@ def _flatten(x: np.ndarray, config: UpdateConfig) -> np.ndarray:
 def _normalize(adv: np.ndarray, config: UpdateConfig) -> np.ndarray:
     if adv.size <= config.norm_ddof:
         return adv.copy()
-    return (adv - adv.mean()) / (adv.std(ddof=config.norm_ddof) + config.norm_eps)
+    std = adv.std(ddof=config.norm_ddof)
+    # norm_eps > 0 whenever normalisation is on (UpdateConfig refuses 0), so the denominator is positive.
+    denom = max(std, config.norm_eps) if config.norm_eps_on == "clamp" else std + config.norm_eps
+    return (adv - adv.mean()) / denom
 
 
 # -- the loss and its gradient -------------------------------------------------------------
@@ -958,7 +981,8 @@ def exact_actor_critic_update(mdp, params, config: UpdateConfig | None = None, *
     adv, ret = adv2[s, a], ret2[s, a]
     if config.normalize_advantage == "batch":
         m = float(np.dot(w, adv))
-        adv = (adv - m) / (math.sqrt(float(np.dot(w, (adv - m) ** 2))) + config.norm_eps)
+        std = math.sqrt(float(np.dot(w, (adv - m) ** 2)))
+        adv = (adv - m) / (max(std, config.norm_eps) if config.norm_eps_on == "clamp" else std + config.norm_eps)
     idx = s * mdp.n_actions + a
     epochs = 1 if config.algorithm == "a2c" else config.n_epochs
     steps, state, stopped = [], optimizer_state, False
