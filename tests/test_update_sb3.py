@@ -204,9 +204,12 @@ def test_a_minibatch_of_one_is_not_normalised():
     trace = fn(batch, params)
     assert [len(s["indices"]) for s in trace["steps"]] == [5, 5, 5, 1] * 2
     options = {**us.SB3_PPO_OPTIONS, "minibatch_size": 5, "n_epochs": 2}
-    assert_trace_equals(trace, reference(batch, params, trace, options))
-    with pytest.raises(AssertionError):
-        assert_trace_equals(trace, reference(batch, params, trace, options, norm_ddof=0))
+    ref = reference(batch, params, trace, options)
+    raw = trace["advantages"].T.reshape(-1)  # env-major, as SB3 flattens
+    for k in (3, 7):
+        np.testing.assert_allclose(ref.steps[k].advantages, raw[ref.steps[k].indices], rtol=0, atol=STEP_TOL)
+        assert ref.steps[k].advantages[0] != 0.0  # normalising one sample would have given 0
+    assert_trace_equals(trace, ref)
 
 
 def test_target_kl_stops_where_the_reference_stops():
@@ -405,3 +408,19 @@ def test_check_update_on_sb3_ppo_with_target_kl():
         # Any other failure is not the gap this xfail states: an error, which the xfail does not accept.
         raise RuntimeError(f"failed with {sorted(failed)}, not update.step_count:\n{report}")
     assert report.passed, str(report)
+
+
+def test_check_update_on_numpy_arrays_passes_sb3_ppo_too():
+    from refpg.conformance import check_update
+
+    report = check_update(us.update_sb3_ppo_torch, backend="numpy", max_examples=3,
+                          **{**us.SB3_PPO_OPTIONS, "actor_bias": True, "critic_bias": True, "dtype": "float32"})
+    assert report.passed, str(report)
+
+
+def test_check_update_in_float64_names_sb3s_float32_output():
+    from refpg.conformance import check_update
+
+    report = check_update(us.update_sb3_a2c_torch, backend="torch", max_examples=2,
+                          **{**us.SB3_A2C_OPTIONS, "actor_bias": True, "critic_bias": True})
+    assert [f.check_id for f in report.failures] == ["update.output_dtype"], str(report)

@@ -616,6 +616,7 @@ SB3_PPO_OPTIONS = {"algorithm": "ppo", "gamma": 0.99, "gae_lambda": 0.95, "clip_
 #: inside an epoch, a trace cannot say which minibatch SB3 drew and refused, and check_update judges the
 #: stop on another one (the tests compare it with the reference given SB3's own permutations instead).
 SB3_PPO_TARGET_KL_KWARGS = {**SB3_PPO_KWARGS, "target_kl": 0.01}
+#: `update_sb3_ppo_target_kl_torch`'s hyperparameters as `UpdateConfig` fields.
 SB3_PPO_TARGET_KL_OPTIONS = {**SB3_PPO_OPTIONS, "target_kl": 0.01}
 
 #: `update_sb3_a2c_torch`: ``A2C`` with every SB3 2.9.2 default (the update reads gamma 0.99, gae_lambda
@@ -630,6 +631,7 @@ SB3_A2C_OPTIONS = {"algorithm": "a2c", "gamma": 0.99, "gae_lambda": 1.0, "normal
 #: normalised over the batch, GAE lambda 0.95 and an entropy bonus.
 SB3_A2C_ADAM_KWARGS = {"use_rms_prop": False, "normalize_advantage": True, "gae_lambda": 0.95, "ent_coef": 0.01,
                        "learning_rate": 0.05}
+#: `update_sb3_a2c_adam_torch`'s hyperparameters as `UpdateConfig` fields.
 SB3_A2C_ADAM_OPTIONS = {"algorithm": "a2c", "gamma": 0.99, "gae_lambda": 0.95, "normalize_advantage": "batch",
                         "norm_ddof": 1, "norm_eps": 1e-8, "value_loss": "mse", "vf_coef": 0.5, "ent_coef": 0.01,
                         "max_grad_norm": 0.5, "optimizer": "adam", "lr": 0.05, "weight_decay": 0.0,
@@ -638,9 +640,13 @@ SB3_A2C_ADAM_OPTIONS = {"algorithm": "a2c", "gamma": 0.99, "gae_lambda": 0.95, "
 #: The kit's problem for every SB3 example: SB3's heads have biases.
 _KIT = {"actor_bias": True, "critic_bias": True, "dtype": "float32"}
 
+#: SB3's ``PPO.train()`` with `SB3_PPO_KWARGS` (an `SB3Update`; check it with `SB3_PPO_OPTIONS`).
 update_sb3_ppo_torch = SB3Update("PPO", SB3_PPO_KWARGS, name="update_sb3_ppo_torch")
+#: SB3's ``PPO.train()`` with `SB3_PPO_TARGET_KL_KWARGS` (not registered: see there).
 update_sb3_ppo_target_kl_torch = SB3Update("PPO", SB3_PPO_TARGET_KL_KWARGS, name="update_sb3_ppo_target_kl_torch")
+#: SB3's ``A2C.train()`` with every default (check it with `SB3_A2C_OPTIONS`).
 update_sb3_a2c_torch = SB3Update("A2C", {}, name="update_sb3_a2c_torch")
+#: SB3's ``A2C.train()`` with `SB3_A2C_ADAM_KWARGS` (check it with `SB3_A2C_ADAM_OPTIONS`).
 update_sb3_a2c_adam_torch = SB3Update("A2C", SB3_A2C_ADAM_KWARGS, name="update_sb3_a2c_adam_torch")
 
 
