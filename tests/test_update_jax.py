@@ -133,14 +133,16 @@ def test_as_written_gae_equals_the_reference_without_time_limits():
     assert_trace_equals(trace, reference(batch, params, trace))
 
 
-@pytest.mark.xfail(strict=True, reason="PureJaxRL's ppo.py carries done = terminated | truncated into both the "
-                   "bootstrap and the recursion, so a time limit is cut like a termination "
-                   "(https://github.com/luchris429/purejaxrl/issues/20, open); UpdateConfig has no field for it")
-def test_purejaxrl_as_written_cuts_time_limits():
+def test_purejaxrl_as_written_cuts_time_limits_as_declared():
+    """PureJaxRL's ppo.py carries done = terminated | truncated into the bootstrap and the recursion
+    (https://github.com/luchris429/purejaxrl/issues/20, open): declared truncation="cut" it is the reference,
+    and against the contract's bootstrapped GAE it is not."""
     batch, params = rollout(0)
     assert batch["truncated"].any()
     trace = uj.update_purejaxrl_as_written_jax(batch, params)
-    assert_trace_equals(trace, reference(batch, params, trace))
+    assert_trace_equals(trace, reference(batch, params, trace, {**uj.PUREJAXRL_OPTIONS, "truncation": "cut"}))
+    with pytest.raises(AssertionError):
+        assert_trace_equals(trace, reference(batch, params, trace))
 
 
 def test_targets_with_gradient_leave_the_critic_without_gradient():

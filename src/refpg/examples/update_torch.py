@@ -428,9 +428,10 @@ TORCHRL_OPTIONS = {"algorithm": "ppo", "gamma": 0.99, "gae_lambda": 0.95, "clip_
                    "optimizer": "adam", "lr": 0.05, "eps": 1e-8, "flatten": "env_major"}
 
 
-#: `update_torchrl_normalized_torch`'s hyperparameters (float32: TorchRL's std floor is not norm_eps).
-TORCHRL_NORMALIZED_OPTIONS = {**TORCHRL_OPTIONS, "normalize_advantage": "minibatch", "norm_ddof": 1, "norm_eps": 1e-8,
-                              "clip_range_vf": 0.2, "value_clip": "max", "dtype": "float32"}
+#: `update_torchrl_normalized_torch`'s hyperparameters: TorchRL's ``_standardize`` divides by
+#: ``std.clamp_min(eps)`` with eps = float32's resolution, 1e-6 (norm_eps_on="clamp").
+TORCHRL_NORMALIZED_OPTIONS = {**TORCHRL_OPTIONS, "normalize_advantage": "minibatch", "norm_ddof": 1, "norm_eps": 1e-6,
+                              "norm_eps_on": "clamp", "clip_range_vf": 0.2, "value_clip": "max", "dtype": "float32"}
 
 
 def _torchrl_modules(n_states, n_actions, actor_bias, critic_bias, dtype, distribution):
