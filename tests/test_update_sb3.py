@@ -277,6 +277,21 @@ def test_recording_leaves_sb3s_arithmetic_unchanged():
     np.testing.assert_array_equal(last["critic_b"], policy.value_net.bias.detach().numpy()[0])
 
 
+def test_the_batch_values_are_what_sb3s_forward_pass_collects():
+    """collect_rollouts stores self.policy(obs)'s values and log-probabilities; the adapter stores the batch's,
+    which agree with them to a float32 rounding."""
+    batch, params = rollout(4)
+    fn = us.update_sb3_ppo_torch
+    fn(batch, params)
+    policy = fn.model(3, 2, 8, 2).policy
+    us._load(policy, params)
+    obs = torch.as_tensor(batch["states"].reshape(-1))
+    with torch.no_grad():
+        values, logp, _ = policy.evaluate_actions(obs, torch.as_tensor(batch["actions"].reshape(-1)))
+    np.testing.assert_allclose(values.numpy().reshape(8, 2), batch["values"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(logp.numpy().reshape(8, 2), batch["logp_old"], rtol=0, atol=1e-6)
+
+
 def test_global_state_is_restored():
     """Building a model draws its layers' initial weights from torch's generator and train() draws its
     permutations from NumPy's: both generators are left as the caller had them, and every wrapper removed."""
@@ -369,6 +384,14 @@ def test_check_update_finds_nothing_wrong_in_sb3_a2c(name):
     ran = {"update.advantages", "update.returns", "update.loss", "update.gradient", "update.grad_norm",
            "update.optimizer_step", "update.step_count"}
     assert not ran & set(report.not_run_ids), str(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_correct_examples_pass_check_update_across_seeds(seed):
+    for ex in us.CORRECT:
+        report = _check(ex, seed=seed, max_examples=30)
+        assert not report.failures, str(report)
 
 
 #: The planted bugs in the default run (about 7 s together); the other two shrink for 4 to 6 s each and

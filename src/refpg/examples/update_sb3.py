@@ -328,9 +328,10 @@ def _fill(model, b: dict, *, bootstrap_time_limits: bool = True) -> None:
     """Fill ``model.rollout_buffer`` from the batch step by step as ``collect_rollouts`` does, then GAE.
 
     The values, log-probabilities and final-observation values are the
-    batch's (those of the parameters, rounded to float32 as the policy's
-    forward pass gives them); the rewards are float32 as ``DummyVecEnv``
-    returns them. A step that ended by a time limit gets
+    batch's, rounded once to float32 (those of the parameters: SB3's own
+    float32 forward pass, ``self.policy(obs)``, gives the same up to a
+    rounding, which the tests bound); the rewards are float32 as
+    ``DummyVecEnv`` returns them. A step that ended by a time limit gets
     ``gamma * V(final observation)`` added to its reward, with the operand
     types of ``collect_rollouts`` (a float32 array and a float32 tensor of
     shape (1,)); every ended step is an ``episode_start`` for the next.
