@@ -331,6 +331,8 @@ def test_a_bias_free_head_stays_at_zero_in_sb3():
 
 
 def test_bad_inputs_are_named():
+    with pytest.raises(InvalidInputError, match="algorithm should be 'PPO' or 'A2C'"):
+        us.SB3Update("TRPO", {})
     with pytest.raises(InvalidInputError, match="n_steps"):
         us.sb3_ppo_update(n_steps=8)
     with pytest.raises(InvalidInputError, match="actor_bias"):

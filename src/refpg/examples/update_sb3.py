@@ -124,6 +124,8 @@ class SB3Update:
 
     def __init__(self, algorithm: str, kwargs: dict, *, actor_bias: bool = True, critic_bias: bool = True,
                  seed: int = 0, bootstrap_time_limits: bool = True, name: str | None = None):
+        if algorithm not in ("PPO", "A2C"):
+            raise InvalidInputError(f"algorithm should be 'PPO' or 'A2C', actual {algorithm!r}")
         for key in ("n_steps", "env", "device", "seed", "_init_setup_model"):
             if key in kwargs:
                 raise InvalidInputError(f"{key}= is set by the adapter (n_steps is the batch's T, the env a "
