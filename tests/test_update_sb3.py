@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import helpers
+
 from refpg.algorithms.actor_critic import UpdateConfig, actor_critic_update
 from refpg.errors import InvalidInputError, ShapeError
 from refpg.returns import gae
@@ -148,7 +150,7 @@ def test_examples_declare_the_kit_problem_and_cite_their_threads():
     for ex in us.CORRECT + us.BROKEN:
         assert ex.kind == "update" and ex.backend == "torch"
         assert ex.options["actor_bias"] and ex.options["critic_bias"] and ex.options["dtype"] == "float32"
-        UpdateConfig(**{k: v for k, v in ex.options.items() if k not in ("actor_bias", "critic_bias", "dtype")})
+        UpdateConfig(**{k: v for k, v in ex.options.items() if k not in ("actor_bias", "critic_bias", "dtype", "order")})
     names = [ex.name for ex in us.CORRECT + us.BROKEN]
     assert len(names) == len(set(names))
     assert all("https://github.com/" in ex.description for ex in us.BROKEN)
@@ -416,23 +418,18 @@ def test_broken_examples_fail_check_update_with_their_id(ex):
     assert [f.check_id for f in report.failures][0] == ex.expected, str(report)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="kit gap, not SB3: when target_kl stops an update inside an epoch, the "
-                   "trace cannot say which minibatch SB3 drew and refused, and check_update pads the epoch's "
-                   "permutation with the unused samples in sorted order, judges the stop on that minibatch and "
-                   "reports update.step_count (the same stop matches the reference given SB3's own permutations: "
-                   "test_target_kl_stops_where_the_reference_stops)")
-def test_check_update_on_sb3_ppo_with_target_kl():
+def test_check_update_judges_sb3_target_kl_stop_on_its_own_permutations():
+    """A stop inside an epoch leaves the refused minibatch out of the trace: given SB3's own permutations as
+    order=, the stop is judged on that minibatch and the update passes; without them the recorded steps are
+    still compared and the stop is left unjudged, never misjudged."""
     from refpg.conformance import check_update
 
-    report = check_update(us.update_sb3_ppo_target_kl_torch, backend="torch", **us.SB3_PPO_TARGET_KL_OPTIONS,
-                          actor_bias=True, critic_bias=True, dtype="float32")
-    failed = {f.check_id for f in report.failures}
-    if failed and failed != {"update.step_count"}:
-        # Any other failure is not the gap this xfail states: an error, which the xfail does not accept.
-        raise RuntimeError(f"failed with {sorted(failed)}, not update.step_count:\n{report}")
+    ex = next(e for e in us.CORRECT if e.name == "update_sb3_ppo_target_kl_torch")
+    report = helpers.example_report(ex)
     assert report.passed, str(report)
+    without = check_update(ex.fn, backend="torch", **{k: v for k, v in ex.options.items() if k != "order"},
+                           max_examples=5)
+    assert not without.failures, str(without)
 
 
 def test_check_update_on_numpy_arrays_passes_sb3_ppo_too():

@@ -473,6 +473,8 @@ _OPTION_MEANINGS = {
                                "TorchRL)",
     ("update", "truncation"): "bootstrap a time limit from next_values (the contract), or cut it like a "
                               "termination as CleanRL's and PureJaxRL's scripts do",
+    ("update", "advantages"): "GAE computed once per update, or again every epoch with the current critic as "
+                              "TorchRL's PPO tutorial does",
     ("update", "value_loss"): "the per-sample value loss: mse (SB3), half_mse (CleanRL) or smooth_l1 (TorchRL)",
     ("update", "vf_coef"): "the value loss's coefficient in the total loss",
     ("update", "ent_coef"): "the entropy bonus's coefficient (the loss subtracts ent_coef x entropy)",

@@ -60,7 +60,7 @@ __all__ = ["ACParams", "UpdateBatch", "UpdateConfig", "LossTerms", "StepRecord",
            "ALGORITHMS", "VALUE_LOSSES", "VALUE_CLIPS", "FLATTENS", "AC_OPTIMIZERS", "check_params",
            "check_batch", "batch_advantages", "flat_index", "minibatch_loss", "clip_gradient", "optimizer_step",
            "epoch_minibatches", "actor_critic_update", "policy_tables", "exact_gae", "exact_actor_critic_update",
-           "check_order", "KL_STOP_FACTOR"]
+           "check_order", "KL_STOP_FACTOR", "epoch_samples"]
 
 #: `UpdateConfig.algorithm`: PPO's clipped surrogate over epochs and minibatches, or A2C's single step.
 ALGORITHMS = ("ppo", "a2c", "trpo")
@@ -306,6 +306,13 @@ class UpdateConfig:
         as CleanRL's and PureJaxRL's scripts pass ``terminated | truncated`` as
         done; the update is then the library's, and its bias shows in
         `refpg.conformance.check_pipeline_gradient`, not here.
+    advantages : {"once", "per_epoch"}
+        GAE computed once from the batch's values (the PPO paper, SB3,
+        CleanRL), or again at the start of every later epoch with the
+        critic as the previous epoch left it, for ``values``,
+        ``next_values`` and the value clip's old values alike (TorchRL's PPO
+        tutorial and sota-implementations, which call the GAE module every
+        epoch).
     value_loss : {"mse", "half_mse", "smooth_l1"}
         :math:`\ell(v, R)`: :math:`(R - v)^2` (SB3), half of it (CleanRL,
         PureJaxRL), Huber with :math:`\delta = 1` (TorchRL's default).
@@ -364,6 +371,7 @@ class UpdateConfig:
     norm_eps: float = 1e-8
     norm_eps_on: str = "std"
     truncation: str = "bootstrap"
+    advantages: str = "once"
     value_loss: str = "mse"
     vf_coef: float = 0.5
     ent_coef: float = 0.0
@@ -405,6 +413,7 @@ class UpdateConfig:
         s(self, "norm_eps", check_real(self.norm_eps, "norm_eps", low=0.0))
         s(self, "norm_eps_on", check_choice(self.norm_eps_on, "norm_eps_on", ("std", "clamp")))
         s(self, "truncation", check_choice(self.truncation, "truncation", ("bootstrap", "cut")))
+        s(self, "advantages", check_choice(self.advantages, "advantages", ("once", "per_epoch")))
         if self.normalize_advantage is not None and self.norm_eps == 0.0:
             raise InvalidInputError(
                 "norm_eps should be > 0 when normalize_advantage is set (a minibatch of equal advantages has "
@@ -488,6 +497,24 @@ def flat_index(shape: tuple, config: UpdateConfig) -> np.ndarray:
 
 def _flatten(x: np.ndarray, config: UpdateConfig) -> np.ndarray:
     return x.reshape(-1) if config.flatten == "time_major" else x.T.reshape(-1)
+
+
+def epoch_samples(batch: UpdateBatch, config: UpdateConfig, params: ACParams | None = None):
+    """The flat samples, advantages and returns an epoch's minibatches use: (flat dict, adv (M,), ret (M,)).
+
+    `params` None: from the batch's own values. With ``config.advantages == "per_epoch"``, the epochs after
+    the first pass their current parameters: the batch's values and next values are replaced by the
+    critic's, and GAE, the returns and the value clip's old values follow.
+    """
+    if params is not None:
+        v = params.state_values()
+        batch = batch._replace(values=v[batch.states], next_values=v[batch.next_states])
+    adv2, ret2 = batch_advantages(batch, config)
+    flat = {k: _flatten(getattr(batch, k), config) for k in ("states", "actions", "logp_old", "values")}
+    adv, ret = _flatten(adv2, config), _flatten(ret2, config)
+    if config.normalize_advantage == "batch":
+        adv = _normalize(adv, config)
+    return flat, adv, ret
 
 
 def _normalize(adv: np.ndarray, config: UpdateConfig) -> np.ndarray:
@@ -849,12 +876,11 @@ def actor_critic_update(batch, params, config: UpdateConfig | None = None, *, or
                                     f"shuffles minibatches, actual {type(rng).__name__}")
         perms = np.stack([rng.permutation(M) for _ in range(config.n_epochs)])
     adv2, ret2 = batch_advantages(batch, config)
-    flat = {k: _flatten(getattr(batch, k), config) for k in ("states", "actions", "logp_old", "values")}
-    adv, ret = _flatten(adv2, config), _flatten(ret2, config)
-    if config.normalize_advantage == "batch":
-        adv = _normalize(adv, config)
+    flat, adv, ret = epoch_samples(batch, config)
     steps, state, stopped = [], optimizer_state, False
     for e in range(perms.shape[0]):
+        if e > 0 and config.advantages == "per_epoch":
+            flat, adv, ret = epoch_samples(batch, config, params)
         for j, idx in enumerate(epoch_minibatches(perms[e], config)):
             a_mb = adv[idx]
             if config.normalize_advantage == "minibatch":

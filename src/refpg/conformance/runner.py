@@ -167,7 +167,8 @@ def _choices(kind: str, name: str) -> tuple:
         choices = {"algorithm": ac.ALGORITHMS, "value_loss": ac.VALUE_LOSSES, "value_clip": ac.VALUE_CLIPS,
                    "optimizer": ac.AC_OPTIMIZERS, "flatten": ac.FLATTENS, "normalize_advantage": ("batch", "minibatch"),
                    "optimizer_convention": ("torch", "optax"), "kl_direction": ac.KL_DIRECTIONS,
-                   "norm_eps_on": ("std", "clamp"), "truncation": ("bootstrap", "cut")}
+                   "norm_eps_on": ("std", "clamp"), "truncation": ("bootstrap", "cut"),
+                   "advantages": ("once", "per_epoch")}
         if name in choices:
             return tuple(choices[name])
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,

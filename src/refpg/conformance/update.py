@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from refpg._validation import check_choice, check_positive_int
-from refpg.algorithms.actor_critic import (ACParams, UpdateBatch, UpdateConfig, _flatten, _normalize,
+from refpg.algorithms.actor_critic import (ACParams, UpdateBatch, UpdateConfig, _normalize, epoch_samples,
                                            actor_critic_update, batch_advantages, check_order, clip_gradient,
                                            epoch_minibatches, minibatch_loss, optimizer_step, policy_tables,
                                            KL_STOP_FACTOR)
@@ -351,7 +351,7 @@ class _Checker:
         return f"epoch {e}, minibatch {j} (optimiser step {k + 1} of {total})"
 
     def evaluate(self, case) -> list:
-        be, cfg = self.be, self.cfg
+        be = self.be
         params0 = _rounded(case["params"], be)
         batch = _batch(case, be)
         inputs = _shown(batch, params0)
@@ -421,7 +421,7 @@ class _Checker:
         return None
 
     def _trace(self, out, batch, params0, inputs) -> list:
-        cfg, be, s = self.cfg, self.be, self.s
+        cfg, s = self.cfg, self.s
         adv2, ret2 = batch_advantages(batch, cfg)
         scale_adv = float(np.max(np.abs(batch.rewards), initial=0.0) + np.max(np.abs(batch.values), initial=0.0)
                           ) / max(1e-12, 1.0 - cfg.gamma * cfg.gae_lambda * 0.999999)
@@ -446,31 +446,43 @@ class _Checker:
                          ("indices", "update.minibatch_order")):
             if steps and not any(key in st_ for st_ in steps):
                 s.not_run_because(cid, f"the trace's steps have no {key!r}", by_design=True)
-        # The order: given, or read from the trace's indices (checked), or trivial.
+        # The minibatches: from order= (every epoch), trivially (one minibatch per epoch), or as the trace's
+        # indices record them (only the steps taken: a minibatch an early stop refused is not recorded).
+        total = cfg.total_steps(self.M)
+        if spe == 1:
+            s.not_run_because("update.minibatch_order", "one minibatch per epoch: the order of the samples does "
+                                                        "not change the step", by_design=True)
+        recorded = self._recorded_minibatches(steps, spe, inputs)
+        if isinstance(recorded, Outcome):
+            return [recorded]
         order = self._expected_order(steps)
-        if order is None or self.order is not None:
-            got = self._order_from(steps, spe, inputs)
-            if isinstance(got, Outcome):
-                return [got]
-            if got is None and order is None:
-                for cid in ("update.loss", "update.gradient", "update.grad_norm", "update.optimizer_step"):
-                    s.not_run_because(cid, "the update shuffles and neither order= nor the trace's 'indices' say "
-                                           "which samples each step used")
-                return []
-            if got is not None and self.order is not None:
-                o = self._same_order(got, self.order, inputs)
-                if o is not None:
-                    return [o]
-            order = self.order if self.order is not None else got
-        order = order[:1 if cfg.algorithm == "a2c" else cfg.n_epochs]
-        flat = {k: _flatten(getattr(batch, k), cfg) for k in ("states", "actions", "logp_old", "values")}
-        adv, ret = _flatten(adv2, cfg), _flatten(ret2, cfg)
-        if cfg.normalize_advantage == "batch":
-            adv = _normalize(adv, cfg)
-        minibatches = [(e, j, idx) for e in range(order.shape[0]) for j, idx in enumerate(epoch_minibatches(order[e], cfg))]
+        if order is not None:
+            epochs = 1 if cfg.algorithm == "a2c" else cfg.n_epochs
+            minibatches = [(e, j, idx) for e in range(epochs) for j, idx in enumerate(epoch_minibatches(order[e], cfg))]
+            complete = True
+            if recorded is not None and self.order is not None:
+                for k, ((e, j, want), (_, _, got)) in enumerate(zip(minibatches, recorded)):
+                    s.ran("update.minibatch_order")
+                    if not np.array_equal(np.sort(got), np.sort(want)):
+                        return [Outcome("update.minibatch_order",
+                                        f"{self._where(k, e, j)}: the trace's indices should be the minibatch of the "
+                                        f"order passed, actual other samples", {**inputs, "order": order[e]},
+                                        expected=want, actual=got)]
+        elif recorded is not None:
+            minibatches, complete = recorded, False
+        else:
+            for cid in ("update.loss", "update.gradient", "update.grad_norm", "update.optimizer_step",
+                        "update.step_count"):
+                s.not_run_because(cid, "the update shuffles and neither order= nor the trace's 'indices' say "
+                                       "which samples each step used")
+            return []
+        flat, adv, ret = epoch_samples(batch, cfg)
         prev, state = params0, None
         for k, (e, j, idx) in enumerate(minibatches):
             where = self._where(k, e, j)
+            if e > 0 and j == 0 and cfg.advantages == "per_epoch":
+                # GAE again with the function's own critic as the previous epoch left it.
+                flat, adv, ret = epoch_samples(batch, cfg, prev)
             a_mb = _normalize(adv[idx], cfg) if cfg.normalize_advantage == "minibatch" else adv[idx]
             samples = {key: v[idx] for key, v in flat.items()}
             terms = minibatch_loss(prev, samples, a_mb, ret[idx], cfg)
@@ -486,9 +498,12 @@ class _Checker:
                 return []
             if k >= len(steps):
                 return [Outcome("update.step_count",
-                                f"the update should take {len(minibatches)} optimiser steps ({order.shape[0]} "
-                                f"epochs of {spe} minibatches), actual {len(steps)}: the first missing one is "
-                                f"{where}", inputs, expected=len(minibatches), actual=len(steps))]
+                                f"the update should take {total} optimiser steps ({cfg.n_epochs} epochs of {spe} "
+                                f"minibatches), actual {len(steps)}: the first missing one is {where}"
+                                + (f" (its approximate KL {terms.approx_kl:.6g} is within 1.5 target_kl = "
+                                   f"{KL_STOP_FACTOR * cfg.target_kl:.6g}, so target_kl does not stop it)"
+                                   if cfg.target_kl is not None else ""),
+                                inputs, expected=total, actual=len(steps))]
             step = steps[k]
             step_inputs = {**inputs, "step": f"{where}", "indices": idx,
                            **{f"before the step: params[{n!r}]": getattr(prev, n) for n in prev.present()}}
@@ -497,11 +512,19 @@ class _Checker:
                 return [o]
             state = o
             prev = step["params"]
-        if len(steps) > len(minibatches):
+        if len(steps) > total:
             return [Outcome("update.step_count",
-                            f"the update should take {len(minibatches)} optimiser steps ({order.shape[0]} epochs of "
-                            f"{spe} minibatches), actual {len(steps)}", inputs, expected=len(minibatches),
-                            actual=len(steps))]
+                            f"the update should take {total} optimiser steps ({cfg.n_epochs} epochs of {spe} "
+                            f"minibatches), actual {len(steps)}", inputs, expected=total, actual=len(steps))]
+        if not complete and len(steps) < total:
+            if cfg.target_kl is None:
+                return [Outcome("update.step_count",
+                                f"the update should take {total} optimiser steps ({cfg.n_epochs} epochs of {spe} "
+                                f"minibatches; no target_kl to stop it), actual {len(steps)}", inputs,
+                                expected=total, actual=len(steps))]
+            s.not_run_because("update.step_count",
+                              f"the update stopped after {len(steps)} of {total} steps, and the minibatch its "
+                              f"target_kl refused is in neither the trace nor order=: pass order= to judge the stop")
         return []
 
     def _one_step(self, step, prev, terms, state, where, inputs, e, j):
@@ -575,56 +598,47 @@ class _Checker:
         self.s.ran(cid)
         return new_state
 
-    def _order_from(self, steps, spe, inputs):
-        """The (n_epochs, M) permutations read from the trace's indices (None if absent), or an Outcome."""
+    def _recorded_minibatches(self, steps, spe, inputs):
+        """[(epoch, minibatch, indices)] of the steps taken, from the trace's indices, checked: None when the
+        trace has no indices; an Outcome when they are not minibatches of permutations of the batch."""
         if not steps or any("indices" not in st_ for st_ in steps):
             return None
         cfg, M = self.cfg, self.M
-        self.s.ran("update.minibatch_order")
         B = M if spe == 1 else cfg.minibatch_size
         sizes = [min(B, M - k) for k in range(0, M, B)]
         idx = [st_["indices"] for st_ in steps]
-        n_epochs = -(-len(idx) // spe)
-        perms = []
-        for e in range(n_epochs):
+        if spe > 1:
+            self.s.ran("update.minibatch_order")
+        out, perms = [], []
+        for e in range(-(-len(idx) // spe)):
             chunk = idx[e * spe:(e + 1) * spe]
             for j, ix in enumerate(chunk):
                 if ix.size != sizes[j]:
                     return Outcome("update.minibatch_order",
                                    f"epoch {e}, minibatch {j}: the minibatch should have {sizes[j]} samples "
                                    f"(minibatch_size={B} of M = {M}), actual {ix.size}", {**inputs, "indices": ix})
+                out.append((e, j, ix))
             perm = np.concatenate(chunk)
-            if len(chunk) == spe and not np.array_equal(np.sort(perm), np.arange(M)):
-                counts = np.bincount(perm[(perm >= 0) & (perm < M)], minlength=M)
-                twice = np.flatnonzero(counts > 1)
+            bad_range = (perm < 0) | (perm >= M)
+            counts = np.bincount(perm[~bad_range], minlength=M)
+            twice = np.flatnonzero(counts > 1)
+            if bad_range.any() or twice.size or (len(chunk) == spe and (counts == 0).any()):
                 never = np.flatnonzero(counts == 0)
+                what = (f"index {int(perm[bad_range][0])} outside range({M})" if bad_range.any() else
+                        f"sample {int(twice[0])} used {int(counts[twice[0]])} times" if twice.size else
+                        f"sample {int(never[0])} never used")
                 return Outcome("update.minibatch_order",
-                               f"epoch {e}: the minibatches should use every sample of the batch exactly once, actual "
-                               + (f"sample {int(twice[0])} used {int(counts[twice[0]])} times" if twice.size else "")
-                               + (" and " if twice.size and never.size else "")
-                               + (f"sample {int(never[0])} never used" if never.size else "")
-                               + (" (indices out of range)" if not twice.size and not never.size else "")
-                               + "; sampling with replacement, or one epoch's indices drawn per minibatch?",
-                               {**inputs, "indices of the epoch": perm})
-            perms.append(perm)
+                               f"epoch {e}: the minibatches should use every sample of the batch exactly once, "
+                               f"actual {what}; sampling with replacement, or one epoch's indices drawn per "
+                               f"minibatch?", {**inputs, "indices of the epoch": perm})
+            if len(chunk) == spe:
+                perms.append(perm)
         if self.reshuffle and spe > 1 and cfg.algorithm == "ppo":
             for e in range(1, len(perms)):
-                if len(perms[e]) == M and np.array_equal(perms[e], perms[e - 1]):
+                if np.array_equal(perms[e], perms[e - 1]):
                     return Outcome("update.minibatch_order",
                                    f"epoch {e} should visit the samples in a fresh random order, actual the same "
                                    f"permutation as epoch {e - 1}: the minibatch indices are reused across epochs "
                                    f"(a shuffle drawn once, or a PRNG key not split); pass reshuffle=False if that is "
                                    f"the intended design", {**inputs, "indices of the epoch": perms[e]})
-        if len(perms[-1]) != M:  # the update stopped inside an epoch (target_kl): pad with its own order
-            perms[-1] = np.concatenate([perms[-1], np.setdiff1d(np.arange(M), perms[-1])])
-        return np.stack(perms)
-
-    def _same_order(self, got, want, inputs):
-        self.s.ran("update.minibatch_order")
-        n = min(got.shape[0], want.shape[0])
-        for e in range(n):
-            if not np.array_equal(got[e], want[e]):
-                return Outcome("update.minibatch_order", f"epoch {e}: the trace's indices should follow the order "
-                                                         f"passed, actual a different permutation",
-                               {**inputs, "order": want[e]}, expected=want[e], actual=got[e])
-        return None
+        return out

@@ -76,6 +76,7 @@ from refpg.examples._example import Example
 __all__ = [
     "CORRECT",
     "BROKEN",
+    "sb3_permutations",
     "SB3_PPO_KWARGS",
     "SB3_PPO_OPTIONS",
     "SB3_PPO_TARGET_KL_KWARGS",
@@ -615,9 +616,9 @@ SB3_PPO_OPTIONS = {"algorithm": "ppo", "gamma": 0.99, "gae_lambda": 0.95, "clip_
                    "optimizer_convention": "torch", "flatten": "env_major"}
 
 #: PPO with SB3's early stop: ``target_kl=0.01`` (the update stops before the first minibatch whose
-#: approximate KL exceeds 0.015); otherwise `SB3_PPO_KWARGS`. Not registered yet: when the stop falls
-#: inside an epoch, a trace cannot say which minibatch SB3 drew and refused, and check_update judges the
-#: stop on another one (the tests compare it with the reference given SB3's own permutations instead).
+#: approximate KL exceeds 0.015); otherwise `SB3_PPO_KWARGS`. When the stop falls inside an epoch, the
+#: trace cannot say which minibatch SB3 drew and refused, so the example passes SB3's own permutations as
+#: ``order`` (`sb3_permutations`), on which check_update judges the stop.
 SB3_PPO_TARGET_KL_KWARGS = {**SB3_PPO_KWARGS, "target_kl": 0.01}
 #: `update_sb3_ppo_target_kl_torch`'s hyperparameters as `UpdateConfig` fields.
 SB3_PPO_TARGET_KL_OPTIONS = {**SB3_PPO_OPTIONS, "target_kl": 0.01}
@@ -642,6 +643,16 @@ SB3_A2C_ADAM_OPTIONS = {"algorithm": "a2c", "gamma": 0.99, "gae_lambda": 0.95, "
 
 #: The kit's problem for every SB3 example: SB3's heads have biases.
 _KIT = {"actor_bias": True, "critic_bias": True, "dtype": "float32"}
+
+
+def sb3_permutations(n_epochs: int, n_samples: int, seed: int = 0) -> np.ndarray:
+    """The permutations SB3's buffer draws in one ``train()`` of an adapter with this `seed`: (n_epochs, M).
+
+    SB3's ``RolloutBuffer.get`` calls ``np.random.permutation(M)`` once per epoch, and the adapters seed
+    NumPy's global generator with `seed` for the call; NumPy's state is left as it was.
+    """
+    with _numpy_seeded(seed):
+        return np.stack([np.random.permutation(n_samples) for _ in range(n_epochs)])
 
 #: SB3's ``PPO.train()`` with `SB3_PPO_KWARGS` (an `SB3Update`; check it with `SB3_PPO_OPTIONS`).
 update_sb3_ppo_torch = SB3Update("PPO", SB3_PPO_KWARGS, name="update_sb3_ppo_torch")
@@ -788,6 +799,10 @@ CORRECT: tuple[Example, ...] = (
             None, "Stable-Baselines3 2.9.2's own PPO.train() (net_arch=[], batch_size 4, lr 0.05, clip_range_vf "
                   "0.2, ent_coef 0.01, the rest SB3's defaults) on a RolloutBuffer filled as collect_rollouts "
                   "fills it, float32"),
+    Example("update_sb3_ppo_target_kl_torch", "update", update_sb3_ppo_target_kl_torch, "refpg", "torch",
+            {**SB3_PPO_TARGET_KL_OPTIONS, **_KIT, "order": sb3_permutations(10, 16)}, None,
+            "SB3's PPO.train() with target_kl=0.01: the early stop, judged on SB3's own permutations passed as "
+            "order (a stop inside an epoch leaves the refused minibatch out of the trace)"),
     Example("update_sb3_a2c_torch", "update", update_sb3_a2c_torch, "refpg", "torch", {**SB3_A2C_OPTIONS, **_KIT},
             None, "SB3 2.9.2's own A2C.train() with every default: one step on the whole batch, gae_lambda 1, "
                   "torch RMSprop (alpha 0.99, eps 1e-5, lr 7e-4), float32"),
