@@ -174,3 +174,17 @@ def test_bad_arguments_are_named():
         check_update(cleanrl_like(), n_steps=2, n_envs=1, minibatch_size=4)
     with pytest.raises(InvalidInputError, match="n_actions should be >= 2"):
         check_update(cleanrl_like(), n_actions=1)
+
+
+def test_the_readme_worked_sb3_example_runs_and_passes(capsys):
+    """README's "Check your whole agent" example, as written: SB3's own PPO.train() passes check_update."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("stable_baselines3")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Check your whole agent"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "update.optimizer_step" in out, out
