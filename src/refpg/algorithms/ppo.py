@@ -24,9 +24,15 @@ ascend it. ``clip_eps=None`` (theta-level functions and updates only) means
 no clipping: the plain importance-sampled surrogate :math:`L^{CPI}`
 ([Schulman2017] Eq. 6), used by the KL-penalty variant.
 
-Scope: only the policy part of PPO. There is no value loss, entropy bonus or
-gradient-norm clipping (SB3's and CleanRL's ``max_grad_norm``); the critic
-is fixed by `SampleConfig.critic` when the batch is collected.
+Scope: only the policy part of PPO, on any parameterization (and on an LQR
+system). There is no value loss, entropy bonus or gradient-norm clipping
+(SB3's and CleanRL's ``max_grad_norm``); the critic is fixed by
+`SampleConfig.critic` when the batch is collected. The whole actor-critic
+update as libraries run it (a linear actor and critic on one-hot
+observations, GAE on the batch, minibatch normalisation, a clipped value
+loss, the entropy bonus, global-norm clipping, one or two optimisers) is
+`refpg.algorithms.actor_critic.actor_critic_update`, which
+`refpg.conformance.check_update` compares a library's update with.
 """
 
 from __future__ import annotations
