@@ -336,9 +336,10 @@ def _describe_target(case, c, nu) -> str:
     ours = (nu[:, None] * case.pi * ev.A).ravel()
     theirs = (ev.d[:, None] * case.pi * ev.A).ravel()
     cos = float(ours @ theirs / (np.linalg.norm(ours) * np.linalg.norm(theirs)))
+    rel = float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
     return (f"-c sum_s nu(s) sum_a pi A^pi grad log pi, c = {c:g}, nu = buffer state law "
-            f"{np.array2string(nu, precision=3)} (not d = {np.array2string(ev.d, precision=3)}: cosine "
-            f"{cos:.3f} with -(1-gamma) c grad J)")
+            f"{np.array2string(nu, precision=3)} (not d = {np.array2string(ev.d, precision=3)}: against "
+            f"-(1-gamma) c grad J, cosine {cos:.3f}, relative difference {rel:.2f})")
 
 
 @numerics_of_their_own
