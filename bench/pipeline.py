@@ -169,8 +169,8 @@ def _simulate(case, T, N, L, R, B, rng, lam=0.95):
     return g
 
 
-def proxy(n_checks: int, B: int) -> None:
-    case, T, N, L, n_seeds, mask, expected_of = _setup()
+def proxy(n_checks: int, B: int, n_seeds: int) -> None:
+    case, T, N, L, _, mask, expected_of = _setup()
     expected = expected_of(case.mdp, case.pi, T, L, gae_lambda=0.95).actor_w
     k = int(mask.sum())
     alphas = (1e-2, 1e-3, 1e-4)
@@ -202,9 +202,10 @@ def main() -> int:
     p.add_argument("--proxy", type=int, default=0, metavar="N_CHECKS",
                    help="instead: the level on N_CHECKS checks of a vectorised simulation")
     p.add_argument("--minibatch", type=int, default=64, help="with --proxy: the first minibatch's size")
+    p.add_argument("--seeds", type=int, default=200, help="with --proxy: the seeds (calls) of each check")
     args = p.parse_args()
     if args.proxy:
-        proxy(args.proxy, args.minibatch)
+        proxy(args.proxy, args.minibatch, args.seeds)
     else:
         repeats(args.example, args.repeats)
     return 0

@@ -117,11 +117,11 @@ def test_a_flipped_sign_and_a_sum_are_named():
     def summed(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed):
         return {"actor_w": n_steps * n_envs * _numpy(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed)}
 
-    report = check_pipeline_gradient(ascent, n_seeds=30)
+    report = check_pipeline_gradient(ascent, n_seeds=MIN_SEEDS)
     assert "the sign is flipped" in report.failure("pipeline_gradient.unbiased").message
-    report = check_pipeline_gradient(summed, n_seeds=30)
+    report = check_pipeline_gradient(summed, n_seeds=MIN_SEEDS)
     assert "declare reduction='sum' (c = 256" in report.failure("pipeline_gradient.unbiased").message
-    assert check_pipeline_gradient(summed, n_seeds=30, reduction="sum").passed
+    assert check_pipeline_gradient(summed, n_seeds=MIN_SEEDS, reduction="sum").passed
 
 
 def test_the_report_states_its_target_and_weighting():
@@ -202,7 +202,7 @@ def test_a_function_that_ignores_its_seed_is_caught():
 
     report = check_pipeline_gradient(fixed, n_seeds=MIN_SEEDS)
     assert report.failed_ids == ("pipeline_gradient.seeds_differ",), str(report)
-    assert "20 of the 20 calls returned the same gradient" in report.failure("pipeline_gradient.seeds_differ").message
+    assert "50 of the 50 calls returned the same gradient" in report.failure("pipeline_gradient.seeds_differ").message
 
 
 def test_raising_and_mutating_functions():
@@ -229,7 +229,8 @@ def test_advantage_normalisation_is_refused_with_the_reason():
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"n_seeds": 5}, "n_seeds should be >= 20"),
+    ({"n_seeds": 20}, "n_seeds should be >= 50"),
+    ({"n_envs": 4}, "should hold at least 5 samples of every state on average, actual 4.1 of state 2"),
     ({"reduction": "avg"}, "reduction should be one of"),
     ({"minibatch_size": 300}, "minibatch_size should be <= n_steps \\* n_envs = 256"),
     ({"gae_lambda": 1.2}, "gae_lambda should be <= 1"),
