@@ -275,3 +275,16 @@ def test_bad_inputs_are_named():
         expected_pipeline_gradient(mdp, PI, 3, scale=np.inf)
     with pytest.raises(InvalidInputError, match="gamma should be in"):
         expected_pipeline_gradient(mdp, PI, 3, gamma=1.5)
+
+
+def test_sparse_mdp_gives_the_dense_answers():
+    import scipy.sparse as sp
+
+    mdp = _mdp()
+    sparse = TabularMDP(sp.csr_array(mdp.P.reshape(8, 4)), mdp.r, mdp.rho, mdp.gamma, terminal=mdp.terminal)
+    np.testing.assert_allclose(rollout_state_marginals(sparse, PI, 5, 2), rollout_state_marginals(mdp, PI, 5, 2),
+                               rtol=0, atol=1e-15)
+    for name in COLLECTORS:
+        np.testing.assert_allclose(
+            expected_pipeline_gradient(sparse, PI, 5, 2, collector=name, ent_coef=0.1).actor_w,
+            expected_pipeline_gradient(mdp, PI, 5, 2, collector=name, ent_coef=0.1).actor_w, rtol=0, atol=1e-13)
