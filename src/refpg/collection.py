@@ -54,7 +54,8 @@ on across resets. Its mean gradient is :math:`-c(1-\gamma)\nabla J` only when
 :math:`\nu = d`, e.g. when every step ends the episode with probability
 :math:`1-\gamma` whatever the state, and T is long (:math:`\nu` tends to the
 stationary law of the reset chain, which is then d). In general it is not
-the gradient of any objective [Nota2020]; `refpg.conformance.check_pipeline_gradient`
+the gradient of any objective [Nota2020];
+`refpg.conformance.pipeline.check_pipeline_gradient`
 tests a library against this mean, and says so.
 
 Wrong collectors have exact means too (`COLLECTORS`): the same recursion
