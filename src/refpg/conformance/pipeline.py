@@ -63,8 +63,8 @@ REDUCTIONS = ("mean", "sum")
 #: from the calls' spread, and a call's gradient is a little skewed (a first minibatch of 64 holds about 8
 #: samples of the rarest state), which fattens one tail of t. Measured on 40,000 simulated checks of a correct
 #: pipeline (bench/pipeline.py --proxy 40000 --seeds N), rejections over nominal at alpha = 1e-2, 1e-3, 1e-4:
-#: 1.16, 1.45, 2.0 at 20 seeds; 1.05, 1.05, 2.0 at 50; 1.04, 1.22, 0.75 at 200 (8 and 3 rejections for the last
-#: column, so within Poisson noise of each other).
+#: 1.16, 1.45, 2.0 at 20 seeds; 1.05, 1.05, 2.0 at 50; 1.04, 1.22, 0.75 at 200 (the 1e-4 column rests on 3 to 8
+#: rejections against a nominal 4, within Poisson noise).
 N_SEEDS = 200
 MIN_SEEDS = 50
 #: The buffer of the test: T steps of N environments, episodes cut at 3 steps. T = 8 is not a multiple of
