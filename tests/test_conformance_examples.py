@@ -73,7 +73,7 @@ def _float32_params():
 
 @pytest.mark.parametrize("ex", _float32_params())
 def test_correct_example_passes_in_float32(ex):
-    statistical = ex.kind in ("kl_estimator", "reinforce_estimator", "llm_loss")  # no max_examples: fixed sample sizes
+    statistical = ex.kind in ("kl_estimator", "reinforce_estimator", "llm_loss", "pipeline_gradient")  # fixed sample sizes
     # A whole update is one call per case of a library's train(): a few cases of float32 suffice.
     cases = 10 if ex.kind == "update" else 50
     report = _run(ex, dtype="float32", **({} if statistical else {"max_examples": cases}))

@@ -446,6 +446,21 @@ _OPTION_MEANINGS = {
     ("gaussian_ppo_loss", "ddof"): "delta degrees of freedom of the normalising std; none is the convention's",
     ("gaussian_ppo_loss", "adv_eps"): "the eps added to the advantages' std; none is the convention's",
     # check_update: the drawn problem, then the update's hyperparameters (UpdateConfig)
+    # check_pipeline_gradient
+    ("pipeline_gradient", "n_seeds"): "calls of TARGET, one buffer each from its own seed (at least 50)",
+    ("pipeline_gradient", "n_steps"): "rollout length T of each buffer TARGET collects",
+    ("pipeline_gradient", "n_envs"): "parallel environments N of each buffer",
+    ("pipeline_gradient", "max_episode_steps"): "the environments' time limit (short, so that truncations are many)",
+    ("pipeline_gradient", "gae_lambda"): "the lambda passed to TARGET; with the exact critic the target does not "
+                                         "depend on it",
+    ("pipeline_gradient", "actor_bias"): "the actor's logits have a bias vector whose gradient TARGET returns",
+    ("pipeline_gradient", "critic_bias"): "the critic has a bias (set so that V is exact)",
+    ("pipeline_gradient", "reduction"): "how TARGET's loss reduces the minibatch: mean (c = 1) or sum (c = its size)",
+    ("pipeline_gradient", "minibatch_size"): "the size of the first minibatch; none: the whole buffer",
+    ("pipeline_gradient", "ent_coef"): "the entropy coefficient of TARGET's loss (its exact mean gradient is added)",
+    ("pipeline_gradient", "normalize_advantage"): "must be false: a normalised advantage's mean gradient is not the "
+                                                  "policy gradient's",
+    ("pipeline_gradient", "alpha"): "the family-wise false-alarm rate of the Student-t test",
     ("update", "n_states"): "states S of the drawn tabular problems (one-hot observations of length S)",
     ("update", "n_actions"): "actions A of the drawn problems, at least 2",
     ("update", "n_steps"): "rollout length T of the batch (a library's n_steps)",

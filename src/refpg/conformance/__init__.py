@@ -27,6 +27,7 @@ from refpg.conformance.gaussian import (GAUSSIAN_KL_CONVENTIONS, GAUSSIAN_LOG_PR
 from refpg.conformance.gaussian_ppo import GAUSSIAN_PPO_CONVENTIONS, check_gaussian_ppo_loss
 from refpg.conformance.gaussian_squashed import SQUASHED_CONVENTIONS, check_squashed_log_prob
 from refpg.conformance.update import UPDATE_CONVENTIONS, check_update
+from refpg.conformance.pipeline import PIPELINE_CONVENTIONS, check_pipeline_gradient
 from refpg.conformance.report import Counterexample, Failure, Report, assert_conforms
 
 __all__ = ["CHECKS", "KINDS", "check", "register", "Counterexample", "Failure", "GAE_CONVENTIONS", "PPO_CONVENTIONS", "Report", "VALUE_CONVENTIONS",
@@ -36,4 +37,5 @@ __all__ = ["CHECKS", "KINDS", "check", "register", "Counterexample", "Failure", 
            "check_token_policy_loss", "KL_PENALTY_CONVENTIONS", "check_kl_penalty",
            "GAUSSIAN_LOG_PROB_CONVENTIONS", "check_gaussian_log_prob", "GAUSSIAN_KL_CONVENTIONS",
            "check_gaussian_kl", "SQUASHED_CONVENTIONS", "check_squashed_log_prob", "GAUSSIAN_PPO_CONVENTIONS",
-           "check_gaussian_ppo_loss", "UPDATE_CONVENTIONS", "check_update"]
+           "check_gaussian_ppo_loss", "UPDATE_CONVENTIONS", "check_update",
+           "PIPELINE_CONVENTIONS", "check_pipeline_gradient"]

@@ -49,6 +49,7 @@ def _checks() -> dict:
     from refpg.conformance.gaussian_ppo import check_gaussian_ppo_loss
     from refpg.conformance.gaussian_squashed import check_squashed_log_prob
     from refpg.conformance.update import check_update
+    from refpg.conformance.pipeline import check_pipeline_gradient
 
     return {"gae": check_gae, "ppo_loss": check_ppo_loss, "value_loss": check_value_loss,
             "kl_estimator": check_kl_estimator, "reinforce_estimator": check_reinforce_estimator,
@@ -57,7 +58,7 @@ def _checks() -> dict:
             "llm_loss": check_llm_loss, "kl_penalty": check_kl_penalty,
             "gaussian_log_prob": check_gaussian_log_prob, "gaussian_kl": check_gaussian_kl,
             "squashed_log_prob": check_squashed_log_prob, "gaussian_ppo_loss": check_gaussian_ppo_loss,
-            "update": check_update}
+            "update": check_update, "pipeline_gradient": check_pipeline_gradient}
 
 
 #: The check of each kind: ``CHECKS[kind](fn, **options)`` returns a `refpg.conformance.Report`.
@@ -80,6 +81,7 @@ def _conventions() -> dict:
     from refpg.conformance.gaussian_ppo import GAUSSIAN_PPO_CONVENTIONS
     from refpg.conformance.gaussian_squashed import SQUASHED_CONVENTIONS
     from refpg.conformance.update import UPDATE_CONVENTIONS
+    from refpg.conformance.pipeline import PIPELINE_CONVENTIONS
 
     return {"gae": tuple(GAE_CONVENTIONS), "ppo_loss": tuple(PPO_CONVENTIONS),
             "value_loss": tuple(VALUE_CONVENTIONS), "kl_estimator": tuple(KL_CONVENTIONS),
@@ -89,7 +91,7 @@ def _conventions() -> dict:
             "kl_penalty": tuple(KL_PENALTY_CONVENTIONS),
             "gaussian_log_prob": tuple(GAUSSIAN_LOG_PROB_CONVENTIONS), "gaussian_kl": tuple(GAUSSIAN_KL_CONVENTIONS),
             "squashed_log_prob": tuple(SQUASHED_CONVENTIONS), "gaussian_ppo_loss": tuple(GAUSSIAN_PPO_CONVENTIONS),
-            "update": tuple(UPDATE_CONVENTIONS)}
+            "update": tuple(UPDATE_CONVENTIONS), "pipeline_gradient": tuple(PIPELINE_CONVENTIONS)}
 
 
 #: The conventions each kind's check accepts, kind -> tuple of names.
@@ -138,7 +140,7 @@ NULLABLE_OPTIONS = {("ppo_loss", "dual_clip"), ("ppo_loss", "eps_low"), ("ppo_lo
     ("squashed_log_prob", "pre_tanh"), ("squashed_log_prob", "eps")} | {
     ("gaussian_ppo_loss", k) for k in ("normalize", "ddof", "adv_eps")} | {
     ("update", k) for k in ("order", "clip_range_vf", "minibatch_size", "normalize_advantage", "max_grad_norm",
-                            "critic_lr", "target_kl")}
+                            "critic_lr", "target_kl")} | {("pipeline_gradient", "minibatch_size")}
 
 
 class Option(NamedTuple):
@@ -171,6 +173,9 @@ def _choices(kind: str, name: str) -> tuple:
                    "advantages": ("once", "per_epoch")}
         if name in choices:
             return tuple(choices[name])
+    if kind == "pipeline_gradient" and name == "reduction":
+        from refpg.conformance.pipeline import REDUCTIONS
+        return tuple(REDUCTIONS)
     return {"convention": CONVENTIONS[kind], "backend": BACKENDS, "dtype": DTYPES, "objective": OBJECTIVES,
             "normalize": ("none", "batch"), "style": VALUE_STYLES, "normalization": NORMALIZATIONS,
             "clip_fraction": CLIP_FRACTIONS, "output": tuple(GAE_OUTPUTS),

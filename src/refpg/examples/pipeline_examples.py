@@ -30,7 +30,8 @@ from refpg.examples._example import Example
 
 __all__ = ["CORRECT", "BROKEN", "sb3_ppo_pipeline", "sb3_ppo_default_normalization", "cleanrl_style_pipeline",
            "cleanrl_ppo_as_published", "cleanrl_terminations_only", "cleanrl_next_step_autoreset",
-           "numpy_a2c_pipeline", "numpy_last_step_not_bootstrapped", "numpy_truncation_bootstraps_current"]
+           "numpy_a2c_pipeline", "numpy_last_step_not_bootstrapped", "numpy_truncation_bootstraps_current",
+           "jax_ppo_pipeline"]
 
 
 @contextlib.contextmanager
@@ -234,6 +235,19 @@ def cleanrl_next_step_autoreset(make_env, params, n_steps, n_envs, gamma, gae_la
 def _numpy_gradient(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed, *, bug: str | None = None):
     """Collect on SyncVectorEnv (same-step autoreset), GAE with the flags of docs/conventions.md, and the
     gradient of -mean(log pi(a|s) A) over the whole batch written out: (onehot(a) - pi(.|s)) A per sample."""
+    s, a, A = _numpy_rollout(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed, bug=bug)
+    W = params["actor_w"]
+    z = np.exp(W[s] - W[s].max(axis=1, keepdims=True))
+    score = -z / z.sum(axis=1, keepdims=True)
+    score[np.arange(s.size), a] += 1.0
+    grad = np.zeros_like(W)
+    np.add.at(grad, s, -score * A[:, None] / s.size)
+    return {"actor_w": grad}
+
+
+def _numpy_rollout(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed, *, bug: str | None = None):
+    """(states, actions, GAE advantages), flat, of one buffer collected on SyncVectorEnv (same-step autoreset)
+    by the logits table ``params["actor_w"]``, with the critic ``params["critic_w"]``."""
     import gymnasium as gym
 
     envs = gym.vector.SyncVectorEnv([make_env] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -267,13 +281,7 @@ def _numpy_gradient(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed, 
     for t in reversed(range(T)):
         acc = delta[t] + carry[t] * acc
         adv[t] = acc
-    s, a, A = states.ravel(), actions.ravel(), adv.ravel()
-    z = np.exp(W[s] - W[s].max(axis=1, keepdims=True))
-    score = -z / z.sum(axis=1, keepdims=True)
-    score[np.arange(s.size), a] += 1.0
-    grad = np.zeros_like(W)
-    np.add.at(grad, s, -score * A[:, None] / s.size)
-    return {"actor_w": grad}
+    return states.ravel(), actions.ravel(), adv.ravel()
 
 
 def numpy_a2c_pipeline(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed):
@@ -289,6 +297,35 @@ def numpy_last_step_not_bootstrapped(make_env, params, n_steps, n_envs, gamma, g
 def numpy_truncation_bootstraps_current(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed):
     """A truncated step bootstraps V(s_t), the value stored for the step, not V(final observation)."""
     return _numpy_gradient(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed, bug="bootstrap_current")
+
+
+_JAX_GRAD = {}
+
+
+def _jax_ppo_grad():
+    """PPO's clipped loss at its first step, differentiated by jax.grad and jitted once per process."""
+    if "fn" not in _JAX_GRAD:
+        import jax
+        import jax.numpy as jnp
+
+        def loss(W, s, a, A):
+            logp = jax.nn.log_softmax(W[s], axis=-1)[jnp.arange(s.shape[0]), a]
+            ratio = jnp.exp(logp - jax.lax.stop_gradient(logp))
+            return -jnp.mean(jnp.minimum(ratio * A, jnp.clip(ratio, 0.8, 1.2) * A))
+
+        _JAX_GRAD["fn"] = jax.jit(jax.grad(loss))
+    return _JAX_GRAD["fn"]
+
+
+def jax_ppo_pipeline(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed):
+    """The NumPy collector, then PPO's clipped loss differentiated by ``jax.grad`` in float64 (x64 mode): at
+    the first step the ratio is exp(logp - stop_gradient(logp)) = 1, as a jitted PPO loss sees it."""
+    import jax
+
+    s, a, A = _numpy_rollout(make_env, params, n_steps, n_envs, gamma, gae_lambda, seed)
+    with jax.enable_x64(True):
+        grad = _jax_ppo_grad()(params["actor_w"], s, a, A)
+        return {"actor_w": np.asarray(grad)}
 
 
 # -- the zoo -------------------------------------------------------------------------------------------------
@@ -312,6 +349,9 @@ CORRECT: tuple[Example, ...] = (
              "infos['final_obs'] on SyncVectorEnv with same-step autoreset", **_CLEANRL),
     _example(numpy_a2c_pipeline, "numpy",
              "NumPy A2C: GAE with the conventions' flags, the gradient of -mean(log pi A) written out"),
+    _example(jax_ppo_pipeline, "jax",
+             "the NumPy collector with PPO's clipped loss differentiated by jax.grad in float64 (ratio 1 at the "
+             "first step through stop_gradient)"),
 )
 
 #: Broken pipelines: each fails `check_pipeline_gradient` with its ``expected`` check id.
