@@ -386,6 +386,9 @@ class _Checker:
     def _final(self, final, batch, params0, inputs) -> list:
         cfg = self.cfg
         order = self._expected_order(None)
+        if cfg.algorithm == "trpo":
+            from refpg.conformance.update_trpo import trpo_final_outcomes
+            return trpo_final_outcomes(self, final, batch, params0, inputs, order)
         if order is None:
             self.s.not_run_because("update.final_params", "the function returns only the final parameters and "
                                                           "shuffles: pass order= (an (n_epochs, M) array of "
@@ -417,7 +420,7 @@ class _Checker:
         if self.order is not None:
             return self.order
         if cfg.steps_per_epoch(self.M) == 1:
-            return np.tile(np.arange(self.M), (cfg.n_epochs, 1))
+            return np.tile(np.arange(self.M), (cfg.n_critic_updates if cfg.algorithm == "trpo" else cfg.n_epochs, 1))
         return None
 
     def _trace(self, out, batch, params0, inputs) -> list:
