@@ -22,6 +22,7 @@ from refpg.algorithms.actor_critic_trpo import (
     batch_surrogate,
     check_trpo_config,
     critic_loss,
+    exact_trpo_actor_critic_update,
     sb3_conjugate_gradient,
     trpo_actor_critic_update,
     with_actor_vector,
@@ -400,6 +401,65 @@ def test_critic_loss_gradient_by_finite_differences():
             up = critic_loss(params._replace(critic_w=params.critic_w + e), samples, R, cfg).loss
             dn = critic_loss(params._replace(critic_w=params.critic_w - e), samples, R, cfg).loss
             np.testing.assert_allclose(terms.grad.critic_w[j], (up - dn) / (2 * h), rtol=0, atol=1e-8)
+
+
+# -- exact mode ------------------------------------------------------------------------------------------
+
+def test_exact_mode_is_the_exact_trpo_step():
+    """lambda = 1, the MDP's gamma and the exact critic: g = (1 - gamma) grad J, F = refpg.fisher's matrix, and
+    the step from the exact solve is refpg.algorithms.trpo.trpo_step's exact full step."""
+    from refpg.algorithms.trpo import trpo_step
+    from refpg.envs.classic import garnet
+    from refpg.evaluation import policy_evaluation
+    from refpg.fisher import fisher_matrix
+    from refpg.gradient import policy_gradient
+    from refpg.policies import TabularSoftmax
+
+    for seed in range(3):
+        mdp = garnet(5, 3, 2, seed=seed, gamma=0.9)
+        rng = np.random.default_rng(seed)
+        p = ACParams(rng.normal(size=(5, 3)), None, rng.normal(size=5), None)
+        exact = p._replace(critic_w=policy_evaluation(mdp, policy_tables(p)[1]).V.copy())
+        cfg = UpdateConfig(algorithm="trpo", gamma=0.9, gae_lambda=1.0, max_kl=0.05, cg_damping=0.01,
+                           n_critic_updates=2, optimizer="sgd", lr=0.1)
+        res = exact_trpo_actor_critic_update(mdp, exact, cfg)
+        ps, pol = res.policy_step, TabularSoftmax(5, 3)
+        np.testing.assert_allclose(ps.gradient, 0.1 * policy_gradient(mdp, pol, exact.actor_w).ravel(), rtol=0,
+                                   atol=1e-15)
+        np.testing.assert_allclose(ps.fisher, fisher_matrix(mdp, pol, exact.actor_w), rtol=0, atol=1e-15)
+        A = ps.fisher + 0.01 * np.eye(15)
+        full = np.sqrt(2 * 0.05 / (ps.exact_direction @ A @ ps.exact_direction)) * ps.exact_direction
+        theirs = trpo_step(mdp, pol, exact.actor_w, max_kl=0.05, mode="exact", cg_iters=30, damping=0.01,
+                           shrink=0.8, max_backtracks=9)
+        np.testing.assert_allclose(full, theirs.full_step.ravel(), rtol=0, atol=1e-12)
+        # sb3-contrib's absolute stopping rule leaves CG within sqrt(1e-10) / lambda_min of the solve.
+        assert np.linalg.norm(ps.direction - ps.exact_direction) <= 1e-5 / np.linalg.eigvalsh(A).min()
+        assert ps.accepted and theirs.accepted and ps.coefficient == theirs.step_fraction
+        # The critic is already exact: the value loss's gradient is zero and SGD leaves it (Adam would blow its
+        # rounding-level second gradient up to a step of about lr / 10).
+        np.testing.assert_allclose(res.params.critic_w, exact.critic_w, rtol=0, atol=1e-12)
+        assert len(res.steps) == 3 and res.steps[0].indices.size == 15
+
+
+def test_exact_mode_normalises_with_weighted_moments_and_refuses_minibatches():
+    from refpg.envs.classic import garnet
+
+    mdp = garnet(4, 2, 2, seed=7, gamma=0.9)
+    rng = np.random.default_rng(7)
+    p = ACParams(rng.normal(size=(4, 2)), rng.normal(size=2), rng.normal(size=4), np.asarray(0.3))
+    cfg = UpdateConfig(algorithm="trpo", normalize_advantage="batch", n_critic_updates=1)
+    step = exact_trpo_actor_critic_update(mdp, p, cfg).steps[0]
+    from refpg.evaluation import policy_evaluation
+
+    pi = policy_tables(p)[1]
+    om = policy_evaluation(mdp, pi).d[:, None] * pi
+    w = om.ravel()[step.indices] / om.sum()
+    assert abs(np.dot(w, step.advantages)) < 1e-12
+    np.testing.assert_allclose(np.dot(w, step.advantages ** 2), 1.0, rtol=1e-6)
+    with pytest.raises(InvalidInputError, match="exact mode has no minibatches"):
+        exact_trpo_actor_critic_update(mdp, p, config())
+    with pytest.raises(ShapeError, match=r"params\['actor_w'\] should have shape \(S, A\) = \(4, 2\)"):
+        exact_trpo_actor_critic_update(mdp, {"actor_w": np.zeros((3, 2)), "critic_w": np.zeros(3)}, cfg)
 
 
 # -- bad input -------------------------------------------------------------------------------------------

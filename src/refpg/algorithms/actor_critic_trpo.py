@@ -64,7 +64,8 @@ from refpg.errors import InvalidInputError, ShapeError
 
 __all__ = ["RESIDUAL_TOL", "CGTrace", "TRPOPolicyStep", "TRPOUpdateResult", "check_trpo_config", "actor_vector",
            "with_actor_vector", "batch_surrogate", "batch_mean_kl", "batch_fisher_matrix", "sb3_conjugate_gradient",
-           "critic_loss", "critic_optimizer_step", "trpo_policy_step", "trpo_actor_critic_update"]
+           "critic_loss", "critic_optimizer_step", "trpo_policy_step", "trpo_actor_critic_update",
+           "exact_trpo_actor_critic_update"]
 
 #: sb3-contrib's conjugate gradient stops once the squared residual norm is below this (``residual_tol``).
 RESIDUAL_TOL = 1e-10
@@ -588,6 +589,89 @@ def trpo_actor_critic_update(batch, params, config: UpdateConfig, *, order=None,
             prev, state = critic_optimizer_step(prev, clipped, state, config)
             steps.append(StepRecord(e + 1, j, idx.copy(), adv[idx], ret[idx], terms.loss, 0.0, terms.value_loss,
                                     0.0, terms.approx_kl, 0.0, terms.grad, gnorm, clipped, prev))
+    state = OptimizerState(None, None) if state is None else state
+    return TRPOUpdateResult(prev, adv2, ret2, tuple(steps), False, state, pstep)
+
+
+def exact_trpo_actor_critic_update(mdp, params, config: UpdateConfig, *,
+                                   optimizer_state: OptimizerState | None = None) -> TRPOUpdateResult:
+    r"""The infinite-sample limit of `trpo_actor_critic_update`: every batch mean becomes an expectation.
+
+    The samples are the pairs (s, a) with weight :math:`d^{\pi_{old}}_\rho(s)\,\pi_{old}(a|s)` (the MDP's
+    normalised occupancy), each advantage its conditional mean
+    `refpg.algorithms.actor_critic.exact_gae` :math:`\bar A(s, a)` and each return
+    :math:`\bar A + V_{w_{old}}(s)`, as in `refpg.algorithms.actor_critic.exact_actor_critic_update`:
+
+    .. math::
+        L(\theta) = \mathbb E_{d\times\pi_{old}}[r\bar A],\quad
+        F = \mathbb E_{s\sim d}\big[J_s^\top(\mathrm{diag}\,\pi - \pi\pi^\top)J_s\big],\quad
+        \overline{D}_{KL} = \mathbb E_{s\sim d}[KL],
+
+    then the same conjugate gradient, step size and line search, and
+    `n_critic_updates` full-batch critic steps on
+    :math:`\mathbb E[\ell(V_w(s), \bar R)]` ([Schulman2015] Eq. 14 and
+    Appendix C). ``normalize_advantage="batch"`` uses the moments of
+    :math:`\bar A` under the same weights. With ``gae_lambda=1``, the
+    MDP's gamma and the exact critic, :math:`\bar A = A^\pi`, g is
+    :math:`(1-\gamma)\nabla J`, F is `refpg.fisher.fisher_matrix`, and the step
+    is `refpg.algorithms.trpo.trpo_step`'s exact one (the tests check it).
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+    params : ACParams or dict
+        ``actor_w`` of shape (S, A) of the MDP.
+    config : UpdateConfig
+        ``algorithm="trpo"``; ``minibatch_size`` must be None (no minibatches).
+    optimizer_state : OptimizerState or None
+
+    Returns
+    -------
+    TRPOUpdateResult
+        ``advantages`` and ``returns`` are :math:`\bar A` and :math:`\bar R` (S, A); the steps' indices
+        are the pairs s A + a with positive weight.
+    """
+    from refpg.algorithms.actor_critic import exact_gae
+    from refpg.evaluation import check_mdp, policy_evaluation
+
+    if not isinstance(config, UpdateConfig):
+        raise InvalidInputError(f"config should be an UpdateConfig, actual {type(config).__name__}")
+    check_trpo_config(config)
+    if config.minibatch_size is not None:
+        raise InvalidInputError(f"exact mode has no minibatches: minibatch_size should be None, actual "
+                                f"{config.minibatch_size!r}")
+    check_mdp(mdp)
+    params = check_params(params)
+    if params.actor_w.shape != (mdp.n_states, mdp.n_actions):
+        raise ShapeError(f"params['actor_w'] should have shape (S, A) = ({mdp.n_states}, {mdp.n_actions}) of the "
+                         f"MDP, actual {params.actor_w.shape}")
+    logp_old, pi_old = policy_tables(params)
+    ev = policy_evaluation(mdp, pi_old)
+    adv2 = exact_gae(mdp, params, config, pi_old)
+    ret2 = adv2 + params.state_values()[:, None]
+    omega = ev.d[:, None] * pi_old
+    s, a = np.nonzero(omega > 0)
+    w = omega[s, a] / omega[s, a].sum()
+    samples = {"states": s, "actions": a, "logp_old": logp_old[s, a], "values": params.state_values()[s]}
+    adv, ret = adv2[s, a], ret2[s, a]
+    if config.normalize_advantage == "batch":
+        m = float(np.dot(w, adv))
+        std = math.sqrt(float(np.dot(w, (adv - m) ** 2)))
+        adv = (adv - m) / (max(std, config.norm_eps) if config.norm_eps_on == "clamp" else std + config.norm_eps)
+    idx = s * mdp.n_actions + a
+    pstep = trpo_policy_step(params, samples, adv, config, weights=w)
+    after = with_actor_vector(params, pstep.theta)
+    H = -np.sum(pi_old * logp_old, axis=1)[s]
+    grad = _as_actor_params(params, -pstep.gradient)
+    steps = [StepRecord(0, 0, idx, adv, ret, -pstep.surrogate, -pstep.surrogate, 0.0, float(np.dot(w, H)), 0.0,
+                        0.0, grad, float(np.linalg.norm(pstep.gradient)), grad, after)]
+    state, prev = optimizer_state, after
+    for e in range(config.n_critic_updates):
+        terms = critic_loss(prev, samples, ret, config, weights=w)
+        clipped, gnorm = clip_gradient(terms.grad, config)
+        prev, state = critic_optimizer_step(prev, clipped, state, config)
+        steps.append(StepRecord(e + 1, 0, idx, adv, ret, terms.loss, 0.0, terms.value_loss, 0.0, terms.approx_kl,
+                                0.0, terms.grad, gnorm, clipped, prev))
     state = OptimizerState(None, None) if state is None else state
     return TRPOUpdateResult(prev, adv2, ret2, tuple(steps), False, state, pstep)
 
