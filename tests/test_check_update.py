@@ -188,3 +188,25 @@ def test_the_readme_worked_sb3_example_runs_and_passes(capsys):
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "PASSED" in out and "update.optimizer_step" in out, out
+
+
+def test_normalised_advantages_that_are_rounding_noise_are_not_judged():
+    """(A - mean) / (std + eps) of nearly equal float32 advantages is rounding noise: such a step's loss and
+    gradient cannot be judged; well-spread advantages, and any float64 ones, can."""
+    from refpg.algorithms.actor_critic import UpdateConfig
+    from refpg.conformance._harness import Backend, Session
+    from refpg.conformance.update import _Checker
+
+    cfg = UpdateConfig(normalize_advantage="minibatch", minibatch_size=4)
+
+    def checker(dtype):
+        session = Session("update", lambda b, p: p, "refpg", Backend("torch", dtype), max_examples=1, seed=0,
+                          options={})
+        return _Checker(session, cfg, 3, 2, 4, 2, None, True)
+
+    nearly_equal = np.array([0.7, 0.7, 0.7 + 2e-5, 0.7])  # std 1e-5: float32's rounding amplified 1e5 times
+    spread = np.array([0.7, -0.2, 1.3, 0.1])
+    assert checker("float32")._undetermined(nearly_equal)
+    assert not checker("float32")._undetermined(spread)
+    assert not checker("float64")._undetermined(nearly_equal)
+    assert checker("float64")._undetermined(np.array([0.7, 0.7, 0.7 + 1e-9, 0.7]))

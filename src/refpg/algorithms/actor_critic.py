@@ -451,6 +451,11 @@ class UpdateConfig:
         s(self, "n_critic_updates", check_positive_int(self.n_critic_updates, "n_critic_updates", minimum=0))
         s(self, "kl_direction", check_choice(self.kl_direction, "kl_direction", KL_DIRECTIONS))
 
+    def _replace_normalization(self, normalize_advantage) -> "UpdateConfig":
+        """A copy with another `normalize_advantage` (the raw advantages of a normalising update)."""
+        from dataclasses import replace
+        return replace(self, normalize_advantage=normalize_advantage)
+
     @classmethod
     def from_options(cls, options: dict, *, name: str = "hyperparameters") -> "UpdateConfig":
         """Build from keyword options, naming an unknown one (with the closest field)."""
@@ -463,13 +468,24 @@ class UpdateConfig:
         return cls(**options)
 
     def steps_per_epoch(self, M: int) -> int:
+        """Minibatch steps per epoch (PPO) or per critic epoch (TRPO); 1 for A2C."""
         if self.algorithm == "a2c" or self.minibatch_size is None or self.minibatch_size >= M:
             return 1
         return -(-M // self.minibatch_size)
 
+    @property
+    def epochs(self) -> int:
+        """Passes over the batch that shuffle: PPO's n_epochs, TRPO's n_critic_updates, A2C's one."""
+        return {"a2c": 1, "trpo": self.n_critic_updates}.get(self.algorithm, self.n_epochs)
+
     def total_steps(self, M: int) -> int:
-        """The number of optimiser steps of one update without early stopping."""
-        return 1 if self.algorithm == "a2c" else self.n_epochs * self.steps_per_epoch(M)
+        """The number of optimiser steps of one update without early stopping (TRPO: the policy step and
+        the critic's minibatch steps)."""
+        if self.algorithm == "a2c":
+            return 1
+        if self.algorithm == "trpo":
+            return 1 + self.n_critic_updates * self.steps_per_epoch(M)
+        return self.n_epochs * self.steps_per_epoch(M)
 
 
 # -- advantages ----------------------------------------------------------------------------
@@ -987,6 +1003,9 @@ def exact_actor_critic_update(mdp, params, config: UpdateConfig | None = None, *
     config = UpdateConfig() if config is None else config
     if not isinstance(config, UpdateConfig):
         raise InvalidInputError(f"config should be an UpdateConfig or None, actual {type(config).__name__}")
+    if config.algorithm == "trpo":
+        from refpg.algorithms.actor_critic_trpo import exact_trpo_actor_critic_update
+        return exact_trpo_actor_critic_update(mdp, params, config, optimizer_state=optimizer_state)
     if config.minibatch_size is not None or config.normalize_advantage == "minibatch":
         raise InvalidInputError("exact mode has no minibatches: minibatch_size should be None and "
                                 f"normalize_advantage None or 'batch', actual {config.minibatch_size!r} and "

@@ -288,13 +288,15 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
     cfg = UpdateConfig.from_options(hyperparameters)
+    if cfg.algorithm == "trpo":
+        from refpg.algorithms.actor_critic_trpo import check_trpo_config
+        check_trpo_config(cfg)
     M = T * N
-    if cfg.minibatch_size is not None and cfg.minibatch_size > M and cfg.algorithm == "ppo":
+    if cfg.minibatch_size is not None and cfg.minibatch_size > M and cfg.algorithm != "a2c":
         raise InvalidInputError(f"minibatch_size should be at most the batch size n_steps * n_envs = {M}, "
                                 f"actual {cfg.minibatch_size}")
-    epochs = 1 if cfg.algorithm == "a2c" else cfg.n_epochs
     if order is not None:
-        order = check_order(order, epochs, M)
+        order = check_order(order, cfg.epochs, M)
     named = check_signature(fn, "update", convention, _PARAMS)
     opts = dict(n_states=S, n_actions=A, n_steps=T, n_envs=N, actor_bias=bool(actor_bias),
                 critic_bias=bool(critic_bias), order=None if order is None else "given",
@@ -420,7 +422,7 @@ class _Checker:
         if self.order is not None:
             return self.order
         if cfg.steps_per_epoch(self.M) == 1:
-            return np.tile(np.arange(self.M), (cfg.n_critic_updates if cfg.algorithm == "trpo" else cfg.n_epochs, 1))
+            return np.tile(np.arange(self.M), (cfg.epochs, 1))
         return None
 
     def _trace(self, out, batch, params0, inputs) -> list:
@@ -460,7 +462,7 @@ class _Checker:
             return [recorded]
         order = self._expected_order(steps)
         if order is not None:
-            epochs = 1 if cfg.algorithm == "a2c" else cfg.n_epochs
+            epochs = cfg.epochs
             minibatches = [(e, j, idx) for e in range(epochs) for j, idx in enumerate(epoch_minibatches(order[e], cfg))]
             complete = True
             if recorded is not None and self.order is not None:
@@ -480,15 +482,19 @@ class _Checker:
                                        "which samples each step used")
             return []
         flat, adv, ret = epoch_samples(batch, cfg)
+        raw_adv = epoch_samples(batch, cfg._replace_normalization(None))[1] if cfg.normalize_advantage else adv
         prev, state = params0, None
         for k, (e, j, idx) in enumerate(minibatches):
             where = self._where(k, e, j)
             if e > 0 and j == 0 and cfg.advantages == "per_epoch":
                 # GAE again with the function's own critic as the previous epoch left it.
                 flat, adv, ret = epoch_samples(batch, cfg, prev)
+                if cfg.normalize_advantage:
+                    raw_adv = epoch_samples(batch, cfg._replace_normalization(None), prev)[1]
             a_mb = _normalize(adv[idx], cfg) if cfg.normalize_advantage == "minibatch" else adv[idx]
             samples = {key: v[idx] for key, v in flat.items()}
             terms = minibatch_loss(prev, samples, a_mb, ret[idx], cfg)
+            undetermined = self._undetermined(raw_adv if cfg.normalize_advantage == "batch" else raw_adv[idx])
             stop = cfg.target_kl is not None and terms.approx_kl > KL_STOP_FACTOR * cfg.target_kl
             s.ran("update.step_count")
             if stop:
@@ -510,9 +516,13 @@ class _Checker:
             step = steps[k]
             step_inputs = {**inputs, "step": f"{where}", "indices": idx,
                            **{f"before the step: params[{n!r}]": getattr(prev, n) for n in prev.present()}}
-            o = self._one_step(step, prev, terms, state, where, step_inputs, e, j)
+            o = self._one_step(step, prev, terms, state, where, step_inputs, e, j, judge=not undetermined)
             if isinstance(o, Outcome):
                 return [o]
+            if o is None:
+                s.warn("a drawn batch had nearly equal advantages in a minibatch, whose normalised values are "
+                       f"rounding noise in {self.be.dtype}; its steps from there on were not judged")
+                return []
             state = o
             prev = step["params"]
         if len(steps) > total:
@@ -530,10 +540,28 @@ class _Checker:
                               f"target_kl refused is in neither the trace nor order=: pass order= to judge the stop")
         return []
 
-    def _one_step(self, step, prev, terms, state, where, inputs, e, j):
-        """Compare one step's components in order; the optimiser state after it, or the first Outcome."""
+    def _undetermined(self, raw: np.ndarray) -> bool:
+        """Whether normalised advantages are fixed by the backend's precision: (A - mean) / (std + eps) of
+        nearly equal advantages amplifies their rounding, eps_dtype |A|, by 1 / (std + eps). When that
+        exceeds the tolerance, a correct float32 implementation's normalised advantages are rounding
+        noise, and its loss and gradient at the step cannot be judged (its optimiser step still is)."""
         cfg = self.cfg
-        if "loss" in step:
+        if not cfg.normalize_advantage or raw.size <= cfg.norm_ddof:
+            return False
+        std = float(raw.std(ddof=cfg.norm_ddof))
+        denom = max(std, cfg.norm_eps) if cfg.norm_eps_on == "clamp" else std + cfg.norm_eps
+        noise = 4 * np.finfo(self.be.np_dtype).eps * float(np.max(np.abs(raw)))
+        return noise / denom > self.be.tol
+
+    def _one_step(self, step, prev, terms, state, where, inputs, e, j, *, judge=True):
+        """Compare one step's components in order; the optimiser state after it, or the first Outcome.
+
+        `judge` False: the loss and the gradient are not compared (their normalised advantages are
+        rounding noise at the backend's precision), and the function's own gradient feeds the rest."""
+        cfg = self.cfg
+        if not judge and "grad" not in step and "clipped_grad" not in step:
+            return None  # nothing of the function's own to carry the comparison past this step
+        if "loss" in step and judge:
             scale = abs(terms.policy_loss) + cfg.vf_coef * abs(terms.value_loss) + cfg.ent_coef * abs(terms.entropy)
             o = self._cmp("update.loss", "loss", step["loss"], terms.loss, inputs, scale=scale,
                           why=f"{where}: loss = policy loss {terms.policy_loss:.6g} + vf_coef {cfg.vf_coef:g} x value "
@@ -541,7 +569,9 @@ class _Checker:
                               f"{terms.entropy:.6g}, at the parameters before the step")
             if o is not None:
                 return o
-        if "grad" in step:
+        if "grad" in step and not judge:
+            g_in = step["grad"]
+        elif "grad" in step:
             g = step["grad"]
             for name in prev.present():
                 o = self._cmp("update.gradient", f"d loss / d {name}", getattr(g, name), getattr(terms.grad, name),

@@ -31,7 +31,7 @@ from refpg.examples._example import Example
 from refpg.examples import (gae_conventions, gae_layouts_examples, jax_examples, kl_trpo_conventions, ppo_variants,
                             reinforce_losses)
 from refpg.examples import gaussian_examples, llm_advantages, llm_kl, llm_token_losses, llm_whole_losses
-from refpg.examples import pipeline_examples, update_jax, update_sb3, update_torch
+from refpg.examples import pipeline_examples, update_jax, update_sb3, update_torch, update_trpo
 
 __all__ = ["Example", "CORRECT", "BROKEN", "by_name"]
 
@@ -199,7 +199,7 @@ BROKEN: tuple[Example, ...] = (
 #: ``CORRECT`` and ``BROKEN`` tuples.
 _TOPICS = (ppo_variants, gae_conventions, gae_layouts_examples, kl_trpo_conventions, reinforce_losses, jax_examples,
            llm_advantages, llm_token_losses, llm_whole_losses, llm_kl, gaussian_examples, update_torch, update_jax,
-           update_sb3, pipeline_examples)
+           update_sb3, update_trpo, pipeline_examples)
 CORRECT = CORRECT + tuple(ex for topic in _TOPICS for ex in topic.CORRECT)
 BROKEN = BROKEN + tuple(ex for topic in _TOPICS for ex in topic.BROKEN)
 
