@@ -18,13 +18,13 @@ HP = dict(n_epochs=2, minibatch_size=4, normalize_advantage="minibatch", clip_ra
 SHAPE = dict(n_states=3, n_actions=2, n_steps=4, n_envs=2, actor_bias=True, critic_bias=True)
 
 
-def cleanrl_like(*, bug=None, trace=True, gamma=0.9, lam=0.8, seed=0):
+def cleanrl_like(*, bug=None, trace=True, gamma=0.9, lam=0.8, seed=0, lr=0.05):
     """A CleanRL-structured update of a linear actor-critic; `bug` plants one bug."""
     def update(batch, params):
         rng = np.random.default_rng(seed)  # the same order on every call, as a seeded run
         dt = batch["rewards"].dtype
         tp = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        opt = torch.optim.Adam(tp.values(), lr=0.05, eps=1e-8 if bug == "adam_eps" else 1e-5)
+        opt = torch.optim.Adam(tp.values(), lr=lr, eps=1e-8 if bug == "adam_eps" else 1e-5)
         T, N = batch["rewards"].shape
         r, v, nv = batch["rewards"], batch["values"], batch["next_values"]
         term, trunc = batch["terminated"].to(dt), batch["truncated"].to(dt)
@@ -56,8 +56,10 @@ def cleanrl_like(*, bug=None, trace=True, gamma=0.9, lam=0.8, seed=0):
                 newlp = dist.log_prob(b_a[mb])
                 ratio = (newlp - b_lp[mb]).exp()
                 a = b_adv[mb]
-                a = (a - a.mean()) / (a.std() + 1e-8)
+                a = (a - a.mean()) / (a.std(unbiased=bug != "ddof0") + 1e-8)
                 pg = torch.max(-a * ratio, -a * torch.clamp(ratio, 0.8, 1.2)).mean()
+                if bug == "surrogate_max":  # the optimistic bound: max of the two terms instead of min
+                    pg = -torch.max(a * ratio, a * torch.clamp(ratio, 0.8, 1.2)).mean()
                 newv = tp["critic_w"][b_s[mb]] + tp["critic_b"]
                 target = b_adv[mb] if bug == "value_on_advantages" else b_ret[mb]
                 unclipped = (newv - target) ** 2
@@ -210,3 +212,41 @@ def test_normalised_advantages_that_are_rounding_noise_are_not_judged():
     assert not checker("float32")._undetermined(spread)
     assert not checker("float64")._undetermined(nearly_equal)
     assert checker("float64")._undetermined(np.array([0.7, 0.7, 0.7 + 1e-9, 0.7]))
+
+
+def test_a_ratio_clip_bug_is_caught_at_a_library_learning_rate():
+    """At lr = 3e-4 the ratio would stay inside the clip range for a whole update, were logp_old the
+    parameters' own: drawn from a nearby behaviour policy, the clipped branch is reached from the first step."""
+    rep = run(cleanrl_like(bug="surrogate_max", lr=3e-4), lr=3e-4)
+    assert rep.failed_ids and rep.failed_ids[0] == "update.loss", rep
+    on_policy = run(cleanrl_like(bug="surrogate_max", lr=3e-4), lr=3e-4, on_policy=True)
+    assert on_policy.passed and any("ratio clip" in w for w in on_policy.warnings), on_policy
+
+
+def test_a_clip_no_step_reached_is_named_in_a_warning():
+    rep = run(cleanrl_like(lr=3e-4), lr=3e-4)
+    assert rep.passed
+    assert any("no judged step reached the value clip" in w for w in rep.warnings), rep.warnings
+
+
+@pytest.mark.parametrize("bug, words", [("ddof0", "norm_ddof=0"), ("norm_batch_declared_minibatch", None)])
+def test_a_convention_mismatch_names_the_declaration_that_fits(bug, words):
+    if bug == "ddof0":
+        rep = run(cleanrl_like(bug="ddof0"))
+        assert rep.failed_ids[0] in ("update.loss", "update.gradient")
+        assert words in rep.failures[0].message and "instead of the declared 1" in rep.failures[0].message
+    else:  # a correct per-minibatch update declared as normalising the whole batch
+        rep = run(cleanrl_like(), normalize_advantage="batch")
+        assert "normalize_advantage='minibatch'" in rep.failures[0].message, rep.failures[0].message
+
+
+def test_an_empty_trace_fails_the_step_count():
+    rep = run(lambda batch, params: {"steps": []})
+    assert rep.failed_ids == ("update.step_count",) and "actual 0" in rep.failures[0].message
+
+
+def test_final_parameters_of_a_shuffling_update_without_order_say_what_to_pass():
+    rep = run(cleanrl_like(trace=False))
+    assert not rep.failures and not rep.passed
+    reason = next(n.reason for n in rep.not_run if n.check_id == "update.final_params")
+    assert "pass order=" in reason

@@ -470,6 +470,8 @@ _OPTION_MEANINGS = {
     ("update", "order"): "each epoch's permutation of the flat samples, from Python only; unset: read from the "
                          "trace's indices",
     ("update", "reshuffle"): "TARGET draws a fresh permutation every epoch; false accepts one reused order",
+    ("update", "on_policy"): "PPO: false draws logp_old from a nearby behaviour policy so the ratio clip binds "
+                             "from the first step; true uses the parameters' own",
     ("update", "algorithm"): "ppo: epochs of minibatch steps on the clipped surrogate; a2c: one step on "
                              "-mean(log pi * A)",
     ("update", "gamma"): "the discount of the batch's GAE",
@@ -570,7 +572,8 @@ def _check_jobs(args) -> list:
     kwargs = {**common, "convention": convention}
     if args.max_examples is not None:
         if "max_examples" not in accepted:
-            raise UsageError(f"--max-examples does not apply to --kind {kind} (its budget is --option calls=N)")
+            budget = {"pipeline_gradient": "n_seeds"}.get(kind, "calls")
+            raise UsageError(f"--max-examples does not apply to --kind {kind} (its budget is --option {budget}=N)")
         kwargs["max_examples"] = args.max_examples
     options = {}
     for key, text in args.option:
@@ -758,7 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="floating type of the inputs (default float64)")
     ck.add_argument("--seed", type=_integer(0), default=0, help="seed of the drawn inputs (default 0)")
     ck.add_argument("--max-examples", type=_integer(1), default=None, metavar="N",
-                    help="cases per scenario (default 100)")
+                    help="cases per scenario (default: the kind's own, 100 for most kinds and 10 for update, "
+                         "whose every case is a whole update)")
     ck.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                     help="an option of the kind's check (listed below), e.g. --option normalize=batch or "
                          "--option unbiased=false; repeat for several")

@@ -268,12 +268,14 @@ class UpdateConfig:
 
     Attributes
     ----------
-    algorithm : {"ppo", "a2c"}
+    algorithm : {"ppo", "a2c", "trpo"}
         PPO: `n_epochs` passes of minibatch steps on the clipped surrogate.
         A2C: one step on the whole batch with the policy loss
         :math:`-\mathrm{mean}(\log\pi(a|s)\hat A)` (no ratio, no clipping,
         `n_epochs` and `minibatch_size` ignored); REINFORCE with a baseline
-        is A2C with ``gae_lambda=1``.
+        is A2C with ``gae_lambda=1``. TRPO: one natural-gradient step within
+        the trust region, then the critic alone
+        (`refpg.algorithms.actor_critic_trpo`).
     gamma, gae_lambda : float in [0, 1]
         GAE's discount and lambda.
     clip_range : float > 0

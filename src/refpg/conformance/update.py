@@ -59,13 +59,16 @@ _STEP_KEYS = ("params", "indices", "loss", "grad", "grad_norm", "clipped_grad")
 # Values a drawn batch and drawn parameters take: few, so that a shrunk case reads at a glance.
 _REWARDS = (0.0, 1.0, -1.0, 0.5, 2.0)
 _WEIGHTS = (0.0, 0.5, -0.5, 1.0, -1.0, 1.5)
+# Logit offsets of the behaviour policy that drew logp_old: ratios from e^-2 to e^2 at the first step.
+_OFFSETS = (0.0, 0.5, -0.5, 1.0, -1.0)
 
 
 # -- cases ---------------------------------------------------------------------------------------
 
-def _cases(S, A, T, N, actor_bias, critic_bias):
+def _cases(S, A, T, N, actor_bias, critic_bias, behaviour=False):
     """Hypothesis strategy of (params, batch) with a rollout-consistent batch: s_{t+1} is next_states[t]
-    unless the episode ended at t, then a reset state."""
+    unless the episode ended at t, then a reset state. With `behaviour`, logp_old is that of a nearby policy
+    (logit offsets in [-1, 1]; 0 after shrinking), so that PPO's ratio is off 1 from the first step."""
     def table(shape, values):
         return hnp.arrays(np.float64, shape, elements=st.sampled_from(values))
 
@@ -84,13 +87,14 @@ def _cases(S, A, T, N, actor_bias, critic_bias):
         term = d(hnp.arrays(bool, (T, N), elements=st.booleans()))
         trunc = d(hnp.arrays(bool, (T, N), elements=st.booleans())) & ~term
         rewards = d(table((T, N), _REWARDS))
+        offsets = d(table((S, A), _OFFSETS)) if behaviour else np.zeros((S, A))
         states = np.empty((T, N), dtype=np.int64)
         states[0] = s0
         for t in range(1, T):
             done = term[t - 1] | trunc[t - 1]
             states[t] = np.where(done, resets[t - 1], nxt[t - 1])
         return {"params": ACParams(W, b, w, c), "states": states, "actions": actions, "next_states": nxt,
-                "rewards": rewards, "terminated": term, "truncated": trunc}
+                "rewards": rewards, "terminated": term, "truncated": trunc, "behaviour": offsets}
 
     return draw()
 
@@ -98,7 +102,8 @@ def _cases(S, A, T, N, actor_bias, critic_bias):
 def _batch(case, be) -> UpdateBatch:
     """The batch of a case, its floats rounded to the backend's dtype (what the reference sees too)."""
     p = case["params"]
-    logp, _ = policy_tables(p)
+    offsets = case.get("behaviour")
+    logp, _ = policy_tables(p if offsets is None else p._replace(actor_w=p.actor_w + offsets))
     v = p.state_values()
     s, a, ns = case["states"], case["actions"], case["next_states"]
     return UpdateBatch(s, a, be.round(case["rewards"]), case["terminated"], case["truncated"], ns,
@@ -123,7 +128,7 @@ def _user_params(p: ACParams, be) -> dict:
 def _shown(batch: UpdateBatch, params: ACParams) -> dict:
     """What a counterexample shows: the batch's discrete and reward data, and the parameters."""
     shown = {k: getattr(batch, k) for k in ("states", "actions", "rewards", "terminated", "truncated",
-                                            "next_states")}
+                                            "next_states", "logp_old")}
     shown.update({f"params[{k!r}]": v for k, v in params.as_dict().items()})
     return shown
 
@@ -219,6 +224,7 @@ def _read(be, out, like: ACParams, shape: tuple) -> dict:
 def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype: str = "float64",
                  n_states: int = 3, n_actions: int = 2, n_steps: int = 8, n_envs: int = 2,
                  actor_bias: bool = False, critic_bias: bool = False, order: np.ndarray | None = None, reshuffle: bool = True,
+                 on_policy: bool = False,
                  max_examples: int = 10, seed: int = 0, **hyperparameters) -> Report:
     r"""Check a whole PPO or A2C update, step by step, against `refpg.algorithms.actor_critic`.
 
@@ -251,6 +257,14 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
         Whether the update reshuffles between epochs (PPO as SB3, CleanRL
         and TorchRL run it); an update that reuses one permutation in every
         epoch then fails ``update.minibatch_order``.
+    on_policy : bool
+        PPO only. False (default): each batch's ``logp_old`` is that of a
+        nearby behaviour policy (logit offsets up to 1), so the ratio is off
+        1 from the first step and the clipped branches are reached at any
+        learning rate, as in a real update's later epochs; the update must
+        use ``logp_old`` as given (recomputing it from the parameters is a
+        bug this catches). True: ``logp_old`` is the parameters' own, as at
+        an update's first step (A2C and TRPO always draw it so).
     max_examples : int
         Batches drawn before shrinking.
     seed : int
@@ -282,7 +296,8 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
     A = check_positive_int(n_actions, "n_actions", minimum=2)
     T = check_positive_int(n_steps, "n_steps")
     N = check_positive_int(n_envs, "n_envs")
-    for name, flag in (("actor_bias", actor_bias), ("critic_bias", critic_bias), ("reshuffle", reshuffle)):
+    for name, flag in (("actor_bias", actor_bias), ("critic_bias", critic_bias), ("reshuffle", reshuffle),
+                       ("on_policy", on_policy)):
         if not isinstance(flag, (bool, np.bool_)):
             raise InvalidInputError(f"{name} should be True or False, actual {flag!r}")
     max_examples = check_positive_int(max_examples, "max_examples")
@@ -300,8 +315,9 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
     named = check_signature(fn, "update", convention, _PARAMS)
     opts = dict(n_states=S, n_actions=A, n_steps=T, n_envs=N, actor_bias=bool(actor_bias),
                 critic_bias=bool(critic_bias), order=None if order is None else "given",
-                reshuffle=bool(reshuffle), **{k: v for k, v in hyperparameters.items()})
-    strategy = _cases(S, A, T, N, bool(actor_bias), bool(critic_bias))
+                reshuffle=bool(reshuffle), on_policy=bool(on_policy), **{k: v for k, v in hyperparameters.items()})
+    strategy = _cases(S, A, T, N, bool(actor_bias), bool(critic_bias),
+                      behaviour=cfg.algorithm == "ppo" and not on_policy)
 
     def probe(be):
         s = Session("update", fn, convention, be, max_examples=1, seed=seed, options=opts)
@@ -317,6 +333,7 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
     session.declare(*session.generic_ids())
     checker = _Checker(session, cfg, S, A, T, N, order, bool(reshuffle))
     session.run_scenario(strategy, checker.evaluate, ids)
+    checker.warn_unreached()
     return session.report()
 
 
@@ -339,14 +356,85 @@ class _Checker:
         self.order, self.reshuffle = order, reshuffle
         self.M = T * N
         self.be = session.backend
-        session.not_run_because("update.final_params", "the function returned a trace of its steps, which is "
-                                                       "compared step by step", by_design=True)
-        session.not_run_because("update.params", "the trace had the gradients to localise every divergence",
-                                by_design=True)
+        # Which branches of the update the drawn cases reached (reported when one never did).
+        self.active = {"ratio clip": False, "value clip": False, "gradient clip": False}
+
+    def _skip(self, cid: str, reason: str, *, by_design: bool = False) -> None:
+        """Say why `cid` may not run, replacing an earlier reason (the output's form decides it)."""
+        self.s.skip_reasons[cid] = reason
+        (self.s.by_design.add if by_design else self.s.by_design.discard)(cid)
 
     # -- helpers --
-    def _cmp(self, cid, what, actual, expected, inputs, *, scale=0.0, why=""):
-        return self.s.compare(cid, what, actual, expected, inputs, scale=scale, why=why)
+    def _cmp(self, cid, what, actual, expected, inputs, *, scale=0.0, why="", n=None):
+        o = self.s.compare(cid, what, actual, expected, inputs, scale=scale, why=why, n=n,
+                           n_is="the minibatch size")
+        if o is not None and n is not None and n > 1 and cid == "update.gradient":
+            o.message += self._ddof_hint(np.asarray(actual, float), np.asarray(expected, float), n)
+        return o
+
+    #: Declarations a library commonly differs in, tried when a step's loss or gradient fails: each pair is
+    #: (field, alternatives), with what the alternative means.
+    _ALTERNATIVES = (("norm_ddof", {0: "NumPy's std (ddof 0)", 1: "torch's std (ddof 1)"}),
+                     ("normalize_advantage", {"batch": "once over the whole batch", "minibatch": "per minibatch",
+                                              None: "not at all"}),
+                     ("flatten", {"time_major": "t N + n (CleanRL's reshape)", "env_major": "n T + t (SB3's buffer)"}),
+                     ("value_loss", {"mse": "mean((R - v)^2)", "half_mse": "0.5 mean((R - v)^2)",
+                                     "smooth_l1": "Huber"}),
+                     ("value_clip", {"prediction": "the clipped prediction's loss (SB3)",
+                                     "max": "the larger of both losses (CleanRL)"}),
+                     ("truncation", {"bootstrap": "time limits bootstrapped", "cut": "time limits cut like "
+                                                                                    "terminations"}))
+
+    def _alternative_hint(self, cid, step, prev, batch, idx, e) -> str:
+        """Name a declaration under which the function's loss or gradient at this step is the reference's."""
+        from dataclasses import replace
+
+        cfg = self.cfg
+        if cfg.advantages == "per_epoch" and e > 0:
+            return ""
+        found = []
+        for field, meanings in self._ALTERNATIVES:
+            for value, meaning in meanings.items():
+                if value == getattr(cfg, field):
+                    continue
+                if field == "norm_ddof" and cfg.normalize_advantage is None:
+                    continue
+                if field == "value_clip" and cfg.clip_range_vf is None:
+                    continue
+                try:
+                    alt = replace(cfg, **{field: value})
+                    flat, adv, ret = epoch_samples(batch, alt)
+                    a_mb = _normalize(adv[idx], alt) if alt.normalize_advantage == "minibatch" else adv[idx]
+                    terms = minibatch_loss(prev, {k: v[idx] for k, v in flat.items()}, a_mb, ret[idx], alt)
+                except InvalidInputError:
+                    continue
+                if cid == "update.loss":
+                    got, want = np.asarray(step["loss"]), np.asarray(terms.loss)
+                else:
+                    got = np.concatenate([np.ravel(t) for t in step["grad"].tensors()])
+                    want = np.concatenate([np.ravel(t) for t in terms.grad.tensors()])
+                if np.all(np.abs(got - want) <= self.be.tol * (1.0 + np.max(np.abs(want), initial=0.0))):
+                    found.append(f"{field}={value!r} ({meaning}) instead of the declared {getattr(cfg, field)!r}")
+        if not found:
+            return ""
+        return ("; the function's value is the reference's with " + " or with ".join(found)
+                + ": declare it if that is the library's convention, else that is the bug")
+
+    def _ddof_hint(self, actual, expected, n) -> str:
+        """Name the normalisation's ddof when the gradient is the expected one scaled by sqrt(n/(n-1)) or its
+        inverse (a std with the other ddof: NumPy's default 0 against torch's 1)."""
+        cfg = self.cfg
+        if cfg.normalize_advantage is None or not np.any(expected):
+            return ""
+        c = float(np.dot(actual.ravel(), expected.ravel()) / np.dot(expected.ravel(), expected.ravel()))
+        if not np.allclose(actual, c * expected, rtol=1e-3, atol=1e-6 * (1 + np.abs(expected).max())):
+            return ""
+        for factor, used in ((np.sqrt(n / (n - 1)), 0), (np.sqrt((n - 1) / n), 1)):
+            if abs(c - factor) < 1e-3 * factor and used != cfg.norm_ddof:
+                return (f"; actual = {c:.6g} x expected = sqrt({n}/{n - 1})" + (" " if used == 0 else "^-1 ")
+                        + f"x expected: the advantages look normalised with ddof={used} (NumPy's std is ddof 0, "
+                          f"torch's 1) where norm_ddof={cfg.norm_ddof} is declared")
+        return ""
 
     def _where(self, k, e, j):
         total = self.cfg.total_steps(self.M)
@@ -391,23 +479,21 @@ class _Checker:
         if cfg.algorithm == "trpo":
             from refpg.conformance.update_trpo import trpo_final_outcomes
             return trpo_final_outcomes(self, final, batch, params0, inputs, order)
+        for cid in [c for _, c in COMPONENTS] + ["update.minibatch_order", "update.step_count", "update.params"]:
+            self._skip(cid, "the function returns only the final parameters (a trace of its steps would be "
+                            "compared component by component)", by_design=True)
         if order is None:
-            self.s.not_run_because("update.final_params", "the function returns only the final parameters and "
-                                                          "shuffles: pass order= (an (n_epochs, M) array of "
-                                                          "permutations), or return a trace with each step's "
-                                                          "'indices'")
+            self._skip("update.final_params", "the function returns only the final parameters of an update that "
+                                              "shuffles: pass order= (an (n_epochs, M) array of the permutations "
+                                              "it uses), or return a trace with each step's 'indices'")
             return []
-        for _, cid in COMPONENTS:
-            self.s.not_run_because(cid, "the function returns only the final parameters (a trace of its steps "
-                                        "would be compared component by component)", by_design=True)
-        for cid in ("update.minibatch_order", "update.step_count"):
-            self.s.not_run_because(cid, "the function returns only the final parameters", by_design=True)
         ref = actor_critic_update(batch, params0, cfg, order=None if cfg.algorithm == "a2c" else order)
         n = max(len(ref.steps), 1)
         for name in params0.present():
             o = self._cmp("update.final_params", f"params[{name!r}] after the update", getattr(final, name),
                           getattr(ref.params, name), inputs, scale=1.0 * n,
-                          why=f"only the final parameters were returned, after {len(ref.steps)} optimiser steps: "
+                          why=f"only the final parameters were returned, after {len(ref.steps)} optimiser "
+                              f"step{'s' if len(ref.steps) != 1 else ''}: "
                               f"return a trace of the steps (module docstring) to learn which step and "
                               f"component diverge")
             if o is not None:
@@ -444,6 +530,16 @@ class _Checker:
                 return [o]
         steps = out["steps"]
         spe = cfg.steps_per_epoch(self.M)
+        self._skip("update.final_params", "the function returned a trace of its steps, which is compared step by "
+                                          "step", by_design=True)
+        if steps and all("grad" in st_ or "clipped_grad" in st_ for st_ in steps):
+            self._skip("update.params", "the trace has the gradients to tell a wrong gradient from a wrong "
+                                        "optimiser step, so each is judged on its own", by_design=True)
+        if not steps:
+            s.ran("update.step_count")
+            return [Outcome("update.step_count", f"the update should take {cfg.total_steps(self.M)} optimiser "
+                                                 f"steps, actual 0 (trace['steps'] is empty)", inputs,
+                            expected=cfg.total_steps(self.M), actual=0)]
         for key, cid in (("advantages", "update.advantages"), ("returns", "update.returns")):
             if key not in out:
                 s.not_run_because(cid, f"the trace has no {key!r}", by_design=True)
@@ -495,6 +591,7 @@ class _Checker:
             samples = {key: v[idx] for key, v in flat.items()}
             terms = minibatch_loss(prev, samples, a_mb, ret[idx], cfg)
             undetermined = self._undetermined(raw_adv if cfg.normalize_advantage == "batch" else raw_adv[idx])
+            self._note_activity(prev, samples, terms)
             stop = cfg.target_kl is not None and terms.approx_kl > KL_STOP_FACTOR * cfg.target_kl
             s.ran("update.step_count")
             if stop:
@@ -518,6 +615,8 @@ class _Checker:
                            **{f"before the step: params[{n!r}]": getattr(prev, n) for n in prev.present()}}
             o = self._one_step(step, prev, terms, state, where, step_inputs, e, j, judge=not undetermined)
             if isinstance(o, Outcome):
+                if o.check_id in ("update.loss", "update.gradient"):
+                    o.message += self._alternative_hint(o.check_id, step, prev, batch, idx, e)
                 return [o]
             if o is None:
                 s.warn("a drawn batch had nearly equal advantages in a minibatch, whose normalised values are "
@@ -539,6 +638,32 @@ class _Checker:
                               f"the update stopped after {len(steps)} of {total} steps, and the minibatch its "
                               f"target_kl refused is in neither the trace nor order=: pass order= to judge the stop")
         return []
+
+    def _note_activity(self, params, samples, terms) -> None:
+        """Record which clipped branches this step reaches in the reference (for `warn_unreached`)."""
+        cfg = self.cfg
+        if cfg.algorithm == "ppo" and terms.clip_fraction > 0:
+            self.active["ratio clip"] = True
+        if cfg.clip_range_vf is not None:
+            v = params.critic_w[samples["states"]] + (0.0 if params.critic_b is None else params.critic_b)
+            if np.any(np.abs(v - samples["values"]) > cfg.clip_range_vf):
+                self.active["value clip"] = True
+        if cfg.max_grad_norm is not None:
+            norm = float(np.sqrt(sum(np.sum(t * t) for t in terms.grad.tensors())))
+            if norm > cfg.max_grad_norm:
+                self.active["gradient clip"] = True
+
+    def warn_unreached(self) -> None:
+        """Warn about a declared clip that no judged step reached: a bug in its branch would go unseen."""
+        cfg = self.cfg
+        declared = {"ratio clip": cfg.algorithm == "ppo", "value clip": cfg.clip_range_vf is not None,
+                    "gradient clip": cfg.max_grad_norm is not None}
+        missed = [k for k, on in declared.items() if on and not self.active[k]]
+        if missed and self.s.evaluated & {"update.loss", "update.gradient", "update.optimizer_step"}:
+            self.s.warn(f"no judged step reached the {' or the '.join(missed)}: a bug in "
+                        f"{'that branch' if len(missed) == 1 else 'those branches'} would pass unseen. Raise lr "
+                        f"(the steps stay within the clip range at small learning rates), or max_examples; with "
+                        f"on_policy=True the ratio starts at 1")
 
     def _undetermined(self, raw: np.ndarray) -> bool:
         """Whether normalised advantages are fixed by the backend's precision: (A - mean) / (std + eps) of
@@ -563,7 +688,7 @@ class _Checker:
             return None  # nothing of the function's own to carry the comparison past this step
         if "loss" in step and judge:
             scale = abs(terms.policy_loss) + cfg.vf_coef * abs(terms.value_loss) + cfg.ent_coef * abs(terms.entropy)
-            o = self._cmp("update.loss", "loss", step["loss"], terms.loss, inputs, scale=scale,
+            o = self._cmp("update.loss", "loss", step["loss"], terms.loss, inputs, scale=scale, n=inputs["indices"].size,
                           why=f"{where}: loss = policy loss {terms.policy_loss:.6g} + vf_coef {cfg.vf_coef:g} x value "
                               f"loss {terms.value_loss:.6g} - ent_coef {cfg.ent_coef:g} x entropy "
                               f"{terms.entropy:.6g}, at the parameters before the step")
@@ -576,7 +701,7 @@ class _Checker:
             for name in prev.present():
                 o = self._cmp("update.gradient", f"d loss / d {name}", getattr(g, name), getattr(terms.grad, name),
                               inputs, why=f"{where}: the gradient of the loss before clipping, at the parameters "
-                                          f"before the step")
+                                          f"before the step", n=inputs["indices"].size)
                 if o is not None:
                     return o
             g_in = g
@@ -609,7 +734,10 @@ class _Checker:
         for name in prev.present():
             p0, want, got = getattr(prev, name), getattr(expected, name), getattr(after, name)
             delta = want - p0
-            allowed = self.be.tol * float(np.max(np.abs(delta), initial=0.0)) \
+            # Relative to the step, but never to less than lr: a step a billion times smaller than the learning
+            # rate (a gradient shrunk to round-off) is not where an optimiser bug should be shown.
+            lr = cfg.critic_lr if (cfg.critic_lr is not None and name.startswith("critic")) else cfg.lr
+            allowed = self.be.tol * max(float(np.max(np.abs(delta), initial=0.0)), lr) \
                 + 8 * np.finfo(self.be.np_dtype).eps * (1.0 + np.abs(p0))
             err = np.abs(got - want)
             if np.any(err > allowed):
@@ -624,9 +752,12 @@ class _Checker:
                        "from the reference gradient (the trace has no 'grad' or 'clipped_grad', so a wrong gradient "
                        "and a wrong optimiser step look alike here: add them to the trace to tell)")
                 self.s.ran(cid)
+                taken = got[i] - p0[i]
+                rel = abs(taken - delta[i]) / max(abs(delta[i]), 1e-300)
                 return Outcome(cid, f"{where}: {label} after the step should be {want[i] + 0.0:.10g}, actual "
                                     f"{got[i] + 0.0:.10g} (step {delta[i] + 0.0:.6g} expected, "
-                                    f"{got[i] - p0[i] + 0.0:.6g} taken); the step of {opt} {src}",
+                                    f"{taken + 0.0:.6g} taken: {rel:.3g} of the step, far beyond rounding); the step "
+                                    f"of {opt} {src}",
                                inputs, expected=want, actual=got, where=i or None)
         self.s.ran(cid)
         return new_state

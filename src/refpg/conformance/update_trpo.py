@@ -284,10 +284,11 @@ def _judge_actor(checker, judge, theta_user, inputs, where) -> Outcome | None:
     ratio = c_user / c_ref
     hint = _length_hint(judge, c_user, tol_c)
     return Outcome(TRPO_STEP_ID,
-                   f"{where}: the actor moved along the natural direction s, but by {c_user:.6g} x the full step "
-                   f"beta s (beta = sqrt(2 max_kl / s^T (F + damping I) s) = {ref.step_size:.6g}) where "
-                   + (f"the line search accepts coefficient {c_ref:.6g}" if k_ref is not None else
-                      "no try should be accepted") + f": a ratio of {ratio:.6g}." + hint,
+                   f"{where}: the actor's step along the natural direction s should be "
+                   + (f"{c_ref:.6g} x the full step beta s (the coefficient the line search accepts)"
+                      if k_ref is not None else "zero (no try should be accepted)")
+                   + f", actual {c_user:.6g} x beta s (beta = sqrt(2 max_kl / s^T (F + damping I) s) = "
+                   f"{ref.step_size:.6g}): a ratio of {ratio:.6g}." + hint,
                    shown, expected=ref.theta, actual=theta_user)
 
 
