@@ -258,8 +258,9 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
         and TorchRL run it); an update that reuses one permutation in every
         epoch then fails ``update.minibatch_order``.
     on_policy : bool
-        PPO only. False (default): each batch's ``logp_old`` is that of a
-        nearby behaviour policy (logit offsets up to 1), so the ratio is off
+        PPO without ``target_kl`` only. False (default): each batch's
+        ``logp_old`` is that of a nearby behaviour policy (logit offsets up
+        to 1), so the ratio is off
         1 from the first step and the clipped branches are reached at any
         learning rate, as in a real update's later epochs; the update must
         use ``logp_old`` as given (recomputing it from the parameters is a
@@ -316,8 +317,9 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
     opts = dict(n_states=S, n_actions=A, n_steps=T, n_envs=N, actor_bias=bool(actor_bias),
                 critic_bias=bool(critic_bias), order=None if order is None else "given",
                 reshuffle=bool(reshuffle), on_policy=bool(on_policy), **{k: v for k, v in hyperparameters.items()})
+    # A target_kl update would stop at once on a behaviour policy's batch: it is checked on-policy.
     strategy = _cases(S, A, T, N, bool(actor_bias), bool(critic_bias),
-                      behaviour=cfg.algorithm == "ppo" and not on_policy)
+                      behaviour=cfg.algorithm == "ppo" and not on_policy and cfg.target_kl is None)
 
     def probe(be):
         s = Session("update", fn, convention, be, max_examples=1, seed=seed, options=opts)
@@ -466,6 +468,12 @@ class _Checker:
                    "update.output_finite" if "should be finite" in msg else "update.output_shape")
             return outcomes + [Outcome(cid, msg, inputs)]
         self.s.usable += 1
+        if "final" not in out:
+            self._skip("update.final_params", "the function returned a trace of its steps, which is compared step "
+                                              "by step", by_design=True)
+            if out["steps"] and all("grad" in st_ or "clipped_grad" in st_ for st_ in out["steps"]):
+                self._skip("update.params", "the trace has the gradients to tell a wrong gradient from a wrong "
+                                            "optimiser step, so each is judged on its own", by_design=True)
         if self.cfg.algorithm == "trpo" and "final" not in out:
             from refpg.conformance.update_trpo import trpo_trace_outcomes
             return outcomes + trpo_trace_outcomes(self, out, batch, params0, inputs)
@@ -530,12 +538,7 @@ class _Checker:
                 return [o]
         steps = out["steps"]
         spe = cfg.steps_per_epoch(self.M)
-        self._skip("update.final_params", "the function returned a trace of its steps, which is compared step by "
-                                          "step", by_design=True)
-        if steps and all("grad" in st_ or "clipped_grad" in st_ for st_ in steps):
-            self._skip("update.params", "the trace has the gradients to tell a wrong gradient from a wrong "
-                                        "optimiser step, so each is judged on its own", by_design=True)
-        if not steps:
+        if not steps and cfg.target_kl is None:
             s.ran("update.step_count")
             return [Outcome("update.step_count", f"the update should take {cfg.total_steps(self.M)} optimiser "
                                                  f"steps, actual 0 (trace['steps'] is empty)", inputs,

@@ -548,9 +548,9 @@ def trpo_final_outcomes(checker, final: ACParams, batch, params0, inputs, order)
     check_trpo_config(cfg)
     s.declare(TRPO_STEP_ID, tracked=True)
     for cid in ("update.advantages", "update.returns", "update.loss", "update.gradient", "update.grad_norm",
-                "update.optimizer_step", "update.minibatch_order", "update.step_count"):
-        s.not_run_because(cid, "the function returns only the final parameters (a trace of its steps would be "
-                               "compared component by component)", by_design=True)
+                "update.optimizer_step", "update.minibatch_order", "update.step_count", "update.params"):
+        checker._skip(cid, "the function returns only the final parameters (a trace of its steps would be "
+                           "compared component by component)", by_design=True)
     judge = _PolicyJudge(checker, batch, params0)
     where = "the policy step (read from the final parameters: the critic's steps do not move the actor)"
     if judge.ill is None:
@@ -561,9 +561,9 @@ def trpo_final_outcomes(checker, final: ACParams, batch, params0, inputs, order)
     else:
         s.not_run_because(TRPO_STEP_ID, f"on every batch drawn, {judge.ill}")
     if order is None:
-        s.not_run_because("update.final_params", "the function returns only the final parameters and the critic's "
-                                                 "epochs shuffle: pass order= (an (n_critic_updates, M) array of "
-                                                 "permutations), or return a trace with each step's 'indices'")
+        checker._skip("update.final_params", "the function returns only the final parameters and the critic's "
+                                             "epochs shuffle: pass order= (an (n_critic_updates, M) array of "
+                                             "permutations), or return a trace with each step's 'indices'")
         return []
     ref = trpo_actor_critic_update(batch, params0, cfg, order=order)
     n = max(len(ref.steps), 1)
