@@ -330,6 +330,9 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("update", fn, convention, be, max_examples=max_examples, seed=seed, options=opts,
                       warnings=named + warn0)
+    # Every case is a whole update (tens of optimiser steps of the library): 2 s of shrinking already takes
+    # a batch down to a few distinct states and flags, and keeps a failing check of a library short.
+    session.shrink_budget = 2.0
     ids = [cid for _, cid in COMPONENTS] + ["update.params", "update.final_params", "update.minibatch_order",
                                             "update.step_count"]
     session.declare(*session.generic_ids())
