@@ -250,3 +250,13 @@ def test_final_parameters_of_a_shuffling_update_without_order_say_what_to_pass()
     assert not rep.failures and not rep.passed
     reason = next(n.reason for n in rep.not_run if n.check_id == "update.final_params")
     assert "pass order=" in reason
+
+
+def test_a_hyperparameter_the_algorithm_does_not_read_is_named():
+    from refpg.conformance.update import _ignored_options
+    from refpg.algorithms.actor_critic import UpdateConfig
+
+    given = {"algorithm": "ppo", "max_kl": 0.02, "n_epochs": 3}
+    warnings = _ignored_options(UpdateConfig(**given), given)
+    assert warnings == ["max_kl=0.02 is TRPO's and algorithm='ppo' does not read it: is the algorithm declared right?"]
+    assert _ignored_options(UpdateConfig(algorithm="a2c", n_epochs=4), {"algorithm": "a2c", "n_epochs": 4})

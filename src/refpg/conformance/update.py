@@ -304,6 +304,7 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
     max_examples = check_positive_int(max_examples, "max_examples")
     seed = check_positive_int(seed, "seed", minimum=0)
     cfg = UpdateConfig.from_options(hyperparameters)
+    ignored = _ignored_options(cfg, hyperparameters)
     if cfg.algorithm == "trpo":
         from refpg.algorithms.actor_critic_trpo import check_trpo_config
         check_trpo_config(cfg)
@@ -329,7 +330,7 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
 
     be, warn0 = resolve_backend(fn, backend, dtype, probe)
     session = Session("update", fn, convention, be, max_examples=max_examples, seed=seed, options=opts,
-                      warnings=named + warn0)
+                      warnings=named + warn0 + ignored)
     # Every case is a whole update (tens of optimiser steps of the library): 2 s of shrinking already takes
     # a batch down to a few distinct states and flags, and keeps a failing check of a library short.
     session.shrink_budget = 2.0
@@ -340,6 +341,20 @@ def check_update(fn, *, convention: str = "refpg", backend: str = "auto", dtype:
     session.run_scenario(strategy, checker.evaluate, ids)
     checker.warn_unreached()
     return session.report()
+
+
+#: Hyperparameters only one algorithm reads: a declared one the algorithm ignores is named in a warning
+#: (a TRPO setting on a PPO update is a misdeclaration, not a setting).
+_ONLY = {"ppo": ("clip_range", "n_epochs", "target_kl", "advantages"),
+         "trpo": ("max_kl", "cg_max_steps", "cg_damping", "line_search_shrinking_factor", "line_search_max_iter",
+                  "n_critic_updates", "kl_direction")}
+
+
+def _ignored_options(cfg, given: dict) -> list:
+    """Warnings for declared hyperparameters that `cfg.algorithm` does not read."""
+    return [f"{name}={given[name]!r} is {algorithm.upper()}'s and algorithm={cfg.algorithm!r} does not read it: "
+            f"is the algorithm declared right?"
+            for algorithm, names in _ONLY.items() if algorithm != cfg.algorithm for name in names if name in given]
 
 
 def _probe_case(S, A, T, N, actor_bias, critic_bias) -> dict:
