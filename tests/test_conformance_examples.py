@@ -20,7 +20,8 @@ HAS = {backend: importlib.util.find_spec(backend) is not None for backend in ("t
 
 
 def _marks(ex):
-    return [pytest.mark.skipif(ex.backend in HAS and not HAS[ex.backend], reason=f"needs {ex.backend}")]
+    return [pytest.mark.skipif(ex.backend in HAS and not HAS[ex.backend], reason=f"needs {ex.backend}"),
+            pytest.mark.skipif(not ex.available, reason=f"needs {', '.join(ex.requires)}")]
 
 
 def _run(ex, **kwargs):

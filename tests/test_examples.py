@@ -644,3 +644,37 @@ WITNESSES = {"gae": _witness_gae, "ppo_loss": _witness_ppo, "value_loss": _witne
 def test_broken_example_violates_its_expected_property(example):
     _skip_without_torch(example.backend)
     WITNESSES[example.kind](example)
+
+
+def test_examples_of_real_libraries_declare_them_and_the_demo_skips_them_when_missing(monkeypatch):
+    """An example that runs SB3, sb3-contrib, TorchRL, optax or gymnasium says so, and `refpg check` on a
+    machine without that library skips it with a note instead of reporting a correct example as failing."""
+    import importlib.util
+    import io
+
+    from refpg.conformance import runner
+
+    by_module = {e.fn.__module__.rsplit(".", 1)[-1]: e for e in ex.CORRECT + ex.BROKEN}
+    assert "stable_baselines3" in by_module["update_sb3"].requires
+    assert "sb3_contrib" in by_module["update_trpo"].requires
+    assert "gymnasium" in by_module["pipeline_examples"].requires
+    assert all("torchrl" in e.requires for e in ex.CORRECT + ex.BROKEN if e.name.startswith("update_torchrl"))
+    assert ex.by_name("update_cleanrl_torch").requires == ()
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("gymnasium", "stable_baselines3") else real(name, *a))
+    assert not ex.by_name("numpy_a2c_pipeline").available
+    ran = []
+    monkeypatch.setattr(runner, "_run_example", lambda e: ran.append(e.name) or helpers_report(e))
+    monkeypatch.setattr(runner, "_demo_set", lambda examples: (examples.by_name("numpy_a2c_pipeline"),
+                                                               examples.by_name("update_cleanrl_torch")))
+    out = io.StringIO()
+    runner.demo(out=out)
+    assert "numpy_a2c_pipeline" not in ran and "update_cleanrl_torch" in ran
+    assert "gymnasium not installed" in out.getvalue()
+
+
+def helpers_report(e):
+    from tests import helpers
+    return helpers.example_report(e)

@@ -203,6 +203,26 @@ _TOPICS = (ppo_variants, gae_conventions, gae_layouts_examples, kl_trpo_conventi
 CORRECT = CORRECT + tuple(ex for topic in _TOPICS for ex in topic.CORRECT)
 BROKEN = BROKEN + tuple(ex for topic in _TOPICS for ex in topic.BROKEN)
 
+#: The real libraries (and gymnasium) each topic's examples run, besides their backend.
+_REQUIRES = {"update_sb3": ("stable_baselines3",), "update_trpo": ("stable_baselines3", "sb3_contrib"),
+             "update_jax": ("optax",), "pipeline_examples": ("gymnasium",)}
+
+
+def _requirements(ex: Example) -> Example:
+    import dataclasses
+
+    topic = ex.fn.__module__.rsplit(".", 1)[-1] if hasattr(ex.fn, "__module__") else ""
+    needs = list(_REQUIRES.get(topic, ()))
+    if ex.name.startswith("update_torchrl"):
+        needs += ["torchrl", "tensordict"]
+    if topic == "pipeline_examples" and ex.name.startswith("sb3_"):
+        needs.append("stable_baselines3")
+    return dataclasses.replace(ex, requires=tuple(needs)) if needs else ex
+
+
+CORRECT = tuple(_requirements(ex) for ex in CORRECT)
+BROKEN = tuple(_requirements(ex) for ex in BROKEN)
+
 _BY_NAME = {ex.name: ex for ex in CORRECT + BROKEN}
 if len(_BY_NAME) != len(CORRECT) + len(BROKEN):  # pragma: no cover - a registry typo
     raise RuntimeError("refpg.examples: two examples share a name")

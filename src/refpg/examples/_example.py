@@ -43,6 +43,10 @@ class Example:
     description : str
         One line: what the example is, or what the bug is and where it has
         been reported.
+    requires : tuple of str
+        Importable packages the example needs besides its backend (the real
+        library it runs, e.g. ``"stable_baselines3"``); the demo skips it
+        when one is missing.
     """
 
     name: str
@@ -53,6 +57,7 @@ class Example:
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     expected: str | None = None
     description: str = ""
+    requires: tuple = ()
 
     def __post_init__(self):
         if self.kind not in _KINDS:
@@ -67,6 +72,12 @@ class Example:
             raise InvalidInputError(f"fn should be callable, actual {type(self.fn).__name__}")
         # Read-only, so that a shared registry entry cannot be changed by one test for the next.
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def available(self) -> bool:
+        """Whether every package of `requires` can be imported here."""
+        import importlib.util
+        return all(importlib.util.find_spec(name) is not None for name in self.requires)
 
     @property
     def broken(self) -> bool:

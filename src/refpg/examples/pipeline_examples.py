@@ -341,14 +341,14 @@ def _example(fn, backend, description, expected=None, **options) -> Example:
 
 #: Correct pipelines: each passes `check_pipeline_gradient`.
 CORRECT: tuple[Example, ...] = (
+    _example(numpy_a2c_pipeline, "numpy",
+             "NumPy A2C: GAE with the conventions' flags, the gradient of -mean(log pi A) written out"),
     _example(sb3_ppo_pipeline, "torch",
              "stable_baselines3.PPO (net_arch=[], normalize_advantage=False): collect_rollouts on DummyVecEnv, "
              "train()'s first minibatch gradient before clip_grad_norm_", **_SB3),
     _example(cleanrl_style_pipeline, "torch",
              "CleanRL ppo.py's collector and loss (ent_coef 0.01, clipped value loss), truncations bootstrapped from "
              "infos['final_obs'] on SyncVectorEnv with same-step autoreset", **_CLEANRL),
-    _example(numpy_a2c_pipeline, "numpy",
-             "NumPy A2C: GAE with the conventions' flags, the gradient of -mean(log pi A) written out"),
     _example(jax_ppo_pipeline, "jax",
              "the NumPy collector with PPO's clipped loss differentiated by jax.grad in float64 (ratio 1 at the "
              "first step through stop_gradient)"),
