@@ -599,7 +599,8 @@ def demo(*, everything: bool = False, out=None) -> int:
     if missing:
         chosen = tuple(ex for ex in chosen if ex.available)
         names = sorted({name for ex in missing for name in ex.requires if importlib.util.find_spec(name) is None})
-        print(f"({len(missing)} examples that run real libraries skipped: {', '.join(names)} not installed; "
+        print(f"({len(missing)} example{'s' if len(missing) != 1 else ''} that run{'' if len(missing) != 1 else 's'} "
+              f"real libraries skipped: {', '.join(names)} not installed; "
               f"pip install -e '.[test]' installs them)\n", file=out)
     rows, all_ok = [], _as_declared(shown_ok, ok_report) and _as_declared(shown_bad, bad_report)
     for ex in chosen:
