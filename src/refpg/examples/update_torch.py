@@ -475,8 +475,29 @@ def _torchrl_data(b, n_actions, distribution, log_prob_key, *, with_terminated=T
                       batch_size=[n_envs, n_steps])
 
 
-def _torchrl_update(batch, params, *, distribution="categorical", per_epoch_gae=False, exact_coefficients=False,
-                    loss_kwargs=None, bug=None, args=None):
+class _quiet_torchrl:
+    """torchrl's logger at WARNING inside the block, as it was after it."""
+
+    def __enter__(self):
+        import logging
+        self.logger = logging.getLogger("torchrl")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+        return False
+
+
+def _torchrl_update(batch, params, **kwargs):
+    """The TorchRL PPO loop on one batch (`_torchrl_update_quietly`), with torchrl's logger at WARNING: it
+    logs one INFO line per replay-buffer storage, hundreds in one check."""
+    with _quiet_torchrl():
+        return _torchrl_update_quietly(batch, params, **kwargs)
+
+
+def _torchrl_update_quietly(batch, params, *, distribution="categorical", per_epoch_gae=False,
+                            exact_coefficients=False, loss_kwargs=None, bug=None, args=None):
     """The TorchRL PPO loop on one batch; `exact_coefficients` passes every coefficient as a tensor of the
     parameters' dtype; `loss_kwargs` go to ClipPPOLoss; `bug` selects one of the planted bugs."""
     import torch
